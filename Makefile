@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create .venv on first use and reinstall only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ptm-installed
+
+.PHONY: demo test lint clean catalog
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ptm classify data/chelsea.png
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check ptm_cli tests scripts
+
+lint: $(STAMP)
+	$(BIN)/ruff check ptm_cli tests scripts
+	$(BIN)/ruff format --check ptm_cli tests scripts
+
+# Rebuild models/torchvision.json after upgrading torchvision.
+catalog: $(STAMP)
+	$(BIN)/python scripts/gen_torchvision_catalog.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

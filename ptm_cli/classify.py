@@ -1,0 +1,308 @@
+"""Image classification: a catalog entry in, ranked labels out, batch by batch.
+
+`Classifier` holds one model ready to run (weights verified and loaded,
+device and precision chosen, preprocessing fixed). `classify_images` feeds
+it: worker threads decode and preprocess the next images while the model
+runs on the current batch, and results come back in input order, one per
+input, with failed inputs carrying their error instead of predictions (never
+another image's prediction).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import catalog as catalog_mod
+from .errors import ConfigError, InputError, PtmError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .catalog import Entry
+    from .device import Precision
+    from .images import Preprocess
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to process: a file, or bytes that came from stdin."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> Any:
+        from .images import load_image
+
+        return load_image(self.data if self.data is not None else self.path, name=self.name)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    rank: int
+    index: int
+    label: str | None
+    probability: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The outcome for one input: predictions, or the error that stopped it."""
+
+    input: str
+    predictions: list[Prediction] | None = None
+    error: PtmError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def torchvision_factory(entry: Entry) -> Callable[[], nn.Module]:
+    """A no-argument constructor for the entry's torchvision architecture."""
+    import torchvision.models as tvm
+
+    known = set(tvm.list_models(module=tvm))
+    if entry.architecture not in known:
+        raise ConfigError(
+            f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision classifier; "
+            "`ptm models` lists the ones ptm can build"
+        )
+    kwargs = dict(entry.builder_kwargs)
+    if entry.num_classes:
+        kwargs["num_classes"] = entry.num_classes
+    return lambda: tvm.get_model(entry.architecture, weights=None, **kwargs)
+
+
+class Classifier:
+    """A classification model ready to run on preprocessed batches."""
+
+    def __init__(
+        self,
+        entry: Entry,
+        model: nn.Module,
+        *,
+        weights_label: str,
+        labels: list[str] | None,
+        preprocess: Preprocess,
+        device: torch.device,
+        precision: Precision,
+    ):
+        self.entry = entry
+        self.model = model
+        self.weights_label = weights_label
+        self.labels = labels
+        self.preprocess = preprocess
+        self.device = device
+        self.precision = precision
+
+    @classmethod
+    def load(
+        cls,
+        entry: Entry,
+        *,
+        weights_file: Path | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        resize: int | None = None,
+        crop: int | None = None,
+        progress: bool = True,
+    ) -> Classifier:
+        """Resolve everything an entry needs and build the model.
+
+        ``weights_file`` loads a local file into the entry's architecture
+        instead of the catalog's download; ``resize``/``crop`` override the
+        entry's preprocessing.
+        """
+        from . import weights
+        from .device import choose_device, choose_precision
+        from .modeling import build_with_weights
+
+        torch_device = choose_device(device)
+        chosen_precision = choose_precision(precision, torch_device)
+        preprocess = entry.preprocess()
+        overrides = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
+        if overrides:
+            preprocess = replace(preprocess, **overrides)
+        labels = catalog_mod.load_labels(entry)
+        factory = torchvision_factory(entry)
+        if weights_file is not None:
+            path, label = weights_file, str(weights_file)
+        else:
+            path, label = weights.ensure_weights(entry, progress=progress), entry.weights
+        state_dict = weights.load_state_dict(path)
+        model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
+        model = _prepare(model, torch_device)
+        classifier = cls(
+            entry,
+            model,
+            weights_label=label,
+            labels=labels,
+            preprocess=preprocess,
+            device=torch_device,
+            precision=chosen_precision,
+        )
+        classifier._check_labels()
+        return classifier
+
+    def _check_labels(self) -> None:
+        if self.labels is None:
+            return
+        outputs = _output_count(self.model)
+        if outputs is not None and outputs != len(self.labels):
+            raise ConfigError(
+                f"{self.entry.ref}: the model has {outputs} outputs but its labels list {len(self.labels)} "
+                "classes; fix `labels` or `num_classes` in the catalog entry"
+            )
+
+    def predict(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction]]:
+        """Top-k predictions (softmax probabilities) for a batch [N, 3, H, W]."""
+        import torch
+
+        k = min(top_k, self._class_count())
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast):
+                logits = self.model(x)
+            probabilities = torch.softmax(logits.float(), dim=1)
+            top = probabilities.topk(k, dim=1)
+        values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
+        return [
+            [
+                Prediction(rank=r + 1, index=i, label=self._label(i), probability=p)
+                for r, (i, p) in enumerate(zip(row_i, row_p, strict=True))
+            ]
+            for row_i, row_p in zip(indices, values, strict=True)
+        ]
+
+    def _class_count(self) -> int:
+        return len(self.labels) if self.labels else (_output_count(self.model) or 1000)
+
+    def _label(self, index: int) -> str | None:
+        return self.labels[index] if self.labels and index < len(self.labels) else None
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    import torch
+
+    model = model.to(device)
+    # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def _output_count(model: nn.Module) -> int | None:
+    """Size of the last Linear layer's output, when the model ends in one."""
+    from torch import nn
+
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last.out_features if last is not None else None
+
+
+def classify_images(
+    inputs: Iterable[ImageInput],
+    classifier: Classifier,
+    *,
+    top_k: int = 5,
+    batch_size: int = 8,
+    workers: int = 2,
+) -> Iterator[Classification]:
+    """Classify ``inputs`` in batches; one result per input, in input order."""
+    if top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    preprocess = classifier.preprocess
+
+    def load(item: ImageInput) -> Any:
+        from .images import preprocess as run_preprocess
+
+        try:
+            return run_preprocess(item.open(), preprocess)
+        except InputError as exc:
+            return exc
+
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ptm-decode")
+    try:
+        yield from _batched(inputs, pool, load, classifier, top_k, batch_size, lookahead=batch_size + workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batched(
+    inputs: Iterable[ImageInput],
+    pool: ThreadPoolExecutor,
+    load: Callable[[ImageInput], Any],
+    classifier: Classifier,
+    top_k: int,
+    batch_size: int,
+    lookahead: int,
+) -> Iterator[Classification]:
+    queue: collections.deque[tuple[ImageInput, Future[Any]]] = collections.deque()
+    pending: list[tuple[ImageInput, Any]] = []
+    source = iter(inputs)
+
+    def refill() -> None:
+        while len(queue) < lookahead:
+            item = next(source, None)
+            if item is None:
+                return
+            queue.append((item, pool.submit(load, item)))
+
+    refill()
+    while queue:
+        item, future = queue.popleft()
+        refill()
+        pending.append((item, future.result()))
+        if sum(1 for _, value in pending if not isinstance(value, PtmError)) >= batch_size:
+            yield from _run_pending(pending, classifier, top_k)
+            pending = []
+    yield from _run_pending(pending, classifier, top_k)
+
+
+def _run_pending(
+    pending: list[tuple[ImageInput, Any]], classifier: Classifier, top_k: int
+) -> Iterator[Classification]:
+    """Run the model on the decoded images in ``pending``; keep the order."""
+    import torch
+
+    results: dict[int, list[Prediction]] = {}
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, (_, value) in enumerate(pending):
+        if not isinstance(value, PtmError):
+            by_shape.setdefault(tuple(value.shape), []).append(position)
+    # Without a crop, images keep their own sizes: one forward pass per size.
+    for positions in by_shape.values():
+        batch = torch.stack([pending[p][1] for p in positions])
+        for position, predictions in zip(positions, classifier.predict(batch, top_k), strict=True):
+            results[position] = predictions
+    for position, (item, value) in enumerate(pending):
+        if isinstance(value, PtmError):
+            yield Classification(item.name, error=value)
+        else:
+            yield Classification(item.name, predictions=results[position])
+
+
+def to_record(result: Classification, classifier: Classifier) -> dict[str, Any]:
+    """The JSON record ptm writes for one input."""
+    from .output import round_float
+
+    if result.error is not None:
+        return {"input": result.input, "error": {"type": result.error.kind, "message": str(result.error)}}
+    return {
+        "input": result.input,
+        "model": classifier.entry.model,
+        "weights": classifier.weights_label,
+        "predictions": [
+            {"rank": p.rank, "index": p.index, "label": p.label, "probability": round_float(p.probability)}
+            for p in result.predictions or []
+        ],
+    }

@@ -1,0 +1,450 @@
+"""The ``ptm`` command line: parse arguments, call the library, write results.
+
+Only click is imported at start-up; each command imports what it needs when
+it runs, so ``ptm --help`` stays instant. Library errors (``PtmError``) become
+one-line messages and exit codes in `main`, the only place that does so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from . import __version__
+from .errors import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_OK, PtmError, UsageError
+
+FORMATS = ("table", "jsonl", "json", "csv", "tsv")
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
+EXIT_INTERNAL = 70  # a bug in ptm (EX_SOFTWARE)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _debug() -> bool:
+    return os.environ.get("PTM_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def _note(message: str) -> None:
+    click.echo(f"ptm: {message}", err=True)
+
+
+@contextlib.contextmanager
+def _stdout_is_data() -> Iterator[IO[str]]:
+    """Yield the real stdout for records; anything else printed goes to stderr.
+
+    torch.hub and some model code print progress with ``print()``; inside
+    this block that lands on stderr and cannot corrupt piped output.
+    """
+    data = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield data
+
+
+def _writer(stream: IO[str], fmt: str | None, **kwargs: Any) -> Any:
+    from .output import RecordWriter, default_format
+
+    return RecordWriter(stream, fmt or default_format(stream), **kwargs)
+
+
+def _format_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-f",
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        help="Output format. Default: table on a terminal, jsonl when piped.",
+    )(f)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="ptm")
+def cli() -> None:
+    """Run pretrained PyTorch image models on your own pictures.
+
+    Results go to stdout (a table on a terminal, JSON Lines in a pipe);
+    progress and messages go to stderr. Exit codes: 0 all done, 1 some
+    inputs failed, 2 usage/configuration/weights error, 130 interrupted.
+    """
+
+
+# --- classify ----------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("images", nargs=-1)
+@click.option("-m", "--model", default="resnet101", show_default=True, help="Model name (see `ptm models`).")
+@click.option(
+    "-w",
+    "--weights",
+    default="DEFAULT",
+    show_default=True,
+    help="Weights variant (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT) or a local weights file.",
+)
+@click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per image.")
+@_format_option
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option(
+    "--precision",
+    type=click.Choice(("fp32", "bf16", "fp16", "auto")),
+    default="fp32",
+    show_default=True,
+    help="Float type for the model. fp32 matches the reference results exactly.",
+)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Image decoding threads.")
+@click.option("--resize", type=click.IntRange(min=1), help="Resize the shorter side to N before cropping.")
+@click.option("--crop", type=click.IntRange(min=1), help="Centre crop of N x N pixels.")
+@click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories.")
+@click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin).")
+def classify(
+    images: tuple[str, ...],
+    model: str,
+    weights: str,
+    top_k: int,
+    fmt: str | None,
+    device: str,
+    precision: str,
+    batch_size: int,
+    workers: int,
+    resize: int | None,
+    crop: int | None,
+    recursive: bool,
+    files_from: str | None,
+) -> int:
+    """Classify IMAGES (files, directories, or - for stdin) with an ImageNet model.
+
+    \b
+    Examples:
+      ptm classify dog.jpg
+      ptm classify -m alexnet -k 3 photos/
+      ptm classify -w IMAGENET1K_V1 --resize 256 --crop 224 dog.jpg
+      find . -name '*.jpg' | ptm classify --files-from - -f csv > labels.csv
+    """
+    from .catalog import Catalog
+    from .classify import Classifier, classify_images, to_record
+    from .device import check_device_spec
+    from .inputs import expand_inputs
+
+    if not images and files_from is None:
+        raise click.UsageError("give at least one image, directory, '-' or --files-from")
+    check_device_spec(device)
+    weights_file = _local_weights(weights)
+    entry = Catalog.load().resolve(model, None if weights_file else weights, task="classify")
+    inputs = expand_inputs(
+        images,
+        recursive=recursive,
+        files_from=files_from,
+        stdin=sys.stdin.buffer if "-" in images else None,
+        stdin_text=sys.stdin if files_from == "-" else None,
+    )
+    failed = 0
+    with _stdout_is_data() as out:
+        classifier = Classifier.load(
+            entry,
+            weights_file=weights_file,
+            device=device,
+            precision=precision,
+            resize=resize,
+            crop=crop,
+        )
+        writer = _classify_writer(out, fmt)
+        count = 0
+        for result in classify_images(inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers):
+            writer.write(to_record(result, classifier))
+            failed += not result.ok
+            count += 1
+            if count % batch_size == 0:
+                writer.flush()
+        writer.close()
+    if count == 0:
+        _note("no images found in the given directories")
+        return EXIT_INPUT_FAILED
+    if failed:
+        _note(f"{failed} of {count} inputs failed; see their error records")
+        return EXIT_INPUT_FAILED
+    return EXIT_OK
+
+
+def _local_weights(value: str) -> Path | None:
+    """``-w`` names a file when it looks like a path or a file by that name exists."""
+    path = Path(value).expanduser()
+    looks_like_file = os.sep in value or path.suffix in (".pth", ".pt", ".bin", ".safetensors")
+    if not (looks_like_file or path.is_file()):
+        return None
+    if not path.is_file():
+        raise UsageError(f"weights file {value} does not exist")
+    return path
+
+
+def _classify_writer(out: IO[str], fmt: str | None) -> Any:
+    def rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+        if "error" in record:
+            error = record["error"]
+            return [{"input": record["input"], "error": f"{error['type']}: {error['message']}"}]
+        return [{"input": record["input"], **p} for p in record["predictions"]]
+
+    def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+        result = rows(record)
+        for i, row in enumerate(result):
+            if "probability" in row:
+                row["probability"] = f"{100 * row['probability']:.2f}%"
+            if i:
+                row["input"] = ""
+        return result
+
+    from .output import default_format
+
+    chosen = fmt or default_format(out)
+    if chosen == "table":
+        return _writer(
+            out,
+            chosen,
+            columns=["input", "rank", "label", "index", "probability", "error"],
+            flatten=table_rows,
+            table_style=lambda row: "red" if row.get("error") else None,
+        )
+    return _writer(out, chosen, columns=["input", "rank", "index", "label", "probability", "error"], flatten=rows)
+
+
+# --- models ------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-t", "--task", type=click.Choice(("classify", "translate")), help="Only models for this task.")
+@_format_option
+def models(task: str | None, fmt: str | None) -> int:
+    """List the models and weights ptm knows (without importing torch).
+
+    \b
+    Examples:
+      ptm models
+      ptm models -t classify -f csv | sort -t, -k7 -n
+    """
+    from .catalog import Catalog
+    from .weights import cache_dir
+
+    cache = cache_dir()
+    with _stdout_is_data() as out:
+        writer = _writer(
+            out,
+            fmt,
+            columns=["model", "weights", "task", "default", "params", "size_mb", "acc1", "acc5", "cached"],
+        )
+        for entry in Catalog.load().entries(task):
+            writer.write(
+                {
+                    "model": entry.model,
+                    "weights": entry.weights,
+                    "task": entry.task,
+                    "default": entry.is_default,
+                    "params": entry.num_params,
+                    "size_mb": entry.size_mb,
+                    "acc1": entry.acc1,
+                    "acc5": entry.acc5,
+                    "cached": bool(entry.file_name and (cache / entry.file_name).is_file()),
+                }
+            )
+        writer.close()
+    return EXIT_OK
+
+
+# --- weights -----------------------------------------------------------------
+
+
+@cli.group(context_settings=CONTEXT)
+def weights() -> None:
+    """Manage the weights cache: list, download, verify, import, path, rm, prune.
+
+    The cache is PTM_CACHE_DIR, else torch's own checkpoint directory
+    ($TORCH_HOME/hub/checkpoints), so files torchvision downloaded are reused.
+    NAME is a model (its default weights) or MODEL:WEIGHTS.
+    """
+
+
+def _entry(name: str, weights_name: str | None) -> Any:
+    from .catalog import Catalog
+
+    return Catalog.load().resolve(name, weights_name)
+
+
+_weights_option = click.option("-w", "--weights", "weights_name", help="Weights variant (default: the model's default).")
+
+
+@weights.command("list", context_settings=CONTEXT)
+@_format_option
+def weights_list(fmt: str | None) -> int:
+    """Files in the cache, their size, and whether they were verified."""
+    from .catalog import Catalog
+    from .weights import list_cached
+
+    with _stdout_is_data() as out:
+        writer = _writer(out, fmt, columns=["file", "size_mb", "verified", "entries"])
+        for item in list_cached(Catalog.load().entries()):
+            writer.write(
+                {
+                    "file": item.path.name,
+                    "size_mb": round(item.size / 1e6, 3),
+                    "verified": item.verified,
+                    "entries": " ".join(item.entries),
+                }
+            )
+        writer.close()
+    return EXIT_OK
+
+
+@weights.command("download", context_settings=CONTEXT)
+@click.argument("name")
+@_weights_option
+def weights_download(name: str, weights_name: str | None) -> int:
+    """Download and verify NAME's weights; print the file's path."""
+    from .weights import ensure_weights
+
+    entry = _entry(name, weights_name)
+    with _stdout_is_data() as out:
+        path = ensure_weights(entry, progress=True)
+        out.write(f"{path}\n")
+    return EXIT_OK
+
+
+@weights.command("verify", context_settings=CONTEXT)
+@click.argument("name", required=False)
+@_weights_option
+@_format_option
+def weights_verify(name: str | None, weights_name: str | None, fmt: str | None) -> int:
+    """Re-hash cached files (NAME's, or every cached one); exit 1 on any mismatch."""
+    from .catalog import Catalog
+    from .weights import cached_path, verify
+
+    catalog = Catalog.load()
+    if name is not None:
+        entries = [catalog.resolve(name, weights_name)]
+    else:
+        entries = [e for e in catalog.entries() if e.file_name and cached_path(e).is_file()]
+    bad = 0
+    with _stdout_is_data() as out:
+        writer = _writer(out, fmt, columns=["entry", "file", "status", "sha256"])
+        for entry in entries:
+            result = verify(entry)
+            bad += result.status in ("mismatch", "missing")
+            writer.write(
+                {"entry": entry.ref, "file": str(result.path), "status": result.status, "sha256": result.digest}
+            )
+        writer.close()
+    if bad:
+        _note(f"{bad} file(s) failed verification; remove them with `ptm weights rm NAME` and download again")
+        return EXIT_INPUT_FAILED
+    return EXIT_OK
+
+
+@weights.command("import", context_settings=CONTEXT)
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_weights_option
+def weights_import(name: str, file: Path, weights_name: str | None) -> int:
+    """Check FILE against NAME's hash and copy it into the cache (for offline machines)."""
+    from .weights import import_weights
+
+    entry = _entry(name, weights_name)
+    with _stdout_is_data() as out:
+        path = import_weights(entry, file)
+        out.write(f"{path}\n")
+    return EXIT_OK
+
+
+@weights.command("path", context_settings=CONTEXT)
+@click.argument("name")
+@_weights_option
+def weights_path(name: str, weights_name: str | None) -> int:
+    """Print where NAME's weights live in the cache; exit 1 if not there yet."""
+    from .weights import cached_path
+
+    entry = _entry(name, weights_name)
+    path = cached_path(entry)
+    click.echo(str(path))
+    if not path.is_file():
+        _note(f"{entry.ref} is not downloaded yet; run `ptm weights download {entry.ref}`")
+        return EXIT_INPUT_FAILED
+    return EXIT_OK
+
+
+@weights.command("rm", context_settings=CONTEXT)
+@click.argument("name")
+@_weights_option
+def weights_rm(name: str, weights_name: str | None) -> int:
+    """Delete NAME's weights file from the cache."""
+    from .weights import remove
+
+    entry = _entry(name, weights_name)
+    if remove(entry):
+        _note(f"removed {entry.file_name}")
+    else:
+        _note(f"{entry.file_name} was not in the cache")
+    return EXIT_OK
+
+
+@weights.command("prune", context_settings=CONTEXT)
+def weights_prune() -> int:
+    """Delete partial files left by interrupted downloads."""
+    from .weights import prune
+
+    removed = prune()
+    for path in removed:
+        _note(f"removed {path.name}")
+    if not removed:
+        _note("nothing to prune")
+    return EXIT_OK
+
+
+# --- entry point -------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and exit with a code scripts can trust."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        code = cli.main(args=argv, prog_name="ptm", standalone_mode=False)
+        return int(code or 0)
+    except click.exceptions.Abort:
+        return _interrupted()
+    except KeyboardInterrupt:
+        return _interrupted()
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except PtmError as exc:
+        if _debug():
+            traceback.print_exc()
+        _note(f"error: {exc}")
+        return exc.exit_code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception:
+        if _debug():
+            raise
+        traceback_line = traceback.format_exc().strip().splitlines()[-1]
+        _note(f"internal error: {traceback_line}")
+        _note("this is a bug in ptm; run again with PTM_DEBUG=1 for the traceback and report it")
+        return EXIT_INTERNAL
+
+
+def _interrupted() -> int:
+    with contextlib.suppress(BrokenPipeError):
+        _note("interrupted")
+    return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """The reader went away (``| head``): drop what is still buffered, quietly."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

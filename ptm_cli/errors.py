@@ -1,0 +1,110 @@
+"""The errors ptm raises, and the exit code each one means.
+
+Library code raises these; only ``cli.py`` turns them into messages and exit
+codes. Every message is one sentence that says what went wrong and, where the
+user can do something about it, what to do next.
+
+Exit codes a script can rely on:
+
+* 0 - everything asked for was done;
+* 1 - some inputs failed (their records say why), the rest were done;
+* 2 - usage, configuration, device or weights problem: nothing was done;
+* 130 - interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INPUT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class PtmError(Exception):
+    """Base class of every error ptm reports to users."""
+
+    exit_code = EXIT_USAGE
+
+    @property
+    def kind(self) -> str:
+        """The name scripts see in error records (``UnreadableImage``...)."""
+        return type(self).__name__
+
+
+# --- usage and configuration: exit 2 -------------------------------------
+
+
+class UsageError(PtmError):
+    """The command line asks for something that cannot work."""
+
+
+class DeviceUnavailable(UsageError):
+    """The requested device (cuda, mps, ...) is not present."""
+
+
+class ConfigError(PtmError):
+    """A catalog file or environment variable is malformed."""
+
+
+class UnknownModel(ConfigError):
+    """No catalog entry has this model or weights name."""
+
+
+class MissingDependency(ConfigError):
+    """An optional package is needed for this feature."""
+
+
+# --- weights: exit 2 -------------------------------------------------------
+
+
+class WeightsError(PtmError):
+    """Weights cannot be found, fetched, verified or loaded."""
+
+
+class DownloadError(WeightsError):
+    """A download failed (network, server, truncated body...)."""
+
+
+class OfflineError(DownloadError):
+    """A download is needed but ``PTM_OFFLINE=1`` forbids the network."""
+
+
+class HashMismatch(WeightsError):
+    """A file's sha256 differs from the one the catalog (or a pin) expects."""
+
+
+class UnsafeWeights(WeightsError):
+    """A weights file needs full pickle (arbitrary code) to load."""
+
+
+class IncompatibleWeights(WeightsError):
+    """A weights file does not fit the model's architecture."""
+
+
+# --- per-input failures: exit 1, the run goes on ---------------------------
+
+
+class InputError(PtmError):
+    """One input could not be processed; the others still are."""
+
+    exit_code = EXIT_INPUT_FAILED
+
+
+class InputNotFound(InputError):
+    """The path does not exist or cannot be read."""
+
+
+class UnreadableImage(InputError):
+    """The bytes are not an image ptm can decode (empty, corrupt, truncated)."""
+
+
+class UnsupportedFormat(InputError):
+    """The image is in a format ptm does not open (PSD, SVG, ...)."""
+
+
+class ImageTooLarge(InputError):
+    """The image declares more pixels than the decompression-bomb limit."""
+
+
+class OutputError(InputError):
+    """The result for one input could not be written."""
