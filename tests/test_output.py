@@ -1,0 +1,74 @@
+"""The one output writer: every format, streamed, parseable."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from ptm_cli.output import RecordWriter, default_format, round_float
+
+RECORDS = [
+    {"input": "a.jpg", "predictions": [{"rank": 1, "label": "cat", "probability": 0.75}]},
+    {"input": "b, \"quoted\".jpg", "error": {"type": "UnreadableImage", "message": "broken"}},
+]
+
+
+def flatten(record: dict) -> list[dict]:
+    if "error" in record:
+        return [{"input": record["input"], "error": record["error"]["type"]}]
+    return [{"input": record["input"], **p} for p in record["predictions"]]
+
+
+def write_all(fmt: str, records: list[dict]) -> str:
+    stream = io.StringIO()
+    writer = RecordWriter(stream, fmt, columns=["input", "rank", "label", "probability", "error"], flatten=flatten)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    return stream.getvalue()
+
+
+def test_jsonl_is_one_object_per_line() -> None:
+    lines = write_all("jsonl", RECORDS).splitlines()
+    assert [json.loads(line) for line in lines] == RECORDS
+
+
+@pytest.mark.parametrize("records", [RECORDS, []])
+def test_json_is_one_array(records: list[dict]) -> None:
+    assert json.loads(write_all("json", records)) == records
+
+
+@pytest.mark.parametrize(("fmt", "delimiter"), [("csv", ","), ("tsv", "\t")])
+def test_csv_and_tsv_have_a_header_and_quote_properly(fmt: str, delimiter: str) -> None:
+    rows = list(csv.DictReader(io.StringIO(write_all(fmt, RECORDS)), delimiter=delimiter))
+    assert rows[0] == {"input": "a.jpg", "rank": "1", "label": "cat", "probability": "0.75", "error": ""}
+    assert rows[1]["input"] == 'b, "quoted".jpg'
+    assert rows[1]["error"] == "UnreadableImage"
+
+
+def test_table_is_drawn_on_flush() -> None:
+    stream = io.StringIO()
+    writer = RecordWriter(stream, "table", columns=["input", "label"], flatten=flatten)
+    writer.write(RECORDS[0])
+    assert stream.getvalue() == ""
+    writer.flush()
+    text = stream.getvalue()
+    assert "input" in text and "a.jpg" in text and "cat" in text
+
+
+def test_default_format_follows_the_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert default_format(Tty()) == "table"
+    assert default_format(io.StringIO()) == "jsonl"
+
+
+def test_round_float_keeps_six_significant_digits() -> None:
+    assert round_float(0.962912345) == 0.962912
+    assert round_float(1.23456789e-7) == 1.23457e-07
+    assert round_float(0.0) == 0.0
