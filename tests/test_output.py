@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
-from ptm_cli.output import RecordWriter, default_format, round_float
+from ptm_cli.errors import OutputError, UsageError
+from ptm_cli.output import RecordWriter, default_format, image_format_for, round_float, write_file_atomic
 
 RECORDS = [
     {"input": "a.jpg", "predictions": [{"rank": 1, "label": "cat", "probability": 0.75}]},
@@ -72,3 +74,34 @@ def test_round_float_keeps_six_significant_digits() -> None:
     assert round_float(0.962912345) == 0.962912
     assert round_float(1.23456789e-7) == 1.23457e-07
     assert round_float(0.0) == 0.0
+
+
+def test_atomic_write_never_overwrites_without_force(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    write_file_atomic(target, b"first")
+    with pytest.raises(OutputError, match="--force"):
+        write_file_atomic(target, b"second")
+    assert target.read_bytes() == b"first"
+    write_file_atomic(target, b"second", force=True)
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_atomic_write_into_a_missing_directory_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="cannot write"):
+        write_file_atomic(tmp_path / "nope" / "out.png", b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "forced", "expected"),
+    [("a.png", None, "PNG"), ("a.JPG", None, "JPEG"), ("a.webp", None, "WEBP"), ("a.out", "jpg", "JPEG"),
+     ("a", "tiff", "TIFF")],
+)  # fmt: skip
+def test_image_format_from_name_or_flag(name: str, forced: str | None, expected: str) -> None:
+    assert image_format_for(name, forced) == expected
+
+
+def test_unknown_image_format_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--format"):
+        image_format_for("a.xyz")
