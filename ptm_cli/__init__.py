@@ -33,7 +33,22 @@ _LAZY = {
     "PtmError": "errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
+    "__version__",
+    "Catalog",
+    "Entry",
+    "Classifier",
+    "Classification",
+    "ImageInput",
+    "Prediction",
+    "classify_images",
+    "load_image",
+    "Preprocess",
+    "preprocess",
+    "ensure_weights",
+    "load_state_dict",
+    "PtmError",
+]
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Entry

@@ -112,7 +112,7 @@ def _triple(value: Any, key: str, where: str) -> tuple[float, float, float] | No
 
 
 def _optional(value: Any, kind: type | tuple[type, ...], key: str, where: str) -> Any:
-    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+    if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
         raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
     return value
 

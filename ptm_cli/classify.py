@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import catalog as catalog_mod
-from .errors import ConfigError, InputError, PtmError, UsageError
+from .errors import ConfigError, InputError, InputNotFound, PtmError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,10 @@ class ImageInput:
     def open(self) -> Any:
         from .images import load_image
 
-        return load_image(self.data if self.data is not None else self.path, name=self.name)
+        source = self.data if self.data is not None else self.path
+        if source is None:
+            raise InputNotFound(f"{self.name}: neither a path nor data to read")
+        return load_image(source, name=self.name)
 
 
 @dataclass(frozen=True)
@@ -124,19 +127,20 @@ class Classifier:
         from .device import choose_device, choose_precision
         from .modeling import build_with_weights
 
-        torch_device = choose_device(device)
-        chosen_precision = choose_precision(precision, torch_device)
         preprocess = entry.preprocess()
         overrides = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
         if overrides:
             preprocess = replace(preprocess, **overrides)
         labels = catalog_mod.load_labels(entry)
-        factory = torchvision_factory(entry)
+        # Weights first: a missing file should fail before torch is even imported.
         if weights_file is not None:
             path, label = weights_file, str(weights_file)
         else:
             path, label = weights.ensure_weights(entry, progress=progress), entry.weights
-        state_dict = weights.load_state_dict(path)
+        torch_device = choose_device(device)
+        chosen_precision = choose_precision(precision, torch_device)
+        factory = torchvision_factory(entry)
+        state_dict = weights.load_state_dict(path, ref=None if weights_file else entry.ref)
         model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
         model = _prepare(model, torch_device)
         classifier = cls(

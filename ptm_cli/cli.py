@@ -34,16 +34,25 @@ def _note(message: str) -> None:
     click.echo(f"ptm: {message}", err=True)
 
 
+class _ReaderGone(Exception):
+    """stdout's reader closed the pipe (``| head -1``)."""
+
+
 @contextlib.contextmanager
 def _stdout_is_data() -> Iterator[IO[str]]:
     """Yield the real stdout for records; anything else printed goes to stderr.
 
     torch.hub and some model code print progress with ``print()``; inside
-    this block that lands on stderr and cannot corrupt piped output.
+    this block that lands on stderr and cannot corrupt piped output. A closed
+    pipe is turned into `_ReaderGone` here so that click, which would exit 1
+    for it, never sees it.
     """
     data = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        yield data
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield data
+    except BrokenPipeError:
+        raise _ReaderGone from None
 
 
 def _writer(stream: IO[str], fmt: str | None, **kwargs: Any) -> Any:
@@ -234,7 +243,7 @@ def models(task: str | None, fmt: str | None) -> int:
         writer = _writer(
             out,
             fmt,
-            columns=["model", "weights", "task", "default", "params", "size_mb", "acc1", "acc5", "cached"],
+            columns=["model", "weights", "task", "default", "params", "size_mib", "acc1", "acc5", "cached"],
         )
         for entry in Catalog.load().entries(task):
             writer.write(
@@ -244,7 +253,7 @@ def models(task: str | None, fmt: str | None) -> int:
                     "task": entry.task,
                     "default": entry.is_default,
                     "params": entry.num_params,
-                    "size_mb": entry.size_mb,
+                    "size_mib": entry.size_mb,
                     "acc1": entry.acc1,
                     "acc5": entry.acc5,
                     "cached": bool(entry.file_name and (cache / entry.file_name).is_file()),
@@ -273,7 +282,9 @@ def _entry(name: str, weights_name: str | None) -> Any:
     return Catalog.load().resolve(name, weights_name)
 
 
-_weights_option = click.option("-w", "--weights", "weights_name", help="Weights variant (default: the model's default).")
+_weights_option = click.option(
+    "-w", "--weights", "weights_name", help="Weights variant (default: the model's default)."
+)
 
 
 @weights.command("list", context_settings=CONTEXT)
@@ -284,12 +295,12 @@ def weights_list(fmt: str | None) -> int:
     from .weights import list_cached
 
     with _stdout_is_data() as out:
-        writer = _writer(out, fmt, columns=["file", "size_mb", "verified", "entries"])
+        writer = _writer(out, fmt, columns=["file", "size_mib", "verified", "entries"])
         for item in list_cached(Catalog.load().entries()):
             writer.write(
                 {
                     "file": item.path.name,
-                    "size_mb": round(item.size / 1e6, 3),
+                    "size_mib": round(item.size / 2**20, 3),
                     "verified": item.verified,
                     "entries": " ".join(item.entries),
                 }
@@ -376,12 +387,17 @@ def weights_path(name: str, weights_name: str | None) -> int:
 @weights.command("rm", context_settings=CONTEXT)
 @click.argument("name")
 @_weights_option
-def weights_rm(name: str, weights_name: str | None) -> int:
+@click.option(
+    "--forget-pin",
+    is_flag=True,
+    help="Also forget the sha256 pinned at the first download, to accept a file that changed upstream.",
+)
+def weights_rm(name: str, weights_name: str | None, forget_pin: bool) -> int:
     """Delete NAME's weights file from the cache."""
     from .weights import remove
 
     entry = _entry(name, weights_name)
-    if remove(entry):
+    if remove(entry, forget_pin=forget_pin):
         _note(f"removed {entry.file_name}")
     else:
         _note(f"{entry.file_name} was not in the cache")
@@ -425,7 +441,7 @@ def run(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _note(f"error: {exc}")
         return exc.exit_code
-    except BrokenPipeError:
+    except (_ReaderGone, BrokenPipeError):
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except Exception:

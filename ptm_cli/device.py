@@ -54,7 +54,9 @@ def choose_device(spec: str = "auto") -> torch.device:
     index = int(spec.split(":")[1]) if ":" in spec else 0
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceUnavailable(f"{spec} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        raise DeviceUnavailable(
+            f"{spec} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return torch.device("cuda", index)
 
 

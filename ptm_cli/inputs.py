@@ -50,16 +50,25 @@ def expand_inputs(
     stdin: BinaryIO | None = None,
     stdin_text: TextIO | None = None,
 ) -> Iterator[ImageInput]:
-    """Every image named by ``args`` and ``files_from``, in the order given."""
+    """Every image named by ``args`` and ``files_from``, in the order given.
+
+    The arguments are checked now; the paths are produced as they are consumed.
+    """
     args = list(args)
     if args.count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once")
     if "-" in args and files_from == "-":
         raise UsageError("stdin cannot hold both an image ('-') and a list of paths (--files-from -)")
+    if "-" in args and stdin is None:
+        raise UsageError("'-' needs an image on stdin")
+    return _generate(args, recursive, files_from, stdin, stdin_text)
+
+
+def _generate(
+    args: list[str], recursive: bool, files_from: str | None, stdin: BinaryIO | None, stdin_text: TextIO | None
+) -> Iterator[ImageInput]:
     for arg in args:
-        if arg == "-":
-            if stdin is None:
-                raise UsageError("'-' needs an image on stdin")
+        if arg == "-" and stdin is not None:
             yield ImageInput(name="-", data=stdin.read())
             continue
         path = Path(arg)

@@ -59,7 +59,7 @@ def test_names_resolve_the_ways_users_write_them(
 
 
 def test_unknown_names_suggest_what_exists(catalog: Catalog) -> None:
-    with pytest.raises(UnknownModel, match="resnet101.*ptm models"):
+    with pytest.raises(UnknownModel, match=r"resnet101.*ptm models"):
         catalog.resolve("resnet10")
     with pytest.raises(UnknownModel, match="IMAGENET1K_V1, IMAGENET1K_V2"):
         catalog.resolve("resnet101", "IMAGENET1K_V9")

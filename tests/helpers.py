@@ -1,0 +1,71 @@
+"""Test helpers: run ptm in-process or as a real process, make seeded models."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+
+def run_ptm(args: list[str], stdin: bytes = b"") -> Result:
+    """Run the CLI in this process, with its own stdin, stdout and stderr."""
+    from ptm_cli.cli import run
+
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    inp = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = inp, out, err
+    try:
+        code = run(args)
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+    out.flush()
+    err.flush()
+    return Result(code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())  # type: ignore[attr-defined]
+
+
+def ptm_process(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start ``python -m ptm_cli`` as a real process (for signals and pipes)."""
+    env = {**os.environ, **kwargs.pop("env", {})}
+    return subprocess.Popen([sys.executable, "-m", "ptm_cli", *args], env=env, **kwargs)
+
+
+def seeded_state_dict(architecture: str, seed: int = 0, **builder_kwargs: Any) -> dict[str, torch.Tensor]:
+    """A torchvision model's state dict with seeded random weights.
+
+    The last layer is scaled up so the softmax is far from uniform and the
+    top-5 order cannot flip on rounding noise.
+    """
+    import torchvision.models as tvm
+
+    torch.manual_seed(seed)
+    model = tvm.get_model(architecture, weights=None, **builder_kwargs).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(40.0)
+    return model.state_dict()
+
+
+def save_weights(path: Path, architecture: str, seed: int = 0, **builder_kwargs: Any) -> Path:
+    torch.save(seeded_state_dict(architecture, seed, **builder_kwargs), path)
+    return path
