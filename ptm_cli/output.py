@@ -111,7 +111,7 @@ class RecordWriter:
         console = Console(file=self.stream, soft_wrap=False)
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for column in self.columns:
-            numeric = column in ("rank", "index", "probability", "params", "size_mb", "acc1", "acc5")
+            numeric = column in ("rank", "index", "probability", "params", "size_mib", "acc1", "acc5")
             table.add_column(self.headers.get(column, column), justify="right" if numeric else "left")
         for row in rows:
             style = self.table_style(row) if self.table_style else None
