@@ -109,6 +109,11 @@ def cli() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Image decoding threads.")
 @click.option("--resize", type=click.IntRange(min=1), help="Resize the shorter side to N before cropping.")
 @click.option("--crop", type=click.IntRange(min=1), help="Centre crop of N x N pixels.")
+@click.option(
+    "--full-decode",
+    is_flag=True,
+    help="Decode large JPEGs at full size instead of a reduced scale that still covers --resize twice over.",
+)
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories.")
 @click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin).")
 def classify(
@@ -123,6 +128,7 @@ def classify(
     workers: int,
     resize: int | None,
     crop: int | None,
+    full_decode: bool,
     recursive: bool,
     files_from: str | None,
 ) -> int:
@@ -164,7 +170,10 @@ def classify(
         )
         writer = _classify_writer(out, fmt)
         count = 0
-        for result in classify_images(inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers):
+        results = classify_images(
+            inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode
+        )
+        for result in results:
             writer.write(to_record(result, classifier))
             failed += not result.ok
             count += 1

@@ -335,21 +335,34 @@ def _open_source(source: ImageSource, name: str) -> Iterator[IO[bytes]]:
 # --- loading ---------------------------------------------------------------------
 
 
-def load_image(source: ImageSource, *, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
+def load_image(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    min_short_side: int | None = None,
+) -> Image.Image:
     """Decode `source` into a fully loaded 8-bit RGB image.
 
     `name` is what error messages call the input (default: the path, the
     file object's ``name``, or ``<bytes>``); pass ``"-"`` for stdin.
     `max_pixels` overrides ``$PTM_MAX_PIXELS`` and :data:`DEFAULT_MAX_PIXELS`.
+    `min_short_side` lets a large JPEG be decoded at 1/2, 1/4 or 1/8 scale
+    (in the DCT domain, several times faster) as long as its shorter side
+    stays at least that many pixels; other formats are decoded in full.
 
     Raises InputNotFound, UnreadableImage, UnsupportedFormat, ImageTooLarge,
     or ConfigError for a malformed ``$PTM_MAX_PIXELS``.
     """
-    return load_image_with_format(source, name=name, max_pixels=max_pixels)[0]
+    return load_image_with_format(source, name=name, max_pixels=max_pixels, min_short_side=min_short_side)[0]
 
 
 def load_image_with_format(
-    source: ImageSource, *, name: str | None = None, max_pixels: int | None = None
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    min_short_side: int | None = None,
 ) -> tuple[Image.Image, str]:
     """Like :func:`load_image`, also returning the detected format ("PNG", "MPO"...).
 
@@ -361,9 +374,23 @@ def load_image_with_format(
         image = _identify(stream, label)
         fmt = str(image.format)
         _check_pixel_count(image.size, limit, label)
+        if min_short_side is not None:
+            _reduce_jpeg_scale(image, min_short_side)
         _decode(image, limit, label)
         oriented = _apply_exif_orientation(image)
         return _convert_loaded(oriented, label), fmt
+
+
+def _reduce_jpeg_scale(image: Image.Image, min_short_side: int) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale that keeps ``min_short_side``."""
+    if image.format not in ("JPEG", "MPO") or min_short_side < 1:
+        return
+    width, height = image.size
+    scale = min_short_side / min(width, height)
+    if scale > 0.5:  # no reduction possible without going under the minimum
+        return
+    with _quiet_pillow():
+        image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
 def _identify(stream: IO[bytes], name: str) -> Image.Image:
