@@ -87,7 +87,13 @@ def cli() -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("images", nargs=-1)
-@click.option("-m", "--model", default="resnet101", show_default=True, help="Model name (see `ptm models`).")
+@click.option(
+    "-m",
+    "--model",
+    default="resnet101",
+    show_default=True,
+    help="Model name (see `ptm models`), or hub:OWNER/NAME[:REF]/ENTRY or hub:./DIR/ENTRY for a torch.hub model.",
+)
 @click.option(
     "-w",
     "--weights",
@@ -116,6 +122,9 @@ def cli() -> None:
 )
 @click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories.")
 @click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin).")
+@click.option("--labels", "labels_file", metavar="FILE", help="Class names for a hub: model, one per line.")
+@click.option("--trust-repo", is_flag=True, help="Run a hub: model's repository code without it being trusted first.")
+@click.option("--arg", "hub_args", multiple=True, metavar="KEY=VALUE", help="Argument for a hub: entry point.")
 def classify(
     images: tuple[str, ...],
     model: str,
@@ -131,6 +140,9 @@ def classify(
     full_decode: bool,
     recursive: bool,
     files_from: str | None,
+    labels_file: str | None,
+    trust_repo: bool,
+    hub_args: tuple[str, ...],
 ) -> int:
     """Classify IMAGES (files, directories, or - for stdin) with an ImageNet model.
 
@@ -140,17 +152,19 @@ def classify(
       ptm classify -m alexnet -k 3 photos/
       ptm classify -w IMAGENET1K_V1 --resize 256 --crop 224 dog.jpg
       find . -name '*.jpg' | ptm classify --files-from - -f csv > labels.csv
+      ptm classify -m hub:pytorch/vision:v0.10.0/resnet18 --arg pretrained=true dog.jpg
     """
-    from .catalog import Catalog
-    from .classify import Classifier, classify_images, to_record
+    from .classify import classify_images, to_record
     from .device import check_device_spec
     from .inputs import expand_inputs
 
     if not images and files_from is None:
         raise click.UsageError("give at least one image, directory, '-' or --files-from")
     check_device_spec(device)
-    weights_file = _local_weights(weights)
-    entry = Catalog.load().resolve(model, None if weights_file else weights, task="classify")
+    load_classifier = _classifier_loader(
+        model, weights, device=device, precision=precision, resize=resize, crop=crop,
+        labels_file=labels_file, trust_repo=trust_repo, hub_args=hub_args,
+    )  # fmt: skip
     inputs = expand_inputs(
         images,
         recursive=recursive,
@@ -160,14 +174,7 @@ def classify(
     )
     failed = 0
     with _stdout_is_data() as out:
-        classifier = Classifier.load(
-            entry,
-            weights_file=weights_file,
-            device=device,
-            precision=precision,
-            resize=resize,
-            crop=crop,
-        )
+        classifier = load_classifier()
         writer = _classify_writer(out, fmt)
         count = 0
         results = classify_images(
@@ -187,6 +194,52 @@ def classify(
         _note(f"{failed} of {count} inputs failed; see their error records")
         return EXIT_INPUT_FAILED
     return EXIT_OK
+
+
+def _classifier_loader(
+    model: str,
+    weights: str,
+    *,
+    device: str,
+    precision: str,
+    resize: int | None,
+    crop: int | None,
+    labels_file: str | None,
+    trust_repo: bool,
+    hub_args: tuple[str, ...],
+) -> Callable[[], Any]:
+    """Check the model arguments now; return what loads the classifier later."""
+    from dataclasses import replace
+
+    from .catalog import Catalog
+    from .classify import Classifier
+
+    if model.startswith("hub:"):
+        from .hub import hub_classifier, parse_kwargs, parse_model_spec
+
+        parse_model_spec(model)
+        kwargs = parse_kwargs(list(hub_args))
+        if weights.upper() != "DEFAULT":
+            raise UsageError("-w/--weights does not apply to hub: models; pass entry-point arguments with --arg")
+
+        def load_hub() -> Any:
+            classifier = hub_classifier(
+                model, labels_file=labels_file, device=device, precision=precision, trust_repo=trust_repo,
+                kwargs=kwargs,
+            )  # fmt: skip
+            overrides = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
+            if overrides:
+                classifier.preprocess = replace(classifier.preprocess, **overrides)
+            return classifier
+
+        return load_hub
+    if labels_file or trust_repo or hub_args:
+        raise UsageError("--labels, --trust-repo and --arg apply to hub: models only")
+    weights_file = _local_weights(weights)
+    entry = Catalog.load().resolve(model, None if weights_file else weights, task="classify")
+    return lambda: Classifier.load(
+        entry, weights_file=weights_file, device=device, precision=precision, resize=resize, crop=crop
+    )
 
 
 def _local_weights(value: str) -> Path | None:
@@ -424,6 +477,127 @@ def weights_prune() -> int:
     if not removed:
         _note("nothing to prune")
     return EXIT_OK
+
+
+# --- hub ---------------------------------------------------------------------
+
+
+@cli.group(context_settings=CONTEXT)
+def hub() -> None:
+    """Models from torch.hub repositories, with a trust policy that never prompts.
+
+    REPO is OWNER/NAME[:REF] (a GitHub repository at a branch, tag or commit)
+    or a local directory holding a hubconf.py. A repository runs its own code,
+    so ptm refuses one that is not trusted (exit 2) instead of asking: trust
+    it for one run with --trust-repo or for good with `ptm hub trust REPO`.
+    A repository cached at an explicit REF loads without any network call.
+    """
+
+
+_trust_option = click.option("--trust-repo", is_flag=True, help="Run this repository's code even if not trusted yet.")
+
+
+@hub.command("list", context_settings=CONTEXT)
+@click.argument("repo")
+@_trust_option
+@_format_option
+def hub_list(repo: str, trust_repo: bool, fmt: str | None) -> int:
+    """The entry points REPO offers."""
+    from .hub import list_entrypoints, parse_repo
+
+    with _stdout_is_data() as out:
+        names = list_entrypoints(parse_repo(repo), trust_repo=trust_repo)
+        writer = _writer(out, fmt, columns=["entry"])
+        for name in names:
+            writer.write({"entry": name})
+        writer.close()
+    return EXIT_OK
+
+
+@hub.command("help", context_settings=CONTEXT)
+@click.argument("repo")
+@click.argument("entry")
+@_trust_option
+def hub_help(repo: str, entry: str, trust_repo: bool) -> int:
+    """Print the docstring of REPO's ENTRY."""
+    from .hub import entry_help, parse_repo
+
+    with _stdout_is_data() as out:
+        text = entry_help(parse_repo(repo), entry, trust_repo=trust_repo)
+        out.write((text or f"{entry} has no docstring") + "\n")
+    return EXIT_OK
+
+
+@hub.command("load", context_settings=CONTEXT)
+@click.argument("repo")
+@click.argument("entry")
+@click.option("--arg", "args", multiple=True, metavar="KEY=VALUE", help="Argument for the entry point (repeatable).")
+@_trust_option
+@_format_option
+def hub_load(repo: str, entry: str, args: tuple[str, ...], trust_repo: bool, fmt: str | None) -> int:
+    """Load REPO's ENTRY and report its class, parameter count and origin.
+
+    \b
+    Example (the book's hub.load("pytorch/vision:v0.10.0", "resnet18", pretrained=True)):
+      ptm hub load pytorch/vision:v0.10.0 resnet18 --arg pretrained=true
+    """
+    from .hub import load_model, parse_kwargs, parse_repo
+
+    parsed, kwargs = parse_repo(repo), parse_kwargs(list(args))
+    with _stdout_is_data() as out:
+        _, info = load_model(parsed, entry, kwargs=kwargs, trust_repo=trust_repo)
+        writer = _writer(out, fmt, columns=["repo", "entry", "class", "params", "source", "trusted_by"])
+        writer.write(
+            {"repo": info.repo, "entry": info.entry, "class": info.class_name, "params": info.num_params,
+             "source": info.source, "trusted_by": info.trusted_by}
+        )  # fmt: skip
+        writer.close()
+    return EXIT_OK
+
+
+@hub.command("trust", context_settings=CONTEXT)
+@click.argument("repo")
+def hub_trust(repo: str) -> int:
+    """Record OWNER/NAME as trusted (in the list torch.hub itself keeps)."""
+    from .hub import parse_repo, trust
+
+    parsed = parse_repo(repo)
+    added = trust(parsed)
+    _note(f"{parsed.slug} {'is now trusted' if added else 'was already trusted'}")
+    return EXIT_OK
+
+
+# --- doctor ------------------------------------------------------------------
+
+
+@cli.command(context_settings=CONTEXT)
+@_format_option
+def doctor(fmt: str | None) -> int:
+    """Check that ptm can run here: Python, torch, devices, cache, settings.
+
+    Exit 0 when ptm can run, 1 (with the reasons) when it cannot.
+
+    \b
+    Examples:
+      ptm doctor
+      ptm doctor -f json | jq .cuda
+    """
+    from .doctor import collect, rows
+
+    report = collect()
+    with _stdout_is_data() as out:
+        if fmt == "json":
+            import json
+
+            out.write(json.dumps(report, indent=1) + "\n")
+        else:
+            writer = _writer(out, fmt, columns=["section", "key", "value"])
+            for row in rows(report):
+                writer.write(row)
+            writer.close()
+    for problem in report.get("problems") or []:
+        _note(f"problem: {problem}")
+    return EXIT_OK if report.get("ok") else EXIT_INPUT_FAILED
 
 
 # --- entry point -------------------------------------------------------------

@@ -6,8 +6,8 @@ import re
 
 import click
 import pytest
-
 from helpers import ROOT
+
 from ptm_cli.cli import cli
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
