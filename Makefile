@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ptm-installed
 
-.PHONY: demo test lint clean catalog
+.PHONY: demo test lint clean catalog bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ catalog: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Throughput and start-up against the book's loop, on this machine (a few minutes).
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
