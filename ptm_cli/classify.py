@@ -141,7 +141,12 @@ class Classifier:
         torch_device = choose_device(device)
         chosen_precision = choose_precision(precision, torch_device)
         factory = torchvision_factory(entry)
-        state_dict = weights.load_state_dict(path, ref=None if weights_file else entry.ref)
+        if weights_file is not None:
+            from .tensorfiles import load_any
+
+            state_dict = load_any(path)  # .pth, .safetensors or .h5
+        else:
+            state_dict = weights.load_state_dict(path, ref=entry.ref)
         model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
         model = _prepare(model, torch_device)
         classifier = cls(

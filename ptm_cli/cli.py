@@ -330,7 +330,7 @@ def models(task: str | None, fmt: str | None) -> int:
 
 @cli.group(context_settings=CONTEXT)
 def weights() -> None:
-    """Manage the weights cache: list, download, verify, import, path, rm, prune.
+    """Manage the weights cache (list, download, verify, import, path, rm, prune) and weights files (inspect, convert).
 
     The cache is PTM_CACHE_DIR, else torch's own checkpoint directory
     ($TORCH_HOME/hub/checkpoints), so files torchvision downloaded are reused.
@@ -463,6 +463,97 @@ def weights_rm(name: str, weights_name: str | None, forget_pin: bool) -> int:
         _note(f"removed {entry.file_name}")
     else:
         _note(f"{entry.file_name} was not in the cache")
+    return EXIT_OK
+
+
+def _weights_file_or_entry(target: str) -> Path:
+    """A FILE argument, or the cached file of a catalog NAME."""
+    from .weights import cached_path
+
+    path = Path(target).expanduser()
+    if path.is_file():
+        return path
+    if os.sep in target or path.suffix in (".pth", ".pt", ".bin", ".safetensors", ".h5", ".hdf5"):
+        raise UsageError(f"{target} does not exist")
+    cached = cached_path(_entry(target, None))
+    if not cached.is_file():
+        raise UsageError(f"{target} is not downloaded yet; run `ptm weights download {target}` first")
+    return cached
+
+
+@weights.command("inspect", context_settings=CONTEXT)
+@click.argument("target", metavar="FILE|NAME")
+@_format_option
+def weights_inspect(target: str, fmt: str | None) -> int:
+    """One row per tensor: shape, dtype, size, stride, storage offset, contiguity, sharing.
+
+    Reads .pth/.pt (weights_only, memory-mapped), .safetensors (header only)
+    and .h5 files; NAME inspects a cached catalog file. The totals and the
+    catalog architecture the file fits go to stderr (or into the object
+    printed with -f json).
+
+    \b
+    Examples:
+      ptm weights inspect resnet101-cd907fc2.pth
+      ptm weights inspect alexnet -f csv > alexnet-tensors.csv
+    """
+    from .catalog import Catalog
+    from .tensorfiles import inspect_file, match_architecture, summary, to_rows
+
+    inspection = inspect_file(_weights_file_or_entry(target))
+    totals = {**summary(inspection), "architecture": match_architecture(inspection, Catalog.load())}
+    rows = to_rows(inspection)
+    with _stdout_is_data() as out:
+        if fmt == "json":
+            import json
+
+            out.write(json.dumps({**totals, "tensors": rows}, indent=1) + "\n")
+        else:
+            columns = ["name", "shape", "dtype", "numel", "bytes", "stride", "offset", "contiguous", "storage",
+                       "shares_with"]  # fmt: skip
+            writer = _writer(out, fmt, columns=columns)
+            for row in rows:
+                writer.write(row)
+            writer.close()
+    by_dtype = ", ".join(f"{k} {v:,} B" for k, v in totals["bytes_by_dtype"].items())
+    _note(
+        f"{totals['tensors']} tensors, {totals['float_values']:,} floating-point values, {totals['storages']} storages "
+        f"({totals['storage_bytes']:,} bytes; {by_dtype}); architecture: {totals['architecture'] or 'no match'}"
+    )
+    for warning in totals["warnings"]:
+        _note(f"warning: {warning}")
+    return EXIT_OK
+
+
+@weights.command("convert", context_settings=CONTEXT)
+@click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dtype", type=click.Choice(("bf16", "fp16", "fp32")), help="Cast floating-point tensors.")
+@click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+@_format_option
+def weights_convert(src: Path, dst: Path, dtype: str | None, force: bool, fmt: str | None) -> int:
+    """Convert a weights file between .pth, .safetensors and .h5 (by extension).
+
+    Non-contiguous and shared tensors are written correctly; a round trip is
+    bit-identical. .safetensors and .h5 files cannot run code when loaded.
+
+    \b
+    Examples:
+      ptm weights convert resnet101-cd907fc2.pth resnet101.safetensors
+      ptm weights convert model.pth model-half.h5 --dtype fp16
+    """
+    from .tensorfiles import convert_file
+
+    with _stdout_is_data() as out:
+        report = convert_file(src, dst, dtype=dtype, force=force)
+        writer = _writer(out, fmt, columns=["src", "dst", "tensors", "bytes_written", "dtype", "cast",
+                                            "made_contiguous", "duplicated"])  # fmt: skip
+        writer.write(
+            {"src": str(report.src), "dst": str(report.dst), "tensors": report.tensors,
+             "bytes_written": report.bytes_written, "dtype": report.dtype, "cast": len(report.cast),
+             "made_contiguous": len(report.made_contiguous), "duplicated": len(report.duplicated)}
+        )  # fmt: skip
+        writer.close()
     return EXIT_OK
 
 
