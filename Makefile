@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ptm-installed
 
-.PHONY: demo test lint clean catalog bench
+.PHONY: demo test test-long fuzz lint clean catalog bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check ptm_cli tests scripts
+
+# Soak and load tests (thousands of images): minutes, still offline.
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -q -m long
+
+# The image-loader fuzz target with a long budget.
+fuzz: $(STAMP)
+	PTM_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
