@@ -630,11 +630,39 @@ def resize_and_crop(image: Image.Image, p: Preprocess) -> Image.Image:
     The result is pixel-identical to ``transforms.Resize(p.resize,
     interpolation)`` followed by ``transforms.CenterCrop(p.crop)``.
     """
+    resample = INTERPOLATIONS[p.interpolation]
+    if p.resize is not None and p.crop is not None:
+        width, height = _resized_size(image.width, image.height, p.resize)
+        if width * height > _FUSE_PIXELS and p.crop <= min(width, height):
+            return _resize_crop_region(image, (width, height), p.crop, resample)
     if p.resize is not None:
-        image = _resize_shorter_side(image, p.resize, INTERPOLATIONS[p.interpolation])
+        image = _resize_shorter_side(image, p.resize, resample)
     if p.crop is not None:
         image = _center_crop(image, p.crop)
     return image
+
+
+# A resized image beyond this many pixels is never materialised; only the region
+# the crop keeps is resized. Only extreme strips get there (a 40000x1 strip would
+# become 2,880,000x72 on its way to 64x64); the region's pixels can differ from a
+# full resize by one level where float rounding moves a filter tap.
+_FUSE_PIXELS = 16_000_000
+
+
+def _resize_crop_region(
+    image: Image.Image, resized: tuple[int, int], side: int, resample: Image.Resampling
+) -> Image.Image:
+    """The centre crop of the resized image, computed from the source region it covers.
+
+    Pillow's ``box`` keeps each output pixel's filter centre and support where
+    a full resize would put them, so this matches resize-then-crop.
+    """
+    width, height = resized
+    top = round((height - side) / 2.0)
+    left = round((width - side) / 2.0)
+    sx, sy = image.width / width, image.height / height
+    box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
+    return image.resize((side, side), resample, box=box)
 
 
 def _resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:

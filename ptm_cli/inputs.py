@@ -38,7 +38,8 @@ def iter_directory(directory: Path, recursive: bool) -> Iterator[Path]:
         if entry.is_dir(follow_symlinks=False):
             if recursive:
                 yield from iter_directory(path, recursive)
-        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+        # Regular files only: opening a FIFO or a device found in a folder would block the run.
+        elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             yield path
 
 

@@ -993,8 +993,9 @@ def prune(max_age: float = ORPHAN_AGE) -> list[Path]:
 
 
 def _damaged(path: Path, ref: str | None, detail: str) -> WeightsError:
-    rm = f"`ptm weights rm {ref}`" if ref else "`ptm weights rm`"
-    return WeightsError(f"{path} is damaged ({detail}); delete it with {rm} and download it again")
+    if ref is None:  # a user's own file, not a cache entry: ptm cannot re-download it
+        return WeightsError(f"{path} is damaged ({detail}); copy or save the file again from its source")
+    return WeightsError(f"{path} is damaged ({detail}); delete it with `ptm weights rm {ref}` and download it again")
 
 
 def _first_line(exc: BaseException) -> str:
