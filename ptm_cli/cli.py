@@ -283,6 +283,199 @@ def _classify_writer(out: IO[str], fmt: str | None) -> Any:
     return _writer(out, chosen, columns=["input", "rank", "index", "label", "probability", "error"], flatten=rows)
 
 
+# --- translate and zebra -----------------------------------------------------
+
+
+class _SizeParam(click.ParamType):
+    name = "N|full"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or value == "full":
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of pixels nor 'full'", param, ctx)
+        if number < 1:
+            self.fail("the size must be at least 1 pixel", param, ctx)
+        return number
+
+
+def _translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.argument("images", nargs=-1),
+        click.option("-w", "--weights", default="DEFAULT", show_default=True,
+                     help="Weights variant, or a local .pth/.safetensors/.h5 generator file."),
+        click.option("-o", "--output", metavar="FILE|-",
+                     help="Output file for one input; '-' writes the image to stdout."),
+        click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Directory for the outputs of several inputs (names keep the input's stem)."),
+        click.option("--suffix", default="", help="Added to each output's stem in --output-dir, e.g. _zebra."),
+        click.option("--format", "image_format", metavar="FORMAT",
+                     help="Image format to write (png, jpeg, webp, bmp, tiff); default: -o's extension, else png."),
+        click.option("--size", default="256", show_default=True, type=_SizeParam(),
+                     help="Short side the generator runs at (the result is scaled back), or 'full' for the image's "
+                          "own resolution in tiles."),
+        click.option("--tile", default=512, show_default=True, type=click.IntRange(min=64),
+                     help="Tile side for --size full (bounds memory)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--precision", type=click.Choice(("fp32", "bf16", "fp16", "auto")), default="fp32",
+                     show_default=True, help="Float type for the generator."),
+        click.option("--force", is_flag=True, help="Overwrite existing output files."),
+        click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file already exists."),
+        click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories."),
+        click.option("--files-from", metavar="FILE",
+                     help="Read image paths, one per line, from FILE ('-' for stdin)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-m", "--model", required=True, help="A translation model (see `ptm models --task translate`).")
+@_translate_options
+def translate(model: str, **options: Any) -> int:
+    """Turn IMAGES into new images with a CycleGAN generator, at the input's size.
+
+    \b
+    Examples:
+      ptm translate -m style_monet photo.jpg -o monet.png
+      ptm translate -m summer2winter_yosemite --output-dir winter/ --suffix _winter summer/*.jpg
+      ptm translate -m apple2orange --size full --tile 384 apples.jpg -o oranges.png
+    """
+    return _run_translate(model, **options)
+
+
+@cli.command(context_settings=CONTEXT)
+@_translate_options
+def zebra(**options: Any) -> int:
+    """Horses into zebras: the book's CycleGAN generator (ptm translate -m horse2zebra).
+
+    \b
+    Examples:
+      ptm zebra horse.jpg -o zebra.png
+      cat horse.jpg | ptm zebra - -o - > zebra.png
+      ptm zebra --size full big-horse.jpg -o big-zebra.png
+      ptm zebra --output-dir zebras/ --skip-existing horses/
+    """
+    return _run_translate("horse2zebra", **options)
+
+
+def _run_translate(
+    model: str,
+    *,
+    images: tuple[str, ...],
+    weights: str,
+    output: str | None,
+    output_dir: Path | None,
+    suffix: str,
+    image_format: str | None,
+    size: int | str,
+    tile: int,
+    device: str,
+    precision: str,
+    force: bool,
+    skip_existing: bool,
+    recursive: bool,
+    files_from: str | None,
+) -> int:
+    from .catalog import Catalog
+    from .device import check_device_spec
+    from .imagejobs import make_destination, run_image_jobs
+    from .inputs import expand_inputs
+
+    if not images and files_from is None:
+        raise click.UsageError("give at least one image, directory, '-' or --files-from")
+    check_device_spec(device)
+    single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
+    destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2)
+    weights_file = _local_weights(weights)
+    entry = Catalog.load().resolve(model, None if weights_file else weights, task="translate")
+    inputs = expand_inputs(
+        images,
+        recursive=recursive,
+        files_from=files_from,
+        stdin=sys.stdin.buffer if "-" in images else None,
+        stdin_text=sys.stdin if files_from == "-" else None,
+    )
+    failed = count = 0
+    with _stdout_is_data() as out, _Progress() as progress:
+        from .translate import Translator
+
+        translator = Translator.load(entry, weights_file=weights_file, device=device, precision=precision)
+
+        def transform(image: Any) -> Any:
+            return translator.translate(image, size=size, tile=tile, on_tile=progress.tiles)
+
+        def describe() -> dict[str, Any]:
+            return {"model": entry.model, "weights": translator.weights_label}
+
+        def emit(data: bytes) -> None:
+            out.flush()
+            out.buffer.write(data)
+            out.buffer.flush()
+
+        records = _writer(sys.stderr if destination.stdout else out, None,
+                          columns=["input", "output", "size", "seconds", "error"],
+                          flatten=_translate_rows)  # fmt: skip
+        for record in run_image_jobs(inputs, transform, destination, force=force, skip_existing=skip_existing,
+                                     describe=describe, emit_bytes=emit):  # fmt: skip
+            count += 1
+            failed += "error" in record
+            progress.file_done()
+            if destination.stdout and "error" not in record:
+                continue  # stdout holds the image; nothing else may go there
+            records.write(record)
+            records.flush()
+        records.close()
+    if failed:
+        _note(f"{failed} of {count} inputs failed; see their error records")
+        return EXIT_INPUT_FAILED
+    return EXIT_OK
+
+
+def _translate_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    if "error" in record:
+        return [{"input": record["input"], "error": f"{record['error']['type']}: {record['error']['message']}"}]
+    size = record.get("size")
+    return [{**record, "size": f"{size[0]}x{size[1]}" if size else "skipped"}]
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self._bar = Progress(console=Console(stderr=True), transient=True)
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def tiles(self, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task("tiles", total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def file_done(self) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.remove_task(self._task)
+            self._task = None
+
+
+
 # --- models ------------------------------------------------------------------
 
 

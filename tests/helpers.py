@@ -22,6 +22,7 @@ class Result:
     code: int
     stdout: str
     stderr: str
+    stdout_bytes: bytes = b""
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.stdout.splitlines()]
@@ -41,7 +42,8 @@ def run_ptm(args: list[str], stdin: bytes = b"") -> Result:
         sys.stdin, sys.stdout, sys.stderr = saved
     out.flush()
     err.flush()
-    return Result(code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())  # type: ignore[attr-defined]
+    raw = out.buffer.getvalue()  # type: ignore[attr-defined]
+    return Result(code, raw.decode(errors="replace"), err.buffer.getvalue().decode(), raw)  # type: ignore[attr-defined]
 
 
 def ptm_process(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:

@@ -1,0 +1,132 @@
+"""Running an image-to-image model over many inputs, one output file each.
+
+Owns what happens around the model: where each result goes, the rules for
+existing files (never overwritten without ``force``; skipped with
+``skip_existing``, so an interrupted run can be resumed), atomic writes, and
+one record per input in input order. A failed input leaves no file behind
+and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .classify import ImageInput
+from .errors import InputError, OutputError, UsageError
+from .output import IMAGE_FORMATS, encode_image, image_format_for, write_file_atomic
+
+Transform = Callable[[Any], Any]  # PIL image in, PIL image of the same size out
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go: one named file, stdout, or a directory."""
+
+    file: Path | None = None  # -o FILE (one input only)
+    stdout: bool = False  # -o -
+    directory: Path | None = None  # --output-dir
+    suffix: str = ""
+    image_format: str | None = None  # --format; else from the file name, else PNG
+
+    def path_for(self, item: ImageInput) -> Path | None:
+        """The output file for ``item``; None means stdout."""
+        if self.stdout:
+            return None
+        if self.file is not None:
+            return self.file
+        assert self.directory is not None
+        stem = "stdin" if item.name == "-" else Path(item.name).stem or "image"
+        return self.directory / f"{stem}{self.suffix}{self.extension}"
+
+    @property
+    def extension(self) -> str:
+        fmt = self.image_format or "PNG"
+        return next(ext for ext, name in IMAGE_FORMATS.items() if name == fmt)
+
+    def format_for(self, path: Path | None) -> str:
+        if path is None or self.image_format:
+            return self.image_format or "PNG"
+        return image_format_for(str(path))
+
+
+def make_destination(
+    output: str | None, output_dir: Path | None, suffix: str, image_format: str | None, n_inputs_hint: int
+) -> Destination:
+    """Check ``-o``/``--output-dir``/``--format`` together; raise UsageError on a bad mix."""
+    fmt = image_format_for("", image_format) if image_format else None
+    if output is not None and output_dir is not None:
+        raise UsageError("use either -o/--output or --output-dir, not both")
+    if output is None and output_dir is None:
+        raise UsageError("say where the images go: -o FILE, -o - for stdout, or --output-dir DIR")
+    if output is not None:
+        if n_inputs_hint != 1:
+            raise UsageError("-o names one output file; for several inputs use --output-dir DIR")
+        if output == "-":
+            return Destination(stdout=True, image_format=fmt)
+        if fmt is None:
+            image_format_for(output)  # fail now on an unknown extension
+        return Destination(file=Path(output), image_format=fmt)
+    assert output_dir is not None
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output-dir {output_dir} is a file, not a directory")
+    return Destination(directory=output_dir, suffix=suffix, image_format=fmt)
+
+
+def run_image_jobs(
+    inputs: Iterable[ImageInput],
+    transform: Transform,
+    destination: Destination,
+    *,
+    force: bool = False,
+    skip_existing: bool = False,
+    describe: Callable[[], dict[str, Any]] | None = None,
+    emit_bytes: Callable[[bytes], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Transform each input and write it; yield one record per input, in order.
+
+    ``describe()`` adds fields (model, weights) to successful records;
+    ``emit_bytes`` receives the encoded image when the destination is stdout.
+    """
+    for item in inputs:
+        started = time.perf_counter()
+        try:
+            path = destination.path_for(item)
+            if path is not None:
+                if skip_existing and path.exists():
+                    yield {"input": item.name, "output": str(path), "skipped": True}
+                    continue
+                _check_writable(item, path, force)
+            image = item.open()
+            result = transform(image)
+            data = encode_image(result, destination.format_for(path))
+            if path is None:
+                if emit_bytes is None:
+                    raise UsageError("stdout output needs a byte sink")
+                emit_bytes(data)
+            else:
+                if path.parent and not path.parent.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                write_file_atomic(path, data, force=force)
+        except InputError as exc:
+            yield {"input": item.name, "error": {"type": exc.kind, "message": str(exc)}}
+            continue
+        except OSError as exc:
+            error = OutputError(f"{item.name}: {exc.strerror or exc}")
+            yield {"input": item.name, "error": {"type": error.kind, "message": str(error)}}
+            continue
+        record = {"input": item.name, "output": "-" if path is None else str(path), "size": list(result.size)}
+        record.update(describe() if describe else {})
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        yield record
+
+
+def _check_writable(item: ImageInput, path: Path, force: bool) -> None:
+    """Refuse before any work: an existing output, or the input itself as output."""
+    if item.path is not None and path.exists() and path.resolve() == item.path.resolve():
+        raise OutputError(f"{path} is the input itself; choose another --output-dir or a --suffix")
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists; use --force to overwrite it or --skip-existing to keep it")

@@ -1,0 +1,156 @@
+"""`ptm zebra` and `ptm translate` from the command line: files, stdout, records, exit codes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import DATA, run_ptm
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def generator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ptm_cli.translate import build_generator
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("gen") / "gen.pth"
+    torch.save(build_generator().state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def zebra(generator_file: Path) -> list[str]:
+    # --size 32 keeps the generator cheap; the engine's own tests cover 256 and full.
+    return ["zebra", "-w", str(generator_file), "--size", "32"]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def odd_image(path: Path, size: tuple[int, int] = (67, 45)) -> Path:
+    Image.effect_noise(size, 50).convert("RGB").save(path)
+    return path
+
+
+def test_one_file_keeps_the_input_size(zebra: list[str], tmp_path: Path) -> None:
+    source = odd_image(tmp_path / "horse.png")
+    result = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.png")])
+    assert result.code == 0, result.stderr
+    (record,) = result.records()
+    assert record["output"] == str(tmp_path / "out.png")
+    assert record["size"] == [67, 45]
+    assert record["model"] == "horse2zebra"
+    assert record["seconds"] >= 0
+    assert image_size(tmp_path / "out.png") == (67, 45)
+
+
+def test_stdin_to_stdout_is_a_valid_png_and_nothing_else(zebra: list[str], tmp_path: Path) -> None:
+    data = (DATA / "rocket.jpg").read_bytes()
+    result = run_ptm([*zebra, "-", "-o", "-"], stdin=data)
+    assert result.code == 0, result.stderr
+    assert result.stdout_bytes.startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(result.stdout_bytes)) as image:
+        assert image.size == (640, 427)
+
+
+def test_stdout_bytes_through_a_real_pipe(generator_file: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ptm_cli", "zebra", "-w", str(generator_file), "--size", "32", "-", "-o", "-",
+         "--format", "jpeg"],
+        input=(DATA / "rocket.jpg").read_bytes(), capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    with Image.open(io.BytesIO(done.stdout)) as image:
+        assert image.format == "JPEG" and image.size == (640, 427)
+
+
+def test_many_inputs_into_a_directory(zebra: list[str], tmp_path: Path) -> None:
+    a, b = odd_image(tmp_path / "a.jpg", (40, 30)), odd_image(tmp_path / "b.png", (31, 50))
+    out = tmp_path / "out"
+    result = run_ptm([*zebra, str(a), str(b), "--output-dir", str(out), "--suffix", "_zebra"])
+    assert result.code == 0, result.stderr
+    assert [r["output"] for r in result.records()] == [str(out / "a_zebra.png"), str(out / "b_zebra.png")]
+    assert image_size(out / "b_zebra.png") == (31, 50)
+
+
+def test_existing_outputs_are_kept_unless_forced_and_can_be_skipped(zebra: list[str], tmp_path: Path) -> None:
+    source = odd_image(tmp_path / "h.png")
+    target = tmp_path / "z.png"
+    target.write_bytes(b"precious")
+    refused = run_ptm([*zebra, str(source), "-o", str(target)])
+    assert refused.code == 1
+    assert refused.records()[0]["error"]["type"] == "OutputError"
+    assert "--force" in refused.records()[0]["error"]["message"]
+    assert target.read_bytes() == b"precious"
+
+    skipped = run_ptm([*zebra, str(source), "-o", str(target), "--skip-existing"])
+    assert skipped.code == 0 and skipped.records()[0]["skipped"] is True
+
+    forced = run_ptm([*zebra, str(source), "-o", str(target), "--force"])
+    assert forced.code == 0
+    assert image_size(target) == (67, 45)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png", "z.png"]  # no temporary files
+
+
+def test_bad_inputs_get_records_and_no_files(zebra: list[str], tmp_path: Path) -> None:
+    good = odd_image(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "out"
+    result = run_ptm([*zebra, str(tmp_path / "bad.jpg"), str(good), "--output-dir", str(out)])
+    assert result.code == 1
+    bad, ok = result.records()
+    assert bad["error"]["type"] == "UnreadableImage"
+    assert ok["output"] == str(out / "good.png")
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+
+
+def test_full_size_tiles_keep_the_size(zebra: list[str], tmp_path: Path) -> None:
+    source = odd_image(tmp_path / "h.png", (150, 90))
+    args = ["zebra", *zebra[1:3], str(source), "-o", str(tmp_path / "z.png"), "--size", "full", "--tile", "64"]
+    result = run_ptm(args)
+    assert result.code == 0, result.stderr
+    assert image_size(tmp_path / "z.png") == (150, 90)
+
+
+def test_translate_runs_any_translation_model(generator_file: Path, tmp_path: Path) -> None:
+    source = odd_image(tmp_path / "p.png")
+    result = run_ptm(["translate", "-m", "style_monet", "-w", str(generator_file), "--size", "32", str(source),
+                      "-o", str(tmp_path / "m.webp")])  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert result.records()[0]["model"] == "style_monet"
+    with Image.open(tmp_path / "m.webp") as written:
+        assert written.format == "WEBP"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["zebra", "x.png"], "say where the images go"),
+        (["zebra", "a.png", "b.png", "-o", "z.png"], "--output-dir"),
+        (["zebra", "x.png", "-o", "z.xyz"], "--format"),
+        (["zebra", "x.png", "-o", "z.png", "--format", "gif"], "cannot write"),
+        (["zebra", "x.png", "-o", "z.png", "--size", "big"], "neither a number"),
+        (["translate", "-m", "resnet101", "x.png", "-o", "z.png"], "ptm classify"),
+        (["translate", "-m", "nosuch", "x.png", "-o", "z.png"], "unknown model"),
+    ],
+)
+def test_usage_errors(args: list[str], message: str) -> None:
+    result = run_ptm(args)
+    assert result.code == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_offline_without_the_books_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PTM_OFFLINE", "1")
+    result = run_ptm(["zebra", str(odd_image(tmp_path / "h.png")), "-o", str(tmp_path / "z.png")])
+    assert result.code == 2
+    assert "horse2zebra_0.4.0.pth" in result.stderr and "ptm weights import" in result.stderr
+    assert not (tmp_path / "z.png").exists()
