@@ -421,13 +421,17 @@ class Translator:
                 f"translation models use {ARCHITECTURE!r}"
             )
         kwargs = _generator_kwargs(entry)
-        torch_device = choose_device(device)
-        chosen_precision = choose_precision(precision, torch_device)
+        # Weights first: a missing file should fail before torch is even imported.
         if weights_file is not None:
-            path, label = Path(weights_file), str(weights_file)
+            from .tensorfiles import load_any
+
+            label = str(weights_file)
+            state_dict = load_any(Path(weights_file))  # .pth, .safetensors or .h5
         else:
             path, label = weights.ensure_weights(entry, progress=progress), entry.weights
-        state_dict = weights.load_state_dict(path, ref=entry.ref)
+            state_dict = weights.load_state_dict(path, ref=entry.ref)
+        torch_device = choose_device(device)
+        chosen_precision = choose_precision(precision, torch_device)
         model = load_generator(state_dict, what=f"{ARCHITECTURE} ({entry.ref})", **kwargs)
         return cls(entry, model.to(torch_device), weights_label=label, device=torch_device, precision=chosen_precision)
 

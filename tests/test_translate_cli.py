@@ -154,3 +154,17 @@ def test_offline_without_the_books_weights(monkeypatch: pytest.MonkeyPatch, tmp_
     assert result.code == 2
     assert "horse2zebra_0.4.0.pth" in result.stderr and "ptm weights import" in result.stderr
     assert not (tmp_path / "z.png").exists()
+
+
+def test_generator_weights_in_every_format(generator_file: Path, tmp_path: Path) -> None:
+    source = odd_image(tmp_path / "h.png")
+    outputs = {}
+    for suffix in (".pth", ".safetensors", ".h5"):
+        weights = generator_file if suffix == ".pth" else tmp_path / f"gen{suffix}"
+        if suffix != ".pth":
+            assert run_ptm(["weights", "convert", str(generator_file), str(weights)]).code == 0
+        target = tmp_path / f"out{suffix}.png"
+        result = run_ptm(["zebra", "-w", str(weights), "--size", "32", str(source), "-o", str(target)])
+        assert result.code == 0, result.stderr
+        outputs[suffix] = target.read_bytes()
+    assert outputs[".pth"] == outputs[".safetensors"] == outputs[".h5"]
