@@ -25,6 +25,7 @@ _LAZY = {
     "ImageInput": "classify",
     "Prediction": "classify",
     "classify_images": "classify",
+    "Translator": "translate",
     "load_image": "images",
     "Preprocess": "images",
     "preprocess": "images",
@@ -42,6 +43,7 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "ImageInput",
     "Prediction",
     "classify_images",
+    "Translator",
     "load_image",
     "Preprocess",
     "preprocess",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from .classify import Classification, Classifier, ImageInput, Prediction, classify_images
     from .errors import PtmError
     from .images import Preprocess, load_image, preprocess
+    from .translate import Translator
     from .weights import ensure_weights, load_state_dict
 
 

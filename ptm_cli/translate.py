@@ -92,6 +92,8 @@ DEFAULT_OVERLAP = 96
 """Minimum overlap between neighbouring tiles; chosen from measured seam errors (see the tests)."""
 STATS_MAX_SIDE = 1024
 """Long side of the image the whole-image InstanceNorm statistics are taken from."""
+MAX_ENLARGE = 4
+"""Enlarging a small image stops once its long side reaches this many times the run size."""
 MIN_RUN_SIDE = 16
 """Smaller images are enlarged to this short side; the generator needs at least 8."""
 MIN_TILE = 32
@@ -473,7 +475,8 @@ class Translator:
         from .images import to_rgb
 
         tile, overlap = _check_tiling(tile, overlap)
-        run_image = self._run_image(to_rgb(image), self._resolve_size(size))
+        rgb = to_rgb(image)
+        run_image = self._run_image(rgb, self._capped_short_side(rgb, self._resolve_size(size)))
         with self._lock:
             return self._run(run_image, tile, overlap, on_tile)
 
@@ -491,12 +494,27 @@ class Translator:
 
     @staticmethod
     def _run_image(image: Image.Image, short_side: int | None) -> Image.Image:
-        """The image resized as the generator will see it (tiny ones enlarged to MIN_RUN_SIDE)."""
+        """The image resized as the generator will see it (tiny ones enlarged to MIN_RUN_SIDE).
+
+        Enlarging never makes the long side exceed both the input's and
+        ``MAX_ENLARGE * short_side``: the book's rule would run a 1x1000 strip
+        at 256x256000, hours of work for a one-pixel-high result.
+        """
         if short_side is not None:
             image = _resize_short_side(image, short_side)
         if min(image.size) < MIN_RUN_SIDE:
             image = _resize_short_side(image, MIN_RUN_SIDE)
         return image
+
+    @staticmethod
+    def _capped_short_side(image: Image.Image, short_side: int | None) -> int | None:
+        if short_side is None or min(image.size) >= short_side:
+            return short_side
+        scale = short_side / min(image.size)
+        limit = max(max(image.size), MAX_ENLARGE * short_side)
+        if max(image.size) * scale <= limit:
+            return short_side
+        return max(1, int(min(image.size) * limit / max(image.size)))
 
     def _run(self, image: Image.Image, tile: int, overlap: int, on_tile: TileCallback | None) -> Image.Image:
         import numpy as np

@@ -168,3 +168,12 @@ def test_generator_weights_in_every_format(generator_file: Path, tmp_path: Path)
         assert result.code == 0, result.stderr
         outputs[suffix] = target.read_bytes()
     assert outputs[".pth"] == outputs[".safetensors"] == outputs[".h5"]
+
+
+def test_extreme_strips_are_not_enlarged_without_bound(zebra: list[str], tmp_path: Path) -> None:
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1000, 1), (120, 80, 40)).save(strip)
+    # The book's rule would run it at 256000x256; ptm caps the enlargement.
+    result = run_ptm(["zebra", *zebra[1:3], "--size", "256", str(strip), "-o", str(tmp_path / "z.png")])
+    assert result.code == 0, result.stderr
+    assert image_size(tmp_path / "z.png") == (1000, 1)
