@@ -91,10 +91,16 @@ def run_image_jobs(
     ``describe()`` adds fields (model, weights) to successful records;
     ``emit_bytes`` receives the encoded image when the destination is stdout.
     """
+    written: dict[Path, str] = {}  # outputs of this run, so two inputs never share one
     for item in inputs:
         started = time.perf_counter()
         try:
             path = destination.path_for(item)
+            if path is not None and path.resolve() in written:
+                raise OutputError(
+                    f"{path} was already written for {written[path.resolve()]} in this run "
+                    "(same file name in another folder); translate them in separate runs or output directories"
+                )
             if path is not None:
                 if skip_existing and path.exists():
                     yield {"input": item.name, "output": str(path), "skipped": True}
@@ -111,6 +117,7 @@ def run_image_jobs(
                 if path.parent and not path.parent.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
                 write_file_atomic(path, data, force=force)
+                written[path.resolve()] = item.name
         except InputError as exc:
             yield {"input": item.name, "error": {"type": exc.kind, "message": str(exc)}}
             continue

@@ -177,3 +177,16 @@ def test_extreme_strips_are_not_enlarged_without_bound(zebra: list[str], tmp_pat
     result = run_ptm(["zebra", *zebra[1:3], "--size", "256", str(strip), "-o", str(tmp_path / "z.png")])
     assert result.code == 0, result.stderr
     assert image_size(tmp_path / "z.png") == (1000, 1)
+
+
+def test_two_inputs_with_one_output_name_never_overwrite_each_other(zebra: list[str], tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = odd_image(tmp_path / "a" / "horse.png"), odd_image(tmp_path / "b" / "horse.png", (30, 20))
+    out = tmp_path / "out"
+    result = run_ptm([*zebra, str(first), str(second), "--output-dir", str(out), "--force"])
+    assert result.code == 1
+    ok, clash = result.records()
+    assert ok["output"] == str(out / "horse.png")
+    assert clash["error"]["type"] == "OutputError" and str(first) in clash["error"]["message"]
+    assert image_size(out / "horse.png") == (67, 45)  # the first result survived
