@@ -134,19 +134,10 @@ class Classifier:
             preprocess = replace(preprocess, **overrides)
         labels = catalog_mod.load_labels(entry)
         # Weights first: a missing file should fail before torch is even imported.
-        if weights_file is not None:
-            path, label = weights_file, str(weights_file)
-        else:
-            path, label = weights.ensure_weights(entry, progress=progress), entry.weights
+        state_dict, label = weights.resolve_state_dict(entry, weights_file, progress=progress)
         torch_device = choose_device(device)
         chosen_precision = choose_precision(precision, torch_device)
         factory = torchvision_factory(entry)
-        if weights_file is not None:
-            from .tensorfiles import load_any
-
-            state_dict = load_any(path)  # .pth, .safetensors or .h5
-        else:
-            state_dict = weights.load_state_dict(path, ref=entry.ref)
         model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
         model = _prepare(model, torch_device)
         classifier = cls(

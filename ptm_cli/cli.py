@@ -156,22 +156,13 @@ def classify(
     """
     from .classify import classify_images, to_record
     from .device import check_device_spec
-    from .inputs import expand_inputs
 
-    if not images and files_from is None:
-        raise click.UsageError("give at least one image, directory, '-' or --files-from")
     check_device_spec(device)
     load_classifier = _classifier_loader(
         model, weights, device=device, precision=precision, resize=resize, crop=crop,
         labels_file=labels_file, trust_repo=trust_repo, hub_args=hub_args,
     )  # fmt: skip
-    inputs = expand_inputs(
-        images,
-        recursive=recursive,
-        files_from=files_from,
-        stdin=sys.stdin.buffer if "-" in images else None,
-        stdin_text=sys.stdin if files_from == "-" else None,
-    )
+    inputs = _inputs(images, recursive, files_from)
     failed = 0
     with _stdout_is_data() as out:
         classifier = load_classifier()
@@ -194,6 +185,21 @@ def classify(
         _note(f"{failed} of {count} inputs failed; see their error records")
         return EXIT_INPUT_FAILED
     return EXIT_OK
+
+
+def _inputs(images: tuple[str, ...], recursive: bool, files_from: str | None) -> Iterator[Any]:
+    """The images named on the command line, checked now and read lazily."""
+    from .inputs import expand_inputs
+
+    if not images and files_from is None:
+        raise click.UsageError("give at least one image, directory, '-' or --files-from")
+    return expand_inputs(
+        images,
+        recursive=recursive,
+        files_from=files_from,
+        stdin=sys.stdin.buffer if "-" in images else None,
+        stdin_text=sys.stdin if files_from == "-" else None,
+    )
 
 
 def _classifier_loader(
@@ -383,22 +389,13 @@ def _run_translate(
     from .catalog import Catalog
     from .device import check_device_spec
     from .imagejobs import make_destination, run_image_jobs
-    from .inputs import expand_inputs
 
-    if not images and files_from is None:
-        raise click.UsageError("give at least one image, directory, '-' or --files-from")
     check_device_spec(device)
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
     destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2)
     weights_file = _local_weights(weights)
     entry = Catalog.load().resolve(model, None if weights_file else weights, task="translate")
-    inputs = expand_inputs(
-        images,
-        recursive=recursive,
-        files_from=files_from,
-        stdin=sys.stdin.buffer if "-" in images else None,
-        stdin_text=sys.stdin if files_from == "-" else None,
-    )
+    inputs = _inputs(images, recursive, files_from)
     failed = count = 0
     with _stdout_is_data() as out, _Progress() as progress:
         from .translate import Translator

@@ -424,14 +424,7 @@ class Translator:
             )
         kwargs = _generator_kwargs(entry)
         # Weights first: a missing file should fail before torch is even imported.
-        if weights_file is not None:
-            from .tensorfiles import load_any
-
-            label = str(weights_file)
-            state_dict = load_any(Path(weights_file))  # .pth, .safetensors or .h5
-        else:
-            path, label = weights.ensure_weights(entry, progress=progress), entry.weights
-            state_dict = weights.load_state_dict(path, ref=entry.ref)
+        state_dict, label = weights.resolve_state_dict(entry, weights_file, progress=progress)
         torch_device = choose_device(device)
         chosen_precision = choose_precision(precision, torch_device)
         model = load_generator(state_dict, what=f"{ARCHITECTURE} ({entry.ref})", **kwargs)

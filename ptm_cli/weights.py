@@ -1129,6 +1129,22 @@ def _strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     return stripped
 
 
+def resolve_state_dict(
+    entry: Entry, weights_file: Path | None = None, *, progress: bool = True
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors a model gets, and the label records show for them.
+
+    ``weights_file`` (a user's own .pth/.safetensors/.h5) wins over the
+    entry's verified cached file, which is downloaded if missing.
+    """
+    if weights_file is not None:
+        from .tensorfiles import load_any
+
+        return load_any(Path(weights_file)), str(weights_file)
+    path = ensure_weights(entry, progress=progress)
+    return load_state_dict(path, ref=entry.ref), entry.weights
+
+
 def load_state_dict(path: Path, *, ref: str | None = None) -> dict[str, torch.Tensor]:
     """Load a state dict safely (``weights_only=True``, memory-mapped when possible) on the CPU.
 
