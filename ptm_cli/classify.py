@@ -36,11 +36,14 @@ class ImageInput:
     name: str
     path: Path | None = None
     data: bytes | None = None
+    error: InputError | None = None  # found while reading the input (e.g. stdin too large)
 
     def open(self, *, min_short_side: int | None = None) -> Any:
         """The decoded RGB image (see `images.load_image` for ``min_short_side``)."""
         from .images import load_image
 
+        if self.error is not None:
+            raise self.error
         source = self.data if self.data is not None else self.path
         if source is None:
             raise InputNotFound(f"{self.name}: neither a path nor data to read")

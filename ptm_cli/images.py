@@ -304,15 +304,27 @@ def _open_path(path: str | os.PathLike, name: str) -> IO[bytes]:
         raise InputNotFound(f"{name} cannot be read ({exc.strerror or _reason(exc)}).") from None
 
 
+MAX_STREAM_BYTES = 1 << 30
+"""The most a pipe or stdin may send for one image; beyond it the input is refused, not buffered."""
+
+
+def read_limited(source: IO[bytes], name: str) -> bytes:
+    """All of a non-seekable stream, refusing (not buffering) more than MAX_STREAM_BYTES."""
+    data = source.read(MAX_STREAM_BYTES + 1)
+    if not isinstance(data, bytes):
+        raise UnreadableImage(f"{name} is a text stream; open it in binary mode ('rb').")
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageTooLarge(f"{name} sends more than {MAX_STREAM_BYTES >> 20} MiB, more than any image ptm reads.")
+    return data
+
+
 def _seekable_stream(source: IO[bytes], name: str) -> IO[bytes]:
     try:
         if source.seekable():
             return source
-        data = source.read()
+        data = read_limited(source, name)
     except (OSError, ValueError, AttributeError) as exc:
         raise InputNotFound(f"{name} cannot be read ({_reason(exc)}).") from None
-    if not isinstance(data, bytes):
-        raise UnreadableImage(f"{name} is a text stream; open it in binary mode ('rb').")
     return io.BytesIO(data)
 
 
@@ -321,7 +333,8 @@ def _open_source(source: ImageSource, name: str) -> Iterator[IO[bytes]]:
     """Yield a seekable binary stream over `source`; close it only if we opened it."""
     if isinstance(source, (str, os.PathLike)):
         with _open_path(source, name) as stream:
-            yield stream
+            # A pipe named as a path (`ptm classify <(curl ...)`) cannot seek.
+            yield _seekable_stream(stream, name)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(bytes(source))
     elif isinstance(source, io.TextIOBase):
@@ -433,6 +446,11 @@ def _decode(image: Image.Image, limit: int, name: str) -> None:
     try:
         if _exceeds_pillow_limit(image.size):
             with _quiet_pillow(), _pillow_bomb_limit(limit):
+                image.load()
+        elif image.format == "TIFF":
+            # TIFF reads its EXIF block while decoding and warns about damage we
+            # tolerate; other formats decode outside the lock, in parallel.
+            with _quiet_pillow():
                 image.load()
         else:
             image.load()

@@ -70,7 +70,7 @@ def _generate(
 ) -> Iterator[ImageInput]:
     for arg in args:
         if arg == "-" and stdin is not None:
-            yield ImageInput(name="-", data=stdin.read())
+            yield _stdin_input(stdin)
             continue
         path = Path(arg)
         if path.is_dir():
@@ -79,6 +79,17 @@ def _generate(
             yield ImageInput(name=arg, path=path)
     if files_from is not None:
         yield from _paths_from(files_from, stdin_text)
+
+
+def _stdin_input(stdin: BinaryIO) -> ImageInput:
+    """stdin's bytes, bounded: `cat /dev/zero | ptm classify -` must not eat all memory."""
+    from .errors import InputError
+    from .images import read_limited
+
+    try:
+        return ImageInput(name="-", data=read_limited(stdin, "-"))
+    except InputError as exc:
+        return ImageInput(name="-", error=exc)
 
 
 def _paths_from(source: str, stdin_text: TextIO | None) -> Iterator[ImageInput]:

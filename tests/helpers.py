@@ -71,3 +71,27 @@ def seeded_state_dict(architecture: str, seed: int = 0, **builder_kwargs: Any) -
 def save_weights(path: Path, architecture: str, seed: int = 0, **builder_kwargs: Any) -> Path:
     torch.save(seeded_state_dict(architecture, seed, **builder_kwargs), path)
     return path
+
+
+def informative_state_dict(seed: int = 11) -> dict[str, torch.Tensor]:
+    """A 4-class MobileNetV3-small whose predictions differ from image to image.
+
+    Freshly initialised BatchNorm statistics make seeded MobileNets answer
+    0.25 for every class on every image, which would let "same predictions"
+    checks pass vacuously; a few forward passes in train mode calibrate them.
+    """
+    import torchvision.models as tvm
+
+    torch.manual_seed(seed)
+    model = tvm.mobilenet_v3_small(weights=None, num_classes=4)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # a plain average over the calibration batches
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        for i in range(4):
+            model(torch.randn(16, 3, 64, 64) * (1 + i) + torch.linspace(-1, 1, 16).view(16, 1, 1, 1))
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(20.0)
+    return model.eval().state_dict()

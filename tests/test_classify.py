@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, run_ptm, save_weights
+from helpers import DATA, informative_state_dict, run_ptm, save_weights
 from PIL import Image
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
@@ -25,7 +25,8 @@ def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A user catalog with a 4-class MobileNet and its own labels."""
     folder = tmp_path_factory.mktemp("tiny")
-    save_weights(folder / "tiny.pth", "mobilenet_v3_small", seed=2, num_classes=4)
+    # Calibrated, so that different images get different answers and comparisons mean something.
+    torch.save(informative_state_dict(), folder / "tiny.pth")
     (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
     toml = folder / "tiny.toml"
     toml.write_text(
@@ -291,3 +292,31 @@ def test_reduced_scale_jpeg_decoding_stays_within_its_bound(resnet18_file: Path,
     drift = max(abs(a["probability"] - b["probability"])
                 for a, b in zip(reduced["predictions"], full["predictions"], strict=True))  # fmt: skip
     assert drift < 0.02  # measured 0.0020 here (0.0002-0.0020 over the three sample photos)
+
+
+def test_a_pipe_named_as_a_path_is_read(tiny: list[str], tmp_path: Path) -> None:
+    """What `ptm classify <(curl ...)` hands over: a FIFO that cannot seek."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    data = (DATA / "rocket.jpg").read_bytes()
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    result = run_ptm([*tiny, str(fifo)])
+    writer.join(timeout=30)
+    assert result.code == 0, result.stderr
+    (expected,) = run_ptm([*tiny, str(DATA / "rocket.jpg")]).records()
+    assert result.records()[0]["predictions"] == expected["predictions"]
+
+
+def test_stdin_larger_than_any_image_is_refused_not_buffered(
+    tiny: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ptm_cli.images
+
+    monkeypatch.setattr(ptm_cli.images, "MAX_STREAM_BYTES", 1000)
+    result = run_ptm([*tiny, "-"], stdin=(DATA / "rocket.jpg").read_bytes())
+    assert result.code == 1
+    assert result.records()[0]["error"]["type"] == "ImageTooLarge"
