@@ -51,3 +51,12 @@ def test_every_environment_variable_read_is_documented() -> None:
 
 def test_the_two_commands_are_in_the_readme() -> None:
     assert "make demo" in README and "make test" in README
+
+
+def test_every_test_reliability_md_names_exists() -> None:
+    text = (ROOT / "RELIABILITY.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"tests/(\w+\.py)::(\w+)", text))
+    assert len(named) > 40
+    missing = [f"{f}::{name}" for f, name in sorted(named)
+               if f"def {name}(" not in (ROOT / "tests" / f).read_text(encoding="utf-8")]  # fmt: skip
+    assert not missing, f"RELIABILITY.md names tests that do not exist: {missing}"
