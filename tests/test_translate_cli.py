@@ -190,3 +190,67 @@ def test_two_inputs_with_one_output_name_never_overwrite_each_other(zebra: list[
     assert ok["output"] == str(out / "horse.png")
     assert clash["error"]["type"] == "OutputError" and str(first) in clash["error"]["message"]
     assert image_size(out / "horse.png") == (67, 45)  # the first result survived
+
+
+def test_disk_full_while_writing_an_output(zebra: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    import ptm_cli.output
+
+    first, second = odd_image(tmp_path / "a.png"), odd_image(tmp_path / "b.png")
+    out = tmp_path / "out"
+    real_fdopen = os.fdopen
+    opened = []
+
+    def fdopen(fd: int, *args: object, **kwargs: object) -> object:
+        handle = real_fdopen(fd, *args, **kwargs)  # type: ignore[arg-type]
+        opened.append(handle)
+        if len(opened) == 2:  # the second output hits a full disk
+
+            def full(data: bytes) -> int:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            handle.write = full  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(ptm_cli.output.os, "fdopen", fdopen)
+    result = run_ptm([*zebra, str(first), str(second), "--output-dir", str(out)])
+    assert result.code == 1
+    ok, full = result.records()
+    assert ok["output"] == str(out / "a.png")
+    assert full["error"]["type"] == "OutputError" and "No space left" in full["error"]["message"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # no partial file, the earlier output intact
+    assert image_size(out / "a.png") == (67, 45)
+
+
+def test_ctrl_c_mid_run_then_resume_with_skip_existing(generator_file: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from helpers import ptm_process
+
+    inputs = [str(odd_image(tmp_path / f"h{i:02}.png", (40 + i, 30))) for i in range(30)]
+    out = tmp_path / "out"
+    args = ["zebra", "-w", str(generator_file), "--size", "32", "--output-dir", str(out), *inputs]
+    with ptm_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert first.startswith(b'{"input"')
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        proc.stdout.read()
+        proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    written = sorted(p.name for p in out.iterdir())
+    assert all(name.endswith(".png") for name in written)  # no temporary files
+    assert 1 <= len(written) < len(inputs)
+    for name in written:
+        assert image_size(out / name)[1] == 30  # every file left behind is a whole image
+
+    resumed = run_ptm([*args, "--skip-existing"])
+    assert resumed.code == 0, resumed.stderr
+    records = resumed.records()
+    assert sum(1 for r in records if r.get("skipped")) == len(written)
+    assert len(list(out.iterdir())) == len(inputs)
