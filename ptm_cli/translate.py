@@ -9,7 +9,6 @@ This module owns
   (torch < 0.4) that still carry InstanceNorm running-stat buffers;
 * :class:`Translator`, which turns a PIL image into a translated PIL image of
   exactly the same size;
-* :func:`output_path_for`, the file name a translated image is written under.
 
 Importing it imports neither torch nor torchvision; the network classes are
 defined the first time a generator is built.
@@ -686,13 +685,3 @@ def _check_tiling(tile: int, overlap: int | None) -> tuple[int, int]:
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
         raise UsageError(f"overlap must be a whole number of pixels from 0 to {tile - 1}, not {overlap!r}")
     return tile, overlap
-
-
-# --- output names ------------------------------------------------------------------------
-
-
-def output_path_for(input_name: str, output_dir: Path, suffix: str, fmt_ext: str) -> Path:
-    """Where the translation of ``input_name`` goes: ``DIR/{stem}{suffix}.{ext}`` (stdin ``-`` is ``stdin``)."""
-    stem = "stdin" if input_name == "-" else Path(input_name).stem or "image"
-    extension = fmt_ext if fmt_ext.startswith(".") else f".{fmt_ext}"
-    return Path(output_dir) / f"{stem}{suffix}{extension}"

@@ -24,7 +24,7 @@ from ptm_cli import translate
 from ptm_cli.catalog import Catalog, Entry
 from ptm_cli.errors import ConfigError, IncompatibleWeights, UsageError
 from ptm_cli.images import load_image
-from ptm_cli.translate import Translator, build_generator, load_generator, output_path_for
+from ptm_cli.translate import Translator, build_generator, load_generator
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -472,5 +472,9 @@ def test_bf16_stays_close_to_fp32(tiny_weights: Path, tiny: Translator) -> None:
     ],
 )
 def test_output_path_keeps_the_inputs_stem(name: str, expected: str) -> None:
-    assert output_path_for(name, Path("out"), "-zebra", ".png") == Path(expected)
-    assert output_path_for(name, Path("out"), "-zebra", "png") == Path(expected)
+    from ptm_cli.classify import ImageInput
+    from ptm_cli.imagejobs import Destination
+
+    destination = Destination(directory=Path("out"), suffix="-zebra")
+    assert destination.path_for(ImageInput(name, path=None if name == "-" else Path(name))) == Path(expected)
+    assert Destination(directory=Path("out"), image_format="JPEG").path_for(ImageInput("a.png")) == Path("out/a.jpg")
