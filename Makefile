@@ -33,7 +33,8 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
-	$(BIN)/ruff format --check ptm_cli tests scripts
+	$(BIN)/python -m pip install --quiet "mypy>=1.10"
+	$(BIN)/mypy ptm_cli
 
 # Rebuild models/torchvision.json after upgrading torchvision.
 catalog: $(STAMP)

@@ -167,7 +167,7 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         url=url,
         sha256=sha,
         file_name=_entry_file_name(url, _optional(raw.get("file_name"), str, "file_name", where), where),
-        size_mb=_optional(raw.get("size_mb"), int | float, "size_mb", where),
+        size_mb=_optional(raw.get("size_mb"), (int, float), "size_mb", where),
         is_default=bool(raw.get("default", False)),
         labels=labels,
         num_classes=raw.get("num_classes"),

@@ -132,9 +132,8 @@ class Classifier:
         from .modeling import build_with_weights
 
         preprocess = entry.preprocess()
-        overrides = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
-        if overrides:
-            preprocess = replace(preprocess, **overrides)
+        if resize is not None or crop is not None:
+            preprocess = replace(preprocess, resize=resize or preprocess.resize, crop=crop or preprocess.crop)
         labels = catalog_mod.load_labels(entry)
         # Weights first: a missing file should fail before torch is even imported.
         state_dict, label = weights.resolve_state_dict(entry, weights_file, progress=progress)

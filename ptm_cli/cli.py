@@ -233,9 +233,9 @@ def _classifier_loader(
                 model, labels_file=labels_file, device=device, precision=precision, trust_repo=trust_repo,
                 kwargs=kwargs,
             )  # fmt: skip
-            overrides = {k: v for k, v in (("resize", resize), ("crop", crop)) if v is not None}
-            if overrides:
-                classifier.preprocess = replace(classifier.preprocess, **overrides)
+            if resize is not None or crop is not None:
+                current = classifier.preprocess
+                classifier.preprocess = replace(current, resize=resize or current.resize, crop=crop or current.crop)
             return classifier
 
         return load_hub
@@ -377,7 +377,7 @@ def _run_translate(
     output_dir: Path | None,
     suffix: str,
     image_format: str | None,
-    size: int | str,
+    size: Any,  # a number of pixels or "full" (_SizeParam)
     tile: int,
     device: str,
     precision: str,
@@ -410,8 +410,9 @@ def _run_translate(
 
         def emit(data: bytes) -> None:
             out.flush()
-            out.buffer.write(data)
-            out.buffer.flush()
+            binary = out.buffer  # type: ignore[attr-defined]
+            binary.write(data)
+            binary.flush()
 
         records = _writer(sys.stderr if destination.stdout else out, None,
                           columns=["input", "output", "size", "seconds", "error"],

@@ -125,7 +125,8 @@ def run_image_jobs(
             error = OutputError(f"{item.name}: {exc.strerror or exc}")
             yield {"input": item.name, "error": {"type": error.kind, "message": str(error)}}
             continue
-        record = {"input": item.name, "output": "-" if path is None else str(path), "size": list(result.size)}
+        record: dict[str, Any] = {"input": item.name, "output": "-" if path is None else str(path),
+                                  "size": list(result.size)}  # fmt: skip
         record.update(describe() if describe else {})
         record["seconds"] = round(time.perf_counter() - started, 3)
         yield record
