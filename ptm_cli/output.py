@@ -108,11 +108,17 @@ class RecordWriter:
         from rich.console import Console
         from rich.table import Table
 
-        console = Console(file=self.stream, soft_wrap=False)
+        # On a terminal the table fits its width, folding long cells rather than
+        # cutting them; written to a file or pipe it is as wide as its content.
+        isatty = getattr(self.stream, "isatty", None)
+        width = None if isatty is not None and isatty() else 10_000
+        console = Console(file=self.stream, soft_wrap=False, width=width)
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for column in self.columns:
             numeric = column in ("rank", "index", "probability", "params", "size_mib", "acc1", "acc5")
-            table.add_column(self.headers.get(column, column), justify="right" if numeric else "left")
+            table.add_column(
+                self.headers.get(column, column), justify="right" if numeric else "left", overflow="fold"
+            )
         for row in rows:
             style = self.table_style(row) if self.table_style else None
             table.add_row(*(_cell(row.get(c)) for c in self.columns), style=style)
