@@ -446,6 +446,7 @@ class _Progress:
     def __init__(self) -> None:
         self._bar: Any = None
         self._task: Any = None
+        self._files: Any = None
 
     def __enter__(self) -> _Progress:
         if sys.stderr.isatty():
@@ -453,6 +454,7 @@ class _Progress:
             from rich.progress import Progress
 
             self._bar = Progress(console=Console(stderr=True), transient=True)
+            self._files = self._bar.add_task("images", total=None)  # inputs are read lazily
             self._bar.start()
         return self
 
@@ -468,7 +470,10 @@ class _Progress:
         self._bar.update(self._task, completed=done, total=total)
 
     def file_done(self) -> None:
-        if self._bar is not None and self._task is not None:
+        if self._bar is None:
+            return
+        self._bar.advance(self._files)
+        if self._task is not None:
             self._bar.remove_task(self._task)
             self._task = None
 
