@@ -168,7 +168,8 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         sha256=sha,
         file_name=_entry_file_name(url, _optional(raw.get("file_name"), str, "file_name", where), where),
         size_mb=_optional(raw.get("size_mb"), (int, float), "size_mb", where),
-        is_default=bool(raw.get("default", False)),
+        # An entry that names no weights variant is its model's default unless it says otherwise.
+        is_default=_optional(raw.get("default", not raw.get("weights")), bool, "default", where),
         labels=labels,
         num_classes=raw.get("num_classes"),
         num_params=raw.get("num_params"),
@@ -188,11 +189,18 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
 
 
 def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    for model in doc["models"]:
-        shared = {k: v for k, v in model.items() if k != "weights"}
-        for variant in model["weights"]:
-            yield {**shared, **{("weights" if k == "name" else k): v for k, v in variant.items()}}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        models = doc["models"]
+        for model in models:
+            shared = {k: v for k, v in model.items() if k != "weights"}
+            for variant in model["weights"]:
+                yield {**shared, **{("weights" if k == "name" else k): v for k, v in variant.items()}}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"catalog file {path} is not a ptm JSON catalog ({type(exc).__name__}: {exc}); "
+            "write user catalogs as TOML [[model]] tables"
+        ) from None
 
 
 def _records_from_toml(path: Path) -> Iterator[dict[str, Any]]:
@@ -201,7 +209,7 @@ def _records_from_toml(path: Path) -> Iterator[dict[str, Any]]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"catalog file {path}: {exc}") from None
     models = doc.get("model", [])
-    if not isinstance(models, list):
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
         raise ConfigError(f"catalog file {path}: expected [[model]] tables")
     yield from models
 
@@ -260,10 +268,15 @@ class Catalog:
         first = next(iter(variants.values()))
         if task is not None and first.task != task:
             raise UnknownModel(f"model {name!r} is for `ptm {first.task}`, not `ptm {task}`")
-        wanted = (weights or "DEFAULT").split(".")[-1].upper()
+        requested = weights or "DEFAULT"
+        for key, entry in variants.items():  # an exact name first: user names may hold dots
+            if key.upper() == requested.upper() and key.upper() != "DEFAULT":
+                return entry
+        wanted = re.sub(r"^\w+_Weights\.", "", requested, flags=re.IGNORECASE).upper()
         if wanted == "DEFAULT":
+            # A later catalog file's default (a user's) wins over the shipped one.
             defaults = [e for e in variants.values() if e.is_default]
-            return defaults[0] if defaults else first
+            return defaults[-1] if defaults else first
         for key, entry in variants.items():
             if key.upper() == wanted:
                 return entry

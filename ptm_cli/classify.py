@@ -141,7 +141,8 @@ class Classifier:
         chosen_precision = choose_precision(precision, torch_device)
         factory = torchvision_factory(entry)
         model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
-        model = _prepare(model, torch_device)
+        # Files saved in fp16/bf16 keep that dtype when assigned; --precision decides how we compute.
+        model = _prepare(model.float(), torch_device)
         classifier = cls(
             entry,
             model,

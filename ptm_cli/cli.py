@@ -164,20 +164,19 @@ def classify(
     )  # fmt: skip
     inputs = _inputs(images, recursive, files_from)
     failed = 0
+    count = 0
     with _stdout_is_data() as out:
         classifier = load_classifier()
-        writer = _classify_writer(out, fmt)
-        count = 0
         results = classify_images(
             inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode
         )
-        for result in results:
-            writer.write(to_record(result, classifier))
-            failed += not result.ok
-            count += 1
-            if count % batch_size == 0:
-                writer.flush()
-        writer.close()
+        with _classify_writer(out, fmt) as writer:
+            for result in results:
+                writer.write(to_record(result, classifier))
+                failed += not result.ok
+                count += 1
+                if count % batch_size == 0:
+                    writer.flush()
     if count == 0:
         _note("no images found in the given directories")
         return EXIT_INPUT_FAILED
@@ -198,7 +197,7 @@ def _inputs(images: tuple[str, ...], recursive: bool, files_from: str | None) ->
         recursive=recursive,
         files_from=files_from,
         stdin=sys.stdin.buffer if "-" in images else None,
-        stdin_text=sys.stdin if files_from == "-" else None,
+        stdin_list=sys.stdin.buffer if files_from == "-" else None,
     )
 
 
@@ -217,7 +216,6 @@ def _classifier_loader(
     """Check the model arguments now; return what loads the classifier later."""
     from dataclasses import replace
 
-    from .catalog import Catalog
     from .classify import Classifier
 
     if model.startswith("hub:"):
@@ -241,17 +239,27 @@ def _classifier_loader(
         return load_hub
     if labels_file or trust_repo or hub_args:
         raise UsageError("--labels, --trust-repo and --arg apply to hub: models only")
-    weights_file = _local_weights(weights)
-    entry = Catalog.load().resolve(model, None if weights_file else weights, task="classify")
+    entry, weights_file = _resolve_model(model, weights, task="classify")
     return lambda: Classifier.load(
         entry, weights_file=weights_file, device=device, precision=precision, resize=resize, crop=crop
     )
 
 
+def _resolve_model(model: str, weights: str, *, task: str) -> tuple[Any, Path | None]:
+    """The catalog entry for ``-m``/``-w`` (``-m MODEL:WEIGHTS`` works too) and a local weights file, if any."""
+    from .catalog import Catalog
+
+    weights_file = _local_weights(weights)
+    named = None if weights_file or weights.upper() == "DEFAULT" else weights
+    if ":" in model and named is not None:
+        raise UsageError(f"-m {model} already names its weights; drop -w {weights}")
+    return Catalog.load().resolve(model, named, task=task), weights_file
+
+
 def _local_weights(value: str) -> Path | None:
     """``-w`` names a file when it looks like a path or a file by that name exists."""
     path = Path(value).expanduser()
-    looks_like_file = os.sep in value or path.suffix in (".pth", ".pt", ".bin", ".safetensors")
+    looks_like_file = os.sep in value or path.suffix.lower() in (".pth", ".pt", ".bin", ".safetensors", ".h5", ".hdf5")
     if not (looks_like_file or path.is_file()):
         return None
     if not path.is_file():
@@ -386,16 +394,14 @@ def _run_translate(
     recursive: bool,
     files_from: str | None,
 ) -> int:
-    from .catalog import Catalog
     from .device import check_device_spec
     from .imagejobs import make_destination, run_image_jobs
 
     check_device_spec(device)
+    inputs = _inputs(images, recursive, files_from)
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
     destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2)
-    weights_file = _local_weights(weights)
-    entry = Catalog.load().resolve(model, None if weights_file else weights, task="translate")
-    inputs = _inputs(images, recursive, files_from)
+    entry, weights_file = _resolve_model(model, weights, task="translate")
     failed = count = 0
     with _stdout_is_data() as out, _Progress() as progress:
         from .translate import Translator
@@ -414,19 +420,21 @@ def _run_translate(
             binary.write(data)
             binary.flush()
 
-        records = _writer(sys.stderr if destination.stdout else out, None,
-                          columns=["input", "output", "size", "seconds", "error"],
-                          flatten=_translate_rows)  # fmt: skip
-        for record in run_image_jobs(inputs, transform, destination, force=force, skip_existing=skip_existing,
-                                     describe=describe, emit_bytes=emit):  # fmt: skip
-            count += 1
-            failed += "error" in record
-            progress.file_done()
-            if destination.stdout and "error" not in record:
-                continue  # stdout holds the image; nothing else may go there
-            records.write(record)
-            records.flush()
-        records.close()
+        jobs = run_image_jobs(inputs, transform, destination, force=force, skip_existing=skip_existing,
+                              describe=describe, emit_bytes=emit)  # fmt: skip
+        with _writer(sys.stderr if destination.stdout else out, None,
+                     columns=["input", "output", "size", "seconds", "error"], flatten=_translate_rows) as records:
+            for record in jobs:
+                count += 1
+                failed += "error" in record
+                progress.file_done()
+                if destination.stdout and "error" not in record:
+                    continue  # stdout holds the image; nothing else may go there
+                records.write(record)
+                records.flush()
+    if count == 0:
+        _note("no images found in the given directories")
+        return EXIT_INPUT_FAILED
     if failed:
         _note(f"{failed} of {count} inputs failed; see their error records")
         return EXIT_INPUT_FAILED

@@ -103,6 +103,7 @@ def run_image_jobs(
                 )
             if path is not None:
                 if skip_existing and path.exists():
+                    written[path.resolve()] = item.name
                     yield {"input": item.name, "output": str(path), "skipped": True}
                     continue
                 _check_writable(item, path, force)
@@ -121,6 +122,8 @@ def run_image_jobs(
         except InputError as exc:
             yield {"input": item.name, "error": {"type": exc.kind, "message": str(exc)}}
             continue
+        except BrokenPipeError:
+            raise  # stdout's reader left: the whole run ends, quietly (141)
         except OSError as exc:
             error = OutputError(f"{item.name}: {exc.strerror or exc}")
             yield {"input": item.name, "error": {"type": error.kind, "message": str(error)}}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 from .classify import ImageInput
 from .errors import UsageError
@@ -49,7 +49,7 @@ def expand_inputs(
     recursive: bool = False,
     files_from: str | None = None,
     stdin: BinaryIO | None = None,
-    stdin_text: TextIO | None = None,
+    stdin_list: BinaryIO | None = None,
 ) -> Iterator[ImageInput]:
     """Every image named by ``args`` and ``files_from``, in the order given.
 
@@ -62,11 +62,18 @@ def expand_inputs(
         raise UsageError("stdin cannot hold both an image ('-') and a list of paths (--files-from -)")
     if "-" in args and stdin is None:
         raise UsageError("'-' needs an image on stdin")
-    return _generate(args, recursive, files_from, stdin, stdin_text)
+    # A list file is read now, so a bad --files-from fails before any model loads.
+    listed = None if files_from in (None, "-") else _read_list_file(files_from)
+    return _generate(args, recursive, files_from, listed, stdin, stdin_list)
 
 
 def _generate(
-    args: list[str], recursive: bool, files_from: str | None, stdin: BinaryIO | None, stdin_text: TextIO | None
+    args: list[str],
+    recursive: bool,
+    files_from: str | None,
+    listed: list[str] | None,
+    stdin: BinaryIO | None,
+    stdin_list: BinaryIO | None,
 ) -> Iterator[ImageInput]:
     for arg in args:
         if arg == "-" and stdin is not None:
@@ -78,7 +85,12 @@ def _generate(
         else:
             yield ImageInput(name=arg, path=path)
     if files_from is not None:
-        yield from _paths_from(files_from, stdin_text)
+        if listed is not None:
+            yield from _named(listed)
+        elif stdin_list is None:
+            raise UsageError("--files-from - needs a list of paths on stdin")
+        else:
+            yield from _named(os.fsdecode(line.rstrip(b"\r\n")) for line in stdin_list)
 
 
 def _stdin_input(stdin: BinaryIO) -> ImageInput:
@@ -92,19 +104,16 @@ def _stdin_input(stdin: BinaryIO) -> ImageInput:
         return ImageInput(name="-", error=exc)
 
 
-def _paths_from(source: str, stdin_text: TextIO | None) -> Iterator[ImageInput]:
-    if source == "-":
-        if stdin_text is None:
-            raise UsageError("--files-from - needs a list of paths on stdin")
-        lines: Iterable[str] = stdin_text
-    else:
-        try:
-            lines = Path(source).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise UsageError(f"cannot read --files-from {source}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"--files-from {source} is not a UTF-8 text file of paths") from None
-    for line in lines:
-        name = line.rstrip("\r\n")
+def _read_list_file(source: str) -> list[str]:
+    """The paths in a --files-from file; bytes that are not UTF-8 survive as the OS would name them."""
+    try:
+        data = Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --files-from {source}: {exc.strerror}") from None
+    return [os.fsdecode(line.rstrip(b"\r")) for line in data.split(b"\n")]
+
+
+def _named(lines: Iterable[str]) -> Iterator[ImageInput]:
+    for name in lines:
         if name.strip():
             yield ImageInput(name=name, path=Path(name))

@@ -78,10 +78,10 @@ class RecordWriter:
 
     def write(self, record: Row) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.write(_json(record) + "\n")
             self.stream.flush()
         elif self.fmt == "json":
-            self.stream.write(("[\n" if self._count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+            self.stream.write(("[\n" if self._count == 0 else ",\n") + _json(record))
         elif self._csv is not None:
             if self._count == 0:
                 self._csv.writeheader()
@@ -98,6 +98,18 @@ class RecordWriter:
             self._draw_table(self._pending)
             self._pending = []
         self.stream.flush()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        """Close the output even when the run stops early (Ctrl-C, an error), so
+        ``-f json`` stays a valid array of the records already written."""
+        if kind is None:
+            self.close()
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                self.close()
 
     def close(self) -> None:
         if self.fmt == "json":
@@ -125,6 +137,18 @@ class RecordWriter:
         console.print(table)
 
 
+def _json(record: Row) -> str:
+    """Compact UTF-8 JSON; a file name that is not valid UTF-8 (held as lone
+    surrogates) is written as \\u escapes, which json.loads and os.fsencode
+    turn back into the original bytes."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record)
+    return text
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -132,7 +156,9 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    text = str(value)
+    # Undecodable bytes of a file name show as \xNN rather than crash the writer.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --- image files -------------------------------------------------------------

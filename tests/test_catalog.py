@@ -212,3 +212,27 @@ def test_catalog_load_imports_no_torch() -> None:
     code = "import sys; from ptm_cli.catalog import Catalog; Catalog.load(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_users_default_beats_the_shipped_one_and_dotted_names_work(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path / "mine.toml",
+        '[[model]]\nname = "resnet101"\nweights = "ft.v2"\narchitecture = "resnet101"\ndefault = true\n',
+    )
+    catalog = Catalog.load(extra=[path])
+    assert catalog.resolve("resnet101").weights == "ft.v2"
+    assert catalog.resolve("resnet101", "ft.v2").weights == "ft.v2"
+    assert catalog.resolve("resnet101", "IMAGENET1K_V1").weights == "IMAGENET1K_V1"
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("c.json", "{}", "not a ptm JSON catalog"),
+        ("c.toml", 'model = ["a"]\n', "expected \\[\\[model\\]\\] tables"),
+        ("c.toml", '[[model]]\nname = "x"\narchitecture = "resnet18"\ndefault = "false"\n', "default has the wrong"),
+    ],
+)
+def test_malformed_catalog_files_are_config_errors(tmp_path: Path, name: str, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Catalog.load(extra=[write_toml(tmp_path / name, body)])

@@ -320,3 +320,34 @@ def test_stdin_larger_than_any_image_is_refused_not_buffered(
     result = run_ptm([*tiny, "-"], stdin=(DATA / "rocket.jpg").read_bytes())
     assert result.code == 1
     assert result.records()[0]["error"]["type"] == "ImageTooLarge"
+
+
+def test_half_precision_weights_files_classify(resnet18_file: Path, tmp_path: Path) -> None:
+    half = tmp_path / "r18-fp16.pth"
+    assert run_ptm(["weights", "convert", str(resnet18_file), str(half), "--dtype", "fp16"]).code == 0
+    result = run_ptm(["classify", "-m", "resnet18", "-w", str(half), str(PHOTOS[0])])
+    assert result.code == 0, result.stderr
+    (full,) = run_ptm(["classify", "-m", "resnet18", "-w", str(resnet18_file), str(PHOTOS[0])]).records()
+    assert result.records()[0]["predictions"][0]["index"] == full["predictions"][0]["index"]
+
+
+def test_model_colon_weights_names_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTM_OFFLINE", "1")
+    result = run_ptm(["classify", "-m", "resnet101:IMAGENET1K_V1", str(PHOTOS[0])])
+    assert result.code == 2 and "resnet101-63fe2227.pth" in result.stderr  # V1's file, not V2's
+    clash = run_ptm(["classify", "-m", "resnet101:IMAGENET1K_V1", "-w", "IMAGENET1K_V2", str(PHOTOS[0])])
+    assert clash.code == 2 and "already names its weights" in clash.stderr
+
+
+def test_file_names_that_are_not_utf8(tiny: list[str], tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    raw = os.fsencode(str(folder)) + b"/caf\xe9.png"
+    Image.new("RGB", (30, 20), "red").save(os.fsdecode(raw))
+    result = run_ptm([*tiny, str(folder)])
+    assert result.code == 0, result.stderr
+    (record,) = result.records()
+    assert os.fsencode(record["input"]) == raw  # the exact bytes come back
+    assert "caf\\xe9.png" in run_ptm([*tiny, "-f", "csv", str(folder)]).stdout

@@ -254,3 +254,23 @@ def test_ctrl_c_mid_run_then_resume_with_skip_existing(generator_file: Path, tmp
     records = resumed.records()
     assert sum(1 for r in records if r.get("skipped")) == len(written)
     assert len(list(out.iterdir())) == len(inputs)
+
+
+def test_closed_stdout_with_image_bytes_ends_quietly(generator_file: Path) -> None:
+    import subprocess
+
+    from helpers import ptm_process
+
+    args = ["zebra", "-w", str(generator_file), "--size", "32", str(DATA / "rocket.jpg"), "-o", "-"]
+    with ptm_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # `| true`
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141
+    assert "OutputError" not in stderr and "Traceback" not in stderr
+
+
+def test_no_images_found_is_exit_1(zebra: list[str], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_ptm([*zebra, str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out")])
+    assert result.code == 1 and "no images found" in result.stderr
