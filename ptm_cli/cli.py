@@ -177,6 +177,11 @@ def classify(
                 count += 1
                 if count % batch_size == 0:
                     writer.flush()
+    return _outcome(count, failed)
+
+
+def _outcome(count: int, failed: int) -> int:
+    """The exit code of a run over many inputs, with a note when it is not 0."""
     if count == 0:
         _note("no images found in the given directories")
         return EXIT_INPUT_FAILED
@@ -432,13 +437,7 @@ def _run_translate(
                     continue  # stdout holds the image; nothing else may go there
                 records.write(record)
                 records.flush()
-    if count == 0:
-        _note("no images found in the given directories")
-        return EXIT_INPUT_FAILED
-    if failed:
-        _note(f"{failed} of {count} inputs failed; see their error records")
-        return EXIT_INPUT_FAILED
-    return EXIT_OK
+    return _outcome(count, failed)
 
 
 def _translate_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

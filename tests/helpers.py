@@ -95,3 +95,17 @@ def informative_state_dict(seed: int = 11) -> dict[str, torch.Tensor]:
         last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         last.weight.mul_(20.0)
     return model.eval().state_dict()
+
+
+# A 4-class user-catalog model (labels.txt beside the file) for fast end-to-end runs.
+TINY_TOML = """
+[[model]]
+name = "tiny"
+architecture = "mobilenet_v3_small"
+num_classes = 4
+labels = "labels.txt"
+resize = 72
+crop = 64
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+"""

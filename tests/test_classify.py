@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, informative_state_dict, run_ptm, save_weights
+from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm, save_weights
 from PIL import Image
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
@@ -29,19 +29,7 @@ def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(informative_state_dict(), folder / "tiny.pth")
     (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
     toml = folder / "tiny.toml"
-    toml.write_text(
-        """
-[[model]]
-name = "tiny"
-architecture = "mobilenet_v3_small"
-num_classes = 4
-labels = "labels.txt"
-resize = 72
-crop = 64
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-"""
-    )
+    toml.write_text(TINY_TOML)
     return toml
 
 

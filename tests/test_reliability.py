@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import DATA, informative_state_dict, ptm_process, run_ptm, save_weights
+from helpers import DATA, TINY_TOML, informative_state_dict, ptm_process, run_ptm, save_weights
 from http_server import FixtureServer
 from PIL import Image, features
 
@@ -46,17 +46,6 @@ LABELS = ("apple", "banana", "cherry", "date")
 # --- a small model whose answers depend on the image -------------------------------------------
 
 
-TINY_TOML = """
-[[model]]
-name = "tiny"
-architecture = "mobilenet_v3_small"
-num_classes = 4
-labels = "labels.txt"
-resize = 72
-crop = 64
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-"""
 
 
 @dataclass(frozen=True)
