@@ -61,13 +61,19 @@ def classify_args(many: tuple[list[str], Path]) -> list[str]:
     return ["classify", "-m", "tinynet", "-w", str(weights), "--batch-size", "1", "-f", "jsonl", *paths]
 
 
-def test_reader_closing_the_pipe_ends_quietly(many_images: tuple[list[str], Path], tmp_path: Path) -> None:
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    """The user catalog that describes the 10-class model `many_images` comes with."""
     (tmp_path / "labels.txt").write_text("".join(f"c{i}\n" for i in range(10)))
-    catalog = tmp_path / "c.toml"
-    catalog.write_text(
+    path = tmp_path / "c.toml"
+    path.write_text(
         '[[model]]\nname = "tinynet"\narchitecture = "mobilenet_v3_small"\nnum_classes = 10\n'
         'labels = "labels.txt"\nresize = 24\ncrop = 24\n'
     )
+    return path
+
+
+def test_reader_closing_the_pipe_ends_quietly(many_images: tuple[list[str], Path], catalog: Path) -> None:
     with ptm_process(
         classify_args(many_images), env={"PTM_CATALOG": str(catalog)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
@@ -83,13 +89,7 @@ def test_reader_closing_the_pipe_ends_quietly(many_images: tuple[list[str], Path
     assert "BrokenPipe" not in stderr
 
 
-def test_ctrl_c_exits_130_after_writing_finished_records(many_images: tuple[list[str], Path], tmp_path: Path) -> None:
-    (tmp_path / "labels.txt").write_text("".join(f"c{i}\n" for i in range(10)))
-    catalog = tmp_path / "c.toml"
-    catalog.write_text(
-        '[[model]]\nname = "tinynet"\narchitecture = "mobilenet_v3_small"\nnum_classes = 10\n'
-        'labels = "labels.txt"\nresize = 24\ncrop = 24\n'
-    )
+def test_ctrl_c_exits_130_after_writing_finished_records(many_images: tuple[list[str], Path], catalog: Path) -> None:
     paths, _ = many_images
     args = classify_args(many_images) + paths * 20  # long enough to interrupt
     with ptm_process(args, env={"PTM_CATALOG": str(catalog)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
