@@ -71,20 +71,43 @@ class Classification:
         return self.error is None
 
 
-def torchvision_factory(entry: Entry) -> Callable[[], nn.Module]:
-    """A no-argument constructor for the entry's torchvision architecture."""
-    import torchvision.models as tvm
+def architecture_factory(entry: Entry) -> Callable[[], nn.Module]:
+    """A no-argument constructor for the entry's architecture.
 
-    known = set(tvm.list_models(module=tvm))
-    if entry.architecture not in known:
-        raise ConfigError(
-            f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision classifier; "
-            "`ptm models` lists the ones ptm can build"
-        )
+    The ResNet family, AlexNet and VGG come from ``nets`` (no torchvision
+    import, which halves a cold start); the other classifiers from
+    torchvision. A constructor that refuses the entry's ``builder_kwargs``
+    raises ``ConfigError``.
+    """
+    from . import nets
+
     kwargs = dict(entry.builder_kwargs)
     if entry.num_classes:
         kwargs["num_classes"] = entry.num_classes
-    return lambda: tvm.get_model(entry.architecture, weights=None, **kwargs)
+    build = nets.builder_for(entry.architecture, kwargs)
+    if build is None:
+        import torchvision.models as tvm
+
+        if entry.architecture not in set(tvm.list_models(module=tvm)):
+            raise ConfigError(
+                f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision classifier; "
+                "`ptm models` lists the ones ptm can build"
+            )
+        architecture = entry.architecture
+
+        def build() -> nn.Module:
+            return tvm.get_model(architecture, weights=None, **kwargs)
+
+    def checked_build() -> nn.Module:
+        try:
+            return build()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{entry.ref}: {entry.architecture} cannot be built with builder_kwargs {kwargs} ({e}); "
+                "fix builder_kwargs in the catalog entry"
+            ) from e
+
+    return checked_build
 
 
 class Classifier:
@@ -139,7 +162,7 @@ class Classifier:
         state_dict, label = weights.resolve_state_dict(entry, weights_file, progress=progress)
         torch_device = choose_device(device)
         chosen_precision = choose_precision(precision, torch_device)
-        factory = torchvision_factory(entry)
+        factory = architecture_factory(entry)
         model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
         # Files saved in fp16/bf16 keep that dtype when assigned; --precision decides how we compute.
         model = _prepare(model.float(), torch_device)

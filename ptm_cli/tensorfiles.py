@@ -671,10 +671,10 @@ def _factory(entry: Entry) -> Callable[[], Any] | None:
     """A no-argument builder for the entry's architecture, or None when ptm cannot build it."""
     if entry.task == "translate":
         return _generator_factory(entry)
-    from .classify import torchvision_factory
+    from .classify import architecture_factory
 
     try:
-        return torchvision_factory(entry)
+        return architecture_factory(entry)
     except ConfigError:
         return None
 
