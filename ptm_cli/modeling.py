@@ -56,7 +56,9 @@ def build_with_weights(
     import torch
 
     try:
-        with torch.device("meta"):
+        # skip_init here too: initialising meta tensors is free but goes through
+        # torch's reference implementations, whose first use imports the compiler (~2 s).
+        with torch.device("meta"), skip_init():
             model = factory()
     except (NotImplementedError, RuntimeError):
         model = None
