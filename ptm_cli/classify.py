@@ -11,6 +11,7 @@ another image's prediction).
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import catalog as catalog_mod
-from .errors import ConfigError, InputError, InputNotFound, PtmError, UsageError
+from .errors import CompileFailed, ConfigError, InputError, InputNotFound, PtmError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -131,6 +132,28 @@ class Classifier:
         self.preprocess = preprocess
         self.device = device
         self.precision = precision
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = model
+        self._compiled_batch: int | None = None  # the batch size the compiled graph was built for
+
+    @property
+    def compiled(self) -> bool:
+        return self._forward is not self.model
+
+    def compile(self) -> None:
+        """Run the model through ``torch.compile`` from the next batch on.
+
+        Compiling takes a minute or more for a ResNet on a CPU, paid by the
+        first batch; every batch is then padded to that first batch's size
+        so the graph is compiled once. It needs a fixed input size, so the
+        preprocessing must crop.
+        """
+        import torch
+
+        if self.preprocess.crop is None:
+            raise UsageError("--compile needs a fixed input size: give --crop N (or a model whose catalog entry crops)")
+        # Its CPU build step looks for CUDA and logs that none is found: not news on stderr.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        self._forward = torch.compile(self.model, dynamic=False)
 
     @classmethod
     def load(
@@ -193,10 +216,15 @@ class Classifier:
         import torch
 
         k = min(top_k, self._class_count())
+        count = len(batch)
+        if self.compiled:
+            batch = self._pad_for_compiled(batch)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # lets the copy below overlap with queued GPU work
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast):
-                logits = self.model(x)
+                logits = self._run(x)[:count]
             probabilities = torch.softmax(logits.float(), dim=1)
             top = probabilities.topk(k, dim=1)
         values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
@@ -207,6 +235,29 @@ class Classifier:
             ]
             for row_i, row_p in zip(indices, values, strict=True)
         ]
+
+    def _pad_for_compiled(self, batch: torch.Tensor) -> torch.Tensor:
+        """Zero images after the real ones, so a short last batch reuses the compiled graph."""
+        import torch
+
+        if self._compiled_batch is None or len(batch) > self._compiled_batch:
+            return batch
+        padding = batch.new_zeros((self._compiled_batch - len(batch), *batch.shape[1:]))
+        return torch.cat([batch, padding])
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.compiled or self._compiled_batch is not None:
+            return self._forward(x)
+        try:
+            logits = self._forward(x)
+        except Exception as e:  # the first call compiles; its failures are the compiler's
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CompileFailed(
+                f"torch.compile failed ({type(e).__name__}: {first_line[:300]}); run without --compile, "
+                "or install a C++ compiler (on CPU, torch.compile builds its kernels with one)"
+            ) from e
+        self._compiled_batch = len(x)
+        return logits
 
     def _class_count(self) -> int:
         return len(self.labels) if self.labels else (_output_count(self.model) or 1000)

@@ -50,6 +50,10 @@ class UnknownModel(ConfigError):
     """No catalog entry has this model or weights name."""
 
 
+class CompileFailed(ConfigError):
+    """torch.compile could not compile the model (on CPU it needs a working C++ compiler)."""
+
+
 class MissingDependency(ConfigError):
     """An optional package is needed for this feature."""
 
