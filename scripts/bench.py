@@ -3,10 +3,15 @@
     make bench            # or: .venv/bin/python scripts/bench.py [--quick]
 
 Everything is generated here (JPEGs made from the sample photos, a ResNet101
-with seeded weights), so it needs no network. Each measurement runs in its own
-subprocess; throughput excludes start-up and model loading, which the cold
-single-image row measures on its own. Prints a Markdown table of images/s and
-ratios against the book's loop measured in the same run.
+and a CycleGAN generator with seeded weights), so it needs no network. Each
+measurement runs in its own subprocess; throughput excludes start-up and model
+loading, which the cold single-image row measures on its own. Prints Markdown
+tables: images/s and ratios against the book's loop measured in the same run
+(fp32, bf16, and fp32 with --compile, whose compile time it reports with an
+empty and a warm inductor cache), how far bf16's predictions move from fp32's,
+cold start-up, and `ptm zebra` at --size 256 and --size full on a
+12-megapixel photo with peak memory. The full run takes about 20 minutes on
+2 cores; --quick and --no-compile shorten it.
 """
 
 from __future__ import annotations
@@ -46,26 +51,43 @@ print(len(images) / (time.perf_counter() - start))
 """
 
 PTM_SCRIPT = """
-import sys, time
+import json, sys, time
 from pathlib import Path
 from ptm_cli.catalog import Catalog
 from ptm_cli.classify import Classifier, ImageInput, classify_images
-weights, precision, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-images = [ImageInput(p, path=Path(p)) for p in sys.argv[4:]]
+weights, precision, batch, compile_model, predictions = sys.argv[1:6]
+images = [ImageInput(p, path=Path(p)) for p in sys.argv[6:]]
+batch = int(batch)
 entry = Catalog.load().resolve("resnet101", "IMAGENET1K_V1")
 classifier = Classifier.load(entry, weights_file=Path(weights), device="cpu", precision=precision,
                              resize=256, crop=224)
-list(classify_images(images[:batch], classifier, batch_size=batch))  # warm-up: kernels, allocator
+if compile_model == "1":
+    classifier.compile()
+start = time.perf_counter()
+list(classify_images(images[:batch], classifier, batch_size=batch))  # warm-up: kernels, allocator, compiling
+warm_up = time.perf_counter() - start
 start = time.perf_counter()
 results = list(classify_images(images, classifier, batch_size=batch))
+rate = len(images) / (time.perf_counter() - start)
 assert all(r.ok for r in results)
-print(len(images) / (time.perf_counter() - start))
+if predictions != "-":  # every class's probability, outside the timed run
+    results = classify_images(images, classifier, batch_size=batch, top_k=1000)
+    table = [sorted((p.index, p.probability) for p in r.predictions) for r in results]
+    Path(predictions).write_text(json.dumps([[p for _, p in row] for row in table]))
+print(json.dumps({"rate": rate, "warm_up": warm_up}))
 """
 
 
-def run_python(code: str, *args: str) -> float:
-    out = subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, check=True, cwd=ROOT)
-    return float(out.stdout.strip().splitlines()[-1])
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(
+        [PYTHON, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    return out.stdout.strip().splitlines()[-1]
 
 
 def wall(argv: list[str], runs: int) -> float:
@@ -77,6 +99,20 @@ def wall(argv: list[str], runs: int) -> float:
         if i:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def wall_and_peak(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one process, which must succeed."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{argv} exited {process.returncode}: {errors.decode(errors='replace')[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
@@ -94,56 +130,139 @@ def make_images(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
 
 
 def make_weights(folder: Path) -> str:
+    """Seeded ResNet101 weights, batch-norm statistics measured on the sample photos, trained-like logit spread."""
     import torch
-    import torchvision
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import calibrated_state_dict
+
+    path = folder / "resnet101-seeded.pth"
+    torch.save(calibrated_state_dict("resnet101", logit_std=6.0), path)
+    return str(path)
+
+
+def make_generator_weights(folder: Path) -> str:
+    import torch
+
+    from ptm_cli.translate import build_generator
 
     torch.manual_seed(0)
-    path = folder / "resnet101-seeded.pth"
-    torch.save(torchvision.models.resnet101().state_dict(), path)
+    path = folder / "generator-seeded.pth"
+    torch.save(build_generator().state_dict(), path)
     return str(path)
+
+
+def drift(fp32_file: Path, bf16_file: Path) -> list[dict[str, float]]:
+    """Per image: whether bf16 keeps fp32's top-1 and top-5, and how far its probabilities move."""
+    rows = []
+    for a, b in zip(json.loads(fp32_file.read_text()), json.loads(bf16_file.read_text()), strict=True):
+        top5 = sorted(range(len(a)), key=lambda i: -a[i])[:5]
+        rows.append({
+            "top1_prob": a[top5[0]],
+            "top1_same": float(top5[0] == max(range(len(b)), key=lambda i: b[i])),
+            "top5_same": float(top5 == sorted(range(len(b)), key=lambda i: -b[i])[:5]),
+            "max_prob_drift": max(abs(p - q) for p, q in zip(a, b, strict=True)),
+            "total_variation": sum(abs(p - q) for p, q in zip(a, b, strict=True)) / 2,
+        })  # fmt: skip
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer images, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="fewer and smaller images, for a smoke run")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     hd_count, big_count = (8, 4) if args.quick else (32, 16)
+    big_size = (2000, 1500) if args.quick else (4000, 3000)
+    ptm = str(Path(PYTHON).parent / "ptm")
+    batch = str(args.batch_size)
 
     with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
         folder = Path(tmp)
         weights = make_weights(folder)
         sets = {
             f"{hd_count} x 1280x720": make_images(folder, hd_count, (1280, 720)),
-            f"{big_count} x 4000x3000": make_images(folder, big_count, (4000, 3000)),
+            f"{big_count} x {big_size[0]}x{big_size[1]}": make_images(folder, big_count, big_size),
         }
-        rows, figures = [], {}
-        for label, images in sets.items():
-            book = run_python(BOOK_SCRIPT, weights, *images)
+        rows, figures, drifts = [], {}, []
+        for n, (label, images) in enumerate(sets.items()):
+            book = float(run_python(BOOK_SCRIPT, weights, *images))
             figures[f"book {label}"] = book
             rows.append((label, "book loop (fp32, one at a time)", book, 1.0))
             for precision in ("fp32", "bf16"):
-                ours = run_python(PTM_SCRIPT, weights, precision, str(args.batch_size), *images)
-                figures[f"ptm {precision} {label}"] = ours
-                rows.append((label, f"ptm {precision}, batch {args.batch_size}", ours, ours / book))
+                predictions = folder / f"{n}-{precision}.json"
+                ours = json.loads(run_python(PTM_SCRIPT, weights, precision, batch, "0", str(predictions), *images))
+                figures[f"ptm {precision} {label}"] = ours["rate"]
+                rows.append((label, f"ptm {precision}, batch {batch}", ours["rate"], ours["rate"] / book))
+            drifts += drift(folder / f"{n}-fp32.json", folder / f"{n}-bf16.json")
+        bf16_drift = {
+            "images": len(drifts),
+            "top1_agree": int(sum(d["top1_same"] for d in drifts)),
+            "top5_order_agree": int(sum(d["top5_same"] for d in drifts)),
+            "max_abs_prob_drift": max(d["max_prob_drift"] for d in drifts),
+            "mean_total_variation": statistics.fmean(d["total_variation"] for d in drifts),
+            "max_total_variation": max(d["total_variation"] for d in drifts),
+            "top1_prob_min": min(d["top1_prob"] for d in drifts),
+            "top1_prob_max": max(d["top1_prob"] for d in drifts),
+        }
+        figures["bf16 drift"] = bf16_drift
+
+        compile_rows = []
+        if not args.no_compile:
+            label, images = next(iter(sets.items()))
+            cache = {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor")}
+            for cache_state in ("empty", "warm"):
+                compiled = json.loads(run_python(PTM_SCRIPT, weights, "fp32", batch, "1", "-", *images, env=cache))
+                eager = figures[f"ptm fp32 {label}"]
+                gain = 1 / eager - 1 / compiled["rate"]  # seconds saved per image
+                break_even = compiled["warm_up"] / gain if gain > 0 else float("inf")
+                compile_rows.append((label, cache_state, compiled["warm_up"], compiled["rate"], eager, break_even))
+                figures[f"ptm fp32 compiled, {cache_state} cache, {label}"] = compiled
 
         one = sets[next(iter(sets))][0]
         book_cold = wall([PYTHON, "-c", BOOK_SCRIPT, weights, one], runs=3)
-        ptm = str(Path(PYTHON).parent / "ptm")
         ptm_cold = wall([ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
                          "-f", "jsonl", one], runs=3)  # fmt: skip
         help_wall = wall([ptm, "--help"], runs=5)
         figures.update({"book cold": book_cold, "ptm cold": ptm_cold, "ptm --help": help_wall})
 
+        generator = make_generator_weights(folder)
+        photo = make_images(folder, 1, big_size)[0]
+        translate_rows = []
+        for size in ("256", "full"):
+            out = folder / f"translated-{size}.png"
+            seconds, peak = wall_and_peak(
+                [ptm, "zebra", "-w", generator, "--size", size, "--force", "-o", str(out), photo]
+            )
+            translate_rows.append((size, seconds, peak))
+            figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
+
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
     for label, pipeline, rate, ratio in rows:
         print(f"| {label} | {pipeline} | {rate:.2f} | {ratio:.2f}x |")
+    d = bf16_drift
+    print(
+        f"\nbf16 vs fp32 on {d['images']} images (fp32 top-1 probability {d['top1_prob_min']:.2f} to "
+        f"{d['top1_prob_max']:.2f}): top-1 agrees on {d['top1_agree']}, top-5 order on {d['top5_order_agree']}; "
+        f"largest change of one probability {d['max_abs_prob_drift']:.3f}; total variation distance mean "
+        f"{d['mean_total_variation']:.3f}, max {d['max_total_variation']:.3f}"
+    )
+    if compile_rows:
+        print("\n| images | --compile, inductor cache | compile s | images/s | eager images/s | pays off after |")
+        print("|---|---|---:|---:|---:|---:|")
+        for label, state, seconds, rate, eager, break_even in compile_rows:
+            after = f"{break_even:.0f} images" if break_even != float("inf") else "never"
+            print(f"| {label} | {state} | {seconds:.1f} | {rate:.2f} | {eager:.2f} | {after} |")
     print("\n| whole process | wall s | vs book |\n|---|---:|---:|")
     print(f"| book script, one 1280x720 JPEG | {book_cold:.2f} | 1.00x |")
     print(f"| `ptm classify one.jpg` | {ptm_cold:.2f} | {ptm_cold / book_cold:.2f}x |")
     print(f"| `ptm --help` | {help_wall:.3f} | |")
+    print(f"\n| `ptm zebra` on one {big_size[0]}x{big_size[1]} JPEG | wall s | peak memory MiB |\n|---|---:|---:|")
+    for size, seconds, peak in translate_rows:
+        print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

@@ -97,6 +97,46 @@ def informative_state_dict(seed: int = 11) -> dict[str, torch.Tensor]:
     return model.eval().state_dict()
 
 
+def calibrated_state_dict(
+    architecture: str, seed: int = 0, *, logit_std: float = 3.0, **builder_kwargs: Any
+) -> dict[str, torch.Tensor]:
+    """A torchvision classifier with seeded weights that behaves like a trained one on the sample photos.
+
+    Seeded deep ResNets with untouched batch-norm statistics blow their
+    activations up (logits of 10^4, every softmax one-hot), which makes any
+    precision comparison meaningless. Here the statistics are measured on the
+    sample photos (at three brightnesses, and mirrored), and the last layer is
+    scaled so that the logits' spread is that of a trained ImageNet model.
+    """
+    import torchvision.models as tvm
+    from PIL import Image, ImageEnhance, ImageOps
+
+    from ptm_cli.images import Preprocess, preprocess
+
+    recipe = Preprocess(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    images = []
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        photo = Image.open(DATA / name).convert("RGB")
+        for factor in (0.7, 1.0, 1.3):
+            bright = ImageEnhance.Brightness(photo).enhance(factor)
+            images += [preprocess(bright, recipe), preprocess(ImageOps.mirror(bright), recipe)]
+    batch = torch.stack(images)
+    torch.manual_seed(seed)
+    model = tvm.get_model(architecture, weights=None, **builder_kwargs)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+            module.reset_running_stats()
+    with torch.no_grad():
+        model.train()(batch)
+        logits = model.eval()(batch)
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        scale = logit_std / float(logits.std())
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+    return model.state_dict()
+
+
 # A 4-class user-catalog model (labels.txt beside the file) for fast end-to-end runs.
 TINY_TOML = """
 [[model]]
