@@ -206,7 +206,18 @@ def _torch_info() -> dict[str, Any]:
         "threads": _probe(torch.get_num_threads),
         "interop_threads": _probe(torch.get_num_interop_threads),
         "mkldnn": _probe(lambda: bool(torch.backends.mkldnn.is_available())),
+        "compiler": _probe(_cxx_compiler),
     }
+
+
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with ($CXX, else the usual names)."""
+    named = os.environ.get("CXX")
+    for candidate in [named] if named else ["g++", "clang++", "c++"]:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
 
 
 def _cuda_devices() -> list[dict[str, Any]]:
@@ -412,6 +423,9 @@ def diagnose(report: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(problems that stop ptm from running, warnings that only stop some runs)."""
     problems = [*_import_problems(report), *_settings_problems(report)]
     cache_problems, warnings = _cache_findings(report)
+    torch_section = _section(report, "torch")
+    if "compiler" in torch_section and torch_section["compiler"] is None:
+        warnings.append("no C++ compiler found (install g++ or set CXX): classify --compile cannot run on the CPU")
     return problems + cache_problems, warnings
 
 

@@ -212,3 +212,20 @@ def test_rows(cache: Path) -> None:
     bad = {"ok": False, "problems": ["torch does not import"], "warnings": [], "cuda": "error: X: y"}
     assert doctor.rows(bad)[1] == {"section": "problems", "key": "1", "value": "torch does not import"}
     assert {"section": "cuda", "key": "-", "value": "error: X: y"} in doctor.rows(bad)
+
+
+def test_the_compiler_for_compile_is_found_or_warned_about(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "my-c++"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    report = doctor.collect()
+    assert report["torch"]["compiler"] == str(fake)
+    assert not any("C++ compiler" in w for w in report["warnings"])
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    report = doctor.collect()
+    assert report["torch"]["compiler"] is None
+    warning = "no C++ compiler found (install g++ or set CXX): classify --compile cannot run on the CPU"
+    assert warning in report["warnings"]
+    assert report["ok"] is True  # --compile is optional
