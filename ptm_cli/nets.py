@@ -237,7 +237,7 @@ def _vgg(layout: str, batch_norm: bool) -> Callable[..., nn.Module]:
     return lambda num_classes=1000, dropout=0.5: VGG(_VGG_LAYOUTS[layout], batch_norm, num_classes, dropout)
 
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {
+_RESNETS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": _resnet(BasicBlock, [2, 2, 2, 2]),
     "resnet34": _resnet(BasicBlock, [3, 4, 6, 3]),
     "resnet50": _resnet(Bottleneck, [3, 4, 6, 3]),
@@ -248,20 +248,23 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnext101_64x4d": _resnet(Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4),
     "wide_resnet50_2": _resnet(Bottleneck, [3, 4, 6, 3], width_per_group=128),
     "wide_resnet101_2": _resnet(Bottleneck, [3, 4, 23, 3], width_per_group=128),
+}
+_PLAIN: dict[str, Callable[..., nn.Module]] = {
     "alexnet": AlexNet,
     **{f"{name}{suffix}": _vgg(name, suffix == "_bn") for name in _VGG_LAYOUTS for suffix in ("", "_bn")},
 }
+BUILDERS: dict[str, Callable[..., nn.Module]] = {**_RESNETS, **_PLAIN}
 
 # The builder arguments each family takes; anything else is left to torchvision.
-_ACCEPTED = {"resnet": {"num_classes", "groups", "width_per_group"}, "other": {"num_classes", "dropout"}}
+_ARGUMENTS = {
+    **dict.fromkeys(_RESNETS, frozenset({"num_classes", "groups", "width_per_group"})),
+    **dict.fromkeys(_PLAIN, frozenset({"num_classes", "dropout"})),
+}
 
 
 def builder_for(architecture: str, kwargs: dict[str, Any]) -> Callable[[], nn.Module] | None:
     """A no-argument constructor when this module can build the architecture with these arguments."""
     build = BUILDERS.get(architecture)
-    if build is None:
-        return None
-    family = "resnet" if "res" in architecture else "other"
-    if not set(kwargs) <= _ACCEPTED[family]:
+    if build is None or not set(kwargs) <= _ARGUMENTS[architecture]:
         return None
     return lambda: build(**kwargs)
