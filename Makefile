@@ -45,4 +45,4 @@ clean:
 
 # Throughput and start-up against the book's loop, on this machine (a few minutes).
 bench: $(STAMP)
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,16 +34,16 @@ BOOK_SCRIPT = """
 import sys, time, torch
 from PIL import Image
 from torchvision import models, transforms
-weights, images = sys.argv[1], sys.argv[2:]
+weights, device, images = sys.argv[1], sys.argv[2], sys.argv[3:]
 preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
     transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
 resnet = models.resnet101()
 resnet.load_state_dict(torch.load(weights, weights_only=True))
-resnet.eval()
+resnet.eval().to(device)
 start = time.perf_counter()
 for path in images:
     img = Image.open(path)
-    batch_t = torch.unsqueeze(preprocess(img), 0)
+    batch_t = torch.unsqueeze(preprocess(img), 0).to(device)
     out = resnet(batch_t)
     percentage = torch.nn.functional.softmax(out, dim=1)[0] * 100
     _, indices = torch.sort(out, descending=True)
@@ -55,11 +56,11 @@ import json, sys, time
 from pathlib import Path
 from ptm_cli.catalog import Catalog
 from ptm_cli.classify import Classifier, ImageInput, classify_images
-weights, precision, batch, compile_model, predictions = sys.argv[1:6]
-images = [ImageInput(p, path=Path(p)) for p in sys.argv[6:]]
+weights, device, precision, batch, compile_model, predictions = sys.argv[1:7]
+images = [ImageInput(p, path=Path(p)) for p in sys.argv[7:]]
 batch = int(batch)
 entry = Catalog.load().resolve("resnet101", "IMAGENET1K_V1")
-classifier = Classifier.load(entry, weights_file=Path(weights), device="cpu", precision=precision,
+classifier = Classifier.load(entry, weights_file=Path(weights), device=device, precision=precision,
                              resize=256, crop=224)
 if compile_model == "1":
     classifier.compile()
@@ -167,13 +168,37 @@ def drift(fp32_file: Path, bf16_file: Path) -> list[dict[str, float]]:
     return rows
 
 
+def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        "images": len(rows),
+        "top1_agree": int(sum(d["top1_same"] for d in rows)),
+        "top5_order_agree": int(sum(d["top5_same"] for d in rows)),
+        "max_abs_prob_drift": max(d["max_prob_drift"] for d in rows),
+        "mean_total_variation": statistics.fmean(d["total_variation"] for d in rows),
+        "max_total_variation": max(d["total_variation"] for d in rows),
+        "top1_prob_min": min(d["top1_prob"] for d in rows),
+        "top1_prob_max": max(d["top1_prob"] for d in rows),
+    }
+
+
+def describe(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"device {device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"device {device}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer and smaller images, for a smoke run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    device = args.device
+    halves = ("bf16",) if device == "cpu" else ("fp16", "bf16")
     hd_count, big_count = (8, 4) if args.quick else (32, 16)
     big_size = (2000, 1500) if args.quick else (4000, 3000)
     ptm = str(Path(PYTHON).parent / "ptm")
@@ -186,35 +211,33 @@ def main() -> None:
             f"{hd_count} x 1280x720": make_images(folder, hd_count, (1280, 720)),
             f"{big_count} x {big_size[0]}x{big_size[1]}": make_images(folder, big_count, big_size),
         }
-        rows, figures, drifts = [], {}, []
+        rows: list[tuple[str, str, float, float]] = []
+        figures: dict[str, Any] = {}
+        drifts: dict[str, list[dict[str, float]]] = {}
         for n, (label, images) in enumerate(sets.items()):
-            book = float(run_python(BOOK_SCRIPT, weights, *images))
+            book = float(run_python(BOOK_SCRIPT, weights, device, *images))
             figures[f"book {label}"] = book
             rows.append((label, "book loop (fp32, one at a time)", book, 1.0))
-            for precision in ("fp32", "bf16"):
+            for precision in ("fp32", *halves):
                 predictions = folder / f"{n}-{precision}.json"
-                ours = json.loads(run_python(PTM_SCRIPT, weights, precision, batch, "0", str(predictions), *images))
+                ours = json.loads(
+                    run_python(PTM_SCRIPT, weights, device, precision, batch, "0", str(predictions), *images)
+                )
                 figures[f"ptm {precision} {label}"] = ours["rate"]
                 rows.append((label, f"ptm {precision}, batch {batch}", ours["rate"], ours["rate"] / book))
-            drifts += drift(folder / f"{n}-fp32.json", folder / f"{n}-bf16.json")
-        bf16_drift = {
-            "images": len(drifts),
-            "top1_agree": int(sum(d["top1_same"] for d in drifts)),
-            "top5_order_agree": int(sum(d["top5_same"] for d in drifts)),
-            "max_abs_prob_drift": max(d["max_prob_drift"] for d in drifts),
-            "mean_total_variation": statistics.fmean(d["total_variation"] for d in drifts),
-            "max_total_variation": max(d["total_variation"] for d in drifts),
-            "top1_prob_min": min(d["top1_prob"] for d in drifts),
-            "top1_prob_max": max(d["top1_prob"] for d in drifts),
-        }
-        figures["bf16 drift"] = bf16_drift
+            for half in halves:
+                drifts.setdefault(half, []).extend(drift(folder / f"{n}-fp32.json", folder / f"{n}-{half}.json"))
+        summaries = {half: summarise(rows_) for half, rows_ in drifts.items()}
+        figures["drift from fp32"] = summaries
 
         compile_rows = []
         if not args.no_compile:
             label, images = next(iter(sets.items()))
             cache = {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor")}
             for cache_state in ("empty", "warm"):
-                compiled = json.loads(run_python(PTM_SCRIPT, weights, "fp32", batch, "1", "-", *images, env=cache))
+                compiled = json.loads(
+                    run_python(PTM_SCRIPT, weights, device, "fp32", batch, "1", "-", *images, env=cache)
+                )
                 eager = figures[f"ptm fp32 {label}"]
                 gain = 1 / eager - 1 / compiled["rate"]  # seconds saved per image
                 break_even = compiled["warm_up"] / gain if gain > 0 else float("inf")
@@ -222,9 +245,9 @@ def main() -> None:
                 figures[f"ptm fp32 compiled, {cache_state} cache, {label}"] = compiled
 
         one = sets[next(iter(sets))][0]
-        book_cold = wall([PYTHON, "-c", BOOK_SCRIPT, weights, one], runs=3)
+        book_cold = wall([PYTHON, "-c", BOOK_SCRIPT, weights, device, one], runs=3)
         ptm_cold = wall([ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
-                         "-f", "jsonl", one], runs=3)  # fmt: skip
+                         "--device", device, "-f", "jsonl", one], runs=3)  # fmt: skip
         help_wall = wall([ptm, "--help"], runs=5)
         figures.update({"book cold": book_cold, "ptm cold": ptm_cold, "ptm --help": help_wall})
 
@@ -234,22 +257,22 @@ def main() -> None:
         for size in ("256", "full"):
             out = folder / f"translated-{size}.png"
             seconds, peak = wall_and_peak(
-                [ptm, "zebra", "-w", generator, "--size", size, "--force", "-o", str(out), photo]
+                [ptm, "zebra", "-w", generator, "--size", size, "--device", device, "--force", "-o", str(out), photo]
             )
             translate_rows.append((size, seconds, peak))
             figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
 
-    print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
     for label, pipeline, rate, ratio in rows:
         print(f"| {label} | {pipeline} | {rate:.2f} | {ratio:.2f}x |")
-    d = bf16_drift
-    print(
-        f"\nbf16 vs fp32 on {d['images']} images (fp32 top-1 probability {d['top1_prob_min']:.2f} to "
-        f"{d['top1_prob_max']:.2f}): top-1 agrees on {d['top1_agree']}, top-5 order on {d['top5_order_agree']}; "
-        f"largest change of one probability {d['max_abs_prob_drift']:.3f}; total variation distance mean "
-        f"{d['mean_total_variation']:.3f}, max {d['max_total_variation']:.3f}"
-    )
+    for half, d in summaries.items():
+        print(
+            f"\n{half} vs fp32 on {d['images']} images (fp32 top-1 probability {d['top1_prob_min']:.2f} to "
+            f"{d['top1_prob_max']:.2f}): top-1 agrees on {d['top1_agree']}, top-5 order on {d['top5_order_agree']}; "
+            f"largest change of one probability {d['max_abs_prob_drift']:.3f}; total variation distance mean "
+            f"{d['mean_total_variation']:.3f}, max {d['max_total_variation']:.3f}"
+        )
     if compile_rows:
         print("\n| images | --compile, inductor cache | compile s | images/s | eager images/s | pays off after |")
         print("|---|---|---:|---:|---:|---:|")
