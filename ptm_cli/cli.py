@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -924,17 +923,19 @@ def run(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except PtmError as exc:
         if _debug():
+            import traceback
+
             traceback.print_exc()
         _note(f"error: {exc}")
         return exc.exit_code
     except (_ReaderGone, BrokenPipeError):
         _silence_stdout()
         return EXIT_BROKEN_PIPE
-    except Exception:
+    except Exception as exc:
         if _debug():
             raise
-        traceback_line = traceback.format_exc().strip().splitlines()[-1]
-        _note(f"internal error: {traceback_line}")
+        lines = str(exc).strip().splitlines()
+        _note(f"internal error: {type(exc).__name__}" + (f": {lines[0]}" if lines else ""))
         _note("this is a bug in ptm; run again with PTM_DEBUG=1 for the traceback and report it")
         return EXIT_INTERNAL
 

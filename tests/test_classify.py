@@ -339,3 +339,21 @@ def test_file_names_that_are_not_utf8(tiny: list[str], tmp_path: Path) -> None:
     (record,) = result.records()
     assert os.fsencode(record["input"]) == raw  # the exact bytes come back
     assert "caf\\xe9.png" in run_ptm([*tiny, "-f", "csv", str(folder)]).stdout
+
+
+def test_a_bug_is_one_line_and_exit_70_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptm_cli.catalog import Catalog
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("catalog exploded\nsecond line")
+
+    monkeypatch.setattr(Catalog, "load", broken)
+    result = run_ptm(["models"])
+    assert result.code == 70
+    assert result.stderr.splitlines() == [
+        "ptm: internal error: RuntimeError: catalog exploded",
+        "ptm: this is a bug in ptm; run again with PTM_DEBUG=1 for the traceback and report it",
+    ]
+    monkeypatch.setenv("PTM_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="catalog exploded"):
+        run_ptm(["models"])
