@@ -153,10 +153,10 @@ def make_generator_weights(folder: Path) -> str:
     return str(path)
 
 
-def drift(fp32_file: Path, bf16_file: Path) -> list[dict[str, float]]:
-    """Per image: whether bf16 keeps fp32's top-1 and top-5, and how far its probabilities move."""
+def drift(fp32_file: Path, half_file: Path) -> list[dict[str, float]]:
+    """Per image: whether fp16/bf16 keep fp32's top-1 and top-5, and how far the probabilities move."""
     rows = []
-    for a, b in zip(json.loads(fp32_file.read_text()), json.loads(bf16_file.read_text()), strict=True):
+    for a, b in zip(json.loads(fp32_file.read_text()), json.loads(half_file.read_text()), strict=True):
         top5 = sorted(range(len(a)), key=lambda i: -a[i])[:5]
         rows.append({
             "top1_prob": a[top5[0]],
