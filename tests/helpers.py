@@ -137,6 +137,19 @@ def calibrated_state_dict(
     return model.state_dict()
 
 
+def probability_table(classifier: Any, inputs: list[Any], batch_size: int) -> torch.Tensor:
+    """Every class's probability for each input (rows in input order), from ``classify_images``."""
+    from ptm_cli.classify import classify_images
+
+    results = list(classify_images(inputs, classifier, top_k=1000, batch_size=batch_size))
+    assert all(r.ok for r in results), [r.error for r in results]
+    table = torch.zeros(len(results), 1000, dtype=torch.float64)
+    for row, result in enumerate(results):
+        for p in result.predictions or []:
+            table[row, p.index] = p.probability
+    return table
+
+
 # A 4-class user-catalog model (labels.txt beside the file) for fast end-to-end runs.
 TINY_TOML = """
 [[model]]

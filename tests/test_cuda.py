@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import DATA, calibrated_state_dict, run_ptm
+from helpers import DATA, calibrated_state_dict, probability_table, run_ptm
 from PIL import Image
 
 from ptm_cli.catalog import Catalog, Entry
-from ptm_cli.classify import Classifier, ImageInput, classify_images
+from ptm_cli.classify import Classifier, ImageInput
 from ptm_cli.translate import Translator, build_generator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,13 +39,7 @@ def probabilities(weights: Path, device: str, precision: str = "fp32", compile_m
         classifier.compile()
     inputs = [ImageInput(p.name, path=p) for p in PHOTOS]
     # Batches of two: the last one is short, which the compiled path pads.
-    results = list(classify_images(inputs, classifier, top_k=1000, batch_size=2))
-    assert all(r.ok for r in results)
-    table = torch.zeros(len(results), 1000, dtype=torch.float64)
-    for row, result in enumerate(results):
-        for p in result.predictions or []:
-            table[row, p.index] = p.probability
-    return table
+    return probability_table(classifier, inputs, batch_size=2)
 
 
 def total_variation(a: torch.Tensor, b: torch.Tensor) -> float:

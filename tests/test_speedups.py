@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, calibrated_state_dict, run_ptm, save_weights
+from helpers import DATA, calibrated_state_dict, probability_table, run_ptm, save_weights
 from PIL import Image, ImageEnhance
 
 from ptm_cli.catalog import Catalog
-from ptm_cli.classify import Classifier, ImageInput, classify_images
+from ptm_cli.classify import Classifier, ImageInput
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
 
@@ -36,20 +36,10 @@ def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _probabilities(classifier: Classifier, inputs: list[ImageInput]) -> torch.Tensor:
-    results = list(classify_images(inputs, classifier, top_k=1000, batch_size=4))
-    assert all(r.ok for r in results)
-    table = torch.zeros(len(results), 1000, dtype=torch.float64)
-    for row, result in enumerate(results):
-        for p in result.predictions or []:
-            table[row, p.index] = p.probability
-    return table
-
-
 def test_bf16_predictions_stay_close_to_fp32(resnet18_file: Path, photo_set: list[ImageInput]) -> None:
     entry = Catalog.load().resolve("resnet18", "IMAGENET1K_V1")
     fp32, bf16 = (
-        _probabilities(Classifier.load(entry, weights_file=resnet18_file, device="cpu", precision=p), photo_set)
+        probability_table(Classifier.load(entry, weights_file=resnet18_file, device="cpu", precision=p), photo_set, 4)
         for p in ("fp32", "bf16")
     )
     assert fp32.max(dim=1).values.min() > 0.2  # confident enough that top-1 is meaningful
