@@ -3,10 +3,10 @@
 The library behind the ``ptm`` command. Importing this package is cheap:
 torch, torchvision and Pillow load only when a function that needs them runs.
 
-    from ptm_cli import Catalog, Classifier, ImageInput, classify_images
+    from pathlib import Path
+    from ptm_cli import ImageInput, ModelOptions, classify_images, load_classifier
 
-    entry = Catalog.load().resolve("resnet101")
-    classifier = Classifier.load(entry)
+    classifier = load_classifier(ModelOptions("resnet101"))
     for result in classify_images([ImageInput("dog.jpg", path=Path("dog.jpg"))], classifier):
         print(result.predictions[0].label)
 """
@@ -15,22 +15,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "Catalog": "catalog",
     "Entry": "catalog",
+    "ModelOptions": "loading",
+    "load_classifier": "loading",
+    "load_translator": "loading",
     "Classifier": "classify",
     "Classification": "classify",
-    "ImageInput": "classify",
     "Prediction": "classify",
     "classify_images": "classify",
+    "ImageInput": "inputs",
     "Translator": "translate",
-    "load_image": "images",
-    "Preprocess": "images",
-    "preprocess": "images",
+    "load_image": "imageio",
+    "Preprocess": "transforms",
+    "preprocess": "transforms",
     "ensure_weights": "weights",
-    "load_state_dict": "weights",
+    "load_state_dict": "tensorio",
     "PtmError": "errors",
 }
 
@@ -38,11 +41,14 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "__version__",
     "Catalog",
     "Entry",
+    "ModelOptions",
+    "load_classifier",
+    "load_translator",
     "Classifier",
     "Classification",
-    "ImageInput",
     "Prediction",
     "classify_images",
+    "ImageInput",
     "Translator",
     "load_image",
     "Preprocess",
@@ -54,11 +60,15 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Entry
-    from .classify import Classification, Classifier, ImageInput, Prediction, classify_images
+    from .classify import Classification, Classifier, Prediction, classify_images
     from .errors import PtmError
-    from .images import Preprocess, load_image, preprocess
+    from .imageio import load_image
+    from .inputs import ImageInput
+    from .loading import ModelOptions, load_classifier, load_translator
+    from .tensorio import load_state_dict
+    from .transforms import Preprocess, preprocess
     from .translate import Translator
-    from .weights import ensure_weights, load_state_dict
+    from .weights import ensure_weights
 
 
 def __getattr__(name: str) -> Any:

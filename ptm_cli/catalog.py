@@ -17,7 +17,6 @@ instant.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -27,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from . import settings
 from .errors import ConfigError, UnknownModel
 
 if TYPE_CHECKING:
-    from .images import Preprocess
+    from .transforms import Preprocess
 
 CATALOG_DIR = Path(__file__).resolve().parent / "models"
 TASKS = ("classify", "translate")
@@ -79,7 +79,7 @@ class Entry:
         return self.sha256 if self.sha256 and len(self.sha256) == 64 else None
 
     def preprocess(self) -> Preprocess:
-        from .images import Preprocess
+        from .transforms import Preprocess
 
         return Preprocess(
             resize=self.resize,
@@ -215,8 +215,8 @@ def _records_from_toml(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def user_catalog_paths() -> list[Path]:
-    value = os.environ.get("PTM_CATALOG", "")
-    return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
+    """The catalog files ``PTM_CATALOG`` names."""
+    return settings.catalog_paths()
 
 
 class Catalog:

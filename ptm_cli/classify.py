@@ -1,7 +1,8 @@
 """Image classification: a catalog entry in, ranked labels out, batch by batch.
 
 `Classifier` holds one model ready to run (weights verified and loaded,
-device and precision chosen, preprocessing fixed). `classify_images` feeds
+device and precision chosen, preprocessing fixed); a ready one comes from
+:func:`ptm_cli.loading.load_classifier`. `classify_images` feeds
 it: worker threads decode and preprocess the next images while the model
 runs on the current batch, and results come back in input order, one per
 input, with failed inputs carrying their error instead of predictions (never
@@ -14,12 +15,11 @@ import collections
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import catalog as catalog_mod
-from .errors import CompileFailed, ConfigError, InputError, InputNotFound, PtmError, UsageError
+from .errors import CompileFailed, ConfigError, InputError, PtmError, UsageError, first_line
+from .inputs import ImageInput
 
 if TYPE_CHECKING:
     import torch
@@ -27,28 +27,7 @@ if TYPE_CHECKING:
 
     from .catalog import Entry
     from .device import Precision
-    from .images import Preprocess
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One image to process: a file, or bytes that came from stdin."""
-
-    name: str
-    path: Path | None = None
-    data: bytes | None = None
-    error: InputError | None = None  # found while reading the input (e.g. stdin too large)
-
-    def open(self, *, min_short_side: int | None = None) -> Any:
-        """The decoded RGB image (see `images.load_image` for ``min_short_side``)."""
-        from .images import load_image
-
-        if self.error is not None:
-            raise self.error
-        source = self.data if self.data is not None else self.path
-        if source is None:
-            raise InputNotFound(f"{self.name}: neither a path nor data to read")
-        return load_image(source, name=self.name, min_short_side=min_short_side)
+    from .transforms import Preprocess
 
 
 @dataclass(frozen=True)
@@ -70,45 +49,6 @@ class Classification:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def architecture_factory(entry: Entry) -> Callable[[], nn.Module]:
-    """A no-argument constructor for the entry's architecture.
-
-    The ResNet family, AlexNet and VGG come from ``nets`` (no torchvision
-    import, which halves a cold start); the other classifiers from
-    torchvision. A constructor that refuses the entry's ``builder_kwargs``
-    raises ``ConfigError``.
-    """
-    from . import nets
-
-    kwargs = dict(entry.builder_kwargs)
-    if entry.num_classes:
-        kwargs["num_classes"] = entry.num_classes
-    build = nets.builder_for(entry.architecture, kwargs)
-    if build is None:
-        import torchvision.models as tvm
-
-        if entry.architecture not in set(tvm.list_models(module=tvm)):
-            raise ConfigError(
-                f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision classifier; "
-                "`ptm models` lists the ones ptm can build"
-            )
-        architecture = entry.architecture
-
-        def build() -> nn.Module:
-            return tvm.get_model(architecture, weights=None, **kwargs)
-
-    def checked_build() -> nn.Module:
-        try:
-            return build()
-        except (TypeError, ValueError) as e:
-            raise ConfigError(
-                f"{entry.ref}: {entry.architecture} cannot be built with builder_kwargs {kwargs} ({e}); "
-                "fix builder_kwargs in the catalog entry"
-            ) from e
-
-    return checked_build
 
 
 class Classifier:
@@ -155,53 +95,8 @@ class Classifier:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self._forward = torch.compile(self.model, dynamic=False)
 
-    @classmethod
-    def load(
-        cls,
-        entry: Entry,
-        *,
-        weights_file: Path | None = None,
-        device: str = "auto",
-        precision: str = "fp32",
-        resize: int | None = None,
-        crop: int | None = None,
-        progress: bool = True,
-    ) -> Classifier:
-        """Resolve everything an entry needs and build the model.
-
-        ``weights_file`` loads a local file into the entry's architecture
-        instead of the catalog's download; ``resize``/``crop`` override the
-        entry's preprocessing.
-        """
-        from . import weights
-        from .device import choose_device, choose_precision
-        from .modeling import build_with_weights
-
-        preprocess = entry.preprocess()
-        if resize is not None or crop is not None:
-            preprocess = replace(preprocess, resize=resize or preprocess.resize, crop=crop or preprocess.crop)
-        labels = catalog_mod.load_labels(entry)
-        # Weights first: a missing file should fail before torch is even imported.
-        state_dict, label = weights.resolve_state_dict(entry, weights_file, progress=progress)
-        torch_device = choose_device(device)
-        chosen_precision = choose_precision(precision, torch_device)
-        factory = architecture_factory(entry)
-        model = build_with_weights(factory, state_dict, what=f"{entry.architecture} ({entry.ref})")
-        # Files saved in fp16/bf16 keep that dtype when assigned; --precision decides how we compute.
-        model = _prepare(model.float(), torch_device)
-        classifier = cls(
-            entry,
-            model,
-            weights_label=label,
-            labels=labels,
-            preprocess=preprocess,
-            device=torch_device,
-            precision=chosen_precision,
-        )
-        classifier._check_labels()
-        return classifier
-
-    def _check_labels(self) -> None:
+    def check_labels(self) -> None:
+        """ConfigError when the labels do not match the model's outputs (a catalog mistake)."""
         if self.labels is None:
             return
         outputs = _output_count(self.model)
@@ -251,9 +146,8 @@ class Classifier:
         try:
             logits = self._forward(x)
         except Exception as e:  # the first call compiles; its failures are the compiler's
-            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CompileFailed(
-                f"torch.compile failed ({type(e).__name__}: {first_line[:300]}); run without --compile, "
+                f"torch.compile failed ({type(e).__name__}: {first_line(e, 300)}); run without --compile, "
                 "or install a C++ compiler (on CPU, torch.compile builds its kernels with one)"
             ) from e
         self._compiled_batch = len(x)
@@ -264,14 +158,6 @@ class Classifier:
 
     def _label(self, index: int) -> str | None:
         return self.labels[index] if self.labels and index < len(self.labels) else None
-
-
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    import torch
-
-    model = model.to(device)
-    # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
-    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _output_count(model: nn.Module) -> int | None:
@@ -313,7 +199,7 @@ def classify_images(
     min_short_side = None if full_decode or short_side is None else DRAFT_MARGIN * short_side
 
     def load(item: ImageInput) -> Any:
-        from .images import preprocess as run_preprocess
+        from .transforms import preprocess as run_preprocess
 
         try:
             return run_preprocess(item.open(min_short_side=min_short_side), preprocess)
@@ -386,7 +272,7 @@ def to_record(result: Classification, classifier: Classifier) -> dict[str, Any]:
     from .output import round_float
 
     if result.error is not None:
-        return {"input": result.input, "error": {"type": result.error.kind, "message": str(result.error)}}
+        return {"input": result.input, "error": result.error.record()}
     return {
         "input": result.input,
         "model": classifier.entry.model,

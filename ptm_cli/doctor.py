@@ -34,28 +34,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__
+from . import settings
+from .version import __version__
 
 T = TypeVar("T")
 
 PACKAGES = ("torch", "torchvision", "Pillow", "click", "rich")
 # The modules that must import for ptm to run at all (import name -> distribution, for messages).
 REQUIRED_IMPORTS = {"torch": "torch", "torchvision": "torchvision", "PIL": "Pillow"}
-SETTINGS = (
-    "PTM_OFFLINE",
-    "PTM_WEIGHTS_MIRROR",
-    "PTM_CATALOG",
-    "PTM_CACHE_DIR",
-    "PTM_DOWNLOAD_TIMEOUT",
-    "PTM_DOWNLOAD_RETRIES",
-    "TORCH_HOME",
-    "XDG_CACHE_HOME",
-    "HTTPS_PROXY",
-)
+# Every variable ptm reads, from the one place that reads them.
+SETTINGS = tuple(v.name for v in settings.VARIABLES if v.kind != "secret")
 # Settings whose value is a secret: reported only as "set" or "not set".
-SECRET_SETTINGS = ("GITHUB_TOKEN",)
-# Settings that may hold a URL with user:password in it.
-URL_SETTINGS = ("PTM_WEIGHTS_MIRROR", "HTTPS_PROXY")
+SECRET_SETTINGS = tuple(v.name for v in settings.VARIABLES if v.kind == "secret")
+# Settings that may hold a URL with a password or a token in it.
+URL_SETTINGS = tuple(v.name for v in settings.VARIABLES if v.kind == "url")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx")
 AMX_FLAGS = ("amx_tile", "amx_bf16", "amx_int8")
 CPUINFO = Path("/proc/cpuinfo")
@@ -338,22 +330,21 @@ def _cached_weights(catalog: Any) -> list[dict[str, Any]]:
     from . import weights
 
     # Without a catalog the files are still listed, just not tied to entries or marked verified.
-    cached = weights.list_cached(None if is_error(catalog) else catalog)
+    cached = weights.list_cached(None if is_error(catalog) else catalog.entries())
     return [{"name": f.name, "size": f.size, "verified": f.verified, "entries": list(f.entries)} for f in cached]
 
 
 def _mask_url(value: str) -> str:
-    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...``."""
+    """Credentials out of a URL: ``user:secret@`` becomes ``***@`` and a query (``?token=...``) ``?***``."""
     parts = urlsplit(value)
-    if "@" not in parts.netloc:
-        return value
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1])
+    if parts.query:
+        parts = parts._replace(query="***")
+    return urlunsplit(parts)
 
 
 def _settings() -> dict[str, Any]:
-    from . import weights
-
     values: dict[str, Any] = {}
     for name in SETTINGS:
         raw = os.environ.get(name) or (os.environ.get(name.lower()) if name.endswith("_PROXY") else None)
@@ -361,7 +352,8 @@ def _settings() -> dict[str, Any]:
     for name in SECRET_SETTINGS:
         # Only whether it is there: the value is a credential.
         values[name] = "set" if os.environ.get(name) else "not set"
-    values["offline"] = _probe(weights.is_offline)
+    values["offline"] = _probe(settings.offline)
+    values["invalid"] = _probe(settings.check_all)
     return values
 
 
@@ -389,9 +381,8 @@ def _import_problems(report: dict[str, Any]) -> Iterator[str]:
 
 
 def _settings_problems(report: dict[str, Any]) -> Iterator[str]:
-    offline = _section(report, "settings").get("offline")
-    if is_error(offline):
-        yield f"PTM_OFFLINE is not understood ({offline}); set it to 1 or 0"
+    invalid = _section(report, "settings").get("invalid")
+    yield from invalid if isinstance(invalid, list) else []
     entries = _section(report, "catalog").get("entries")
     if is_error(entries):
         yield f"the model catalog does not load ({entries}); fix or unset PTM_CATALOG"

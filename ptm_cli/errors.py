@@ -9,7 +9,9 @@ Exit codes a script can rely on:
 * 0 - everything asked for was done;
 * 1 - some inputs failed (their records say why), the rest were done;
 * 2 - usage, configuration, device or weights problem: nothing was done;
-* 130 - interrupted (Ctrl-C).
+* 70 - a bug in ptm (an internal error; PTM_DEBUG=1 shows the traceback);
+* 130 - interrupted (Ctrl-C);
+* 141 - stdout's reader went away (``| head``), as a shell reports SIGPIPE.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name when empty), cut to ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    line = " ".join(lines[0].split()) if lines else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class PtmError(Exception):
@@ -29,6 +40,10 @@ class PtmError(Exception):
     def kind(self) -> str:
         """The name scripts see in error records (``UnreadableImage``...)."""
         return type(self).__name__
+
+    def record(self) -> dict[str, str]:
+        """The ``error`` field of a record: ``{"type": ..., "message": ...}``."""
+        return {"type": self.kind, "message": str(self)}
 
 
 # --- usage and configuration: exit 2 -------------------------------------
@@ -71,6 +86,15 @@ class DownloadError(WeightsError):
 
 class OfflineError(DownloadError):
     """A download is needed but ``PTM_OFFLINE=1`` forbids the network."""
+
+
+class DamagedWeights(WeightsError):
+    """A weights file's bytes are not a readable weights file (truncated, corrupt, another format)."""
+
+    def __init__(self, message: str, *, path: object = None, detail: str = ""):
+        super().__init__(message)
+        self.path = path
+        self.detail = detail
 
 
 class HashMismatch(WeightsError):

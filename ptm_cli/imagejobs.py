@@ -9,17 +9,69 @@ and does not stop the others.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .classify import ImageInput
+from . import fsutil
 from .errors import InputError, OutputError, UsageError
-from .output import IMAGE_FORMATS, encode_image, image_format_for, write_file_atomic
+from .inputs import ImageInput
 
 Transform = Callable[[Any], Any]  # PIL image in, PIL image of the same size out
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF"}  # fmt: skip
+
+
+def image_format_for(path: str, forced: str | None = None) -> str:
+    """The Pillow format to write ``path`` in: ``forced``, else from the extension."""
+    if forced:
+        name = forced.upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF")
+        if name not in set(IMAGE_FORMATS.values()):
+            raise UsageError(f"cannot write {forced!r} images; use one of png, jpeg, webp, bmp, tiff")
+        return name
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in IMAGE_FORMATS:
+        raise UsageError(f"cannot tell the image format from {path!r}; use a .png/.jpg/.webp name or --format")
+    return IMAGE_FORMATS[suffix]
+
+
+def encode_image(image: Any, fmt: str) -> bytes:
+    """The bytes of ``image`` (a PIL image) in format ``fmt``."""
+    import io
+
+    buffer = io.BytesIO()
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write_output(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Write ``data`` to ``path`` whole or not at all; an existing file is replaced only with ``force``.
+
+    A character device or FIFO (``-o /dev/null``) is written through, never
+    replaced; anything else that is not a regular file is refused.
+    """
+    if fsutil.is_stream_target(path):
+        try:
+            with open(path, "wb") as stream:
+                stream.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return
+    if os.path.lexists(path) and not force:
+        raise OutputError(f"{path} already exists; use --force to overwrite it")
+    try:
+        fsutil.write_atomic(path, data, replace=force)
+    except FileExistsError:
+        raise OutputError(f"{path} already exists; use --force to overwrite it") from None
+    except fsutil.NotReplaceable:
+        raise OutputError(f"{path} is not a regular file, so ptm will not replace it; choose another name") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -102,7 +154,7 @@ def run_image_jobs(
                     "(same file name in another folder); translate them in separate runs or output directories"
                 )
             if path is not None:
-                if skip_existing and path.exists():
+                if skip_existing and path.exists() and not fsutil.is_stream_target(path):
                     written[path.resolve()] = item.name
                     yield {"input": item.name, "output": str(path), "skipped": True}
                     continue
@@ -117,16 +169,16 @@ def run_image_jobs(
             else:
                 if path.parent and not path.parent.exists():
                     path.parent.mkdir(parents=True, exist_ok=True)
-                write_file_atomic(path, data, force=force)
+                write_output(path, data, force=force)
                 written[path.resolve()] = item.name
         except InputError as exc:
-            yield {"input": item.name, "error": {"type": exc.kind, "message": str(exc)}}
+            yield {"input": item.name, "error": exc.record()}
             continue
         except BrokenPipeError:
             raise  # stdout's reader left: the whole run ends, quietly (141)
         except OSError as exc:
             error = OutputError(f"{item.name}: {exc.strerror or exc}")
-            yield {"input": item.name, "error": {"type": error.kind, "message": str(error)}}
+            yield {"input": item.name, "error": error.record()}
             continue
         record: dict[str, Any] = {"input": item.name, "output": "-" if path is None else str(path),
                                   "size": list(result.size)}  # fmt: skip
@@ -139,5 +191,7 @@ def _check_writable(item: ImageInput, path: Path, force: bool) -> None:
     """Refuse before any work: an existing output, or the input itself as output."""
     if item.path is not None and path.exists() and path.resolve() == item.path.resolve():
         raise OutputError(f"{path} is the input itself; choose another --output-dir or a --suffix")
-    if path.exists() and not force:
+    if fsutil.is_stream_target(path):
+        return  # a device or FIFO is written through: `-o /dev/null` needs no --force
+    if os.path.lexists(path) and not force:
         raise OutputError(f"{path} already exists; use --force to overwrite it or --skip-existing to keep it")

@@ -11,11 +11,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from .classify import ImageInput
-from .errors import UsageError
+from .errors import InputError, InputNotFound, UsageError
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to process: a file, or bytes that came from stdin."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+    error: InputError | None = None  # found while reading the input (e.g. stdin too large)
+
+    def open(self, *, min_short_side: int | None = None) -> Any:
+        """The decoded RGB image (see `imageio.load_image` for ``min_short_side``)."""
+        from .imageio import load_image
+
+        if self.error is not None:
+            raise self.error
+        source = self.data if self.data is not None else self.path
+        if source is None:
+            raise InputNotFound(f"{self.name}: neither a path nor data to read")
+        return load_image(source, name=self.name, min_short_side=min_short_side)
+
 
 # Extensions picked up when walking a directory. Files named explicitly are
 # opened whatever their extension: the format is read from the bytes.
@@ -95,8 +117,7 @@ def _generate(
 
 def _stdin_input(stdin: BinaryIO) -> ImageInput:
     """stdin's bytes, bounded: `cat /dev/zero | ptm classify -` must not eat all memory."""
-    from .errors import InputError
-    from .images import read_limited
+    from .imageio import read_limited
 
     try:
         return ImageInput(name="-", data=read_limited(stdin, "-"))

@@ -17,9 +17,7 @@ import contextlib
 import csv
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 FORMATS = ("table", "jsonl", "json", "csv", "tsv")
@@ -159,67 +157,3 @@ def _cell(value: Any) -> str:
     text = str(value)
     # Undecodable bytes of a file name show as \xNN rather than crash the writer.
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-# --- image files -------------------------------------------------------------
-
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
-                 ".tiff": "TIFF"}  # fmt: skip
-
-
-def image_format_for(path: str, forced: str | None = None) -> str:
-    """The Pillow format to write ``path`` in: ``forced``, else from the extension."""
-    from .errors import UsageError
-
-    if forced:
-        name = forced.upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF")
-        if name not in set(IMAGE_FORMATS.values()):
-            raise UsageError(f"cannot write {forced!r} images; use one of png, jpeg, webp, bmp, tiff")
-        return name
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in IMAGE_FORMATS:
-        raise UsageError(f"cannot tell the image format from {path!r}; use a .png/.jpg/.webp name or --format")
-    return IMAGE_FORMATS[suffix]
-
-
-def encode_image(image: Any, fmt: str) -> bytes:
-    """The bytes of ``image`` (a PIL image) in format ``fmt``."""
-    import io
-
-    buffer = io.BytesIO()
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def write_file_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
-    """Write ``data`` to ``path`` all at once or not at all.
-
-    The bytes go to a temporary file beside ``path``, which is renamed over it
-    only when complete: a crash, a full disk or Ctrl-C never leaves a partial
-    file, and an existing file is kept unless ``force``.
-    """
-    import tempfile
-
-    from .errors import OutputError
-
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists; use --force to overwrite it")
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if not force and path.exists():
-            raise OutputError(f"{path} already exists; use --force to overwrite it")
-        os.replace(temp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)

@@ -1,17 +1,9 @@
-"""Image-to-image translation: the CycleGAN generator and the engine that runs it.
+"""Image-to-image translation: :class:`Translator` runs a CycleGAN generator on images of any size.
 
-This module owns
-
-* the ResNet-9-block CycleGAN generator (:func:`build_generator`), laid out so
-  that its 48 state_dict keys are those of the book's ``horse2zebra_0.4.0.pth``
-  and of the official CycleGAN ``resnet_9blocks`` checkpoints;
-* loading such checkpoints (:func:`load_generator`), including old ones
-  (torch < 0.4) that still carry InstanceNorm running-stat buffers;
-* :class:`Translator`, which turns a PIL image into a translated PIL image of
-  exactly the same size;
-
-Importing it imports neither torch nor torchvision; the network classes are
-defined the first time a generator is built.
+The network itself is in :mod:`ptm_cli.cyclegan`; a ready Translator comes
+from :func:`ptm_cli.loading.load_translator`. A translated image always has
+exactly its input's size. Importing this module imports neither torch nor
+torchvision.
 
 How an image is run
 -------------------
@@ -64,15 +56,14 @@ or tile-to-tile colour shifts appear.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError, UsageError
+from .cyclegan import norm_layers
+from .errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,7 +74,6 @@ if TYPE_CHECKING:
     from .catalog import Entry
     from .device import Precision
 
-ARCHITECTURE = "cyclegan_resnet9"
 DEFAULT_SIZE = 256
 """Short side the generator runs at when neither caller nor catalog says otherwise (the book's)."""
 DEFAULT_TILE = 512
@@ -101,171 +91,9 @@ TILE_BATCH_PIXELS = 1024 * 1024
 RAMP_FRACTION = 0.5
 """Share of each overlap over which two tiles' weights cross-fade (the rest is margin)."""
 _MULTIPLE = 4  # two stride-2 layers: the generator maps n to 4 * ceil(n / 4)
-_GENERATOR_KWARGS = ("ngf", "n_blocks")
-_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 Size = int | Literal["full"]
 TileCallback = Callable[[int, int], None]
-
-
-# --- the network ----------------------------------------------------------------
-
-
-@functools.cache
-def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
-    """Define the generator's module classes (once, and only when torch is wanted)."""
-    import torch
-    from torch import nn
-
-    class FreezableInstanceNorm2d(nn.InstanceNorm2d):
-        """InstanceNorm2d (affine=False, no running stats) that can record or reuse statistics.
-
-        ``record``: also keep the per-channel mean and variance it normalised by.
-        ``frozen``: normalise by these (mean, var) instead of the input's own,
-        which is what makes tiles agree with each other.
-        """
-
-        def __init__(self, channels: int):
-            super().__init__(channels, affine=False, track_running_stats=False)
-            self.record = False
-            self.recorded: tuple[torch.Tensor, torch.Tensor] | None = None
-            self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.frozen is not None:
-                mean, var = self.frozen
-                # float32 statistics even under bf16 autocast; the result goes back to x's dtype.
-                return ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
-            if self.record:
-                var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
-                self.recorded = (mean, var)
-            return super().forward(x)
-
-    class ResnetBlock(nn.Module):
-        """Two 3x3 convolutions with reflection padding and a skip connection."""
-
-        def __init__(self, channels: int):
-            super().__init__()
-            self.conv_block = nn.Sequential(
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(channels, channels, kernel_size=3, bias=True),
-                FreezableInstanceNorm2d(channels),
-                nn.ReLU(True),
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(channels, channels, kernel_size=3, bias=True),
-                FreezableInstanceNorm2d(channels),
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.conv_block(x)
-
-    class ResnetGenerator(nn.Module):
-        """CycleGAN's resnet_9blocks generator; every layer sits in ``self.model``."""
-
-        def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9):
-            super().__init__()
-            layers: list[nn.Module] = [
-                nn.ReflectionPad2d(3),
-                nn.Conv2d(input_nc, ngf, kernel_size=7, bias=True),
-                FreezableInstanceNorm2d(ngf),
-                nn.ReLU(True),
-            ]
-            for factor in (1, 2):  # downsampling: ngf -> 2 ngf -> 4 ngf
-                channels = ngf * factor
-                layers += [
-                    nn.Conv2d(channels, channels * 2, kernel_size=3, stride=2, padding=1, bias=True),
-                    FreezableInstanceNorm2d(channels * 2),
-                    nn.ReLU(True),
-                ]
-            layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
-            for factor in (4, 2):  # upsampling: 4 ngf -> 2 ngf -> ngf
-                channels = ngf * factor
-                layers += [
-                    nn.ConvTranspose2d(
-                        channels, channels // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
-                    ),
-                    FreezableInstanceNorm2d(channels // 2),
-                    nn.ReLU(True),
-                ]
-            layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, bias=True), nn.Tanh()]
-            self.model = nn.Sequential(*layers)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x)
-
-    return FreezableInstanceNorm2d, ResnetBlock, ResnetGenerator
-
-
-def build_generator(*, ngf: int = 64, n_blocks: int = 9, input_nc: int = 3, output_nc: int = 3) -> nn.Module:
-    """A CycleGAN ResNet generator with freshly initialised weights (the catalog uses the defaults)."""
-    generator_class = _network_classes()[2]
-    return generator_class(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_blocks=n_blocks)
-
-
-def _norm_layers(model: nn.Module) -> list[Any]:
-    norm_class = _network_classes()[0]
-    return [m for m in model.modules() if isinstance(m, norm_class)]
-
-
-@functools.cache
-def _norm_paths(ngf: int, n_blocks: int) -> frozenset[str]:
-    """Module paths of the generator's InstanceNorm layers (``model.2``, ``model.10.conv_block.2``...)."""
-    import torch
-
-    norm_class = _network_classes()[0]
-    with torch.device("meta"):  # no memory, no initialisation: only the names are wanted
-        model = build_generator(ngf=ngf, n_blocks=n_blocks)
-    return frozenset(name for name, module in model.named_modules() if isinstance(module, norm_class))
-
-
-def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    # weights.load_state_dict already does this for files; callers may pass dicts of their own.
-    prefix = "module."
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def _drop_norm_buffers(state_dict: dict[str, Any], norm_paths: frozenset[str]) -> dict[str, Any]:
-    """Remove the InstanceNorm running stats torch < 0.4 saved; they are never used.
-
-    Only buffers at InstanceNorm positions go: a checkpoint of another
-    architecture (batch norm, say) still fails the strict load on its other keys.
-    """
-
-    def is_norm_buffer(key: str) -> bool:
-        path, _, leaf = key.rpartition(".")
-        return leaf in _NORM_BUFFERS and path in norm_paths
-
-    return {k: v for k, v in state_dict.items() if not is_norm_buffer(k)}
-
-
-def load_generator(
-    state_dict: Mapping[str, torch.Tensor], *, ngf: int = 64, n_blocks: int = 9, what: str = "the CycleGAN generator"
-) -> nn.Module:
-    """The generator with ``state_dict`` loaded strictly, in eval mode, on the CPU.
-
-    Raises ``IncompatibleWeights`` naming missing, unexpected or mis-shaped keys.
-    """
-    from .modeling import build_with_weights
-
-    cleaned = _drop_norm_buffers(_strip_module_prefix(state_dict), _norm_paths(ngf, n_blocks))
-    model = build_with_weights(lambda: build_generator(ngf=ngf, n_blocks=n_blocks), cleaned, what=what)
-    return model.float()  # a half-precision checkpoint still runs (and autocasts) like the others
-
-
-def _generator_kwargs(entry: Entry) -> dict[str, int]:
-    unknown = sorted(set(entry.builder_kwargs) - set(_GENERATOR_KWARGS))
-    if unknown:
-        raise ConfigError(
-            f"{entry.ref}: builder_kwargs {', '.join(unknown)} are not understood by {ARCHITECTURE}; "
-            f"it takes {', '.join(_GENERATOR_KWARGS)}"
-        )
-    kwargs = {k: entry.builder_kwargs[k] for k in _GENERATOR_KWARGS if k in entry.builder_kwargs}
-    for key, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{entry.ref}: builder_kwargs.{key} must be a positive whole number")
-    return kwargs
 
 
 # --- geometry ----------------------------------------------------------------------
@@ -363,7 +191,7 @@ def _to_pixels(y: torch.Tensor) -> np.ndarray:
 
 def _resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
     """torchvision ``Resize(short_side)`` on a PIL image (bilinear, antialiased), bit for bit."""
-    from .images import Preprocess, resize_and_crop
+    from .transforms import Preprocess, resize_and_crop
 
     return resize_and_crop(image, Preprocess(resize=short_side, interpolation="bilinear"))
 
@@ -402,33 +230,6 @@ class Translator:
         # one translation at a time per Translator.
         self._lock = threading.Lock()
 
-    @classmethod
-    def load(
-        cls,
-        entry: Entry,
-        *,
-        weights_file: Path | None = None,
-        device: str = "auto",
-        precision: str = "fp32",
-        progress: bool = True,
-    ) -> Translator:
-        """Resolve the entry's weights (or load ``weights_file``), build the generator, pick device and precision."""
-        from . import weights
-        from .device import choose_device, choose_precision
-
-        if entry.architecture != ARCHITECTURE:
-            raise ConfigError(
-                f"{entry.ref}: architecture {entry.architecture!r} cannot translate images; "
-                f"translation models use {ARCHITECTURE!r}"
-            )
-        kwargs = _generator_kwargs(entry)
-        # Weights first: a missing file should fail before torch is even imported.
-        state_dict, label = weights.resolve_state_dict(entry, weights_file, progress=progress)
-        torch_device = choose_device(device)
-        chosen_precision = choose_precision(precision, torch_device)
-        model = load_generator(state_dict, what=f"{ARCHITECTURE} ({entry.ref})", **kwargs)
-        return cls(entry, model.to(torch_device), weights_label=label, device=torch_device, precision=chosen_precision)
-
     # -- public ------------------------------------------------------------------
 
     def translate(
@@ -464,7 +265,7 @@ class Translator:
         on_tile: TileCallback | None = None,
     ) -> Image.Image:
         """The translation at the resolution it is computed at (before :meth:`translate` resizes back)."""
-        from .images import to_rgb
+        from .imageio import to_rgb
 
         tile, overlap = _check_tiling(tile, overlap)
         rgb = to_rgb(image)
@@ -546,7 +347,7 @@ class Translator:
         small = _resize_long_side_at_most(image, STATS_MAX_SIDE)
         if min(small.size) < MIN_RUN_SIDE:
             small = _resize_short_side(small, MIN_RUN_SIDE)
-        norms = _norm_layers(self.model)
+        norms = norm_layers(self.model)
         with _recording(norms):
             self._run_whole(np.array(small))
             stats = [norm.recorded for norm in norms]
@@ -577,7 +378,7 @@ class Translator:
         out = np.empty((height, width, 3), dtype=np.uint8)
         band = _Band(out, padded_w, tile_h)
         done = 0
-        with _frozen(_norm_layers(self.model), stats):
+        with _frozen(norm_layers(self.model), stats):
             for batch in _chunks(grid, per_batch):
                 inputs = [self._tile_input(pixels, ys[r], xs[c], tile_h, tile_w) for r, c in batch]
                 outputs = self._forward(_stack(inputs))

@@ -55,12 +55,14 @@ PTM_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 from ptm_cli.catalog import Catalog
-from ptm_cli.classify import Classifier, ImageInput, classify_images
+from ptm_cli.classify import classify_images
+from ptm_cli.inputs import ImageInput
+from ptm_cli.loading import build_classifier
 weights, device, precision, batch, compile_model, predictions = sys.argv[1:7]
 images = [ImageInput(p, path=Path(p)) for p in sys.argv[7:]]
 batch = int(batch)
 entry = Catalog.load().resolve("resnet101", "IMAGENET1K_V1")
-classifier = Classifier.load(entry, weights_file=Path(weights), device=device, precision=precision,
+classifier = build_classifier(entry, weights_file=Path(weights), device=device, precision=precision,
                              resize=256, crop=224)
 if compile_model == "1":
     classifier.compile()
@@ -145,7 +147,7 @@ def make_weights(folder: Path) -> str:
 def make_generator_weights(folder: Path) -> str:
     import torch
 
-    from ptm_cli.translate import build_generator
+    from ptm_cli.cyclegan import build_generator
 
     torch.manual_seed(0)
     path = folder / "generator-seeded.pth"

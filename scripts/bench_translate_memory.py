@@ -59,8 +59,9 @@ def run_one(args: argparse.Namespace, tile: int) -> dict[str, Any]:
     import torch
 
     from ptm_cli.catalog import Entry
+    from ptm_cli.cyclegan import build_generator
     from ptm_cli.device import choose_precision
-    from ptm_cli.translate import Translator, build_generator
+    from ptm_cli.translate import Translator
 
     torch.manual_seed(args.seed)
     model = build_generator(ngf=args.ngf).eval()

@@ -111,7 +111,7 @@ def calibrated_state_dict(
     import torchvision.models as tvm
     from PIL import Image, ImageEnhance, ImageOps
 
-    from ptm_cli.images import Preprocess, preprocess
+    from ptm_cli.transforms import Preprocess, preprocess
 
     recipe = Preprocess(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     images = []

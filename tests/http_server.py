@@ -170,10 +170,10 @@ def race_worker(cache: str, url: str, sha256: str | None, locking: bool, barrier
     show that correctness does not depend on it.
     """
     os.environ["PTM_CACHE_DIR"] = cache
-    from ptm_cli import weights
+    from ptm_cli import settings, weights
     from ptm_cli.catalog import Entry
 
-    weights.LOCKING = locking
+    settings.tuning.locking = locking
     name = url.rsplit("/", 1)[-1]
     entry = Entry(
         model="race", weights="V1", task="classify", architecture="resnet18", url=url, sha256=sha256, file_name=name

@@ -267,7 +267,7 @@ def test_ptm_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_reduced_scale_jpeg_decoding_stays_within_its_bound(resnet18_file: Path, tmp_path: Path) -> None:
     """A 12-megapixel JPEG decoded at 1/4 scale classifies like the full decode."""
-    from ptm_cli.images import load_image
+    from ptm_cli.imageio import load_image
 
     big = tmp_path / "big.jpg"
     Image.open(DATA / "rocket.jpg").resize((4000, 3000), Image.Resampling.BICUBIC).save(big, quality=92)
@@ -302,9 +302,9 @@ def test_a_pipe_named_as_a_path_is_read(tiny: list[str], tmp_path: Path) -> None
 def test_stdin_larger_than_any_image_is_refused_not_buffered(
     tiny: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ptm_cli.images
+    from ptm_cli import settings
 
-    monkeypatch.setattr(ptm_cli.images, "MAX_STREAM_BYTES", 1000)
+    monkeypatch.setattr(settings.tuning, "max_stream_bytes", 1000)
     result = run_ptm([*tiny, "-"], stdin=(DATA / "rocket.jpg").read_bytes())
     assert result.code == 1
     assert result.records()[0]["error"]["type"] == "ImageTooLarge"

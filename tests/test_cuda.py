@@ -17,8 +17,9 @@ from helpers import DATA, calibrated_state_dict, probability_table, run_ptm
 from PIL import Image
 
 from ptm_cli.catalog import Catalog, Entry
-from ptm_cli.classify import Classifier, ImageInput
-from ptm_cli.translate import Translator, build_generator
+from ptm_cli.cyclegan import build_generator
+from ptm_cli.inputs import ImageInput
+from ptm_cli.loading import build_classifier, build_translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -34,7 +35,7 @@ def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def probabilities(weights: Path, device: str, precision: str = "fp32", compile_model: bool = False) -> torch.Tensor:
     entry = Catalog.load().resolve("resnet18", "IMAGENET1K_V1")
-    classifier = Classifier.load(entry, weights_file=weights, device=device, precision=precision)
+    classifier = build_classifier(entry, weights_file=weights, device=device, precision=precision)
     if compile_model:
         classifier.compile()
     inputs = [ImageInput(p.name, path=p) for p in PHOTOS]
@@ -84,7 +85,7 @@ def test_translate_on_cuda_matches_the_cpu(tmp_path: Path) -> None:
     image = Image.open(PHOTOS[0]).convert("RGB").resize((300, 200))
     outputs = {}
     for device in ("cpu", "cuda"):
-        translator = Translator.load(entry, weights_file=weights, device=device)
+        translator = build_translator(entry, weights_file=weights, device=device)
         outputs[device] = torch.from_numpy(np.asarray(translator.translate(image, size="full", tile=128), np.int16))
     assert (outputs["cpu"] - outputs["cuda"]).abs().float().mean() < 1.0  # levels of 255
     assert (outputs["cpu"] - outputs["cuda"]).abs().max() <= 8

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from ptm_cli.errors import ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat
-from ptm_cli.images import Preprocess, load_image, preprocess
+from ptm_cli.imageio import load_image
+from ptm_cli.transforms import Preprocess, preprocess
 
 EXAMPLES = int(os.environ.get("PTM_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(

@@ -27,6 +27,7 @@ from ptm_cli.errors import (
     UnsafeWeights,
     UsageError,
 )
+from ptm_cli.hub.classifier import hub_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_URL = "https://example.invalid/tiny-0123abcd.pth"
@@ -387,7 +388,7 @@ def test_trust_keeps_an_unterminated_last_line(hub_home: Path) -> None:
 
 
 def test_default_owners_match_torch(hub_home: Path, marker: Path, no_urlopen: None) -> None:
-    assert set(hub.TRUSTED_OWNERS) == set(torch.hub._TRUSTED_REPO_OWNERS)
+    assert set(hub.repos.TRUSTED_OWNERS) == set(torch.hub._TRUSTED_REPO_OWNERS)
     folder = make_cached(hub_home, "pytorch", "fakevision", "v1", marker_hubconf(marker))
     _, info = hub.load_model("pytorch/fakevision:v1", "model")
     assert "trusted by torch.hub by default" in info.trusted_by
@@ -480,7 +481,7 @@ def test_hub_weights_load_with_weights_only(local_repo: Path, hub_home: Path, no
     # The default is torch's again outside the call.
     default = inspect.signature(torch.hub.load_state_dict_from_url).parameters["weights_only"].default
     assert default is False
-    with hub.safe_hub_weights() as patched:
+    with hub.sandbox.safe_hub_weights() as patched:
         assert patched
         assert inspect.signature(torch.hub.load_state_dict_from_url).parameters["weights_only"].default is True
 
@@ -504,7 +505,7 @@ def test_hub_weights_download_failure(local_repo: Path, capsys: pytest.CaptureFi
 
 def test_hub_classifier_local(local_repo: Path) -> None:
     spec = f"hub:{local_repo}/tiny"
-    classifier = hub.hub_classifier(spec, device="cpu")
+    classifier = hub_classifier(spec, device="cpu")
     assert isinstance(classifier, Classifier)
     assert not classifier.model.training
     assert classifier.entry.model == spec and classifier.entry.task == "classify"
@@ -523,23 +524,23 @@ def test_hub_classifier_labels(local_repo: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
     spec = f"hub:{local_repo}/tiny"
-    classifier = hub.hub_classifier(spec, labels_file=labels, device="cpu", kwargs={"num_classes": 10})
+    classifier = hub_classifier(spec, labels_file=labels, device="cpu", kwargs={"num_classes": 10})
     predictions = classifier.predict(torch.rand(1, 3, 224, 224), 5)[0]
     assert all(p.label == f"class {p.index}" for p in predictions)
     with pytest.raises(ConfigError, match="1000 class scores"):
-        hub.hub_classifier(spec, labels_file=labels, device="cpu")
+        hub_classifier(spec, labels_file=labels, device="cpu")
 
 
 def test_hub_classifier_refuses_non_classifiers(local_repo: Path) -> None:
     with pytest.raises(UsageError, match="class scores"):
-        hub.hub_classifier(f"hub:{local_repo}/sequence_model", device="cpu")
+        hub_classifier(f"hub:{local_repo}/sequence_model", device="cpu")
     with pytest.raises(UsageError, match="hub:"):
-        hub.hub_classifier("resnet101", device="cpu")
+        hub_classifier("resnet101", device="cpu")
 
 
 def test_hub_classifier_needs_trust(cached_untrusted: Path, marker: Path) -> None:
     with pytest.raises(UsageError, match="--trust-repo"):
-        hub.hub_classifier("hub:alice/models:v1/model", device="cpu")
+        hub_classifier("hub:alice/models:v1/model", device="cpu")
     assert not marker.exists()
 
 

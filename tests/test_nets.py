@@ -13,9 +13,10 @@ import torchvision.models as tvm
 from helpers import ROOT, save_weights
 
 from ptm_cli import nets
+from ptm_cli.architectures import factory as architecture_factory
 from ptm_cli.catalog import Catalog
-from ptm_cli.classify import Classifier, architecture_factory
 from ptm_cli.errors import ConfigError
+from ptm_cli.loading import build_classifier
 from ptm_cli.modeling import skip_init
 
 NATIVE_ENTRIES = sorted(
@@ -124,9 +125,11 @@ def test_classifier_loads_resnet_without_importing_torchvision(tmp_path: Path) -
         import sys
         from pathlib import Path
         from ptm_cli.catalog import Catalog
-        from ptm_cli.classify import Classifier, ImageInput, classify_images
+        from ptm_cli.classify import classify_images
+        from ptm_cli.inputs import ImageInput
+        from ptm_cli.loading import build_classifier
         entry = Catalog.load().resolve("r18")
-        classifier = Classifier.load(entry, weights_file=Path({str(weights)!r}), device="cpu")
+        classifier = build_classifier(entry, weights_file=Path({str(weights)!r}), device="cpu")
         [result] = classify_images([ImageInput("cat", path=Path({str(ROOT / "data" / "chelsea.png")!r}))], classifier)
         assert result.ok and len(result.predictions) == 3, result
         heavy = sorted(m for m in sys.modules if m.startswith(("torchvision", "torch._dynamo", "torch._inductor")))
@@ -142,7 +145,7 @@ def test_classifier_loads_resnet_without_importing_torchvision(tmp_path: Path) -
 def test_classifier_with_native_resnet_matches_torchvision_predictions(tmp_path: Path) -> None:
     weights = save_weights(tmp_path / "r18.pth", "resnet18")
     entry = Catalog.load().resolve("resnet18")
-    classifier = Classifier.load(entry, weights_file=weights, device="cpu")
+    classifier = build_classifier(entry, weights_file=weights, device="cpu")
     assert type(classifier.model).__module__ == "ptm_cli.nets"
     reference = tvm.resnet18()
     reference.load_state_dict(torch.load(weights, weights_only=True))

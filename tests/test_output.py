@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ptm_cli.errors import OutputError, UsageError
-from ptm_cli.output import RecordWriter, default_format, image_format_for, round_float, write_file_atomic
+from ptm_cli.imagejobs import image_format_for, write_output
+from ptm_cli.output import RecordWriter, default_format, round_float
 
 RECORDS = [
     {"input": "a.jpg", "predictions": [{"rank": 1, "label": "cat", "probability": 0.75}]},
@@ -78,18 +79,18 @@ def test_round_float_keeps_six_significant_digits() -> None:
 
 def test_atomic_write_never_overwrites_without_force(tmp_path: Path) -> None:
     target = tmp_path / "out.png"
-    write_file_atomic(target, b"first")
+    write_output(target, b"first")
     with pytest.raises(OutputError, match="--force"):
-        write_file_atomic(target, b"second")
+        write_output(target, b"second")
     assert target.read_bytes() == b"first"
-    write_file_atomic(target, b"second", force=True)
+    write_output(target, b"second", force=True)
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
 def test_atomic_write_into_a_missing_directory_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="cannot write"):
-        write_file_atomic(tmp_path / "nope" / "out.png", b"x")
+        write_output(tmp_path / "nope" / "out.png", b"x")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -35,6 +35,7 @@ from helpers import DATA, TINY_TOML, informative_state_dict, ptm_process, run_pt
 from http_server import FixtureServer
 from PIL import Image, features
 
+from ptm_cli import settings
 from ptm_cli import weights as weights_mod
 
 HAS_WEBP = features.check("webp")
@@ -487,7 +488,7 @@ def test_thin_strip_preprocessing_memory_is_bounded(tmp_path: Path) -> None:
     strip.write_bytes(encode(Image.new("RGB", (40000, 1), "orange"), "PNG"))  # 200 bytes on disk
     code = PEAK_RSS + (
         "import json, sys\n"
-        "from ptm_cli.images import Preprocess, load_image, resize_and_crop\n"
+        "from ptm_cli.imageio import load_image\nfrom ptm_cli.transforms import Preprocess, resize_and_crop\n"
         "p = Preprocess(resize=72, crop=64)\n"
         "resize_and_crop(load_image(sys.argv[2]), p)  # warm up: Pillow's decoders and resampling\n"
         "before = peak_kib()\n"
@@ -689,7 +690,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     """A catalog with two downloadable entries ("net", "other") on a local server, and a fresh cache."""
     import hashlib
 
-    monkeypatch.setattr(weights_mod, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(settings.tuning, "backoff_base", 0.01)
     with FixtureServer() as server:
         server.serve("/files/net-v1.pth", PAYLOAD)
         server.serve("/files/other.pth", OTHER)

@@ -10,7 +10,8 @@ from helpers import DATA, calibrated_state_dict, probability_table, run_ptm, sav
 from PIL import Image, ImageEnhance
 
 from ptm_cli.catalog import Catalog
-from ptm_cli.classify import Classifier, ImageInput
+from ptm_cli.inputs import ImageInput
+from ptm_cli.loading import build_classifier
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
 
@@ -39,7 +40,7 @@ def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bf16_predictions_stay_close_to_fp32(resnet18_file: Path, photo_set: list[ImageInput]) -> None:
     entry = Catalog.load().resolve("resnet18", "IMAGENET1K_V1")
     fp32, bf16 = (
-        probability_table(Classifier.load(entry, weights_file=resnet18_file, device="cpu", precision=p), photo_set, 4)
+        probability_table(build_classifier(entry, weights_file=resnet18_file, device="cpu", precision=p), photo_set, 4)
         for p in ("fp32", "bf16")
     )
     assert fp32.max(dim=1).values.min() > 0.2  # confident enough that top-1 is meaningful

@@ -20,8 +20,8 @@ def test_inspect_reports_every_tensor_and_the_architecture(resnet18_file: Path) 
     assert result.code == 0, result.stderr
     rows = {r["name"]: r for r in result.records()}
     assert len(rows) == 122
-    assert rows["conv1.weight"]["shape"] == "64x3x7x7"
-    assert rows["conv1.weight"]["stride"] == "(147, 49, 7, 1)"
+    assert rows["conv1.weight"]["shape"] == [64, 3, 7, 7]
+    assert rows["conv1.weight"]["stride"] == [147, 49, 7, 1]
     assert rows["fc.bias"]["bytes"] == 4000
     assert "architecture: resnet18" in result.stderr
     # torchvision counts 11,689,512 parameters; the file also holds 9,600 BatchNorm running statistics.
@@ -40,9 +40,27 @@ def test_inspect_shows_views_and_sharing(tmp_path: Path) -> None:
     path = tmp_path / "views.pth"
     torch.save({"base": base, "transposed": base.t(), "tail": base[1:], "tied": base}, path)
     rows = {r["name"]: r for r in run_ptm(["weights", "inspect", str(path), "-f", "jsonl"]).records()}
-    assert rows["transposed"]["stride"] == "(1, 4)" and rows["transposed"]["contiguous"] is False
+    assert rows["transposed"]["stride"] == [1, 4] and rows["transposed"]["contiguous"] is False
     assert rows["tail"]["offset"] == 4
     assert rows["base"]["storage"] == rows["tail"]["storage"] == rows["tied"]["storage"]
+    assert rows["base"]["shares_with"] == ["transposed", "tail", "tied"]
+    # Tables and CSV keep the compact text.
+    text = run_ptm(["weights", "inspect", str(path), "-f", "csv"]).stdout.splitlines()
+    assert "transposed,4x3,float32,12,48,\"(1, 4)\",0,no," in text[2]
+
+
+def test_inspect_a_bare_tensor_and_nested_containers(tmp_path: Path) -> None:
+    """The book's chapter 3 saves a bare tensor (`torch.save(points, "ourpoints.t")`); inspect reads it."""
+    points = torch.tensor([[4.0, 1.0], [5.0, 3.0], [2.0, 1.0]])
+    torch.save(points, tmp_path / "ourpoints.t")
+    result = run_ptm(["weights", "inspect", str(tmp_path / "ourpoints.t"), "-f", "jsonl"])
+    assert result.code == 0, result.stderr
+    (row,) = result.records()
+    assert (row["name"], row["shape"], row["dtype"], row["stride"]) == ("", [3, 2], "float32", [2, 1])
+    torch.save([points, {"a": {"b": points.t()}, "n": 3}], tmp_path / "nested.pt")
+    rows = {r["name"]: r for r in run_ptm(["weights", "inspect", str(tmp_path / "nested.pt"), "-f", "jsonl"]).records()}
+    assert sorted(rows) == ["[0]", "[1].a.b"]
+    assert rows["[1].a.b"]["stride"] == [1, 2] and rows["[1].a.b"]["shares_with"] == ["[0]"]
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".h5"])

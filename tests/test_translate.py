@@ -20,11 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ptm_cli import translate
+from ptm_cli import architectures, translate
 from ptm_cli.catalog import Catalog, Entry
+from ptm_cli.cyclegan import build_generator
 from ptm_cli.errors import ConfigError, IncompatibleWeights, UsageError
-from ptm_cli.images import load_image
-from ptm_cli.translate import Translator, build_generator, load_generator
+from ptm_cli.imageio import load_image
+from ptm_cli.loading import build_translator
+from ptm_cli.translate import Translator
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -80,7 +82,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_weights: Path) -> Translator:
-    return Translator.load(test_entry(8), weights_file=tiny_weights, device="cpu")
+    return build_translator(test_entry(8), weights_file=tiny_weights, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_catalog_entry_loads_through_the_weight_cache(
     monkeypatch.setenv("PTM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("PTM_OFFLINE", "1")
     entry = Catalog.load().resolve("horse2zebra", task="translate")
-    translator = Translator.load(entry, device="cpu", progress=False)
+    translator = build_translator(entry, device="cpu", progress=False)
     assert translator.weights_label == "BOOK"
     assert (tmp_path / "cache" / "horse2zebra_0.4.0.pth").is_file()
     expected = torch.load(full_size_weights, weights_only=True)
@@ -188,14 +190,15 @@ def test_old_checkpoint_with_instance_norm_buffers_loads_and_gives_the_same_outp
 ) -> None:
     old_state = with_old_norm_buffers(seeded_state_dict(ngf=8), ngf=8)
     assert len(old_state) == 48 + 3 * 23
-    old = Translator.load(test_entry(8), weights_file=save(old_state, tmp_path / "old.pth"), device="cpu")
+    old = build_translator(test_entry(8), weights_file=save(old_state, tmp_path / "old.pth"), device="cpu")
     image = photo(64, 48)
     assert np.array_equal(pixels(old.translate(image)), pixels(tiny.translate(image)))
 
 
-def test_module_prefixed_state_dict_loads() -> None:
+def test_module_prefixed_state_dict_loads(tmp_path: Path) -> None:
     state = seeded_state_dict(ngf=8)
-    model = load_generator({f"module.{k}": v for k, v in state.items()}, ngf=8)
+    prefixed = save({f"module.{k}": v for k, v in state.items()}, tmp_path / "dp.pth")
+    model = build_translator(test_entry(8), weights_file=prefixed, device="cpu").model
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
@@ -203,30 +206,30 @@ def test_checkpoint_with_a_missing_key_is_incompatible(tmp_path: Path) -> None:
     state = seeded_state_dict(ngf=8)
     del state["model.22.bias"]
     with pytest.raises(IncompatibleWeights, match=r"missing: model\.22\.bias"):
-        Translator.load(test_entry(8), weights_file=save(state, tmp_path / "w.pth"), device="cpu")
+        build_translator(test_entry(8), weights_file=save(state, tmp_path / "w.pth"), device="cpu")
 
 
 def test_checkpoint_with_a_wrong_shape_is_incompatible(tmp_path: Path) -> None:
     state = seeded_state_dict(ngf=8)
     state["model.26.weight"] = torch.zeros(3, 8, 5, 5)
     with pytest.raises(IncompatibleWeights, match=r"wrong shape: model\.26\.weight \(3, 8, 5, 5\)"):
-        Translator.load(test_entry(8), weights_file=save(state, tmp_path / "w.pth"), device="cpu")
+        build_translator(test_entry(8), weights_file=save(state, tmp_path / "w.pth"), device="cpu")
 
 
 def test_batch_norm_buffers_at_other_positions_are_not_dropped() -> None:
     state = seeded_state_dict(ngf=8)
     state["model.1.running_mean"] = torch.zeros(8)  # model.1 is a conv, not a norm
     with pytest.raises(IncompatibleWeights, match=r"unexpected: model\.1\.running_mean"):
-        load_generator(state, ngf=8)
+        architectures.build(test_entry(8), state)
 
 
 def test_entry_for_another_architecture_is_refused(tiny_weights: Path) -> None:
     entry = Entry(model="x", weights="Y", task="translate", architecture="resnet18", labels=None)
     with pytest.raises(ConfigError, match="cyclegan_resnet9"):
-        Translator.load(entry, weights_file=tiny_weights, device="cpu")
+        build_translator(entry, weights_file=tiny_weights, device="cpu")
     odd = Entry(model="x", weights="Y", task="translate", architecture="cyclegan_resnet9", builder_kwargs={"x": 1})
     with pytest.raises(ConfigError, match="builder_kwargs x"):
-        Translator.load(odd, weights_file=tiny_weights, device="cpu")
+        build_translator(odd, weights_file=tiny_weights, device="cpu")
 
 
 # --- the book's recipe ----------------------------------------------------------------------
@@ -249,7 +252,7 @@ def books_translation(image: Image.Image, weights: Path, ngf: int) -> Image.Imag
 def test_default_size_matches_the_books_code_with_the_full_architecture(full_size_weights: Path) -> None:
     # The catalog's horse2zebra entry, with seeded weights in place of the download.
     entry = Catalog.load().resolve("horse2zebra", task="translate")
-    translator = Translator.load(entry, weights_file=full_size_weights, device="cpu")
+    translator = build_translator(entry, weights_file=full_size_weights, device="cpu")
     image = Image.open(DATA / "chelsea.png").convert("RGB")  # 451x300: Resize(256) gives 384x256
     book = books_translation(image, full_size_weights, ngf=64)
     ours = translator.run_at(image)
@@ -344,7 +347,7 @@ def mid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiling_runs(mid_weights: Path) -> dict[str, np.ndarray]:
     """A 300x200 photo run whole, tiled (128 px tiles) with whole-image statistics, and tiled without."""
-    translator = Translator.load(test_entry(16), weights_file=mid_weights, device="cpu")
+    translator = build_translator(test_entry(16), weights_file=mid_weights, device="cpu")
     image = photo(300, 200)
     whole = translator.run_at(image, "full", tile=512)  # 60,000 px: one pass
     calls: list[tuple[int, int]] = []
@@ -449,7 +452,7 @@ def test_large_image_takes_statistics_from_a_downscaled_copy(tiny: Translator, m
 
 
 def test_bf16_stays_close_to_fp32(tiny_weights: Path, tiny: Translator) -> None:
-    bf16 = Translator.load(test_entry(8), weights_file=tiny_weights, device="cpu", precision="bf16")
+    bf16 = build_translator(test_entry(8), weights_file=tiny_weights, device="cpu", precision="bf16")
     image = photo(64, 48)
     diff = abs_diff(bf16.run_at(image, "full"), tiny.run_at(image, "full"))
     # Measured: max 8, mean 1.25 levels of 255 (bf16 keeps 8 bits of mantissa).
@@ -472,8 +475,8 @@ def test_bf16_stays_close_to_fp32(tiny_weights: Path, tiny: Translator) -> None:
     ],
 )
 def test_output_path_keeps_the_inputs_stem(name: str, expected: str) -> None:
-    from ptm_cli.classify import ImageInput
     from ptm_cli.imagejobs import Destination
+    from ptm_cli.inputs import ImageInput
 
     destination = Destination(directory=Path("out"), suffix="-zebra")
     assert destination.path_for(ImageInput(name, path=None if name == "-" else Path(name))) == Path(expected)

@@ -13,7 +13,7 @@ from PIL import Image
 
 @pytest.fixture(scope="module")
 def generator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ptm_cli.translate import build_generator
+    from ptm_cli.cyclegan import build_generator
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("gen") / "gen.pth"
@@ -196,7 +196,7 @@ def test_disk_full_while_writing_an_output(zebra: list[str], tmp_path: Path, mon
     import errno
     import os
 
-    import ptm_cli.output
+    import ptm_cli.fsutil
 
     first, second = odd_image(tmp_path / "a.png"), odd_image(tmp_path / "b.png")
     out = tmp_path / "out"
@@ -214,7 +214,7 @@ def test_disk_full_while_writing_an_output(zebra: list[str], tmp_path: Path, mon
             handle.write = full  # type: ignore[method-assign]
         return handle
 
-    monkeypatch.setattr(ptm_cli.output.os, "fdopen", fdopen)
+    monkeypatch.setattr(ptm_cli.fsutil.os, "fdopen", fdopen)
     result = run_ptm([*zebra, str(first), str(second), "--output-dir", str(out)])
     assert result.code == 1
     ok, full = result.records()

@@ -24,10 +24,11 @@ from http_server import FixtureServer, race_worker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptm_cli import __version__, weights
+from ptm_cli import __version__, download, fsutil, tensorio, weights
 from ptm_cli.catalog import Catalog, Entry
 from ptm_cli.errors import (
     ConfigError,
+    DamagedWeights,
     DownloadError,
     HashMismatch,
     IncompatibleWeights,
@@ -36,6 +37,7 @@ from ptm_cli.errors import (
     UnsafeWeights,
     WeightsError,
 )
+from ptm_cli.settings import tuning
 
 # --- helpers and fixtures ---------------------------------------------------------
 
@@ -81,7 +83,7 @@ def pins_file(directory: Path) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(tuning, "backoff_base", 0.01)
 
 
 @pytest.fixture
@@ -140,7 +142,7 @@ def test_download_with_full_hash_then_cached_load_skips_network_and_hashing(
     path = weights.ensure_weights(entry, progress=False)
     assert path == cache / "x.pth"
     assert path.read_bytes() == data
-    assert path.stat().st_mode & 0o777 == 0o644  # readable by others sharing the cache, like torch's files
+    assert path.stat().st_mode & 0o777 == fsutil.new_file_mode()  # as open() would make it: the umask decides
     assert server.requests("/x.pth") == 1
     assert server.headers[0]["User-Agent"] == f"ptm/{__version__}"
     assert pins_file(cache)["stamps"]["x.pth"]["sha256"] == sha(data)
@@ -259,7 +261,7 @@ def test_connection_refused_is_a_download_error(cache: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(DownloadError, match=f"127.0.0.1:{port}/x.pth"):
-        weights.download_verified(f"http://127.0.0.1:{port}/x.pth", cache / "x.pth", progress=False, retries=2)
+        download.download(f"http://127.0.0.1:{port}/x.pth", cache / "x.pth", progress=False, attempts=2)
     assert part_files(cache) == []
 
 
@@ -363,7 +365,7 @@ def test_progress_goes_to_stderr_only(
     assert err == f"downloading x.pth ({size}) from {url}\n"
 
     # On a terminal the rich bar replaces the line, still on stderr.
-    monkeypatch.setattr(weights, "_stderr_is_tty", lambda: True)
+    monkeypatch.setattr(download, "stderr_is_tty", lambda: True)
     weights.remove(make_entry(url, sha(data)))
     weights.ensure_weights(make_entry(url, sha(data)), progress=True)
     out, err = capsys.readouterr()
@@ -380,18 +382,18 @@ def test_interrupt_mid_download_removes_the_temporary_file(
 ) -> None:
     data = tiny_weights(features=64)
     entry = make_entry(server.serve("/x.pth", data), sha(data))
-    monkeypatch.setattr(weights, "CHUNK_SIZE", 1024)
+    monkeypatch.setattr(tuning, "chunk_size", 1024)
     written = []
-    original = weights._Staged.write
+    original = download._write
 
-    def write_then_interrupt(self: Any, chunk: bytes) -> None:
-        original(self, chunk)
-        written.append(self.path)
+    def write_then_interrupt(request: Any, staged: Any, chunk: bytes) -> None:
+        original(request, staged, chunk)
+        written.append(staged.path)
         if len(written) == 3:
-            assert self.path.exists()
+            assert staged.path.exists()
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(weights._Staged, "write", write_then_interrupt)
+    monkeypatch.setattr(download, "_write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         weights.ensure_weights(entry, progress=False)
     assert not written[0].exists()
@@ -417,7 +419,7 @@ def test_waiting_for_the_lock_announces_itself_and_rechecks(
 ) -> None:
     import fcntl
 
-    monkeypatch.setattr(weights, "LOCK_WAIT_NOTICE", 0.05)
+    monkeypatch.setattr(tuning, "lock_wait_notice", 0.05)
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data), sha(data))
     cache.mkdir()
@@ -539,7 +541,7 @@ def test_list_cached_shows_files_owners_and_verified_state(server: FixtureServer
     entry, path, data = downloaded(server)
     (cache / "other.pth").write_bytes(b"dropped here by torchvision")
     (cache / ".x.pth.k2j3h4.part").write_bytes(b"half")
-    listed = {f.name: f for f in weights.list_cached(Catalog([entry]))}
+    listed = {f.name: f for f in weights.list_cached(Catalog([entry]).entries())}
     assert sorted(listed) == ["other.pth", "x.pth"]
     assert (listed["x.pth"].verified, listed["x.pth"].entries, listed["x.pth"].size) == (True, ("tiny:V1",), len(data))
     assert listed["x.pth"].sha256 == sha(data)
@@ -661,8 +663,8 @@ def test_load_zip_and_legacy_files_always_weights_only(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    assert_same(weights.load_state_dict(new), state)
-    assert_same(weights.load_state_dict(legacy), state)
+    assert_same(tensorio.load_state_dict(new), state)
+    assert_same(tensorio.load_state_dict(legacy), state)
     assert [(c["weights_only"], c["mmap"]) for c in calls] == [(True, True), (True, False)]
     assert all(c["map_location"] == "cpu" for c in calls)
 
@@ -672,7 +674,7 @@ def test_load_refuses_a_code_execution_payload(legacy: bool, tmp_path: Path) -> 
     marker, path = tmp_path / "pwned", tmp_path / "evil.pth"
     torch.save({"weight": CodeExecutionPayload(marker)}, path, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(UnsafeWeights, match="will not execute code") as caught:
-        weights.load_state_dict(path)
+        tensorio.load_state_dict(path)
     assert "_write_marker" in str(caught.value) and "model.state_dict()" in str(caught.value)
     assert not marker.exists()
 
@@ -681,7 +683,7 @@ def test_load_refuses_a_pickled_module(tmp_path: Path) -> None:
     path = tmp_path / "module.pth"
     torch.save(torch.nn.Linear(2, 2), path)
     with pytest.raises(UnsafeWeights, match=r"torch\.nn\.modules\.linear\.Linear"):
-        weights.load_state_dict(path)
+        tensorio.load_state_dict(path)
 
 
 @pytest.mark.parametrize("kind", ["truncated zip", "truncated legacy", "empty", "junk"])
@@ -692,11 +694,17 @@ def test_load_reports_damaged_files(kind: str, state: dict[str, torch.Tensor], t
     content = {"empty": b"", "junk": b"<html>not found</html>"}.get(kind, whole[: len(whole) // 2])
     path = tmp_path / "x.pth"
     path.write_bytes(content)
+    # A file of the user's own: advice to save it again.
+    with pytest.raises(DamagedWeights, match=r"is damaged \(.+\); copy or save the file again from its source"):
+        tensorio.load_state_dict(path)
+    # The same bytes as a cached catalog file: advice to remove and download it again.
+    cache = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "x.pth").write_bytes(content)
     with pytest.raises(
-        WeightsError, match=r"is damaged \(.+\); delete it with `ptm weights rm tiny:V1` and download it again"
-    ) as caught:
-        weights.load_state_dict(path, ref="tiny:V1")
-    assert type(caught.value) is WeightsError
+        DamagedWeights, match=r"is damaged \(.+\); delete it with `ptm weights rm tiny:V1` and download it again"
+    ):
+        weights.load_weights(make_entry(None, sha(content)), progress=False)
 
 
 def test_load_refuses_torchscript(tmp_path: Path) -> None:
@@ -705,14 +713,14 @@ def test_load_refuses_torchscript(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")  # torch.jit is deprecated; this is just how such files are made
         torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     with pytest.raises(WeightsError, match="TorchScript"):
-        weights.load_state_dict(path)
+        tensorio.load_state_dict(path)
 
 
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "model_state_dict"])
 def test_load_unwraps_training_checkpoints(wrapper: str, state: dict[str, torch.Tensor], tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pth"
     torch.save({"epoch": 7, wrapper: state, "optimizer": {"lr": 0.1}}, path)
-    assert_same(weights.load_state_dict(path), state)
+    assert_same(tensorio.load_state_dict(path), state)
 
 
 def test_load_strips_the_dataparallel_prefix(tmp_path: Path) -> None:
@@ -720,7 +728,7 @@ def test_load_strips_the_dataparallel_prefix(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     path = tmp_path / "dp.pth"
     torch.save(torch.nn.DataParallel(model).state_dict(), path)
-    loaded = weights.load_state_dict(path)
+    loaded = tensorio.load_state_dict(path)
     assert list(loaded) == list(model.state_dict())
     assert "1" in loaded._metadata  # type: ignore[attr-defined]
     fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -731,7 +739,7 @@ def test_load_strips_the_dataparallel_prefix(tmp_path: Path) -> None:
 def test_load_keeps_a_partial_module_prefix(tmp_path: Path) -> None:
     path = tmp_path / "mixed.pth"
     torch.save({"module.a": torch.ones(1), "b": torch.zeros(1)}, path)
-    assert list(weights.load_state_dict(path)) == ["module.a", "b"]
+    assert list(tensorio.load_state_dict(path)) == ["module.a", "b"]
 
 
 @pytest.mark.parametrize("content", [[torch.ones(1)], {}, {"epoch": 3}], ids=["list", "empty", "no-tensors"])
@@ -739,7 +747,7 @@ def test_load_rejects_what_is_not_a_state_dict(content: Any, tmp_path: Path) -> 
     path = tmp_path / "odd.pth"
     torch.save(content, path)
     with pytest.raises(IncompatibleWeights, match="rather than a state dict"):
-        weights.load_state_dict(path)
+        tensorio.load_state_dict(path)
 
 
 def test_load_safetensors(state: dict[str, torch.Tensor], tmp_path: Path) -> None:
@@ -747,19 +755,19 @@ def test_load_safetensors(state: dict[str, torch.Tensor], tmp_path: Path) -> Non
 
     path = tmp_path / "x.safetensors"
     save_file(state, str(path))
-    assert_same(dict(sorted(weights.load_state_dict(path).items())), dict(sorted(state.items())))
+    assert_same(dict(sorted(tensorio.load_state_dict(path).items())), dict(sorted(state.items())))
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(WeightsError, match="is damaged"):
-        weights.load_state_dict(path)
+        tensorio.load_state_dict(path)
 
 
 def test_safetensors_without_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
-    with pytest.raises(MissingDependency, match="pip install safetensors"):
-        weights.load_state_dict(tmp_path / "x.safetensors")
+    with pytest.raises(MissingDependency, match=r"pip install 'ptm\[safetensors\]'"):
+        tensorio.load_state_dict(tmp_path / "x.safetensors")
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="does not exist"):
-        weights.load_state_dict(tmp_path / "absent.pth")
+        tensorio.load_state_dict(tmp_path / "absent.pth")

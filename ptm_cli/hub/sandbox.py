@@ -1,40 +1,9 @@
-"""torch.hub models, behind a trust policy that never prompts and a cache that works offline.
-
-A torch.hub repository is code: loading an entry point imports the
-repository's ``hubconf.py`` and calls a function from it. This module decides
-*before any of that code runs* whether it may run, and never asks on stdin, so
-a pipeline with a closed or non-interactive stdin fails at once instead of
-hanging on torch.hub's ``input()`` prompt.
-
-Repositories
-    ``OWNER/NAME[:REF]`` is a GitHub repository; a path that exists, or starts
-    with ``./``, ``../``, ``/`` or ``~``, is a local directory holding a
-    ``hubconf.py`` (see :func:`parse_repo`).
-
-Trust (decided by ptm; torch.hub is then always called with ``trust_repo=True``)
-    * A local directory is trusted: the user pointed at it, as they would
-      point ``python`` at a script, and torch.hub itself never asks for
-      ``source="local"``.
-    * A GitHub repository is trusted when ``trust_repo=True`` is passed
-      (``--trust-repo``), when its ``OWNER_NAME`` line is in torch.hub's own
-      ``<hub dir>/trusted_list`` (so trust recorded by torch.hub or by
-      ``ptm hub trust`` counts for both), or when its owner is one torch.hub
-      trusts by default (:data:`TRUSTED_OWNERS`, a copy of
-      ``torch.hub._TRUSTED_REPO_OWNERS``; owners and names compare
-      case-sensitively, exactly as torch.hub compares them).
-    * ``trust_repo=True`` is *recorded* in ``trusted_list``, like torch.hub's
-      ``trust_repo=True``: torch.hub writes that line itself whenever it
-      downloads a repository, so recording it on the cached path too keeps the
-      outcome the same whether or not the repository was cached.
-    * torch.hub also treats any folder already in its cache as trusted (a
-      migration rule from torch 1.12). ptm does not: a folder in a cache is not
-      a decision the user made, and anything may have written it.
+"""Running a torch.hub repository's code: located without the network, trusted first, fenced while it runs.
 
 Offline and the cache
-    * ``OWNER/NAME:REF`` whose copy ``<hub dir>/OWNER_NAME_REF`` (``/`` in REF
-      becoming ``_``, torch.hub's naming) holds a ``hubconf.py`` loads from that
-      folder with no network call at all; torch.hub's own path would still ask
-      GitHub about the ref.
+    * ``OWNER/NAME:REF`` whose copy ``<hub dir>/OWNER_NAME_REF`` holds a
+      ``hubconf.py`` loads from that folder with no network call at all;
+      torch.hub's own path would still ask GitHub about the ref.
     * Without a REF torch.hub asks GitHub for the default branch, so with
       ``PTM_OFFLINE=1`` that is an :class:`OfflineError` asking for a pinned ref.
     * A repository not in the cache with ``PTM_OFFLINE=1`` is an
@@ -42,12 +11,12 @@ Offline and the cache
     * Inside hub calls with ``PTM_OFFLINE=1``, ``torch.hub.download_url_to_file``
       (which every torch.hub weight download goes through) refuses to download.
     * torch.hub's ref validation lists every branch and tag through the GitHub
-      API, which is rate limited to 60 requests an hour without a token
-      (pytorch/pytorch#61755). It guards one real risk: a *commit id* from a
-      fork is served by GitHub under the upstream repository's name; branch and
-      tag names cannot come from a fork. So ptm validates only refs that look
-      like commit ids, or every ref when ``GITHUB_TOKEN`` is set (torch.hub
-      sends it, and the limit is then 5000 an hour).
+      API, which is rate limited to 60 requests an hour without a token. It
+      guards one real risk: a *commit id* from a fork is served by GitHub under
+      the upstream repository's name; branch and tag names cannot come from a
+      fork. So ptm validates only refs that look like commit ids, or every ref
+      when ``GITHUB_TOKEN`` is set (torch.hub sends it, and the limit is then
+      5000 an hour).
 
 Weights
     During a hub call the default of ``torch.hub.load_state_dict_from_url``'s
@@ -71,22 +40,20 @@ import contextlib
 import importlib.util
 import inspect
 import keyword
-import os
 import pickle
 import re
 import sys
 import threading
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.error import HTTPError, URLError
 
-from . import weights
-from .errors import (
+from .. import settings
+from ..errors import (
     ConfigError,
     DownloadError,
     MissingDependency,
@@ -95,33 +62,14 @@ from .errors import (
     UnsafeWeights,
     UsageError,
     WeightsError,
+    first_line,
 )
-
-fcntl: ModuleType | None
-try:  # POSIX only; without it two concurrent `ptm hub trust` may both append (harmless duplicate)
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux/macOS
-    fcntl = None
+from .repos import COMMIT, HUBCONF, HubRepo, as_repo, check_entry_name, hub_dir
+from .trust import authorize
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .catalog import Entry
-    from .classify import Classifier
-
-# Owners torch.hub trusts without asking (torch.hub._TRUSTED_REPO_OWNERS; a test keeps them in step).
-TRUSTED_OWNERS = ("facebookresearch", "facebookincubator", "pytorch", "fairinternal")
-TRUSTED_LIST = "trusted_list"
-HUBCONF = "hubconf.py"
-TRUST_FLAG = "--trust-repo"
-MODEL_PREFIX = "hub:"
-
-# GitHub owners are letters, digits and single hyphens (never "_", which keeps torch's OWNER_NAME key unambiguous).
-_OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})"
-_NAME = r"[A-Za-z0-9._-]+"
-_REF = r"[A-Za-z0-9._/+@-]+"
-_GITHUB = re.compile(rf"(?P<owner>{_OWNER})/(?P<name>{_NAME})(?::(?P<ref>{_REF}))?")
-_COMMIT = re.compile(r"[0-9a-f]{7,40}")
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
 # torch.hub.load's own keyword arguments: an entry point can never receive these through it.
@@ -130,217 +78,6 @@ _TORCH_LOAD_KEYWORDS = frozenset(
 )
 # One hub call at a time: the call patches process-wide state (stdout, sys.path, a function default).
 _SESSION_LOCK = threading.RLock()
-
-
-# --- repositories -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HubRepo:
-    """A torch.hub repository: a GitHub ``owner/name[:ref]`` or a local directory."""
-
-    source: str  # "github" or "local", torch.hub's names
-    owner: str | None = None
-    name: str | None = None
-    ref: str | None = None
-    path: Path | None = None
-
-    @property
-    def spec(self) -> str:
-        """What to pass to torch.hub: ``owner/name[:ref]`` or the directory."""
-        if self.source == "local":
-            return str(self.path)
-        return f"{self.slug}:{self.ref}" if self.ref else self.slug
-
-    @property
-    def slug(self) -> str:
-        """``owner/name`` (the unit of trust), or the directory."""
-        return f"{self.owner}/{self.name}" if self.source == "github" else str(self.path)
-
-    @property
-    def trust_key(self) -> str:
-        """The line torch.hub's ``trusted_list`` holds for this repository."""
-        return f"{self.owner}_{self.name}"
-
-    def cache_dir_name(self, ref: str | None = None) -> str:
-        """torch.hub's folder name for this repository at ``ref``: ``owner_name_ref``, ``/`` as ``_``."""
-        chosen = ref or self.ref
-        if chosen is None:
-            raise UsageError(f"{self.spec} has no ref, so it has no single cache folder")
-        return f"{self.owner}_{self.name}_{chosen.replace('/', '_')}"
-
-    def __str__(self) -> str:
-        return self.spec
-
-
-def _looks_like_path(text: str) -> bool:
-    if text in (".", "..") or text.startswith(("./", "../", "/", "~")):
-        return True
-    return os.sep != "/" and text.startswith((f".{os.sep}", f"..{os.sep}"))
-
-
-def _exists(text: str) -> bool:
-    try:
-        return Path(text).expanduser().exists()
-    except (OSError, RuntimeError):  # a name too long for the file system, or ~user for no such user
-        return False
-
-
-def _local_repo(text: str, original: str) -> HubRepo:
-    try:
-        path = Path(text).expanduser()
-    except RuntimeError:
-        raise UsageError(f"cannot expand {original}: no such user's home directory") from None
-    if not path.exists():
-        raise UsageError(f"hub directory {original} does not exist; check the path")
-    if not path.is_dir():
-        raise UsageError(f"{original} is not a directory; give a directory that holds a hubconf.py")
-    if not (path / HUBCONF).is_file():
-        raise UsageError(f"{original} has no {HUBCONF}, so it is not a torch.hub repository")
-    return HubRepo("local", path=path.resolve())
-
-
-def _valid_ref(ref: str) -> bool:
-    # The parts of `git check-ref-format` that matter for a URL and a folder name.
-    bad = ".." in ref or "//" in ref or "@{" in ref
-    return not (bad or ref.startswith(("/", ".", "-")) or ref.endswith(("/", ".", ".lock")))
-
-
-def parse_repo(spec: str) -> HubRepo:
-    """``owner/name[:ref]`` (GitHub) or a local directory with a ``hubconf.py``; UsageError otherwise."""
-    text = spec.strip()
-    if not text:
-        raise UsageError("no hub repository given; use OWNER/NAME[:REF] or a directory holding a hubconf.py")
-    if _looks_like_path(text) or _exists(text):
-        return _local_repo(text, spec)
-    match = _GITHUB.fullmatch(text)
-    name = match.group("name") if match else ""
-    ref = match.group("ref") if match else None
-    if match is None or name in (".", "..") or (ref is not None and not _valid_ref(ref)):
-        raise UsageError(
-            f"{spec!r} is not a hub repository; use OWNER/NAME or OWNER/NAME:REF (a GitHub repository, "
-            "REF a tag, branch or commit) or a path like ./dir to a directory holding a hubconf.py"
-        )
-    return HubRepo("github", owner=match.group("owner"), name=name, ref=ref)
-
-
-def _as_repo(repo: HubRepo | str) -> HubRepo:
-    return repo if isinstance(repo, HubRepo) else parse_repo(repo)
-
-
-# --- where torch.hub keeps things --------------------------------------------------------------------
-
-
-def hub_dir() -> Path:
-    """torch.hub's folder (``$TORCH_HOME/hub``), or the one ``torch.hub.set_dir`` chose if torch is loaded."""
-    loaded = sys.modules.get("torch.hub")
-    if loaded is not None:
-        with warnings.catch_warnings():
-            # get_dir() warns when the long-deprecated TORCH_HUB variable is set; that is not ours to report.
-            warnings.simplefilter("ignore")
-            return Path(loaded.get_dir())
-    return weights.torch_home() / "hub"
-
-
-def trusted_list_path() -> Path:
-    """The ``trusted_list`` file torch.hub reads and writes (one ``owner_name`` per line)."""
-    return hub_dir() / TRUSTED_LIST
-
-
-def trusted_names() -> set[str]:
-    """The ``owner_name`` keys in torch.hub's ``trusted_list`` (empty when there is none)."""
-    path = trusted_list_path()
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return set()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read torch.hub's trust list {path} ({exc.strerror}); check its permissions"
-        ) from None
-    # torch.hub compares stripped lines, so blank lines and stray spaces mean nothing.
-    return {line.strip() for line in text.splitlines() if line.strip()}
-
-
-def cached_repos() -> list[Path]:
-    """The repository folders in the hub cache (those holding a ``hubconf.py``)."""
-    try:
-        children = sorted(hub_dir().iterdir())
-    except OSError:
-        return []
-    return [child for child in children if child.is_dir() and (child / HUBCONF).is_file()]
-
-
-# --- trust ---------------------------------------------------------------------------------------------
-
-
-def trusted_by(repo: HubRepo | str, *, trust_repo: bool = False) -> str | None:
-    """Why ``repo`` may run its code here, in words; None when it may not."""
-    hub_repo = _as_repo(repo)
-    if hub_repo.source == "local":
-        return "a local directory (your own code)"
-    if trust_repo:
-        return TRUST_FLAG
-    if hub_repo.owner in TRUSTED_OWNERS:
-        return f"owner {hub_repo.owner} (trusted by torch.hub by default)"
-    if hub_repo.trust_key in trusted_names():
-        return f"listed in {trusted_list_path()}"
-    return None
-
-
-def _untrusted(repo: HubRepo) -> UsageError:
-    # A usage error (exit 2): what is missing is a flag on the command line, not a broken configuration.
-    return UsageError(
-        f"{repo.slug} is not a trusted repository and loading it runs its code; pass {TRUST_FLAG} "
-        f"or run `ptm hub trust {repo.slug}` once if you trust it"
-    )
-
-
-def trust(repo: HubRepo | str) -> bool:
-    """Record ``repo`` in torch.hub's ``trusted_list``; True if added, False if it was already there.
-
-    The ref, if any, is ignored: torch.hub trusts a repository, not a ref.
-    The line is appended under a lock in one write, as torch.hub appends.
-    """
-    hub_repo = _as_repo(repo)
-    if hub_repo.source == "local":
-        raise UsageError(f"{hub_repo.path} is a local directory; those are always trusted, nothing to record")
-    path = trusted_list_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a+", encoding="utf-8") as stream:
-            return _append_once(stream, hub_repo.trust_key)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write torch.hub's trust list {path} ({exc.strerror}); check the folder's permissions"
-        ) from None
-
-
-def _append_once(stream: Any, key: str) -> bool:
-    if fcntl is not None:
-        fcntl.flock(stream.fileno(), fcntl.LOCK_EX)  # released when the file closes
-    stream.seek(0)
-    content = stream.read()
-    if key in {line.strip() for line in content.splitlines()}:
-        return False
-    # A file whose last line lacks its newline would otherwise glue our key onto it.
-    prefix = "\n" if content and not content.endswith("\n") else ""
-    stream.write(f"{prefix}{key}\n")
-    stream.flush()
-    os.fsync(stream.fileno())
-    return True
-
-
-def _authorize(repo: HubRepo, trust_repo: bool) -> str:
-    """Decide before any repository code runs; never asks. Returns the reason it may run."""
-    reason = trusted_by(repo)
-    if reason is not None:
-        return reason
-    if not trust_repo:
-        raise _untrusted(repo)
-    trust(repo)
-    return TRUST_FLAG
-
 
 # --- where the code comes from -----------------------------------------------------------------------
 
@@ -381,9 +118,9 @@ def _locate(repo: HubRepo, offline: bool) -> _Origin:
 
 def _skip_validation(repo: HubRepo) -> bool:
     """Whether torch.hub may skip its GitHub API check of the ref (see the module docstring)."""
-    if os.environ.get("GITHUB_TOKEN"):
+    if settings.github_token_set():
         return False
-    return repo.ref is None or not _COMMIT.fullmatch(repo.ref)
+    return repo.ref is None or not COMMIT.fullmatch(repo.ref)
 
 
 def _default_branch_dirs(repo: HubRepo) -> list[Path]:
@@ -555,12 +292,6 @@ def _check_arguments(func: Callable[..., Any], kwargs: Mapping[str, Any], repo: 
         ) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= 160 else line[:157] + "..."
-
-
 def _http_error(what: str, exc: HTTPError) -> DownloadError:
     hint = ""
     if exc.code in (403, 429):
@@ -586,7 +317,7 @@ def _torch_hub_error(what: str, repo: HubRepo, exc: Exception) -> PtmError | Non
             "served under the upstream name); use a tag or branch name"
         )
     if isinstance(exc, zipfile.BadZipFile) or (isinstance(exc, ValueError) and text.startswith("Archive entry")):
-        return DownloadError(f"{what}: the archive GitHub sent is not usable ({_first_line(exc)})")
+        return DownloadError(f"{what}: the archive GitHub sent is not usable ({first_line(exc)})")
     return None
 
 
@@ -604,7 +335,7 @@ def _translated(what: str, repo: HubRepo) -> Iterator[None]:
                 "hub weights with weights_only=True; ask the repository for a plain state_dict"
             ) from exc
         raise WeightsError(
-            f"{what}: a weights file it loads is damaged ({_first_line(exc)}); delete it from "
+            f"{what}: a weights file it loads is damaged ({first_line(exc)}); delete it from "
             f"{hub_dir() / 'checkpoints'} and try again"
         ) from exc
     except HTTPError as exc:
@@ -612,16 +343,16 @@ def _translated(what: str, repo: HubRepo) -> Iterator[None]:
     except URLError as exc:
         raise DownloadError(f"{what}: a download failed ({exc.reason}); check the network") from exc
     except (ConnectionError, TimeoutError) as exc:
-        raise DownloadError(f"{what}: a download failed ({_first_line(exc)}); check the network") from exc
+        raise DownloadError(f"{what}: a download failed ({first_line(exc)}); check the network") from exc
     except ImportError as exc:
         missing = f"the Python package {exc.name!r}" if exc.name else "a Python package"
-        raise MissingDependency(f"{what} needs {missing}, which does not import ({_first_line(exc)})") from exc
+        raise MissingDependency(f"{what} needs {missing}, which does not import ({first_line(exc)})") from exc
     except Exception as exc:
         known = _torch_hub_error(what, repo, exc)
         if known is not None:
             raise known from exc
         raise UsageError(
-            f"{what} failed in the repository's own code ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{what} failed in the repository's own code ({type(exc).__name__}: {first_line(exc)}); "
             "PTM_DEBUG=1 shows the traceback"
         ) from exc
 
@@ -636,16 +367,11 @@ class _Prepared:
 
 def _prepare(repo: HubRepo | str, trust_repo: bool) -> _Prepared:
     """Locate the code, then decide trust: all before any repository code runs or any byte is fetched."""
-    hub_repo = _as_repo(repo)
-    offline = weights.is_offline()
+    hub_repo = as_repo(repo)
+    offline = settings.offline()
     origin = _locate(hub_repo, offline)
-    reason = _authorize(hub_repo, trust_repo)
+    reason = authorize(hub_repo, trust_repo)
     return _Prepared(hub_repo, origin, reason, offline)
-
-
-def _check_entry_name(entry: str) -> None:
-    if not entry.isidentifier() or keyword.iskeyword(entry):
-        raise UsageError(f"{entry!r} is not an entry point name; `ptm hub list REPO` lists them")
 
 
 # --- public operations -----------------------------------------------------------------------------------
@@ -666,7 +392,7 @@ def list_entrypoints(repo: HubRepo | str, *, trust_repo: bool = False) -> list[s
 
 def entry_help(repo: HubRepo | str, entry: str, *, trust_repo: bool = False) -> str:
     """The docstring of ``entry`` (dedented; empty when it has none)."""
-    _check_entry_name(entry)
+    check_entry_name(entry)
     ready = _prepare(repo, trust_repo)
     what = f"{ready.repo.spec} {entry}"
     with _hub_session(ready.offline), _translated(what, ready.repo):
@@ -720,7 +446,7 @@ def load_model(
     repo: HubRepo | str, entry: str, *, kwargs: Mapping[str, Any] | None = None, trust_repo: bool = False
 ) -> tuple[nn.Module, LoadInfo]:
     """Call ``entry`` of ``repo`` with ``kwargs``; the model comes back in eval mode, where the entry point built it."""
-    _check_entry_name(entry)
+    check_entry_name(entry)
     arguments = dict(kwargs or {})
     ready = _prepare(repo, trust_repo)
     hub_repo = ready.repo
@@ -788,109 +514,3 @@ def parse_kwargs(items: Iterable[str]) -> dict[str, Any]:
     return result
 
 
-# --- classification through hub models ---------------------------------------------------------------------
-
-
-def parse_model_spec(spec: str) -> tuple[HubRepo, str]:
-    """``hub:OWNER/NAME[:REF]/ENTRY`` or ``hub:./dir/ENTRY`` -> (repository, entry point)."""
-    text = spec.strip()
-    if not text.startswith(MODEL_PREFIX):
-        raise UsageError(f"{spec!r} is not a hub model; use hub:OWNER/NAME[:REF]/ENTRY or hub:./dir/ENTRY")
-    repo_part, slash, entry = text[len(MODEL_PREFIX) :].rpartition("/")
-    if not slash or not repo_part or not entry:
-        raise UsageError(f"{spec!r} names no entry point; use hub:OWNER/NAME[:REF]/ENTRY or hub:./dir/ENTRY")
-    _check_entry_name(entry)
-    return parse_repo(repo_part), entry
-
-
-def _classify_entry(spec: str, labels_file: str | os.PathLike[str] | None) -> Entry:
-    """A catalog entry for a hub model: ImageNet preprocessing (the book's), ImageNet or the user's labels."""
-    from .catalog import IMAGENET_MEAN, IMAGENET_STD, Entry
-
-    labels = str(Path(labels_file).expanduser()) if labels_file is not None else "imagenet"
-    return Entry(
-        model=spec,
-        weights="hub",
-        task="classify",
-        architecture="hub",
-        labels=labels,
-        resize=256,
-        crop=224,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        source="hub",
-    )
-
-
-def _to_device(model: nn.Module, device: Any) -> nn.Module:
-    import torch
-
-    # As classify does: channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
-    return model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-
-def _output_classes(classifier: Classifier, crop: int) -> int:
-    """Run one blank image through the model as ``predict`` would, and count its outputs."""
-    import torch
-
-    x = torch.zeros(1, 3, crop, crop, device=classifier.device).contiguous(memory_format=torch.channels_last)
-    precision = classifier.precision
-    what = classifier.entry.model
-    try:
-        with (
-            torch.inference_mode(),
-            torch.autocast(classifier.device.type, dtype=precision.dtype, enabled=precision.autocast),
-        ):
-            out = classifier.model(x)
-    except Exception as exc:
-        raise UsageError(
-            f"{what} fails on a 1x3x{crop}x{crop} image batch ({type(exc).__name__}: {_first_line(exc)}), "
-            "so it is not an image classifier ptm can run"
-        ) from exc
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(
-            f"{what} returns {shape}, not one row of class scores per image, so ptm cannot classify with it"
-        )
-    return int(out.shape[1])
-
-
-def hub_classifier(
-    spec: str,
-    *,
-    labels_file: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    trust_repo: bool = False,
-    kwargs: Mapping[str, Any] | None = None,
-) -> Classifier:
-    """A ready ``Classifier`` for ``hub:OWNER/NAME[:REF]/ENTRY`` or ``hub:./dir/ENTRY``."""
-    from .catalog import load_labels
-    from .classify import Classifier
-    from .device import check_device_spec, choose_device, choose_precision
-
-    repo, entry_name = parse_model_spec(spec)
-    check_device_spec(device)
-    entry = _classify_entry(spec.strip(), labels_file)
-    # Labels, device and precision first: each can fail without running any repository code.
-    labels = load_labels(entry)
-    torch_device = choose_device(device)
-    chosen_precision = choose_precision(precision, torch_device)
-    model, info = load_model(repo, entry_name, kwargs=kwargs, trust_repo=trust_repo)
-    entry = replace(entry, num_params=info.num_params, description=info.source)
-    classifier = Classifier(
-        entry,
-        _to_device(model, torch_device),
-        weights_label="hub",
-        labels=labels,
-        preprocess=entry.preprocess(),
-        device=torch_device,
-        precision=chosen_precision,
-    )
-    outputs = _output_classes(classifier, entry.crop or 224)
-    if labels is not None and outputs != len(labels):
-        raise ConfigError(
-            f"{spec} gives {outputs} class scores but its labels list {len(labels)} names; "
-            "pass a labels file with one name per output (--labels)"
-        )
-    return classifier

@@ -1,26 +1,19 @@
-"""Safe image loading and the preprocessing every ptm command shares.
+"""Opening images safely: one module owns every decision about which bytes become pixels.
 
-This module owns two jobs:
-
-* **Loading** (:func:`load_image`, :func:`load_image_with_format`): open a
-  path, ``bytes`` or binary file object, accept only the formats in
-  :data:`ALLOWED_FORMATS`, refuse decompression bombs before any pixel is
-  decoded, decode fully so that corrupt or truncated files fail here, apply
-  the EXIF orientation, keep only the first frame of animations and convert
-  every Pillow mode to 8-bit RGB (:func:`to_rgb`).  Every failure is one of
-  the :mod:`ptm_cli.errors` classes with a one-sentence message naming the
-  input; Pillow's own exceptions and warnings never reach the user.
-* **Preprocessing** (:class:`Preprocess`, :func:`resize_and_crop`,
-  :func:`to_tensor`, :func:`preprocess`): torchvision's
-  ``Resize(n) -> CenterCrop(c) -> ToTensor() -> Normalize(mean, std)``
-  reproduced bit for bit on PIL images, without importing torchvision.
+:func:`load_image` opens a path, ``bytes`` or binary file object, accepts only
+the formats in :data:`ALLOWED_FORMATS`, refuses decompression bombs before any
+pixel is decoded, decodes fully so that corrupt or truncated files fail here,
+applies the EXIF orientation, keeps only the first frame of animations and
+converts every Pillow mode to 8-bit RGB (:func:`to_rgb`). Every failure is one
+of the :mod:`ptm_cli.errors` classes with a one-sentence message naming the
+input; Pillow's own exceptions and warnings never reach the user.
 
 Decisions callers may rely on:
 
 * The pixel limit is ``max_pixels`` if given, else ``$PTM_MAX_PIXELS``, else
-  :data:`DEFAULT_MAX_PIXELS` (178,956,970: twice Pillow's default
-  ``MAX_IMAGE_PIXELS``, the size at which Pillow itself refuses to open an
-  image).  It is checked against the size in the file header, before decoding.
+  :data:`DEFAULT_MAX_PIXELS` (twice Pillow's default ``MAX_IMAGE_PIXELS``, the
+  size at which Pillow itself refuses to open an image). It is checked
+  against the size in the file header, before decoding.
 * Transparent pixels are composited onto white.
 * 16-bit grayscale (``I;16*``) and 32-bit integer (``I``) images are read as
   0..65535 and scaled to 0..255 by ``round(v / 257)`` (values outside the
@@ -28,8 +21,7 @@ Decisions callers may rely on:
   are read as 0..1 and multiplied by 255, otherwise as 0..255; both are then
   rounded and clipped to 0..255, and NaN becomes 0.
 
-torch and numpy are imported only inside the functions that need them, so
-that commands which never touch pixels start fast.
+numpy is imported only by the conversions that need it; torch never.
 """
 
 from __future__ import annotations
@@ -41,38 +33,24 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from ptm_cli.errors import (
-    ConfigError,
-    ImageTooLarge,
-    InputNotFound,
-    UnreadableImage,
-    UnsupportedFormat,
-)
-
-if TYPE_CHECKING:
-    import torch
+from . import settings
+from .errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
-    "INTERPOLATIONS",
-    "MAX_PIXELS_ENV",
     "ImageSource",
-    "Preprocess",
     "load_image",
     "load_image_with_format",
-    "preprocess",
-    "resize_and_crop",
+    "read_limited",
     "to_rgb",
-    "to_tensor",
 ]
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
@@ -175,8 +153,7 @@ def _open_formats() -> tuple[str, ...]:
 # --- limits ------------------------------------------------------------------
 
 MAX_PIXELS_ENV = "PTM_MAX_PIXELS"
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
-"""Twice Pillow's default ``MAX_IMAGE_PIXELS``: where Pillow itself refuses."""
+DEFAULT_MAX_PIXELS = settings.DEFAULT_MAX_PIXELS
 
 
 def _resolve_max_pixels(max_pixels: int | None) -> int:
@@ -184,16 +161,7 @@ def _resolve_max_pixels(max_pixels: int | None) -> int:
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
             raise ConfigError(f"max_pixels must be a positive whole number, got {max_pixels!r}.")
         return max_pixels
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels, got {raw!r}.")
-    return value
+    return settings.max_pixels()
 
 
 def _check_pixel_count(size: tuple[int, int], limit: int, name: str) -> None:
@@ -304,17 +272,14 @@ def _open_path(path: str | os.PathLike, name: str) -> IO[bytes]:
         raise InputNotFound(f"{name} cannot be read ({exc.strerror or _reason(exc)}).") from None
 
 
-MAX_STREAM_BYTES = 1 << 30
-"""The most a pipe or stdin may send for one image; beyond it the input is refused, not buffered."""
-
-
 def read_limited(source: IO[bytes], name: str) -> bytes:
-    """All of a non-seekable stream, refusing (not buffering) more than MAX_STREAM_BYTES."""
-    data = source.read(MAX_STREAM_BYTES + 1)
+    """All of a non-seekable stream, refusing (not buffering) more than ``settings.tuning.max_stream_bytes``."""
+    limit = settings.tuning.max_stream_bytes
+    data = source.read(limit + 1)
     if not isinstance(data, bytes):
         raise UnreadableImage(f"{name} is a text stream; open it in binary mode ('rb').")
-    if len(data) > MAX_STREAM_BYTES:
-        raise ImageTooLarge(f"{name} sends more than {MAX_STREAM_BYTES >> 20} MiB, more than any image ptm reads.")
+    if len(data) > limit:
+        raise ImageTooLarge(f"{name} sends more than {limit >> 20} MiB, more than any image ptm reads.")
     return data
 
 
@@ -570,182 +535,3 @@ def _float_to_uint8(image: Image.Image) -> Image.Image:
     scale = 255.0 if finite.size == 0 or finite.max() <= 1.0 else 1.0
     scaled = np.nan_to_num(values * scale, nan=0.0, posinf=255.0, neginf=0.0)
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-
-
-# --- preprocessing -------------------------------------------------------------------
-
-INTERPOLATIONS: dict[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
-"""Interpolation names :class:`Preprocess` accepts, as torchvision maps them to PIL."""
-
-
-def _float32_is_zero(value: float) -> bool:
-    """Whether `value` becomes 0 in float32, which is what torch divides by."""
-    return struct.unpack("f", struct.pack("f", value))[0] == 0.0
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How to turn a loaded RGB image into a model input tensor.
-
-    ``resize``: target length of the shorter side (None: keep the size);
-    ``crop``: side of the centred square crop (None: no crop; larger than the
-    image: zero padding, as torchvision does); ``interpolation``: one of
-    :data:`INTERPOLATIONS`; ``mean``/``std``: per-channel normalisation on the
-    0..1 scale, both or neither (None: no normalisation).  Lists are accepted
-    and stored as tuples of floats.
-    """
-
-    resize: int | None = None
-    crop: int | None = None
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        _check_side("resize", self.resize)
-        _check_side("crop", self.crop)
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}.")
-        if (self.mean is None) != (self.std is None):
-            raise ConfigError("mean and std must be given together, or neither.")
-        if self.mean is not None and self.std is not None:
-            object.__setattr__(self, "mean", _three_floats("mean", self.mean))
-            std = _three_floats("std", self.std)
-            if any(_float32_is_zero(s) for s in std):
-                raise ConfigError(f"std must not contain zero, got {std}.")
-            object.__setattr__(self, "std", std)
-
-
-def _check_side(field: str, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{field} must be a positive whole number of pixels or None, got {value!r}.")
-
-
-def _three_floats(field: str, values: object) -> tuple[float, float, float]:
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
-        raise ConfigError(f"{field} must be three numbers (one per RGB channel), got {values!r}.")
-    try:
-        floats = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{field} must be three numbers, got {values!r}.") from None
-    if not all(math.isfinite(v) and abs(v) < 3.0e38 for v in floats):
-        raise ConfigError(f"{field} must be three finite float32 numbers, got {values!r}.")
-    return floats[0], floats[1], floats[2]
-
-
-def resize_and_crop(image: Image.Image, p: Preprocess) -> Image.Image:
-    """Resize the shorter side, then centre-crop, exactly as torchvision does on PIL.
-
-    The result is pixel-identical to ``transforms.Resize(p.resize,
-    interpolation)`` followed by ``transforms.CenterCrop(p.crop)``.
-    """
-    resample = INTERPOLATIONS[p.interpolation]
-    if p.resize is not None and p.crop is not None:
-        width, height = _resized_size(image.width, image.height, p.resize)
-        if width * height > _FUSE_PIXELS and p.crop <= min(width, height):
-            return _resize_crop_region(image, (width, height), p.crop, resample)
-    if p.resize is not None:
-        image = _resize_shorter_side(image, p.resize, resample)
-    if p.crop is not None:
-        image = _center_crop(image, p.crop)
-    return image
-
-
-# A resized image beyond this many pixels is never materialised; only the region
-# the crop keeps is resized. Only extreme strips get there (a 40000x1 strip would
-# become 2,880,000x72 on its way to 64x64); the region's pixels can differ from a
-# full resize by one level where float rounding moves a filter tap.
-_FUSE_PIXELS = 16_000_000
-
-
-def _resize_crop_region(
-    image: Image.Image, resized: tuple[int, int], side: int, resample: Image.Resampling
-) -> Image.Image:
-    """The centre crop of the resized image, computed from the source region it covers.
-
-    Pillow's ``box`` keeps each output pixel's filter centre and support where
-    a full resize would put them, so this matches resize-then-crop.
-    """
-    width, height = resized
-    top = round((height - side) / 2.0)
-    left = round((width - side) / 2.0)
-    sx, sy = image.width / width, image.height / height
-    box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
-    return image.resize((side, side), resample, box=box)
-
-
-def _resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    # torchvision truncates the long side (int(), not round()).
-    if width <= height:
-        return short_side, int(short_side * height / width)
-    return int(short_side * width / height), short_side
-
-
-def _resize_shorter_side(image: Image.Image, short_side: int, resample: Image.Resampling) -> Image.Image:
-    size = _resized_size(image.width, image.height, short_side)
-    if size == image.size:
-        return image
-    return image.resize(size, resample)
-
-
-def _center_crop(image: Image.Image, side: int) -> Image.Image:
-    if side > image.width or side > image.height:
-        image = _pad_to_at_least(image, side)
-        if image.size == (side, side):
-            return image
-    # Python's round() (half to even) is what torchvision uses for the offset.
-    top = round((image.height - side) / 2.0)
-    left = round((image.width - side) / 2.0)
-    return image.crop((left, top, left + side, top + side))
-
-
-def _pad_to_at_least(image: Image.Image, side: int) -> Image.Image:
-    """Zero-pad so both sides reach `side`; any odd pixel goes right/bottom."""
-    extra_w = max(side - image.width, 0)
-    extra_h = max(side - image.height, 0)
-    border = (extra_w // 2, extra_h // 2, (extra_w + 1) // 2, (extra_h + 1) // 2)
-    bands = len(image.getbands())
-    fill: float | tuple[int, ...] = (0,) * bands if bands > 1 else 0
-    padded = ImageOps.expand(image, border=border, fill=fill)  # type: ignore[arg-type]
-    if image.mode == "P":
-        palette = image.getpalette()
-        if palette is not None:
-            padded.putpalette(palette)
-    return padded
-
-
-def to_tensor(image: Image.Image, p: Preprocess) -> torch.Tensor:
-    """A float32 ``[3, H, W]`` tensor of `image` / 255, normalised if `p` says so.
-
-    Bit-identical to torchvision ``ToTensor()`` then ``Normalize(mean, std)``
-    for RGB images (same float32 operations in the same order; a fused
-    multiply-add was measured no faster and differs in the last bits).
-    Other modes are converted with :func:`to_rgb` first.
-    """
-    import numpy as np
-    import torch
-
-    rgb = to_rgb(image)
-    pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))
-    out = torch.empty((3, rgb.height, rgb.width), dtype=torch.float32)
-    out.copy_(pixels.permute(2, 0, 1))
-    out.div_(255)
-    if p.mean is not None and p.std is not None:
-        mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
-        out.sub_(mean).div_(std)
-    return out
-
-
-def preprocess(image: Image.Image, p: Preprocess) -> torch.Tensor:
-    """The model input for `image`: :func:`to_rgb`, :func:`resize_and_crop`, :func:`to_tensor`."""
-    return to_tensor(resize_and_crop(to_rgb(image), p), p)

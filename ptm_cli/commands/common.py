@@ -1,0 +1,73 @@
+"""What every command shares: messages on stderr, stdout kept for data, the record writer, exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+
+from ..errors import EXIT_INPUT_FAILED, EXIT_OK
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def note(message: str) -> None:
+    """One line for people, on stderr, prefixed so it is clear who speaks."""
+    click.echo(f"ptm: {message}", err=True)
+
+
+class ReaderGone(Exception):
+    """stdout's reader closed the pipe (``| head -1``)."""
+
+
+@contextlib.contextmanager
+def stdout_is_data() -> Iterator[IO[str]]:
+    """Yield the real stdout for records; anything else printed goes to stderr.
+
+    torch.hub and some model code print progress with ``print()``; inside
+    this block that lands on stderr and cannot corrupt piped output. A closed
+    pipe is turned into `ReaderGone` here so that click, which would exit 1
+    for it, never sees it.
+    """
+    data = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield data
+    except BrokenPipeError:
+        raise ReaderGone from None
+
+
+def writer(stream: IO[str], fmt: str | None, **kwargs: Any) -> Any:
+    """A :class:`~ptm_cli.output.RecordWriter`; use it in a ``with`` block so ``-f json`` is always closed."""
+    from ..output import RecordWriter, default_format
+
+    return RecordWriter(stream, fmt or default_format(stream), **kwargs)
+
+
+def outcome(count: int, failed: int) -> int:
+    """The exit code of a run over many inputs, with a note when it is not 0."""
+    if count == 0:
+        note("no images found in the given directories")
+        return EXIT_INPUT_FAILED
+    if failed:
+        note(f"{failed} of {count} inputs failed; see their error records")
+        return EXIT_INPUT_FAILED
+    return EXIT_OK
+
+
+def image_inputs(images: tuple[str, ...], recursive: bool, files_from: str | None) -> Iterator[Any]:
+    """The images named on the command line, checked now and read lazily."""
+    from ..inputs import expand_inputs
+
+    if not images and files_from is None:
+        raise click.UsageError("give at least one image, directory, '-' or --files-from")
+    return expand_inputs(
+        images,
+        recursive=recursive,
+        files_from=files_from,
+        stdin=sys.stdin.buffer if "-" in images else None,
+        stdin_list=sys.stdin.buffer if files_from == "-" else None,
+    )

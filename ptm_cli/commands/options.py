@@ -1,0 +1,51 @@
+"""Options several commands share, declared once (click decorators)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..output import FORMATS
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _stack(*decorators: Decorator) -> Decorator:
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+format_option = click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="Output format. Default: table on a terminal, jsonl when piped.",
+)
+
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+
+
+def precision_option(what: str) -> Decorator:
+    return click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help=f"Float type for {what}. fp32 matches the reference results exactly; auto picks bf16 where native.",
+    )
+
+
+input_options = _stack(
+    click.argument("images", nargs=-1),
+    click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories."),
+    click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin)."),
+)

@@ -1,0 +1,268 @@
+"""From model options to a ready model: the one function the CLI, a batch worker and a server call.
+
+:class:`ModelOptions` is what a user says on the command line (``-m``,
+``-w``, ``--device``, ``--precision``, ``--resize``, ``--crop``, and for
+``hub:`` models ``--labels``, ``--trust-repo``, ``--arg``).
+:func:`plan_classifier` / :func:`plan_translator` check those options
+without importing torch or touching the network (so a typo fails at once,
+before any input is read), and the plan's ``load()`` builds the model.
+:func:`load_classifier` and :func:`load_translator` do both.
+
+``-w`` is read strictly: a weights variant name (``DEFAULT``,
+``IMAGENET1K_V1``...) always means the catalog's weights, even if a file of
+that name sits in the working directory; a local file is a path, which is to
+say it contains a path separator or ends in a weights suffix (``.pth``,
+``.safetensors``...). A name that is neither a known variant nor a path is
+refused with a message that names both readings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import architectures, weights
+from .catalog import Catalog, Entry, load_labels
+from .device import check_device_spec, choose_device, choose_precision
+from .errors import UnknownModel, UsageError
+from .tensorio import has_weights_suffix, load_state_dict
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .classify import Classifier
+    from .translate import Translator
+
+HUB_PREFIX = "hub:"
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """A model as the command line names it."""
+
+    model: str
+    weights: str = "DEFAULT"
+    device: str = "auto"
+    precision: str = "fp32"
+    resize: int | None = None
+    crop: int | None = None
+    labels_file: str | None = None
+    trust_repo: bool = False
+    hub_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_hub(self) -> bool:
+        return self.model.startswith(HUB_PREFIX)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Options checked and resolved; ``load()`` does the expensive part."""
+
+    options: ModelOptions
+    entry: Entry | None  # None for hub: models, whose entry comes from the repository
+    weights_file: Path | None
+    _load: Callable[[Plan, bool], Any]
+
+    def load(self, *, progress: bool = True) -> Any:
+        return self._load(self, progress)
+
+
+def local_weights_file(value: str) -> Path | None:
+    """The file ``-w VALUE`` names, or None when VALUE is a variant name.
+
+    A path has a separator or a weights suffix; anything else is a name,
+    whatever the working directory holds.
+    """
+    looks_like_path = os.sep in value or "/" in value or has_weights_suffix(value)
+    if not looks_like_path:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UsageError(f"weights file {value} {what}; give the path of a .pth, .safetensors or .h5 file")
+    return path
+
+
+def resolve_entry(model: str, weights_option: str, *, task: str) -> tuple[Entry, Path | None]:
+    """The catalog entry for ``-m``/``-w`` (``-m MODEL:WEIGHTS`` works too) and a local weights file, if any."""
+    weights_file = local_weights_file(weights_option)
+    named = None if weights_file or weights_option.upper() == "DEFAULT" else weights_option
+    if ":" in model and named is not None:
+        raise UsageError(f"-m {model} already names its weights; drop -w {weights_option}")
+    try:
+        entry = Catalog.load().resolve(model, named, task=task)
+    except UnknownModel as exc:
+        if named is not None and Path(named).is_file():
+            raise UsageError(
+                f"-w {named} is neither a weights variant of {model} nor a path; "
+                f"for the file in this folder write -w ./{named}"
+            ) from exc
+        raise
+    return entry, weights_file
+
+
+def _state_dict(entry: Entry, weights_file: Path | None, progress: bool) -> tuple[dict[str, torch.Tensor], str]:
+    if weights_file is not None:
+        return load_state_dict(weights_file), str(weights_file)
+    return weights.load_weights(entry, progress=progress), entry.weights
+
+
+def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    import torch
+
+    model = model.to(device)
+    # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+# --- classifiers ---------------------------------------------------------------------------------
+
+
+def plan_classifier(options: ModelOptions) -> Plan:
+    """Check classification options now (no torch, no network); ``.load()`` gives a :class:`Classifier`."""
+    check_device_spec(options.device)
+    if options.is_hub:
+        from .hub import parse_kwargs, parse_model_spec
+
+        parse_model_spec(options.model)
+        parse_kwargs(options.hub_args)
+        if options.weights.upper() != "DEFAULT":
+            raise UsageError("-w/--weights does not apply to hub: models; pass entry-point arguments with --arg")
+        return Plan(options, None, None, _load_hub_classifier)
+    if options.labels_file or options.trust_repo or options.hub_args:
+        raise UsageError("--labels, --trust-repo and --arg apply to hub: models only")
+    entry, weights_file = resolve_entry(options.model, options.weights, task="classify")
+    return Plan(options, entry, weights_file, _load_catalog_classifier)
+
+
+def load_classifier(options: ModelOptions, *, progress: bool = True) -> Classifier:
+    """A ready :class:`~ptm_cli.classify.Classifier` for ``options``."""
+    classifier: Classifier = plan_classifier(options).load(progress=progress)
+    return classifier
+
+
+def _with_overrides(preprocess: Any, resize: int | None, crop: int | None) -> Any:
+    if resize is None and crop is None:
+        return preprocess
+    return replace(preprocess, resize=resize or preprocess.resize, crop=crop or preprocess.crop)
+
+
+def build_classifier(
+    entry: Entry,
+    *,
+    weights_file: Path | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    resize: int | None = None,
+    crop: int | None = None,
+    progress: bool = True,
+) -> Classifier:
+    """A ready classifier for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    from .classify import Classifier
+
+    check_device_spec(device)
+    preprocess = _with_overrides(entry.preprocess(), resize, crop)
+    labels = load_labels(entry)
+    architectures.factory(entry)  # a catalog mistake fails before any download
+    # Weights before devices: a missing file should fail before torch is even imported.
+    state_dict, label = _state_dict(entry, weights_file, progress)
+    torch_device = choose_device(device)
+    chosen = choose_precision(precision, torch_device)
+    model = _to_device(architectures.build(entry, state_dict), torch_device)
+    classifier = Classifier(
+        entry, model, weights_label=label, labels=labels, preprocess=preprocess, device=torch_device, precision=chosen
+    )
+    classifier.check_labels()
+    return classifier
+
+
+def _load_catalog_classifier(plan: Plan, progress: bool) -> Classifier:
+    options = plan.options
+    assert plan.entry is not None
+    return build_classifier(
+        plan.entry, weights_file=plan.weights_file, device=options.device, precision=options.precision,
+        resize=options.resize, crop=options.crop, progress=progress,
+    )  # fmt: skip
+
+
+def _load_hub_classifier(plan: Plan, progress: bool) -> Classifier:
+    from .hub import parse_kwargs
+    from .hub.classifier import hub_classifier
+
+    options = plan.options
+    classifier = hub_classifier(
+        options.model,
+        labels_file=options.labels_file,
+        device=options.device,
+        precision=options.precision,
+        trust_repo=options.trust_repo,
+        kwargs=parse_kwargs(options.hub_args),
+    )
+    classifier.preprocess = _with_overrides(classifier.preprocess, options.resize, options.crop)
+    return classifier
+
+
+# --- translators ----------------------------------------------------------------------------------
+
+
+def plan_translator(options: ModelOptions) -> Plan:
+    """Check translation options now (no torch, no network); ``.load()`` gives a :class:`Translator`."""
+    check_device_spec(options.device)
+    if options.is_hub or options.labels_file or options.trust_repo or options.hub_args:
+        raise UsageError("hub: models, --labels, --trust-repo and --arg apply to classification only")
+    entry, weights_file = resolve_entry(options.model, options.weights, task="translate")
+    return Plan(options, entry, weights_file, _load_translator)
+
+
+def load_translator(options: ModelOptions, *, progress: bool = True) -> Translator:
+    """A ready :class:`~ptm_cli.translate.Translator` for ``options``."""
+    translator: Translator = plan_translator(options).load(progress=progress)
+    return translator
+
+
+def build_translator(
+    entry: Entry,
+    *,
+    weights_file: Path | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+) -> Translator:
+    """A ready translator for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    from .translate import Translator
+
+    check_device_spec(device)
+    architectures.factory(entry)  # the architecture and its arguments, before any download
+    state_dict, label = _state_dict(entry, weights_file, progress)
+    torch_device = choose_device(device)
+    chosen = choose_precision(precision, torch_device)
+    model = architectures.build(entry, state_dict).to(torch_device)
+    return Translator(entry, model, weights_label=label, device=torch_device, precision=chosen)
+
+
+def _load_translator(plan: Plan, progress: bool) -> Translator:
+    options = plan.options
+    assert plan.entry is not None
+    return build_translator(
+        plan.entry, weights_file=plan.weights_file, device=options.device, precision=options.precision,
+        progress=progress,
+    )  # fmt: skip
+
+
+__all__ = [
+    "ModelOptions",
+    "Plan",
+    "build_classifier",
+    "build_translator",
+    "load_classifier",
+    "load_translator",
+    "local_weights_file",
+    "plan_classifier",
+    "plan_translator",
+    "resolve_entry",
+]

@@ -1,0 +1,187 @@
+"""Every environment variable ptm reads, and the few tunables tests adjust.
+
+This is the only module that reads ``os.environ`` for ptm's own settings.
+Each variable is read when its value is asked for (so a test or a long-lived
+process that changes the environment is seen), through one of three rules:
+
+* flags (``PTM_OFFLINE``, ``PTM_DEBUG``): ``1/true/yes/on`` or ``0/false/no/off``
+  (any case) or empty; anything else is a :class:`ConfigError` naming the
+  variable and what to set it to;
+* positive numbers (``PTM_MAX_PIXELS``, ``PTM_DOWNLOAD_TIMEOUT``,
+  ``PTM_DOWNLOAD_RETRIES``): empty means the default; anything that is not a
+  positive number is a :class:`ConfigError`;
+* text (paths and URLs): empty means unset.
+
+:data:`VARIABLES` lists them for ``ptm doctor`` and the README test.
+
+:data:`tuning` holds internal knobs (chunk sizes, backoff, lock notices) as
+attributes of one object, read at the moment they are used: a test that
+changes ``settings.tuning.backoff_base`` changes it for every module, and a
+misspelt name fails loudly instead of patching nothing.
+
+Importing this module imports nothing beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+"""Twice Pillow's default ``MAX_IMAGE_PIXELS``: where Pillow itself refuses to open an image."""
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    kind: str  # "flag", "number", "path", "url", "paths", "secret"
+    meaning: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("PTM_CACHE_DIR", "path", "folder for weights files (default: $TORCH_HOME/hub/checkpoints)"),
+    Variable("PTM_CATALOG", "paths", "extra catalog files (TOML), separated by ':'"),
+    Variable("PTM_OFFLINE", "flag", "never use the network; only cached or imported weights"),
+    Variable("PTM_WEIGHTS_MIRROR", "url", "fetch weights files from MIRROR/FILE_NAME (http(s):// or file://)"),
+    Variable("PTM_DOWNLOAD_TIMEOUT", "number", "seconds a download may stall (default 30)"),
+    Variable("PTM_DOWNLOAD_RETRIES", "number", "tries per download in all (default 3)"),
+    Variable("PTM_MAX_PIXELS", "number", f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})"),
+    Variable("PTM_DEBUG", "flag", "print tracebacks for errors"),
+    Variable("TORCH_HOME", "path", "torch's folder, shared with torch.hub (default $XDG_CACHE_HOME/torch)"),
+    Variable("XDG_CACHE_HOME", "path", "base of the default TORCH_HOME (default ~/.cache)"),
+    Variable("GITHUB_TOKEN", "secret", "token torch.hub sends to GitHub (raises its rate limit)"),
+    Variable("HTTPS_PROXY", "url", "proxy for downloads (Python's usual proxy variables)"),
+)
+
+
+def raw(name: str) -> str:
+    """The variable's value with surrounding blanks removed ('' when unset)."""
+    return os.environ.get(name, "").strip()
+
+
+def flag(name: str) -> bool:
+    value = raw(name).lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={os.environ[name]!r} is not understood; set it to 1 or 0 (or unset it)")
+
+
+def positive_int(name: str, default: int) -> int:
+    value = raw(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"{name}={value!r} is not valid; set it to a positive whole number (or unset it)")
+    return number
+
+
+def positive_float(name: str, default: float) -> float:
+    value = raw(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name}={value!r} is not valid; set it to a positive number of seconds (or unset it)")
+    return number
+
+
+# --- the variables ---------------------------------------------------------------------------
+
+
+def debug() -> bool:
+    """``PTM_DEBUG``: show tracebacks."""
+    return flag("PTM_DEBUG")
+
+
+def offline() -> bool:
+    """``PTM_OFFLINE``: never download."""
+    return flag("PTM_OFFLINE")
+
+
+def max_pixels() -> int:
+    """``PTM_MAX_PIXELS``: the decompression-bomb limit, checked against image headers."""
+    return positive_int("PTM_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+
+
+def download_timeout() -> float:
+    """``PTM_DOWNLOAD_TIMEOUT``: seconds a download may go without receiving a byte."""
+    return positive_float("PTM_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+def download_attempts() -> int:
+    """``PTM_DOWNLOAD_RETRIES``: how many times a download is tried in all."""
+    return positive_int("PTM_DOWNLOAD_RETRIES", DEFAULT_ATTEMPTS)
+
+
+def weights_mirror() -> str | None:
+    """``PTM_WEIGHTS_MIRROR``, without a trailing slash; None when unset."""
+    return raw("PTM_WEIGHTS_MIRROR").rstrip("/") or None
+
+
+def catalog_paths() -> list[Path]:
+    """The user catalog files named by ``PTM_CATALOG``."""
+    return [Path(p).expanduser() for p in raw("PTM_CATALOG").split(os.pathsep) if p.strip()]
+
+
+def github_token_set() -> bool:
+    return bool(raw("GITHUB_TOKEN"))
+
+
+def torch_home() -> Path:
+    """``$TORCH_HOME``, by the same rule as ``torch.hub._get_torch_home`` (without importing torch)."""
+    default = os.path.join(raw("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return Path(os.path.expanduser(raw("TORCH_HOME") or default))
+
+
+def cache_dir() -> Path:
+    """The weights cache: ``PTM_CACHE_DIR``, else torch's checkpoint folder (created only when written)."""
+    override = raw("PTM_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    return torch_home() / "hub" / "checkpoints"
+
+
+def check_all() -> list[str]:
+    """One message per variable whose value is not understood (for ``ptm doctor``)."""
+    problems = []
+    for check in (debug, offline, max_pixels, download_timeout, download_attempts):
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+# --- tunables ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tuning:
+    """Internal knobs; tests set them on :data:`tuning`, code reads them when it acts."""
+
+    chunk_size: int = 1 << 20  # bytes per read when downloading, hashing or copying
+    backoff_base: float = 0.5  # a retry waits min(backoff_cap, backoff_base * 2**(n-1)) s
+    backoff_cap: float = 8.0
+    lock_wait_notice: float = 1.0  # a wait for another process's lock is announced after this long
+    locking: bool = True  # False shows that concurrent downloads stay correct without locks
+    max_stream_bytes: int = 1 << 30  # the most stdin or a pipe may send for one image
+
+
+tuning = Tuning()

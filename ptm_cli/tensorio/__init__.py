@@ -1,0 +1,20 @@
+"""Weights files: safe readers for ``.pth``/``.safetensors``/``.h5``, inspecting and converting.
+
+The bottom layer of ptm's weights handling: it reads and writes files and
+knows nothing of the cache, the catalog or any model. Submodules:
+
+* :mod:`.formats` - which format a file is in, dtype facts;
+* :mod:`.torchfile`, :mod:`.safetensors_io`, :mod:`.h5` - one per format;
+* :mod:`.loading` - :func:`load_state_dict`, the one safe entry point;
+* :mod:`.inspection` - :func:`inspect_file`, tensor by tensor, without the data;
+* :mod:`.convert` - :func:`convert_file`, bit for bit.
+
+Importing this package imports neither torch, numpy, h5py nor safetensors.
+"""
+
+from __future__ import annotations
+
+from .formats import FORMATS, SUFFIXES, detect_format, has_weights_suffix
+from .loading import load_state_dict
+
+__all__ = ["FORMATS", "SUFFIXES", "detect_format", "has_weights_suffix", "load_state_dict"]

@@ -1,0 +1,205 @@
+"""The preprocessing every classifier shares: torchvision's transforms, bit for bit, without torchvision.
+
+:class:`Preprocess` describes ``Resize(n) -> CenterCrop(c) -> ToTensor() ->
+Normalize(mean, std)``; :func:`resize_and_crop`, :func:`to_tensor` and
+:func:`preprocess` apply it to PIL images with the same float32 operations in
+the same order as torchvision, so the tensors are identical.
+
+torch and numpy are imported only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageOps
+
+from .errors import ConfigError
+from .imageio import to_rgb
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["INTERPOLATIONS", "Preprocess", "preprocess", "resize_and_crop", "to_tensor"]
+
+# --- preprocessing -------------------------------------------------------------------
+
+INTERPOLATIONS: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+"""Interpolation names :class:`Preprocess` accepts, as torchvision maps them to PIL."""
+
+
+def _float32_is_zero(value: float) -> bool:
+    """Whether `value` becomes 0 in float32, which is what torch divides by."""
+    return struct.unpack("f", struct.pack("f", value))[0] == 0.0
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How to turn a loaded RGB image into a model input tensor.
+
+    ``resize``: target length of the shorter side (None: keep the size);
+    ``crop``: side of the centred square crop (None: no crop; larger than the
+    image: zero padding, as torchvision does); ``interpolation``: one of
+    :data:`INTERPOLATIONS`; ``mean``/``std``: per-channel normalisation on the
+    0..1 scale, both or neither (None: no normalisation).  Lists are accepted
+    and stored as tuples of floats.
+    """
+
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        _check_side("resize", self.resize)
+        _check_side("crop", self.crop)
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}.")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("mean and std must be given together, or neither.")
+        if self.mean is not None and self.std is not None:
+            object.__setattr__(self, "mean", _three_floats("mean", self.mean))
+            std = _three_floats("std", self.std)
+            if any(_float32_is_zero(s) for s in std):
+                raise ConfigError(f"std must not contain zero, got {std}.")
+            object.__setattr__(self, "std", std)
+
+
+def _check_side(field: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{field} must be a positive whole number of pixels or None, got {value!r}.")
+
+
+def _three_floats(field: str, values: object) -> tuple[float, float, float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+        raise ConfigError(f"{field} must be three numbers (one per RGB channel), got {values!r}.")
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field} must be three numbers, got {values!r}.") from None
+    if not all(math.isfinite(v) and abs(v) < 3.0e38 for v in floats):
+        raise ConfigError(f"{field} must be three finite float32 numbers, got {values!r}.")
+    return floats[0], floats[1], floats[2]
+
+
+def resize_and_crop(image: Image.Image, p: Preprocess) -> Image.Image:
+    """Resize the shorter side, then centre-crop, exactly as torchvision does on PIL.
+
+    The result is pixel-identical to ``transforms.Resize(p.resize,
+    interpolation)`` followed by ``transforms.CenterCrop(p.crop)``.
+    """
+    resample = INTERPOLATIONS[p.interpolation]
+    if p.resize is not None and p.crop is not None:
+        width, height = _resized_size(image.width, image.height, p.resize)
+        if width * height > _FUSE_PIXELS and p.crop <= min(width, height):
+            return _resize_crop_region(image, (width, height), p.crop, resample)
+    if p.resize is not None:
+        image = _resize_shorter_side(image, p.resize, resample)
+    if p.crop is not None:
+        image = _center_crop(image, p.crop)
+    return image
+
+
+# A resized image beyond this many pixels is never materialised; only the region
+# the crop keeps is resized. Only extreme strips get there (a 40000x1 strip would
+# become 2,880,000x72 on its way to 64x64); the region's pixels can differ from a
+# full resize by one level where float rounding moves a filter tap.
+_FUSE_PIXELS = 16_000_000
+
+
+def _resize_crop_region(
+    image: Image.Image, resized: tuple[int, int], side: int, resample: Image.Resampling
+) -> Image.Image:
+    """The centre crop of the resized image, computed from the source region it covers.
+
+    Pillow's ``box`` keeps each output pixel's filter centre and support where
+    a full resize would put them, so this matches resize-then-crop.
+    """
+    width, height = resized
+    top = round((height - side) / 2.0)
+    left = round((width - side) / 2.0)
+    sx, sy = image.width / width, image.height / height
+    box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
+    return image.resize((side, side), resample, box=box)
+
+
+def _resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    # torchvision truncates the long side (int(), not round()).
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def _resize_shorter_side(image: Image.Image, short_side: int, resample: Image.Resampling) -> Image.Image:
+    size = _resized_size(image.width, image.height, short_side)
+    if size == image.size:
+        return image
+    return image.resize(size, resample)
+
+
+def _center_crop(image: Image.Image, side: int) -> Image.Image:
+    if side > image.width or side > image.height:
+        image = _pad_to_at_least(image, side)
+        if image.size == (side, side):
+            return image
+    # Python's round() (half to even) is what torchvision uses for the offset.
+    top = round((image.height - side) / 2.0)
+    left = round((image.width - side) / 2.0)
+    return image.crop((left, top, left + side, top + side))
+
+
+def _pad_to_at_least(image: Image.Image, side: int) -> Image.Image:
+    """Zero-pad so both sides reach `side`; any odd pixel goes right/bottom."""
+    extra_w = max(side - image.width, 0)
+    extra_h = max(side - image.height, 0)
+    border = (extra_w // 2, extra_h // 2, (extra_w + 1) // 2, (extra_h + 1) // 2)
+    bands = len(image.getbands())
+    fill: float | tuple[int, ...] = (0,) * bands if bands > 1 else 0
+    padded = ImageOps.expand(image, border=border, fill=fill)  # type: ignore[arg-type]
+    if image.mode == "P":
+        palette = image.getpalette()
+        if palette is not None:
+            padded.putpalette(palette)
+    return padded
+
+
+def to_tensor(image: Image.Image, p: Preprocess) -> torch.Tensor:
+    """A float32 ``[3, H, W]`` tensor of `image` / 255, normalised if `p` says so.
+
+    Bit-identical to torchvision ``ToTensor()`` then ``Normalize(mean, std)``
+    for RGB images (same float32 operations in the same order; a fused
+    multiply-add was measured no faster and differs in the last bits).
+    Other modes are converted with :func:`to_rgb` first.
+    """
+    import numpy as np
+    import torch
+
+    rgb = to_rgb(image)
+    pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))
+    out = torch.empty((3, rgb.height, rgb.width), dtype=torch.float32)
+    out.copy_(pixels.permute(2, 0, 1))
+    out.div_(255)
+    if p.mean is not None and p.std is not None:
+        mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
+        out.sub_(mean).div_(std)
+    return out
+
+
+def preprocess(image: Image.Image, p: Preprocess) -> torch.Tensor:
+    """The model input for `image`: :func:`to_rgb`, :func:`resize_and_crop`, :func:`to_tensor`."""
+    return to_tensor(resize_and_crop(to_rgb(image), p), p)
