@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/ptm classify data/chelsea.png
 
+# Lint and type-check first (seconds), then the whole suite.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check ptm_cli tests scripts
+	$(BIN)/mypy ptm_cli
+	$(BIN)/python -m pytest -q
 
 # Soak and load tests (thousands of images): minutes, still offline.
 test-long: $(STAMP)
@@ -33,7 +35,6 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
-	$(BIN)/python -m pip install --quiet "mypy>=1.10"
 	$(BIN)/mypy ptm_cli
 
 # Rebuild models/torchvision.json after upgrading torchvision.

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from . import settings
+from .errors import first_line
+from .output import human_size
 from .version import __version__
 
 T = TypeVar("T")
@@ -59,11 +61,9 @@ BYTE_KEYS = frozenset({"size", "free", "total_memory"})
 
 
 def _error(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    message = lines[0] if lines else ""
-    if len(message) > 200:
-        message = message[:197] + "..."
-    return f"error: {type(exc).__name__}: {message}" if message else f"error: {type(exc).__name__}"
+    if not str(exc).strip():
+        return f"error: {type(exc).__name__}"
+    return f"error: {type(exc).__name__}: {first_line(exc, 200)}"
 
 
 def is_error(value: Any) -> bool:
@@ -204,7 +204,7 @@ def _torch_info() -> dict[str, Any]:
 
 def _cxx_compiler() -> str | None:
     """The C++ compiler torch.compile would build CPU kernels with ($CXX, else the usual names)."""
-    named = os.environ.get("CXX")
+    named = settings.raw("CXX")
     for candidate in [named] if named else ["g++", "clang++", "c++"]:
         found = shutil.which(candidate)
         if found:
@@ -347,11 +347,11 @@ def _mask_url(value: str) -> str:
 def _settings() -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in SETTINGS:
-        raw = os.environ.get(name) or (os.environ.get(name.lower()) if name.endswith("_PROXY") else None)
+        raw = settings.raw(name) or (settings.raw(name.lower()) if name.endswith("_PROXY") else None)
         values[name] = _mask_url(raw) if raw and name in URL_SETTINGS else raw
     for name in SECRET_SETTINGS:
         # Only whether it is there: the value is a credential.
-        values[name] = "set" if os.environ.get(name) else "not set"
+        values[name] = "set" if settings.raw(name) else "not set"
     values["offline"] = _probe(settings.offline)
     values["invalid"] = _probe(settings.check_all)
     return values
@@ -404,7 +404,7 @@ def _cache_findings(report: dict[str, Any]) -> tuple[list[str], list[str]]:
             problems.append(f"the weights cache {cache['path']} {what}; set PTM_CACHE_DIR to a folder you can write to")
     free = cache.get("free")
     if isinstance(free, int) and free < LOW_DISK_BYTES:
-        warnings.append(f"only {_human_bytes(free)} free for the weights cache; large models will not fit")
+        warnings.append(f"only {human_size(free)} free for the weights cache; large models will not fit")
     if offline and not has_files:
         warnings.append("PTM_OFFLINE=1 and the weights cache is empty: only --weights-file models can run")
     return problems, warnings
@@ -450,22 +450,13 @@ def collect() -> dict[str, Any]:
     return {"ok": not problems, "problems": problems, "warnings": warnings, **sections}
 
 
-def _human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _text(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int) and key.rsplit(".", 1)[-1] in BYTE_KEYS:
-        return _human_bytes(value)
+        return human_size(value)
     if isinstance(value, list):
         return ", ".join(_text(key, v) for v in value) if value else "-"
     return str(value)
@@ -494,7 +485,7 @@ def _weight_rows(value: Any) -> Iterator[dict[str, str]]:
         yield {
             "section": "weights",
             "key": str(item.get("name")),
-            "value": f"{_human_bytes(item.get('size') or 0)}, {state}, {entries}",
+            "value": f"{human_size(item.get('size') or 0)}, {state}, {entries}",
         }
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from . import settings
 from .errors import DownloadError, HashMismatch, PtmError
 from .fsutil import StagedFile, folder_of
+from .output import human_size
 from .version import __version__
 
 _RETRY_HTTP = frozenset({408, 429})
@@ -72,13 +73,6 @@ def stderr_is_tty() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-def format_size(size: int) -> str:
-    """``12.3 MB`` as torchvision and the catalog count them (2**20 bytes)."""
-    if size < 2**20:
-        return f"{size / 2**10:.1f} kB"
-    return f"{size / 2**20:.1f} MB"
 
 
 def digest_ok(digest: str, expected: str | None) -> bool:
@@ -186,7 +180,7 @@ def _download_once(request: _Request, *, announce: bool) -> Downloaded:
         total = _content_length(response)
         show_bar = request.progress and stderr_is_tty()
         if announce and request.progress and not show_bar:
-            size = f" ({format_size(total)})" if total is not None and total >= 0 else ""
+            size = f" ({human_size(total)})" if total is not None and total >= 0 else ""
             say(f"downloading {dest.name}{size} from {request.url}")
         hasher = hashlib.sha256()
         received = 0

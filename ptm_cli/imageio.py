@@ -41,7 +41,7 @@ from typing import IO
 from PIL import Image
 
 from . import settings
-from .errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat
+from .errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat, first_line
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -240,8 +240,7 @@ _PILLOW_ERRORS: tuple[type[BaseException], ...] = (
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "not enough memory"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+    return first_line(exc, 120)
 
 
 # --- sources -------------------------------------------------------------------

@@ -106,10 +106,37 @@ def resolve_entry(model: str, weights_option: str, *, task: str) -> tuple[Entry,
     return entry, weights_file
 
 
-def _state_dict(entry: Entry, weights_file: Path | None, progress: bool) -> tuple[dict[str, torch.Tensor], str]:
+def catalog_entry(name: str, weights_name: str | None = None) -> Entry:
+    """The catalog entry ``NAME`` (its default weights) or ``MODEL:WEIGHTS`` names, for the cache commands."""
+    return Catalog.load().resolve(name, weights_name)
+
+
+def weights_file_or_cached(target: str) -> Path:
+    """A weights FILE (an existing file, or anything spelled as a path), or the cached file of a catalog NAME."""
+    path = Path(target).expanduser()
+    if path.is_file():
+        return path
+    local = local_weights_file(target)  # a path that does not exist fails here, naming it
+    if local is not None:
+        return local
+    cached = weights.cached_path(catalog_entry(target))
+    if not cached.is_file():
+        raise UsageError(f"{target} is not downloaded yet; run `ptm weights download {target}` first")
+    return cached
+
+
+def _state_dict(
+    entry: Entry, weights_file: Path | str | None, progress: bool
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors and the label records show for them: the variant, or the file as the user wrote it."""
     if weights_file is not None:
-        return load_state_dict(weights_file), str(weights_file)
+        return load_state_dict(Path(weights_file)), str(weights_file)
     return weights.load_weights(entry, progress=progress), entry.weights
+
+
+def _as_written(plan: Plan) -> str | None:
+    """A local weights file as the user spelled it (``./DEFAULT`` stays ``./DEFAULT`` in the records)."""
+    return None if plan.weights_file is None else plan.options.weights
 
 
 def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
@@ -155,7 +182,7 @@ def _with_overrides(preprocess: Any, resize: int | None, crop: int | None) -> An
 def build_classifier(
     entry: Entry,
     *,
-    weights_file: Path | None = None,
+    weights_file: Path | str | None = None,
     device: str = "auto",
     precision: str = "fp32",
     resize: int | None = None,
@@ -185,7 +212,7 @@ def _load_catalog_classifier(plan: Plan, progress: bool) -> Classifier:
     options = plan.options
     assert plan.entry is not None
     return build_classifier(
-        plan.entry, weights_file=plan.weights_file, device=options.device, precision=options.precision,
+        plan.entry, weights_file=_as_written(plan), device=options.device, precision=options.precision,
         resize=options.resize, crop=options.crop, progress=progress,
     )  # fmt: skip
 
@@ -228,7 +255,7 @@ def load_translator(options: ModelOptions, *, progress: bool = True) -> Translat
 def build_translator(
     entry: Entry,
     *,
-    weights_file: Path | None = None,
+    weights_file: Path | str | None = None,
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = True,
@@ -249,7 +276,7 @@ def _load_translator(plan: Plan, progress: bool) -> Translator:
     options = plan.options
     assert plan.entry is not None
     return build_translator(
-        plan.entry, weights_file=plan.weights_file, device=options.device, precision=options.precision,
+        plan.entry, weights_file=_as_written(plan), device=options.device, precision=options.precision,
         progress=progress,
     )  # fmt: skip
 
@@ -259,10 +286,12 @@ __all__ = [
     "Plan",
     "build_classifier",
     "build_translator",
+    "catalog_entry",
     "load_classifier",
     "load_translator",
     "local_weights_file",
     "plan_classifier",
     "plan_translator",
     "resolve_entry",
+    "weights_file_or_cached",
 ]

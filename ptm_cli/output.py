@@ -30,6 +30,16 @@ def default_format(stream: IO[str]) -> str:
     return "table" if isatty is not None and isatty() else "jsonl"
 
 
+def human_size(size: int) -> str:
+    """``512 B``, ``12.3 kB``, ``170.5 MB``, ``1.2 GB`` (units of 1024, as torchvision and the catalog count)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def round_float(value: float, digits: int = 6) -> float:
     """Six significant digits: enough for any parity check, short to read."""
     if value == 0 or not math.isfinite(value):

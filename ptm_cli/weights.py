@@ -92,6 +92,13 @@ def cached_path(entry: Entry) -> Path:
     return cache_dir() / name
 
 
+def is_cached(entry: Entry) -> bool:
+    """Whether ``entry``'s file is in the cache (not checked against its hash)."""
+    if not entry.file_name or "/" in entry.file_name or entry.file_name.startswith("."):
+        return False
+    return (cache_dir() / entry.file_name).is_file()
+
+
 def download_url(entry: Entry) -> str | None:
     """The URL ``entry`` is fetched from: ``PTM_WEIGHTS_MIRROR/file_name`` when a mirror is set."""
     mirror = settings.weights_mirror()

@@ -31,22 +31,51 @@ def test_every_command_has_an_example_in_the_readme(path: str, command: click.Co
     assert re.search(re.escape(path) + r"\b", README), f"README has no example of `{path}`"
 
 
+def sections() -> dict[str, str]:
+    """README's level-2 sections (with their subsections), by heading."""
+    found: dict[str, str] = {}
+    heading = ""
+    for line in README.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+            found[heading] = ""
+        elif heading:
+            found[heading] += line + "\n"
+    return found
+
+
+def section_for(path: str) -> str:
+    """The section about a command: its own heading, or its group's (``ptm weights`` for ``ptm weights rm``)."""
+    words = path.split()
+    for length in range(len(words), 1, -1):
+        wanted = f"`{' '.join(words[:length])}`"
+        for heading, text in sections().items():
+            if wanted in heading:
+                return text
+    raise AssertionError(f"README has no section whose heading names `{path}` or its group")
+
+
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
-def test_every_option_is_documented(path: str, command: click.Command) -> None:
+def test_every_option_is_documented_in_its_commands_section(path: str, command: click.Command) -> None:
+    text = section_for(path)
     for param in command.params:
         if isinstance(param, click.Option):
             longest = max(param.opts, key=len)
             if longest in ("--help", "--version"):
                 continue
-            assert longest in README, f"README does not mention {longest} of `{path}`"
+            assert longest in text, f"the README section on `{path}` does not mention {longest}"
 
 
 def test_every_environment_variable_read_is_documented() -> None:
+    from ptm_cli.settings import VARIABLES
+
     used = set()
-    for source in (ROOT / "ptm_cli").glob("*.py"):
+    for source in (ROOT / "ptm_cli").rglob("*.py"):
         used.update(re.findall(r"\"(PTM_[A-Z_]+)\"", source.read_text(encoding="utf-8")))
-    missing = sorted(v for v in used if v not in README)
-    assert not missing, f"README does not document {missing}"
+    assert used <= {v.name for v in VARIABLES}, "a PTM_ variable is read that settings.VARIABLES does not list"
+    text = sections()["Environment variables"]
+    missing = sorted(v.name for v in VARIABLES if f"`{v.name}" not in text)
+    assert not missing, f"README's Environment variables section does not document {missing}"
 
 
 def test_the_two_commands_are_in_the_readme() -> None:

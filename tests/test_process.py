@@ -13,18 +13,37 @@ from helpers import ptm_process, save_weights
 from PIL import Image
 
 
-def test_help_and_version_import_no_torch() -> None:
+def _command_paths() -> list[list[str]]:
+    import click
+
+    from ptm_cli.cli import cli
+
+    def walk(group: click.Group, prefix: list[str]) -> list[list[str]]:
+        found = []
+        for name, command in group.commands.items():
+            found.append([*prefix, name])
+            if isinstance(command, click.Group):
+                found.extend(walk(command, [*prefix, name]))
+        return found
+
+    return walk(cli, [])
+
+
+def test_help_of_every_command_imports_no_torch() -> None:
+    paths = _command_paths()
+    assert len(paths) >= 20  # 7 top-level commands, 9 weights and 4 hub subcommands
     code = (
         "import sys\n"
         "from ptm_cli.cli import run\n"
-        "for argv in (['--help'], ['classify', '--help'], ['weights', '--help'], ['models', '--help']):\n"
-        "    assert run(argv) == 0\n"
+        f"for argv in [['--help'], *({[[*p, '--help'] for p in paths]!r})]:\n"
+        "    assert run(argv) == 0, argv\n"
         "heavy = [m for m in ('torch', 'torchvision', 'PIL', 'numpy', 'rich') if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY=\n" in out.stderr
-    assert "Usage: ptm classify" in out.stdout
+    for path in paths:
+        assert f"Usage: ptm {' '.join(path)} " in out.stdout
 
 
 def test_version() -> None:

@@ -21,9 +21,8 @@ def models(task: str | None, fmt: str | None) -> int:
       ptm models -t classify -f csv | sort -t, -k7 -n
     """
     from ..catalog import Catalog
-    from ..weights import cache_dir
+    from ..weights import is_cached
 
-    cache = cache_dir()
     columns = ["model", "weights", "task", "default", "params", "size_mib", "acc1", "acc5", "cached"]
     with stdout_is_data() as out, writer(out, fmt, columns=columns) as records:
         for entry in Catalog.load().entries(task):
@@ -37,7 +36,7 @@ def models(task: str | None, fmt: str | None) -> int:
                     "size_mib": entry.size_mb,
                     "acc1": entry.acc1,
                     "acc5": entry.acc5,
-                    "cached": bool(entry.file_name and (cache / entry.file_name).is_file()),
+                    "cached": is_cached(entry),
                 }
             )
     return EXIT_OK

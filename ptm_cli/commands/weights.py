@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_INPUT_FAILED, EXIT_OK, UsageError
+from ..errors import EXIT_INPUT_FAILED, EXIT_OK
 from .common import CONTEXT, note, stdout_is_data, writer
 from .options import format_option
 
@@ -23,9 +23,9 @@ def weights() -> None:
 
 
 def _entry(name: str, weights_name: str | None) -> Any:
-    from ..catalog import Catalog
+    from ..loading import catalog_entry
 
-    return Catalog.load().resolve(name, weights_name)
+    return catalog_entry(name, weights_name)
 
 
 weights_option = click.option("-w", "--weights", "weights_name", help="Weights variant (default: the model's default).")
@@ -72,13 +72,12 @@ def weights_download(name: str, weights_name: str | None) -> int:
 def weights_verify(name: str | None, weights_name: str | None, fmt: str | None) -> int:
     """Re-hash cached files (NAME's, or every cached one); exit 1 on any mismatch."""
     from ..catalog import Catalog
-    from ..weights import cached_path, verify
+    from ..weights import is_cached, verify
 
-    catalog = Catalog.load()
     if name is not None:
-        entries = [catalog.resolve(name, weights_name)]
+        entries = [_entry(name, weights_name)]
     else:
-        entries = [e for e in catalog.entries() if e.file_name and cached_path(e).is_file()]
+        entries = [e for e in Catalog.load().entries() if is_cached(e)]
     bad = 0
     with stdout_is_data() as out, writer(out, fmt, columns=["entry", "file", "status", "sha256"]) as records:
         for entry in entries:
@@ -143,22 +142,6 @@ def weights_rm(name: str, weights_name: str | None, forget_pin: bool) -> int:
     else:
         note(f"{entry.file_name} was not in the cache")
     return EXIT_OK
-
-
-def _weights_file_or_entry(target: str) -> Path:
-    """A FILE argument (an existing file, or anything spelled as a path), or the cached file of a catalog NAME."""
-    from ..loading import local_weights_file
-    from ..weights import cached_path
-
-    if Path(target).expanduser().is_file():
-        return Path(target).expanduser()
-    path = local_weights_file(target)  # a path that does not exist fails here, naming it
-    if path is not None:
-        return path
-    cached = cached_path(_entry(target, None))
-    if not cached.is_file():
-        raise UsageError(f"{target} is not downloaded yet; run `ptm weights download {target}` first")
-    return cached
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -228,10 +211,11 @@ def weights_inspect(target: str, fmt: str | None) -> int:
     """
     from ..architectures import match_architecture
     from ..catalog import Catalog
+    from ..loading import weights_file_or_cached
     from ..output import default_format
     from ..tensorio.inspection import inspect_file
 
-    inspection = inspect_file(_weights_file_or_entry(target))
+    inspection = inspect_file(weights_file_or_cached(target))
     summary = {**totals(inspection), "architecture": match_architecture(inspection, Catalog.load())}
     with stdout_is_data() as out:
         chosen = fmt or default_format(out)

@@ -1,0 +1,82 @@
+"""Environment variables: one place reads them, one rule per kind, one error for a value ptm cannot use."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import DATA, run_ptm
+
+from ptm_cli import settings
+from ptm_cli.errors import ConfigError
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on", " On "])
+@pytest.mark.parametrize("name", ["PTM_OFFLINE", "PTM_DEBUG"])
+def test_every_flag_takes_the_same_true_words(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, value)
+    assert settings.flag(name) is True
+
+
+@pytest.mark.parametrize("value", ["", "0", "false", "No", "off"])
+@pytest.mark.parametrize("name", ["PTM_OFFLINE", "PTM_DEBUG"])
+def test_every_flag_takes_the_same_false_words(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, value)
+    assert settings.flag(name) is False
+
+
+@pytest.mark.parametrize("name", ["PTM_OFFLINE", "PTM_DEBUG"])
+def test_a_flag_ptm_cannot_read_is_an_error_not_false(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the redesign: PTM_DEBUG=2 used to be silently false while PTM_OFFLINE=2 was an error."""
+    monkeypatch.setenv(name, "2")
+    with pytest.raises(ConfigError, match=rf"{name}='2' is not understood; set it to 1 or 0"):
+        settings.flag(name)
+
+
+def test_ptm_debug_on_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the redesign: PTM_DEBUG=on was ignored (only 1/true/yes counted there)."""
+    monkeypatch.setenv("PTM_DEBUG", "on")
+    monkeypatch.setenv("PTM_OFFLINE", "1")
+    result = run_ptm(["classify", "-m", "alexnet", str(DATA / "chelsea.png")])
+    assert result.code == 2
+    assert "Traceback" in result.stderr and "OfflineError" in result.stderr
+
+
+def test_an_unreadable_ptm_debug_stops_every_command_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTM_DEBUG", "2")
+    result = run_ptm(["models", "-f", "jsonl"])
+    assert result.code == 2 and result.stdout == ""
+    assert result.stderr == "ptm: error: PTM_DEBUG='2' is not understood; set it to 1 or 0 (or unset it)\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PTM_MAX_PIXELS", "lots"), ("PTM_MAX_PIXELS", "-5"), ("PTM_DOWNLOAD_TIMEOUT", "0"),
+     ("PTM_DOWNLOAD_TIMEOUT", "nan"), ("PTM_DOWNLOAD_RETRIES", "2.5")],
+)  # fmt: skip
+def test_numbers_must_be_positive(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, value)
+    getter = {"PTM_MAX_PIXELS": settings.max_pixels, "PTM_DOWNLOAD_TIMEOUT": settings.download_timeout,
+              "PTM_DOWNLOAD_RETRIES": settings.download_attempts}[name]  # fmt: skip
+    with pytest.raises(ConfigError, match=name):
+        getter()
+
+
+@pytest.mark.parametrize("name", ["PTM_MAX_PIXELS", "PTM_DOWNLOAD_TIMEOUT", "PTM_DOWNLOAD_RETRIES", "PTM_OFFLINE"])
+def test_doctor_reports_a_bad_value_and_exits_1(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(name, "garbage")
+    result = run_ptm(["doctor", "-f", "jsonl"])
+    assert result.code == 1
+    assert f"ptm: problem: {name}='garbage' is not" in result.stderr
+
+
+def test_doctor_masks_a_token_in_the_mirror_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTM_WEIGHTS_MIRROR", "https://user:pw@mirror.example/weights?token=s3cret")
+    result = run_ptm(["doctor", "-f", "json"])
+    assert "s3cret" not in result.stdout and "pw@" not in result.stdout
+    assert "https://***@mirror.example/weights?***" in result.stdout
+
+
+def test_tunables_are_attributes_of_one_object() -> None:
+    """Tests adjust settings.tuning; a misspelt knob must fail, not patch nothing."""
+    with pytest.raises(AttributeError):
+        settings.tuning.no_such_knob  # type: ignore[attr-defined]  # noqa: B018
+    assert settings.tuning.locking is True and settings.tuning.chunk_size == 1 << 20
