@@ -83,6 +83,7 @@ class Destination:
     directory: Path | None = None  # --output-dir
     suffix: str = ""
     image_format: str | None = None  # --format; else from the file name, else PNG
+    beside: bool = False  # next to each input: horse.jpg -> horse.zebra.png (suffix ".zebra")
 
     def path_for(self, item: ImageInput) -> Path | None:
         """The output file for ``item``; None means stdout."""
@@ -90,6 +91,10 @@ class Destination:
             return None
         if self.file is not None:
             return self.file
+        if self.beside:
+            if item.path is None:
+                raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")
+            return item.path.with_name(f"{item.path.stem or 'image'}{self.suffix}{self.extension}")
         assert self.directory is not None
         stem = "stdin" if item.name == "-" else Path(item.name).stem or "image"
         return self.directory / f"{stem}{self.suffix}{self.extension}"
@@ -106,14 +111,26 @@ class Destination:
 
 
 def make_destination(
-    output: str | None, output_dir: Path | None, suffix: str, image_format: str | None, n_inputs_hint: int
+    output: str | None,
+    output_dir: Path | None,
+    suffix: str,
+    image_format: str | None,
+    n_inputs_hint: int,
+    *,
+    beside_tag: str | None = None,
 ) -> Destination:
-    """Check ``-o``/``--output-dir``/``--format`` together; raise UsageError on a bad mix."""
+    """Check ``-o``/``--output-dir``/``--format`` together; raise UsageError on a bad mix.
+
+    With neither ``-o`` nor ``--output-dir``, each output goes next to its
+    input, named ``STEM{suffix or '.' + beside_tag}.png`` (``horse.zebra.png``).
+    """
     fmt = image_format_for("", image_format) if image_format else None
     if output is not None and output_dir is not None:
         raise UsageError("use either -o/--output or --output-dir, not both")
     if output is None and output_dir is None:
-        raise UsageError("say where the images go: -o FILE, -o - for stdout, or --output-dir DIR")
+        if beside_tag is None:
+            raise UsageError("say where the images go: -o FILE, -o - for stdout, or --output-dir DIR")
+        return Destination(beside=True, suffix=suffix or f".{beside_tag}", image_format=fmt)
     if output is not None:
         if n_inputs_hint != 1:
             raise UsageError("-o names one output file; for several inputs use --output-dir DIR")

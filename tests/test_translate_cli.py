@@ -49,6 +49,30 @@ def test_one_file_keeps_the_input_size(zebra: list[str], tmp_path: Path) -> None
     assert image_size(tmp_path / "out.png") == (67, 45)
 
 
+def test_without_an_output_the_zebra_goes_next_to_the_horse(zebra: list[str], tmp_path: Path) -> None:
+    horses = tmp_path / "horses"
+    horses.mkdir()
+    first, second = odd_image(horses / "horse.jpg"), odd_image(horses / "pony.png", (40, 30))
+    result = run_ptm([*zebra, str(first), str(second)])
+    assert result.code == 0, result.stderr
+    assert [r["output"] for r in result.records()] == [str(horses / "horse.zebra.png"), str(horses / "pony.zebra.png")]
+    assert image_size(horses / "horse.zebra.png") == (67, 45) and image_size(horses / "pony.zebra.png") == (40, 30)
+    # Never overwritten without --force: the second run says so and leaves the file alone.
+    before = (horses / "horse.zebra.png").read_bytes()
+    again = run_ptm([*zebra, str(first)])
+    assert again.code == 1 and "already exists; use --force" in again.records()[0]["error"]["message"]
+    assert (horses / "horse.zebra.png").read_bytes() == before
+    assert run_ptm([*zebra, str(first), "--force"]).code == 0
+
+
+def test_translate_names_the_output_after_the_model(generator_file: Path, tmp_path: Path) -> None:
+    source = odd_image(tmp_path / "summer.png")
+    result = run_ptm(["translate", "-m", "style_monet", "-w", str(generator_file), "--size", "32", str(source),
+                      "--format", "jpeg"])  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert result.records()[0]["output"] == str(tmp_path / "summer.style_monet.jpg")
+
+
 def test_stdin_to_stdout_is_a_valid_png_and_nothing_else(zebra: list[str], tmp_path: Path) -> None:
     data = (DATA / "rocket.jpg").read_bytes()
     result = run_ptm([*zebra, "-", "-o", "-"], stdin=data)
@@ -132,7 +156,7 @@ def test_translate_runs_any_translation_model(generator_file: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["zebra", "x.png"], "say where the images go"),
+        (["zebra", "-"], "no folder to write beside; give -o FILE or -o -"),
         (["zebra", "a.png", "b.png", "-o", "z.png"], "--output-dir"),
         (["zebra", "x.png", "-o", "z.xyz"], "--format"),
         (["zebra", "x.png", "-o", "z.png", "--format", "gif"], "cannot write"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
 from .options import device_option, input_options, precision_option
 
@@ -34,10 +35,12 @@ def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-w", "--weights", default="DEFAULT", show_default=True,
                      help="Weights variant, or the path of a local .pth/.safetensors/.h5 generator file."),
         click.option("-o", "--output", metavar="FILE|-",
-                     help="Output file for one input; '-' writes the image to stdout."),
+                     help="Output file for one input; '-' writes the image to stdout. Without -o or --output-dir, "
+                          "each output goes next to its input (horse.jpg -> horse.zebra.png)."),
         click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Directory for the outputs of several inputs (names keep the input's stem)."),
-        click.option("--suffix", default="", help="Added to each output's stem in --output-dir, e.g. _zebra."),
+        click.option("--suffix", default="",
+                     help="Added to each output's stem, e.g. _zebra (default next to the input: .zebra or .MODEL)."),
         click.option("--format", "image_format", metavar="FORMAT",
                      help="Image format to write (png, jpeg, webp, bmp, tiff); default: -o's extension, else png."),
         click.option("--size", default="256", show_default=True, type=SizeParam(),
@@ -67,7 +70,7 @@ def translate(model: str, **options: Any) -> int:
       ptm translate -m summer2winter_yosemite --output-dir winter/ --suffix _winter summer/*.jpg
       ptm translate -m apple2orange --size full --tile 384 apples.jpg -o oranges.png
     """
-    return run_translate(model, **options)
+    return run_translate(model, tag=model, **options)
 
 
 @click.command(context_settings=CONTEXT)
@@ -82,12 +85,13 @@ def zebra(**options: Any) -> int:
       ptm zebra --size full big-horse.jpg -o big-zebra.png
       ptm zebra --output-dir zebras/ --skip-existing horses/
     """
-    return run_translate("horse2zebra", **options)
+    return run_translate("horse2zebra", tag="zebra", **options)
 
 
 def run_translate(
     model: str,
     *,
+    tag: str,
     images: tuple[str, ...],
     weights: str,
     output: str | None,
@@ -109,7 +113,9 @@ def run_translate(
     plan = plan_translator(ModelOptions(model=model, weights=weights, device=device, precision=precision))
     inputs = image_inputs(images, recursive, files_from)
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
-    destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2)
+    destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2, beside_tag=tag)
+    if destination.beside and "-" in images:
+        raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")
     failed = count = 0
     with stdout_is_data() as out, Progress() as progress:
         translator = plan.load()
