@@ -6,6 +6,7 @@ from typing import IO, Any
 
 import click
 
+from . import completion
 from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
 from .options import device_option, format_option, input_options, precision_option
 
@@ -17,6 +18,7 @@ from .options import device_option, format_option, input_options, precision_opti
     "--model",
     default="resnet101",
     show_default=True,
+    shell_complete=completion.models("classify"),
     help="Model name (see `ptm models`), or hub:OWNER/NAME[:REF]/ENTRY or hub:./DIR/ENTRY for a torch.hub model.",
 )
 @click.option(
@@ -24,6 +26,7 @@ from .options import device_option, format_option, input_options, precision_opti
     "--weights",
     default="DEFAULT",
     show_default=True,
+    shell_complete=completion.weights,
     help="Weights variant (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), or the path of a local weights file.",
 )
 @click.option("-k", "--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per image.")

@@ -45,7 +45,8 @@ def precision_option(what: str) -> Decorator:
 
 
 input_options = _stack(
-    click.argument("images", nargs=-1),
+    # A path type only for the shell's sake: completion offers files; any text (and '-') is still accepted.
+    click.argument("images", nargs=-1, type=click.Path(allow_dash=True)),
     click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories."),
     click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin)."),
 )

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from . import completion
 from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
 from .options import device_option, input_options, precision_option
 
@@ -32,7 +33,7 @@ class SizeParam(click.ParamType):
 def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         input_options,
-        click.option("-w", "--weights", default="DEFAULT", show_default=True,
+        click.option("-w", "--weights", default="DEFAULT", show_default=True, shell_complete=completion.weights,
                      help="Weights variant, or the path of a local .pth/.safetensors/.h5 generator file."),
         click.option("-o", "--output", metavar="FILE|-",
                      help="Output file for one input; '-' writes the image to stdout. Without -o or --output-dir, "
@@ -59,7 +60,8 @@ def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-m", "--model", required=True, help="A translation model (see `ptm models --task translate`).")
+@click.option("-m", "--model", required=True, shell_complete=completion.models("translate"),
+              help="A translation model (see `ptm models --task translate`).")
 @translate_options
 def translate(model: str, **options: Any) -> int:
     """Turn IMAGES into new images with a CycleGAN generator, at the input's size.

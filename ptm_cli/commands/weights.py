@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_INPUT_FAILED, EXIT_OK
+from . import completion
 from .common import CONTEXT, note, stdout_is_data, writer
 from .options import format_option
 
@@ -28,7 +29,11 @@ def _entry(name: str, weights_name: str | None) -> Any:
     return catalog_entry(name, weights_name)
 
 
-weights_option = click.option("-w", "--weights", "weights_name", help="Weights variant (default: the model's default).")
+weights_option = click.option(
+    "-w", "--weights", "weights_name", shell_complete=completion.weights,
+    help="Weights variant (default: the model's default).",
+)  # fmt: skip
+name_argument = click.argument("name", shell_complete=completion.models())
 
 
 @weights.command("list", context_settings=CONTEXT)
@@ -52,7 +57,7 @@ def weights_list(fmt: str | None) -> int:
 
 
 @weights.command("download", context_settings=CONTEXT)
-@click.argument("name")
+@name_argument
 @weights_option
 def weights_download(name: str, weights_name: str | None) -> int:
     """Download and verify NAME's weights; print the file's path."""
@@ -93,7 +98,7 @@ def weights_verify(name: str | None, weights_name: str | None, fmt: str | None) 
 
 
 @weights.command("import", context_settings=CONTEXT)
-@click.argument("name")
+@name_argument
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @weights_option
 def weights_import(name: str, file: Path, weights_name: str | None) -> int:
@@ -108,7 +113,7 @@ def weights_import(name: str, file: Path, weights_name: str | None) -> int:
 
 
 @weights.command("path", context_settings=CONTEXT)
-@click.argument("name")
+@name_argument
 @weights_option
 def weights_path(name: str, weights_name: str | None) -> int:
     """Print where NAME's weights live in the cache; exit 1 if not there yet."""
@@ -125,7 +130,7 @@ def weights_path(name: str, weights_name: str | None) -> int:
 
 
 @weights.command("rm", context_settings=CONTEXT)
-@click.argument("name")
+@name_argument
 @weights_option
 @click.option(
     "--forget-pin",
