@@ -125,6 +125,22 @@ def _stdin_input(stdin: BinaryIO) -> ImageInput:
         return ImageInput(name="-", error=exc)
 
 
+def count_inputs(args: Iterable[str], *, recursive: bool = False, files_from: str | None = None) -> int | None:
+    """How many inputs ``expand_inputs`` will yield, or None when a stream decides (``--files-from -``).
+
+    Walks folders as ``expand_inputs`` does; meant for a progress bar's total, run beside the work.
+    """
+    if files_from == "-":
+        return None
+    total = 0
+    for arg in args:
+        path = Path(arg)
+        total += sum(1 for _ in iter_directory(path, recursive)) if arg != "-" and path.is_dir() else 1
+    if files_from is not None:
+        total += sum(1 for name in _read_list_file(files_from) if name.strip())
+    return total
+
+
 def _read_list_file(source: str) -> list[str]:
     """The paths in a --files-from file; bytes that are not UTF-8 survive as the OS would name them."""
     try:

@@ -8,7 +8,8 @@ import click
 
 from . import completion
 from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
-from .options import device_option, format_option, input_options, precision_option
+from .options import device_option, format_option, input_options, precision_option, quiet_option
+from .progress import RunProgress
 
 
 @click.command(context_settings=CONTEXT)
@@ -51,6 +52,7 @@ from .options import device_option, format_option, input_options, precision_opti
 @click.option("--labels", "labels_file", metavar="FILE", help="Class names for a hub: model, one per line.")
 @click.option("--trust-repo", is_flag=True, help="Run a hub: model's repository code without it being trusted first.")
 @click.option("--arg", "hub_args", multiple=True, metavar="KEY=VALUE", help="Argument for a hub: entry point.")
+@quiet_option
 def classify(
     images: tuple[str, ...],
     recursive: bool,
@@ -70,6 +72,7 @@ def classify(
     labels_file: str | None,
     trust_repo: bool,
     hub_args: tuple[str, ...],
+    quiet: bool,
 ) -> int:
     """Classify IMAGES (files, directories, or - for stdin) with an ImageNet model.
 
@@ -82,6 +85,7 @@ def classify(
       ptm classify -m hub:pytorch/vision:v0.10.0/resnet18 --arg pretrained=true dog.jpg
     """
     from ..classify import classify_images, to_record
+    from ..inputs import count_inputs
     from ..loading import ModelOptions, plan_classifier
 
     options = ModelOptions(
@@ -91,7 +95,8 @@ def classify(
     plan = plan_classifier(options)
     inputs = image_inputs(images, recursive, files_from)
     failed = count = 0
-    with stdout_is_data() as out:
+    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
+        progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
         classifier = plan.load()
         if compile_model:
             classifier.compile()
@@ -103,6 +108,7 @@ def classify(
                 records.write(to_record(result, classifier))
                 failed += not result.ok
                 count += 1
+                progress.advance(result.ok)
                 if count % batch_size == 0:
                     records.flush()
     return outcome(count, failed)

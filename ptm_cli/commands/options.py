@@ -50,3 +50,7 @@ input_options = _stack(
     click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories."),
     click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin)."),
 )
+
+quiet_option = click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bar on stderr (it shows only when stderr is a terminal)."
+)

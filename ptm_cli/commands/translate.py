@@ -12,7 +12,8 @@ import click
 from ..errors import UsageError
 from . import completion
 from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
-from .options import device_option, input_options, precision_option
+from .options import device_option, input_options, precision_option, quiet_option
+from .progress import RunProgress
 
 
 class SizeParam(click.ParamType):
@@ -53,6 +54,7 @@ def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         precision_option("the generator"),
         click.option("--force", is_flag=True, help="Overwrite existing output files."),
         click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file already exists."),
+        quiet_option,
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -108,8 +110,10 @@ def run_translate(
     skip_existing: bool,
     recursive: bool,
     files_from: str | None,
+    quiet: bool,
 ) -> int:
     from ..imagejobs import make_destination, run_image_jobs
+    from ..inputs import count_inputs
     from ..loading import ModelOptions, plan_translator
 
     plan = plan_translator(ModelOptions(model=model, weights=weights, device=device, precision=precision))
@@ -119,7 +123,8 @@ def run_translate(
     if destination.beside and "-" in images:
         raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")
     failed = count = 0
-    with stdout_is_data() as out, Progress() as progress:
+    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
+        progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
         translator = plan.load()
 
         def transform(image: Any) -> Any:
@@ -141,7 +146,7 @@ def run_translate(
             for record in jobs:
                 count += 1
                 failed += "error" in record
-                progress.file_done()
+                progress.advance("error" not in record)
                 if destination.stdout and "error" not in record:
                     continue  # stdout holds the image; nothing else may go there
                 records.write(record)
@@ -154,41 +159,3 @@ def _rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"input": record["input"], "error": f"{record['error']['type']}: {record['error']['message']}"}]
     size = record.get("size")
     return [{**record, "size": f"{size[0]}x{size[1]}" if size else "skipped"}]
-
-
-class Progress:
-    """A progress bar on stderr when it is a terminal; silent otherwise."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        self._files: Any = None
-
-    def __enter__(self) -> Progress:
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(console=Console(stderr=True), transient=True)
-            self._files = self._bar.add_task("images", total=None)  # inputs are read lazily
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def tiles(self, done: int, total: int) -> None:
-        if self._bar is None:
-            return
-        if self._task is None:
-            self._task = self._bar.add_task("tiles", total=total)
-        self._bar.update(self._task, completed=done, total=total)
-
-    def file_done(self) -> None:
-        if self._bar is None:
-            return
-        self._bar.advance(self._files)
-        if self._task is not None:
-            self._bar.remove_task(self._task)
-            self._task = None

@@ -1,0 +1,97 @@
+"""Progress on a real terminal: ptm runs under a pseudo-terminal and the screen is read back."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import DATA, TINY_TOML, informative_state_dict
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("progress")
+    torch.save(informative_state_dict(), folder / "tiny.pth")
+    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
+    (folder / "tiny.toml").write_text(TINY_TOML)
+    images = folder / "images"
+    images.mkdir()
+    for i in range(12):
+        (images / f"{i:02}.png").write_bytes((DATA / "coffee.png").read_bytes())
+    (images / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    return folder
+
+
+def run_on_terminal(args: list[str], env: dict[str, str], stderr_tty: bool) -> tuple[int, bytes, str]:
+    """Run ptm with stdout a pipe and stderr a pseudo-terminal (or a pipe); (code, stdout, what the screen got)."""
+    master, slave = pty.openpty() if stderr_tty else os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ptm_cli", *args], stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL,
+        env={**env, "COLUMNS": "120", "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal closed with the process
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif process.poll() is not None:
+                break
+        stdout = process.stdout.read() if process.stdout else b""
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+        if process.stdout:
+            process.stdout.close()
+        os.close(master)
+    return code, stdout, screen.decode(errors="replace")
+
+
+def test_classify_shows_a_bar_on_a_terminal_and_keeps_stdout_identical(photos: Path) -> None:
+    env = {**os.environ, "PTM_CATALOG": str(photos / "tiny.toml")}
+    args = ["classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "-f", "jsonl", "--batch-size", "2",
+            str(photos / "images")]  # fmt: skip
+    code, stdout, screen = run_on_terminal(args, env, stderr_tty=True)
+    assert code == 1  # the broken file
+    assert "images" in screen and "/13" in screen  # done of the total, counted from the folder
+    assert "1 failed" in screen
+    assert "img/s" in screen
+    plain_code, plain_stdout, plain_stderr = run_on_terminal(args, env, stderr_tty=False)
+    assert plain_code == 1 and plain_stdout == stdout  # byte for byte the same records
+    assert "img/s" not in plain_stderr  # no bar when stderr is not a terminal
+    quiet_code, quiet_stdout, quiet_screen = run_on_terminal([*args, "--quiet"], env, stderr_tty=True)
+    assert quiet_stdout == stdout and "img/s" not in quiet_screen
+
+
+def test_translate_shows_files_and_tiles(photos: Path, tmp_path: Path) -> None:
+    from ptm_cli.cyclegan import build_generator
+
+    torch.manual_seed(0)
+    torch.save(build_generator(ngf=8).state_dict(), tmp_path / "g.pth")
+    catalog = tmp_path / "gan.toml"
+    catalog.write_text('[[model]]\nname = "tinygan"\ntask = "translate"\narchitecture = "cyclegan_resnet9"\n'
+                       'builder_kwargs = { ngf = 8 }\n')  # fmt: skip
+    env = {**os.environ, "PTM_CATALOG": str(catalog)}
+    args = ["translate", "-m", "tinygan", "-w", str(tmp_path / "g.pth"), "--size", "full", "--tile", "64",
+            "--output-dir", str(tmp_path / "out"), str(photos / "images" / "00.png"), str(photos / "images" / "01.png")]
+    code, _, screen = run_on_terminal(args, env, stderr_tty=True)
+    assert code == 0, screen
+    assert "images" in screen and "2/2" in screen
+    assert "tiles" in screen
