@@ -77,7 +77,7 @@ def test_classify_shows_a_bar_on_a_terminal_and_keeps_stdout_identical(photos: P
     assert plain_code == 1 and plain_stdout == stdout  # byte for byte the same records
     assert "img/s" not in plain_stderr  # no bar when stderr is not a terminal
     quiet_code, quiet_stdout, quiet_screen = run_on_terminal([*args, "--quiet"], env, stderr_tty=True)
-    assert quiet_stdout == stdout and "img/s" not in quiet_screen
+    assert quiet_code == 1 and quiet_stdout == stdout and "img/s" not in quiet_screen
 
 
 def test_translate_shows_files_and_tiles(photos: Path, tmp_path: Path) -> None:
