@@ -185,10 +185,13 @@ def classify_images(
     batch_size: int = 8,
     workers: int = 2,
     full_decode: bool = False,
+    on_image: Callable[[ImageInput, Any], None] | None = None,
 ) -> Iterator[Classification]:
     """Classify ``inputs`` in batches; one result per input, in input order.
 
     ``full_decode`` turns off reduced-scale JPEG decoding (see `DRAFT_MARGIN`).
+    ``on_image(item, image)`` sees each decoded RGB image (in a decoding
+    thread, before preprocessing), e.g. to keep a thumbnail for a report.
     """
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
@@ -202,7 +205,13 @@ def classify_images(
         from .transforms import preprocess as run_preprocess
 
         try:
-            return run_preprocess(item.open(min_short_side=min_short_side), preprocess)
+            image = item.open(min_short_side=min_short_side)
+        except InputError as exc:
+            return exc
+        if on_image is not None:
+            on_image(item, image)
+        try:
+            return run_preprocess(image, preprocess)
         except InputError as exc:
             return exc
 

@@ -26,10 +26,12 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("cache, inputs and networks", {"weights", "inputs", "cyclegan"}),
     ("registry", {"architectures"}),
     ("engines", {"classify", "translate", "imagejobs"}),
+    ("results page", {"report"}),
     ("hub", {"hub", "hub.repos", "hub.trust", "hub.sandbox", "hub.classifier"}),
     ("ready models", {"loading", "doctor"}),
     ("commands", {"commands", "commands.common", "commands.options", "commands.classify", "commands.translate",
-                  "commands.models", "commands.weights", "commands.hub", "commands.doctor"}),
+                  "commands.models", "commands.weights", "commands.hub", "commands.doctor", "commands.completion",
+                  "commands.progress"}),
     ("the command line", {"cli"}),
     ("entry points", {"__main__", ""}),
 ]  # fmt: skip

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from . import completion
-from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
-from .options import device_option, format_option, input_options, precision_option, quiet_option
+from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
+from .options import device_option, format_option, input_options, precision_option, quiet_option, report_option
 from .progress import RunProgress
 
 
@@ -53,6 +54,7 @@ from .progress import RunProgress
 @click.option("--trust-repo", is_flag=True, help="Run a hub: model's repository code without it being trusted first.")
 @click.option("--arg", "hub_args", multiple=True, metavar="KEY=VALUE", help="Argument for a hub: entry point.")
 @quiet_option
+@report_option
 def classify(
     images: tuple[str, ...],
     recursive: bool,
@@ -73,6 +75,7 @@ def classify(
     trust_repo: bool,
     hub_args: tuple[str, ...],
     quiet: bool,
+    report_path: str | None,
 ) -> int:
     """Classify IMAGES (files, directories, or - for stdin) with an ImageNet model.
 
@@ -94,24 +97,56 @@ def classify(
     )  # fmt: skip
     plan = plan_classifier(options)
     inputs = image_inputs(images, recursive, files_from)
+    report = None
+    if report_path is not None:
+        from ..report import check_destination
+
+        check_destination(Path(report_path))
     failed = count = 0
     with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
         progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
         classifier = plan.load()
         if compile_model:
             classifier.compile()
+        if report_path is not None:
+            report = _classify_report(classifier, top_k)
         results = classify_images(
-            inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode
-        )
+            inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode,
+            on_image=None if report is None else lambda item, image: report.keep_thumbnail(item.name, image),
+        )  # fmt: skip
         with classify_writer(out, fmt) as records:
             for result in results:
-                records.write(to_record(result, classifier))
+                record = to_record(result, classifier)
+                records.write(record)
+                if report is not None:
+                    report.add(record)
                 failed += not result.ok
                 count += 1
                 progress.advance(result.ok)
                 if count % batch_size == 0:
                     records.flush()
+    if report is not None and report_path is not None:
+        report.write(Path(report_path))
+        note(f"wrote the report {report_path}")
     return outcome(count, failed)
+
+
+def _classify_report(classifier: Any, top_k: int) -> Any:
+    from ..report import Report
+
+    p = classifier.preprocess
+    steps = [f"resize {p.resize}" if p.resize else "", f"crop {p.crop}" if p.crop else "", p.interpolation]
+    return Report(
+        "classify",
+        {
+            "model": classifier.entry.model,
+            "weights": classifier.weights_label,
+            "preprocessing": ", ".join(x for x in steps if x),
+            "top-k": top_k,
+            "device": str(classifier.device),
+            "precision": classifier.precision.name,
+        },
+    )
 
 
 def classify_writer(out: IO[str], fmt: str | None) -> Any:

@@ -54,3 +54,11 @@ input_options = _stack(
 quiet_option = click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar on stderr (it shows only when stderr is a terminal)."
 )
+
+report_option = click.option(
+    "--report",
+    "report_path",
+    metavar="FILE.html",
+    type=click.Path(dir_okay=False, allow_dash=False),
+    help="Also write a self-contained HTML page of the results with thumbnails (no network needed to view it).",
+)

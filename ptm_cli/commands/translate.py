@@ -11,8 +11,8 @@ import click
 
 from ..errors import UsageError
 from . import completion
-from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
-from .options import device_option, input_options, precision_option, quiet_option
+from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
+from .options import device_option, input_options, precision_option, quiet_option, report_option
 from .progress import RunProgress
 
 
@@ -55,6 +55,7 @@ def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--force", is_flag=True, help="Overwrite existing output files."),
         click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file already exists."),
         quiet_option,
+        report_option,
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -111,6 +112,7 @@ def run_translate(
     recursive: bool,
     files_from: str | None,
     quiet: bool,
+    report_path: str | None,
 ) -> int:
     from ..imagejobs import make_destination, run_image_jobs
     from ..inputs import count_inputs
@@ -122,13 +124,30 @@ def run_translate(
     destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2, beside_tag=tag)
     if destination.beside and "-" in images:
         raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")
+    if report_path is not None:
+        from ..report import check_destination
+
+        check_destination(Path(report_path))
+    report: Any = None
+    pending: list[Any] = []  # (input, output) of the image whose record comes next
     failed = count = 0
     with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
         progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
         translator = plan.load()
+        if report_path is not None:
+            from ..report import Report
+
+            report = Report("translate", {
+                "model": translator.entry.model, "weights": translator.weights_label, "size": str(size),
+                "tile": tile if size == "full" else None, "device": str(translator.device),
+                "precision": translator.precision.name,
+            })  # fmt: skip
 
         def transform(image: Any) -> Any:
-            return translator.translate(image, size=size, tile=tile, on_tile=progress.tiles)
+            result = translator.translate(image, size=size, tile=tile, on_tile=progress.tiles)
+            if report is not None:
+                pending[:] = [image, result]
+            return result
 
         def describe() -> dict[str, Any]:
             return {"model": translator.entry.model, "weights": translator.weights_label}
@@ -147,10 +166,20 @@ def run_translate(
                 count += 1
                 failed += "error" in record
                 progress.advance("error" not in record)
+                if report is not None:
+                    if pending and "error" not in record and not record.get("skipped"):
+                        report.keep_thumbnail(record["input"], pending[0])
+                        report.add(record, output_image=pending[1])
+                    else:
+                        report.add(record)
+                    pending.clear()
                 if destination.stdout and "error" not in record:
                     continue  # stdout holds the image; nothing else may go there
                 records.write(record)
                 records.flush()
+    if report is not None and report_path is not None:
+        report.write(Path(report_path))
+        note(f"wrote the report {report_path}")
     return outcome(count, failed)
 
 
