@@ -250,6 +250,11 @@ class Catalog:
     def _lower_names(self) -> dict[str, str]:
         return {m.lower(): m for m in self._by_model}
 
+    def variants(self, model: str) -> list[str]:
+        """The weights names of ``model`` (any case; ``MODEL:WEIGHTS`` accepted), [] for an unknown model."""
+        name = self._lower_names.get(model.split(":", 1)[0].lower())
+        return list(self._by_model[name]) if name else []
+
     def resolve(self, model: str, weights: str | None = None, *, task: str | None = None) -> Entry:
         """The entry for ``model`` (``name`` or ``name:WEIGHTS``) and weights name.
 

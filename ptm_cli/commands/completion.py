@@ -41,8 +41,9 @@ def weights(ctx: Any, param: Any, incomplete: str) -> list[CompletionItem]:
         return [CompletionItem(incomplete, type="file")]
     model = ctx.params.get("model") or ctx.params.get("name") or "resnet101"
     try:
-        entry = _catalog().resolve(str(model).split(":", 1)[0])
-        variants = [e.weights for e in _catalog().entries() if e.model == entry.model]
-    except Exception:
+        variants = _catalog().variants(str(model))
+    except Exception:  # a broken user catalog must not break the shell
+        variants = []
+    if not variants:
         return [CompletionItem(incomplete, type="file")]
     return [CompletionItem(v) for v in ["DEFAULT", *variants] if v.upper().startswith(incomplete.upper())]
