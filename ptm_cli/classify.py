@@ -185,10 +185,13 @@ def classify_images(
     batch_size: int = 8,
     workers: int = 2,
     full_decode: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> Iterator[Classification]:
     """Classify ``inputs`` in batches; one result per input, in input order.
 
     ``full_decode`` turns off reduced-scale JPEG decoding (see `DRAFT_MARGIN`).
+    ``on_note(message)`` hears about images that load with a caveat (a damaged
+    colour profile); it may be called from the decoding threads.
     """
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
@@ -202,7 +205,7 @@ def classify_images(
         from .transforms import preprocess as run_preprocess
 
         try:
-            return run_preprocess(item.open(min_short_side=min_short_side), preprocess)
+            return run_preprocess(item.open(min_short_side=min_short_side, on_note=on_note), preprocess)
         except InputError as exc:
             return exc
 

@@ -6,7 +6,7 @@ from typing import IO, Any
 
 import click
 
-from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
+from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
 from .options import device_option, format_option, input_options, precision_option
 
 
@@ -93,8 +93,9 @@ def classify(
         if compile_model:
             classifier.compile()
         results = classify_images(
-            inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode
-        )
+            inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode,
+            on_note=note,
+        )  # fmt: skip
         with classify_writer(out, fmt) as records:
             for result in results:
                 records.write(to_record(result, classifier))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import CONTEXT, image_inputs, outcome, stdout_is_data, writer
+from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
 from .options import device_option, input_options, precision_option
 
 
@@ -127,7 +127,7 @@ def run_translate(
             binary.flush()
 
         jobs = run_image_jobs(inputs, transform, destination, force=force, skip_existing=skip_existing,
-                              describe=describe, emit_bytes=emit)  # fmt: skip
+                              describe=describe, emit_bytes=emit, on_note=progress.note)  # fmt: skip
         with writer(sys.stderr if destination.stdout else out, None,
                     columns=["input", "output", "size", "seconds", "error"], flatten=_rows) as records:  # fmt: skip
             for record in jobs:
@@ -176,6 +176,13 @@ class Progress:
         if self._task is None:
             self._task = self._bar.add_task("tiles", total=total)
         self._bar.update(self._task, completed=done, total=total)
+
+    def note(self, message: str) -> None:
+        """A note for people, printed above the bar while it is shown."""
+        if self._bar is None:
+            note(message)
+        else:
+            self._bar.console.print(f"ptm: {message}", markup=False, highlight=False)
 
     def file_done(self) -> None:
         if self._bar is None:
