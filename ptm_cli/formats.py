@@ -159,12 +159,38 @@ def container_kind(head: bytes) -> str | None:
 _BOX_CONTAINERS = {b"meta": 4, b"iprp": 0, b"ipco": 0}  # header bytes to skip inside each (meta is a full box)
 
 
-def declared_sizes(data: bytes) -> list[tuple[int, int]]:
-    """Every image size (``ispe`` property) an ISO media file declares in its leading bytes.
+_MAX_META_BYTES = 4 << 20  # a phone's meta box is a few kB; item properties never need more
+_MAX_TOP_LEVEL_BOXES = 64
 
-    A bounded walk over the boxes in ``data`` (the caller passes at most a
-    few hundred kB); damaged boxes end the walk rather than raise.
+
+def declared_sizes(stream: IO[bytes]) -> list[tuple[int, int]]:
+    """Every image size (``ispe`` property) an ISO media file declares, wherever its ``meta`` box is.
+
+    Walks the top-level boxes by their sizes (seeking over ``mdat``, which
+    some encoders put first) and reads at most 4 MiB of ``meta``; damaged
+    boxes end the walk rather than raise. Leaves the stream at 0.
     """
+    try:
+        at = 0
+        for _ in range(_MAX_TOP_LEVEL_BOXES):
+            header = _read_at(stream, at, 16)
+            if len(header) < 8:
+                break
+            size, kind = struct.unpack(">I4s", header[:8])
+            if size == 1 and len(header) == 16:
+                size = struct.unpack(">Q", header[8:16])[0]
+            if kind == b"meta":
+                return _ispe_sizes(_read_at(stream, at, min(size or _MAX_META_BYTES, _MAX_META_BYTES)))
+            if size < 8:
+                break  # 0 means "to the end of the file": nothing follows
+            at += size
+        return []
+    finally:
+        stream.seek(0)
+
+
+def _ispe_sizes(data: bytes) -> list[tuple[int, int]]:
+    """The ``ispe`` properties inside ``data`` (boxes starting at 0), by a bounded walk."""
     sizes: list[tuple[int, int]] = []
     stack = [(0, len(data))]
     visited = 0

@@ -65,8 +65,6 @@ _ACCEPTED = ", ".join(sorted(ALLOWED_FORMATS - {"MPO"}))
 
 # How many leading bytes name a format; DICOM puts its magic at offset 128.
 _SNIFF_BYTES = 1024
-# How much of an AVIF/HEIF file is searched for the image sizes it declares.
-_CONTAINER_HEADER_BYTES = 256 * 1024
 
 
 # --- limits ------------------------------------------------------------------
@@ -348,11 +346,10 @@ def _check_container(stream: IO[bytes], kind: str, name: str, limit: int) -> Non
             f"{name} is an AVIF image and this Pillow has no AVIF decoder; upgrade Pillow (pip install -U pillow)."
         )
     try:
-        header = stream.read(_CONTAINER_HEADER_BYTES)
-        stream.seek(0)
+        declared = formats.declared_sizes(stream)
     except OSError as exc:
         raise InputNotFound(f"{name} cannot be read ({_reason(exc)}).") from None
-    for size in formats.declared_sizes(header):
+    for size in declared:
         _check_pixel_count(size, limit, name)
 
 

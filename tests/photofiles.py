@@ -156,6 +156,7 @@ def camera_raw(
     thumbnail: Any = None,
     make: str = "ptm",
     dng: bool = True,
+    orientation: int = 1,
 ) -> bytes:
     """A RAW file whose RGGB mosaic holds one level per colour (white level 4095).
 
@@ -177,7 +178,7 @@ def camera_raw(
         (279, LONG, [len(mosaic)]), (284, SHORT, [1]), (33421, SHORT, [2, 2]), (33422, BYTE, [0, 1, 1, 2]),
         (50717, LONG, [RAW_WHITE]),
     ]  # fmt: skip
-    common: list[Entry] = [(271, ASCII, make), (272, ASCII, "test camera")]
+    common: list[Entry] = [(271, ASCII, make), (272, ASCII, "test camera"), (274, SHORT, [orientation])]
     if dng:
         common += [
             (50706, BYTE, [1, 4, 0, 0]), (50708, ASCII, f"{make} test camera"),

@@ -199,6 +199,21 @@ def test_heic_declaring_a_huge_size_is_refused_from_its_header(width: int, heigh
         load_image(data, name="bomb.heic")
 
 
+def box(kind: bytes, body: bytes, full: bool = False) -> bytes:
+    payload = (b"\x00" * 4 if full else b"") + body
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+@pytest.mark.parametrize("kind", [pytest.param(b"heic", marks=needs_heif), pytest.param(b"avif", marks=needs_avif)])
+def test_sizes_are_found_wherever_the_meta_box_is(kind: bytes) -> None:
+    """Some encoders write the pixel data (mdat) first: the size check walks past it, without reading it."""
+    ispe = box(b"ispe", struct.pack(">II", 30000, 30000), full=True)
+    meta = box(b"meta", box(b"hdlr", b"\x00" * 24, full=True) + box(b"iprp", box(b"ipco", ispe)), full=True)
+    data = box(b"ftyp", kind + b"\x00\x00\x00\x00mif1" + kind) + box(b"mdat", b"\x00" * 600_000) + meta
+    with pytest.raises(ImageTooLarge, match="30000x30000"):
+        load_image(data, name="late-meta")
+
+
 @needs_heif
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.99])
 def test_truncated_heic_is_unreadable(fraction: float) -> None:
@@ -370,6 +385,12 @@ def test_dng_is_developed_by_libraw_with_the_extra(thumbnail: Image.Image | None
     assert (fmt, image.mode, image.size) == ("DNG", "RGB", (64, 48))  # the full image, not the 16x12 preview
     for xy in [(32, 24), (10, 10), (60, 40)]:
         assert close(image.getpixel(xy), EXPECTED), image.getpixel(xy)  # type: ignore[arg-type]
+
+
+@needs_rawpy
+def test_raw_orientation_is_applied_once() -> None:
+    image = load_image(camera_raw(64, 48, LEVELS, thumbnail=GREEN_THUMB, orientation=6))
+    assert image.size == (48, 64)
 
 
 @needs_rawpy
