@@ -590,6 +590,17 @@ def test_damaged_profile_is_a_note_on_stderr_and_the_run_succeeds(
     assert len(result.records()) == 1 and "predictions" in result.records()[0]
 
 
+def test_extra_formats_setting_is_read_like_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptm_cli import settings
+
+    monkeypatch.setenv("PTM_EXTRA_FORMATS", " tga, PCX  sgi,")
+    assert settings.extra_formats() == {"TGA", "PCX", "SGI"}
+    assert settings.check_all() == []
+    monkeypatch.setenv("PTM_EXTRA_FORMATS", "tga/pcx")
+    (problem,) = settings.check_all()
+    assert problem.startswith("PTM_EXTRA_FORMATS='tga/pcx' is not understood")
+
+
 def test_bad_extra_formats_setting_is_exit_2(tiny_catalog: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     catalog, weights = tiny_catalog
     monkeypatch.setenv("PTM_CATALOG", str(catalog))
