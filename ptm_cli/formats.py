@@ -126,6 +126,25 @@ def enable_heif() -> bool:
     return True
 
 
+def support() -> dict[str, object]:
+    """What this installation opens, for ``ptm doctor``: formats, and the optional decoders' versions."""
+    from PIL import features
+
+    heif = enable_heif()
+    try:
+        rawpy = importlib.import_module("rawpy")
+        raw: str | None = f"rawpy {rawpy.__version__} (LibRaw {'.'.join(map(str, rawpy.libraw_version))})"
+    except ImportError:
+        raw = None
+    return {
+        "formats": sorted(set(open_order()) | ({"HEIF"} if heif else set())),
+        "avif": f"libavif {features.version('avif')}" if avif_available() else None,
+        "heif": f"pillow-heif {importlib.import_module('pillow_heif').__version__}" if heif else None,
+        "raw": raw,
+        "colour_profiles": f"LittleCMS {features.version('littlecms2')}" if features.check("littlecms2") else None,
+    }
+
+
 def avif_available() -> bool:
     return "AVIF" in _default_available()
 
@@ -396,8 +415,10 @@ def decode_camera_raw(
                 output_color=rawpy.ColorSpace.sRGB,
             )  # fmt: skip
     except rawpy.LibRawError as exc:
+        detail = exc.args[0] if exc.args else exc
+        reason = detail.decode(errors="replace") if isinstance(detail, bytes) else first_line(exc, 120)
         raise UnreadableImage(
-            f"{name} is a camera RAW file ({kind}) that LibRaw could not decode ({first_line(exc, 120)}); "
+            f"{name} is a camera RAW file ({kind}) that LibRaw could not decode ({reason}); "
             "it is probably corrupt, or too new for the installed rawpy."
         ) from None
     except MemoryError:

@@ -401,8 +401,12 @@ def test_raw_size_is_checked_before_developing() -> None:
 
 @needs_rawpy
 def test_damaged_raw_with_the_extra_is_unreadable() -> None:
-    with pytest.raises(UnreadableImage, match=r"camera RAW file \(Olympus ORF\) that LibRaw could not decode"):
-        load_image(b"IIRO\x08\x00\x00\x00" + b"\x00" * 64)
+    with pytest.raises(UnreadableImage) as info:
+        load_image(b"IIRO\x08\x00\x00\x00" + b"\x00" * 64, name="shot.orf")
+    assert str(info.value) == (
+        "shot.orf is a camera RAW file (Olympus ORF) that LibRaw could not decode (Unsupported file format or not "
+        "RAW file); it is probably corrupt, or too new for the installed rawpy."
+    )
 
 
 def test_folder_walks_pick_up_phone_and_raw_files(tmp_path: Path) -> None:
@@ -608,3 +612,18 @@ def test_bad_extra_formats_setting_is_exit_2(tiny_catalog: tuple[Path, Path], mo
     result = run_ptm(["classify", "-m", "tiny", "-w", str(weights), str(DATA / "coffee.png")])
     assert result.code == 2
     assert "PTM_EXTRA_FORMATS names NOPE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_doctor_says_which_formats_and_decoders_are_here(without: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptm_cli import doctor
+
+    report = doctor.collect()["images"]
+    assert {"JPEG", "PNG", "TIFF"} <= set(report["formats"])
+    assert ("AVIF" in report["formats"]) == HAS_AVIF and ("HEIF" in report["formats"]) == HAS_HEIF
+    assert (report["raw"] is not None) == HAS_RAWPY
+    without("pillow_heif")  # type: ignore[operator]
+    monkeypatch.setitem(sys.modules, "rawpy", None)
+    monkeypatch.setenv("PTM_EXTRA_FORMATS", "tga")
+    report = doctor.collect()["images"]
+    assert report["heif"] is None and report["raw"] is None
+    assert "HEIF" not in report["formats"] and "TGA" in report["formats"]
