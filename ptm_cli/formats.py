@@ -423,4 +423,9 @@ def decode_camera_raw(
         ) from None
     except MemoryError:
         raise UnreadableImage(f"{name} could not be decoded (not enough memory).") from None
+    if pixels.ndim == 3 and pixels.shape[2] == 1:  # a monochrome sensor (or a mosaic LibRaw reads as one)
+        return Image.fromarray(pixels[:, :, 0]).convert("RGB")
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise UnreadableImage(f"{name} is a camera RAW file ({kind}) that LibRaw developed into {pixels.shape} "
+                              "values instead of an RGB picture; it is probably corrupt.")  # fmt: skip
     return Image.fromarray(pixels)

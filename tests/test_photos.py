@@ -388,6 +388,16 @@ def test_dng_is_developed_by_libraw_with_the_extra(thumbnail: Image.Image | None
 
 
 @needs_rawpy
+def test_a_raw_that_develops_to_one_channel_loads_as_grey() -> None:
+    """Found by the fuzzer: one byte inserted into a DNG's tags leaves a one-colour mosaic (as a monochrome
+    camera's is); LibRaw develops it into one channel, which used to escape as a TypeError."""
+    data = camera_raw(32, 32, (3000, 2000, 1000), thumbnail=Image.new("RGB", (6, 4), "green"))
+    image = load_image(data[:326] + b"\x00" + data[326:])
+    assert image.mode == "RGB" and image.size == (32, 32)
+    assert all(len(set(image.getpixel(xy))) == 1 for xy in [(0, 0), (16, 16), (31, 31)])  # type: ignore[arg-type]
+
+
+@needs_rawpy
 def test_raw_orientation_is_applied_once() -> None:
     image = load_image(camera_raw(64, 48, LEVELS, thumbnail=GREEN_THUMB, orientation=6))
     assert image.size == (48, 64)
