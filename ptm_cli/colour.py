@@ -116,9 +116,9 @@ def _apply_profile(
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
         _notify(f"{name}: its colour profile is damaged ({_reason(exc)}); its colours are used as sRGB", on_note)
         return rgb
+    if space == "RGB" and description in _SRGB_NAMES:
+        return rgb  # already sRGB (grey images are sometimes tagged so too)
     if space == "RGB" and image.mode in _RGB_MODES:
-        if description in _SRGB_NAMES:
-            return rgb
         pixels, in_mode = rgb, "RGB"
     elif space == "GRAY" and image.mode in _GRAY_MODES:
         pixels, in_mode = rgb.convert("L"), "L"  # to_rgb made R = G = B: nothing is lost

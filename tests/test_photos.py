@@ -292,6 +292,10 @@ def test_profile_applies_in_jpeg_and_with_transparency() -> None:
 def test_an_srgb_profile_leaves_pixels_alone() -> None:
     pixels = strip((200, 100, 50), (1, 2, 3))
     assert row(load_image(tagged(pixels, srgb_profile()))) == row(pixels)
+    grey = Image.new("L", (2, 1), 77)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an sRGB profile on grey pixels is harmless: no note
+        assert row(load_image(tagged(grey, srgb_profile()))) == [(77, 77, 77)] * 2
 
 
 @pytest.mark.parametrize(
