@@ -186,12 +186,15 @@ def classify_images(
     workers: int = 2,
     full_decode: bool = False,
     on_image: Callable[[ImageInput, Any], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Iterator[Classification]:
     """Classify ``inputs`` in batches; one result per input, in input order.
 
     ``full_decode`` turns off reduced-scale JPEG decoding (see `DRAFT_MARGIN`).
     ``on_image(item, image)`` sees each decoded RGB image (in a decoding
     thread, before preprocessing), e.g. to keep a thumbnail for a report.
+    ``on_note(message)`` hears about images that load with a caveat (a damaged
+    colour profile); it may be called from the decoding threads.
     """
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
@@ -205,7 +208,7 @@ def classify_images(
         from .transforms import preprocess as run_preprocess
 
         try:
-            image = item.open(min_short_side=min_short_side)
+            image = item.open(min_short_side=min_short_side, on_note=on_note)
         except InputError as exc:
             return exc
         if on_image is not None:

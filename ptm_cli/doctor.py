@@ -423,6 +423,12 @@ def diagnose(report: dict[str, Any]) -> tuple[list[str], list[str]]:
 # --- the report -------------------------------------------------------------------------------------------
 
 
+def _images() -> dict[str, Any]:
+    from .formats import support
+
+    return support()
+
+
 def collect() -> dict[str, Any]:
     """Everything ``ptm doctor`` reports, as plain JSON types; never raises for a broken environment."""
     sections: dict[str, Any] = {
@@ -438,6 +444,7 @@ def collect() -> dict[str, Any]:
     sections["torch"] = _probe(_torch_info) if torch_ok else skipped
     sections["cuda"] = _probe(_cuda) if torch_ok else skipped
     sections["mps"] = _probe(_mps) if torch_ok else skipped
+    sections["images"] = _probe(_images)
     sections["cache"] = _probe(_cache)
     sections["hub"] = _probe(_hub)
     catalog = _probe(_catalog)

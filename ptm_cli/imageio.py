@@ -1,51 +1,56 @@
 """Opening images safely: one module owns every decision about which bytes become pixels.
 
 :func:`load_image` opens a path, ``bytes`` or binary file object, accepts only
-the formats in :data:`ALLOWED_FORMATS`, refuses decompression bombs before any
-pixel is decoded, decodes fully so that corrupt or truncated files fail here,
-applies the EXIF orientation, keeps only the first frame of animations and
-converts every Pillow mode to 8-bit RGB (:func:`to_rgb`). Every failure is one
-of the :mod:`ptm_cli.errors` classes with a one-sentence message naming the
-input; Pillow's own exceptions and warnings never reach the user.
+the formats :mod:`ptm_cli.formats` allows (recognised from the bytes, never
+the name), refuses decompression bombs before any pixel is decoded, decodes
+fully so that corrupt or truncated files fail here, applies the EXIF
+orientation, keeps only the first frame of animations (the primary image of
+a HEIF file), develops camera RAW files with LibRaw when the ``raw`` extra is
+installed (and never opens their embedded preview instead), and converts
+every Pillow mode and colour profile to 8-bit sRGB (:mod:`ptm_cli.colour`).
+Every failure is one of the :mod:`ptm_cli.errors` classes with a
+one-sentence message naming the input; Pillow's own exceptions and warnings
+never reach the user.
 
 Decisions callers may rely on:
 
 * The pixel limit is ``max_pixels`` if given, else ``$PTM_MAX_PIXELS``, else
   :data:`DEFAULT_MAX_PIXELS` (twice Pillow's default ``MAX_IMAGE_PIXELS``, the
   size at which Pillow itself refuses to open an image). It is checked
-  against the size in the file header, before decoding.
+  against the size in the file header, before decoding; for AVIF and HEIF
+  against every image size the container declares, before their decoders
+  parse it.
+* A file in a format Pillow reads but ptm does not accept is
+  ``UnsupportedFormat`` naming the format; only bytes no reader recognises
+  are ``UnreadableImage``.
 * Transparent pixels are composited onto white.
-* 16-bit grayscale (``I;16*``) and 32-bit integer (``I``) images are read as
-  0..65535 and scaled to 0..255 by ``round(v / 257)`` (values outside the
-  range are clipped first); ``F`` images whose finite values are all <= 1.0
-  are read as 0..1 and multiplied by 255, otherwise as 0..255; both are then
-  rounded and clipped to 0..255, and NaN becomes 0.
 
 numpy is imported only by the conversions that need it; torch never.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import math
 import os
 import struct
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import IO
 
 from PIL import Image
 
-from . import settings
+from . import formats, settings
+from .colour import ImageNote, NoteCallback, srgb_pixels, to_rgb
 from .errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat, first_line
+from .formats import ALLOWED_FORMATS
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "ImageNote",
     "ImageSource",
     "load_image",
     "load_image_with_format",
@@ -56,98 +61,10 @@ __all__ = [
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
 """What :func:`load_image` reads: a path, the encoded bytes, or a binary file."""
 
-# --- formats ---------------------------------------------------------------
-
-ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM"})
-"""Pillow format names ptm opens (``Image.format`` of what it returns).
-
-MPO is what Pillow calls the multi-picture JPEGs many phones write.  TGA is
-left out because it has no magic number, so Pillow would try to parse any
-unrecognised bytes as TGA; ICO because Pillow decodes it while merely opening.
-"""
-
-# The order Pillow tries plugins in; MPO is reached through the JPEG plugin.
-_OPEN_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
-_PLUGIN_MODULES = (
-    "JpegImagePlugin",
-    "MpoImagePlugin",
-    "PngImagePlugin",
-    "WebPImagePlugin",
-    "GifImagePlugin",
-    "BmpImagePlugin",
-    "TiffImagePlugin",
-    "PpmImagePlugin",
-)
-_ACCEPTED = ", ".join(sorted(ALLOWED_FORMATS))
+_ACCEPTED = ", ".join(sorted(ALLOWED_FORMATS - {"MPO"}))
 
 # How many leading bytes name a format; DICOM puts its magic at offset 128.
 _SNIFF_BYTES = 1024
-
-
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
-
-
-def _is_heif(head: bytes) -> bool:
-    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
-
-
-def _is_svg(head: bytes) -> bool:
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text)
-
-
-# Formats users plausibly feed ptm by mistake, named so the error can say
-# "this is a PDF" instead of "this is garbage".
-_UNSUPPORTED_SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
-    ("PDF", lambda h: h.startswith(b"%PDF")),
-    ("PostScript/EPS", lambda h: h.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6"))),
-    ("Photoshop (PSD)", lambda h: h.startswith(b"8BPS")),
-    ("ICNS", lambda h: h.startswith(b"icns")),
-    ("ICO/CUR", lambda h: h.startswith((b"\x00\x00\x01\x00", b"\x00\x00\x02\x00"))),
-    ("HEIC/HEIF", _is_heif),
-    ("AVIF", lambda h: h[4:8] == b"ftyp" and h[8:12] in {b"avif", b"avis"}),
-    ("JPEG 2000", lambda h: h.startswith((b"\x00\x00\x00\x0cjP  ", b"\xffO\xffQ"))),
-    ("JPEG XL", lambda h: h.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL "))),
-    ("QOI", lambda h: h.startswith(b"qoif")),
-    ("DDS", lambda h: h.startswith(b"DDS ")),
-    ("GIMP XCF", lambda h: h.startswith(b"gimp xcf")),
-    ("FITS", lambda h: h.startswith(b"SIMPLE  =")),
-    ("DICOM", lambda h: h[128:132] == b"DICM"),
-    ("SVG", _is_svg),
-)
-
-_ALLOWED_SIGNATURES: tuple[tuple[str, tuple[bytes, ...]], ...] = (
-    ("JPEG", (b"\xff\xd8\xff",)),
-    ("PNG", (b"\x89PNG\r\n\x1a\n",)),
-    ("GIF", (b"GIF87a", b"GIF89a")),
-    ("BMP", (b"BM",)),
-    ("TIFF", (b"II*\x00", b"MM\x00*")),
-    ("PPM", (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"Pf", b"PF")),
-)
-
-
-def _sniff(head: bytes) -> tuple[str | None, str | None]:
-    """Name the format the leading bytes announce: (allowed, unsupported)."""
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "WEBP", None
-    for label, prefixes in _ALLOWED_SIGNATURES:
-        if head.startswith(prefixes):
-            return label, None
-    for label, matches in _UNSUPPORTED_SIGNATURES:
-        if matches(head):
-            return None, label
-    return None, None
-
-
-@cache
-def _open_formats() -> tuple[str, ...]:
-    """The allowed formats this Pillow build has a decoder for, in try order."""
-    for module in _PLUGIN_MODULES:
-        try:
-            importlib.import_module(f"PIL.{module}")
-        except ImportError:  # e.g. Pillow built without libwebp
-            continue
-    return tuple(fmt for fmt in _OPEN_ORDER if fmt in Image.OPEN)
 
 
 # --- limits ------------------------------------------------------------------
@@ -318,8 +235,9 @@ def load_image(
     name: str | None = None,
     max_pixels: int | None = None,
     min_short_side: int | None = None,
+    on_note: NoteCallback | None = None,
 ) -> Image.Image:
-    """Decode `source` into a fully loaded 8-bit RGB image.
+    """Decode `source` into a fully loaded 8-bit sRGB image.
 
     `name` is what error messages call the input (default: the path, the
     file object's ``name``, or ``<bytes>``); pass ``"-"`` for stdin.
@@ -327,11 +245,16 @@ def load_image(
     `min_short_side` lets a large JPEG be decoded at 1/2, 1/4 or 1/8 scale
     (in the DCT domain, several times faster) as long as its shorter side
     stays at least that many pixels; other formats are decoded in full.
+    An embedded colour profile is applied (:func:`ptm_cli.colour.to_srgb`);
+    one that cannot be used is reported to `on_note` (default: an
+    :class:`ImageNote` warning) and the image still loads.
 
     Raises InputNotFound, UnreadableImage, UnsupportedFormat, ImageTooLarge,
-    or ConfigError for a malformed ``$PTM_MAX_PIXELS``.
+    or ConfigError for a malformed ``$PTM_MAX_PIXELS`` or ``$PTM_EXTRA_FORMATS``.
     """
-    return load_image_with_format(source, name=name, max_pixels=max_pixels, min_short_side=min_short_side)[0]
+    return load_image_with_format(
+        source, name=name, max_pixels=max_pixels, min_short_side=min_short_side, on_note=on_note
+    )[0]
 
 
 def load_image_with_format(
@@ -340,22 +263,31 @@ def load_image_with_format(
     name: str | None = None,
     max_pixels: int | None = None,
     min_short_side: int | None = None,
+    on_note: NoteCallback | None = None,
 ) -> tuple[Image.Image, str]:
-    """Like :func:`load_image`, also returning the detected format ("PNG", "MPO"...).
+    """Like :func:`load_image`, also returning the detected format ("PNG", "MPO", "DNG"...).
 
     The format comes from the bytes, never from the file name.
     """
     label = _source_name(source, name)
     limit = _resolve_max_pixels(max_pixels)
     with _open_source(source, label) as stream:
-        image = _identify(stream, label)
+        head = _read_head(stream, label)
+        raw_kind = formats.camera_raw(head, stream)
+        if raw_kind is not None:
+            developed = formats.decode_camera_raw(
+                stream, raw_kind, label, lambda size: _check_pixel_count(size, limit, label)
+            )
+            return developed, raw_kind.split()[-1]
+        image = _identify(stream, head, label, limit)
         fmt = str(image.format)
         _check_pixel_count(image.size, limit, label)
         if min_short_side is not None:
             _reduce_jpeg_scale(image, min_short_side)
         _decode(image, limit, label)
+        profile = image.info.get("icc_profile")
         oriented = _apply_exif_orientation(image)
-        return _convert_loaded(oriented, label), fmt
+        return _convert_loaded(oriented, profile, label, on_note), fmt
 
 
 def _reduce_jpeg_scale(image: Image.Image, min_short_side: int) -> None:
@@ -370,8 +302,8 @@ def _reduce_jpeg_scale(image: Image.Image, min_short_side: int) -> None:
         image.draft(image.mode, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
-def _identify(stream: IO[bytes], name: str) -> Image.Image:
-    """Parse the header with one of the allowed plugins; no pixels are decoded."""
+def _read_head(stream: IO[bytes], name: str) -> bytes:
+    """The leading bytes that name the format; the stream is left at 0."""
     try:
         stream.seek(0)
         head = stream.read(_SNIFF_BYTES)
@@ -382,27 +314,72 @@ def _identify(stream: IO[bytes], name: str) -> Image.Image:
         raise UnreadableImage(f"{name} is a text stream; open it in binary mode ('rb').")
     if not head:
         raise UnreadableImage(f"{name} is empty (0 bytes).")
+    return head
+
+
+def _identify(stream: IO[bytes], head: bytes, name: str, limit: int) -> Image.Image:
+    """Parse the header with one of the accepted plugins; no pixels are decoded."""
+    plugins = formats.open_order()
+    container = formats.container_kind(head)
+    if container is not None:
+        _check_container(stream, container, name, limit)
+        plugins = (container,)
     try:
         with _quiet_pillow(), _pillow_bomb_limit(None):
-            image = Image.open(stream, formats=_open_formats())
+            image = Image.open(stream, formats=plugins)
     except _PILLOW_ERRORS as exc:
-        raise _unidentified(head, name) from exc
-    if image.format not in ALLOWED_FORMATS:
-        raise UnsupportedFormat(f"{name} is a {image.format} image, which ptm does not open; it opens {_ACCEPTED}.")
+        raise _unidentified(stream, head, name) from exc
+    if image.format not in formats.accepted_formats():
+        raise UnsupportedFormat(f"{name} is in {image.format} format, which ptm does not open; it opens {_ACCEPTED}.")
     return image
 
 
-def _unidentified(head: bytes, name: str) -> UnreadableImage | UnsupportedFormat:
-    allowed, unsupported = _sniff(head)
+def _check_container(stream: IO[bytes], kind: str, name: str, limit: int) -> None:
+    """Before an AVIF/HEIF decoder parses it: a decoder to hand, and no declared image over the limit."""
+    if kind == "HEIF" and not formats.enable_heif():
+        raise UnsupportedFormat(
+            f"{name} is a HEIC/HEIF image; install HEIF support with {formats.HEIF_INSTALL}, "
+            f"or convert it to one of {_ACCEPTED}."
+        )
+    if kind == "AVIF" and not formats.avif_available():
+        raise UnsupportedFormat(
+            f"{name} is an AVIF image and this Pillow has no AVIF decoder; upgrade Pillow (pip install -U pillow)."
+        )
+    try:
+        declared = formats.declared_sizes(stream)
+    except OSError as exc:
+        raise InputNotFound(f"{name} cannot be read ({_reason(exc)}).") from None
+    for size in declared:
+        _check_pixel_count(size, limit, name)
+
+
+def _unidentified(stream: IO[bytes], head: bytes, name: str) -> UnreadableImage | UnsupportedFormat:
+    allowed, unsupported = formats.sniff(head)
     if unsupported is not None:
         return UnsupportedFormat(
-            f"{name} is a {unsupported} file, which ptm does not open; convert it to one of {_ACCEPTED}."
+            f"{name} is in {unsupported} format, which ptm does not open; convert it to one of {_ACCEPTED}."
         )
     if allowed is not None:
         return UnreadableImage(f"{name} starts like a {allowed} file but is corrupt or truncated.")
+    other = _pillow_format(stream)
+    if other is not None:
+        return UnsupportedFormat(
+            f"{name} is in {other} format, which ptm does not open by default; convert it to one of {_ACCEPTED}, "
+            f"or allow it with PTM_EXTRA_FORMATS={other}."
+        )
     return UnreadableImage(
         f"{name} is not an image ptm can read (unknown, corrupt or truncated data); ptm opens {_ACCEPTED}."
     )
+
+
+def _pillow_format(stream: IO[bytes]) -> str | None:
+    """The name of another Pillow format whose header parses (no pixels are decoded), if any."""
+    try:
+        stream.seek(0)
+        with _quiet_pillow(), _pillow_bomb_limit(None), Image.open(stream, formats=formats.probe_order()) as image:
+            return str(image.format)
+    except _PILLOW_ERRORS:
+        return None
 
 
 def _decode(image: Image.Image, limit: int, name: str) -> None:
@@ -457,80 +434,12 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image if method is None else image.transpose(method)
 
 
-def _convert_loaded(image: Image.Image, name: str) -> Image.Image:
+def _convert_loaded(image: Image.Image, profile: bytes | None, name: str, on_note: NoteCallback | None) -> Image.Image:
     try:
-        return to_rgb(image)
+        converted = srgb_pixels(image, profile=profile, name=name, on_note=on_note)
     except _PILLOW_ERRORS as exc:
         raise UnreadableImage(
             f"{name} has pixel mode {image.mode}, which ptm cannot convert to RGB ({_reason(exc)})."
         ) from exc
-
-
-# --- modes -----------------------------------------------------------------------
-
-_WHITE = (255, 255, 255)
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_INT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-_UINT16_MAX = 65535
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; returns `image` itself if already RGB.
-
-    Transparency is composited onto white; 16/32-bit and float grayscale are
-    scaled as the module docstring describes; everything else (1, L, P,
-    CMYK, YCbCr, LAB, HSV, RGBX...) goes through Pillow's ``convert``.
-    """
-    mode = image.mode
-    if mode in _INT_MODES:
-        return _int_to_uint8(image).convert("RGB")
-    if mode == "F":
-        return _float_to_uint8(image).convert("RGB")
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        return _flatten_on_white(image)
-    if mode == "RGB":
-        return image
-    if mode == "LAB":
-        return _lab_to_rgb(image)
-    return image.convert("RGB")
-
-
-def _lab_to_rgb(image: Image.Image) -> Image.Image:
-    try:
-        return image.convert("RGB")
-    except ValueError:  # Pillow < 11 converts LAB only through a colour profile
-        pass
-    from PIL import ImageCms
-
-    transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
-    converted = ImageCms.applyTransform(image, transform)
-    if converted is None:  # only in-place transforms return None
-        raise ValueError("LAB to RGB conversion failed")
+    converted.info.pop("icc_profile", None)  # its pixels are sRGB now (or taken as sRGB)
     return converted
-
-
-def _flatten_on_white(image: Image.Image) -> Image.Image:
-    # Pillow has no La -> RGBA conversion, but has La -> LA.
-    source = image.convert("LA") if image.mode == "La" else image
-    rgba = source.convert("RGBA")
-    canvas = Image.new("RGB", rgba.size, _WHITE)
-    canvas.paste(rgba, (0, 0), rgba)
-    return canvas
-
-
-def _int_to_uint8(image: Image.Image) -> Image.Image:
-    import numpy as np
-
-    values = np.clip(np.asarray(image), 0, _UINT16_MAX).astype(np.uint32)
-    # (v + 128) // 257 is round(v / 257): 257 is odd, so there are no ties.
-    return Image.fromarray(((values + 128) // 257).astype(np.uint8))
-
-
-def _float_to_uint8(image: Image.Image) -> Image.Image:
-    import numpy as np
-
-    values = np.asarray(image, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    scale = 255.0 if finite.size == 0 or finite.max() <= 1.0 else 1.0
-    scaled = np.nan_to_num(values * scale, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))

@@ -39,12 +39,24 @@ def image_format_for(path: str, forced: str | None = None) -> str:
     return IMAGE_FORMATS[suffix]
 
 
+# Formats whose files can carry an ICC profile (Pillow writes none into BMP).
+_PROFILE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})
+
+
 def encode_image(image: Any, fmt: str) -> bytes:
-    """The bytes of ``image`` (a PIL image) in format ``fmt``."""
+    """The bytes of ``image`` (a PIL image of sRGB pixels) in format ``fmt``.
+
+    The sRGB profile is embedded where the format can hold one, so viewers and
+    editors that manage colour show the result as it was computed.
+    """
     import io
 
+    from .colour import srgb_profile
+
     buffer = io.BytesIO()
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt in _PROFILE_FORMATS:
+        options["icc_profile"] = srgb_profile()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
@@ -154,11 +166,13 @@ def run_image_jobs(
     skip_existing: bool = False,
     describe: Callable[[], dict[str, Any]] | None = None,
     emit_bytes: Callable[[bytes], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Transform each input and write it; yield one record per input, in order.
 
     ``describe()`` adds fields (model, weights) to successful records;
-    ``emit_bytes`` receives the encoded image when the destination is stdout.
+    ``emit_bytes`` receives the encoded image when the destination is stdout;
+    ``on_note`` hears about inputs that load with a caveat (a damaged colour profile).
     """
     written: dict[Path, str] = {}  # outputs of this run, so two inputs never share one
     for item in inputs:
@@ -176,7 +190,7 @@ def run_image_jobs(
                     yield {"input": item.name, "output": str(path), "skipped": True}
                     continue
                 _check_writable(item, path, force)
-            image = item.open()
+            image = item.open(on_note=on_note)
             result = transform(image)
             data = encode_image(result, destination.format_for(path))
             if path is None:

@@ -10,7 +10,7 @@ still yielded: it becomes an error record, not a crash.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,8 +27,8 @@ class ImageInput:
     data: bytes | None = None
     error: InputError | None = None  # found while reading the input (e.g. stdin too large)
 
-    def open(self, *, min_short_side: int | None = None) -> Any:
-        """The decoded RGB image (see `imageio.load_image` for ``min_short_side``)."""
+    def open(self, *, min_short_side: int | None = None, on_note: Callable[[str], None] | None = None) -> Any:
+        """The decoded sRGB image (see `imageio.load_image` for ``min_short_side`` and ``on_note``)."""
         from .imageio import load_image
 
         if self.error is not None:
@@ -36,14 +36,20 @@ class ImageInput:
         source = self.data if self.data is not None else self.path
         if source is None:
             raise InputNotFound(f"{self.name}: neither a path nor data to read")
-        return load_image(source, name=self.name, min_short_side=min_short_side)
+        return load_image(source, name=self.name, min_short_side=min_short_side, on_note=on_note)
 
 
 # Extensions picked up when walking a directory. Files named explicitly are
-# opened whatever their extension: the format is read from the bytes.
+# opened whatever their extension: the format is read from the bytes. Camera
+# RAW files are picked up too, so that each gets a record (decoded with the
+# raw extra, an honest UnsupportedFormat without it) instead of vanishing.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico"}
+     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".heic", ".heif", ".hif"}
+)  # fmt: skip
+RAW_EXTENSIONS = frozenset(
+    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".rwl", ".raf",
+     ".pef", ".srw", ".3fr", ".erf", ".kdc", ".dcr", ".mos", ".mef", ".mrw", ".x3f", ".iiq"}
 )  # fmt: skip
 
 
@@ -61,7 +67,7 @@ def iter_directory(directory: Path, recursive: bool) -> Iterator[Path]:
             if recursive:
                 yield from iter_directory(path, recursive)
         # Regular files only: opening a FIFO or a device found in a folder would block the run.
-        elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        elif entry.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS | RAW_EXTENSIONS:
             yield path
 
 

@@ -10,7 +10,9 @@ process that changes the environment is seen), through one of three rules:
 * positive numbers (``PTM_MAX_PIXELS``, ``PTM_DOWNLOAD_TIMEOUT``,
   ``PTM_DOWNLOAD_RETRIES``): empty means the default; anything that is not a
   positive number is a :class:`ConfigError`;
-* text (paths and URLs): empty means unset.
+* text (paths and URLs): empty means unset;
+* names (``PTM_EXTRA_FORMATS``): words separated by commas or blanks, any
+  case; empty means none.
 
 :data:`VARIABLES` lists them for ``ptm doctor`` and the README test.
 
@@ -42,7 +44,7 @@ DEFAULT_ATTEMPTS = 3
 @dataclass(frozen=True)
 class Variable:
     name: str
-    kind: str  # "flag", "number", "path", "url", "paths", "secret"
+    kind: str  # "flag", "number", "path", "url", "paths", "names", "secret"
     meaning: str
 
 
@@ -54,6 +56,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PTM_DOWNLOAD_TIMEOUT", "number", "seconds a download may stall (default 30)"),
     Variable("PTM_DOWNLOAD_RETRIES", "number", "tries per download in all (default 3)"),
     Variable("PTM_MAX_PIXELS", "number", f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})"),
+    Variable("PTM_EXTRA_FORMATS", "names", "more of Pillow's image formats to open, e.g. TGA,PCX, or all"),
     Variable("PTM_DEBUG", "flag", "print tracebacks for errors"),
     Variable("TORCH_HOME", "path", "torch's folder, shared with torch.hub (default $XDG_CACHE_HOME/torch)"),
     Variable("XDG_CACHE_HOME", "path", "base of the default TORCH_HOME (default ~/.cache)"),
@@ -130,6 +133,23 @@ def download_attempts() -> int:
     return positive_int("PTM_DOWNLOAD_RETRIES", DEFAULT_ATTEMPTS)
 
 
+def extra_formats() -> frozenset[str]:
+    """``PTM_EXTRA_FORMATS``: Pillow format names (upper case) to open beyond the default list; ``ALL`` for all.
+
+    Only the spelling is checked here; whether Pillow has such a format is
+    decided where images are opened.
+    """
+    value = raw("PTM_EXTRA_FORMATS")
+    names = frozenset(name.upper() for name in value.replace(",", " ").split())
+    bad = sorted(name for name in names if not name.replace("_", "").isalnum())
+    if bad:
+        raise ConfigError(
+            f"PTM_EXTRA_FORMATS={value!r} is not understood ({bad[0]!r}); "
+            "set it to Pillow format names separated by commas, such as TGA,PCX, or to all"
+        )
+    return names
+
+
 def weights_mirror() -> str | None:
     """``PTM_WEIGHTS_MIRROR``, without a trailing slash; None when unset."""
     return raw("PTM_WEIGHTS_MIRROR").rstrip("/") or None
@@ -161,7 +181,7 @@ def cache_dir() -> Path:
 def check_all() -> list[str]:
     """One message per variable whose value is not understood (for ``ptm doctor``)."""
     problems = []
-    for check in (debug, offline, max_pixels, download_timeout, download_attempts):
+    for check in (debug, offline, max_pixels, download_timeout, download_attempts, extra_formats):
         try:
             check()
         except ConfigError as exc:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
+from .colour import to_rgb, to_srgb
 from .errors import ConfigError
-from .imageio import to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -201,5 +201,9 @@ def to_tensor(image: Image.Image, p: Preprocess) -> torch.Tensor:
 
 
 def preprocess(image: Image.Image, p: Preprocess) -> torch.Tensor:
-    """The model input for `image`: :func:`to_rgb`, :func:`resize_and_crop`, :func:`to_tensor`."""
-    return to_tensor(resize_and_crop(to_rgb(image), p), p)
+    """The model input for `image`: :func:`~ptm_cli.colour.to_srgb`, :func:`resize_and_crop`, :func:`to_tensor`.
+
+    An image from :func:`ptm_cli.imageio.load_image` is sRGB already; one
+    opened by other means has its colour profile applied here.
+    """
+    return to_tensor(resize_and_crop(to_srgb(image), p), p)

@@ -265,10 +265,10 @@ class Translator:
         on_tile: TileCallback | None = None,
     ) -> Image.Image:
         """The translation at the resolution it is computed at (before :meth:`translate` resizes back)."""
-        from .imageio import to_rgb
+        from .colour import to_srgb
 
         tile, overlap = _check_tiling(tile, overlap)
-        rgb = to_rgb(image)
+        rgb = to_srgb(image)  # a no-op for images from load_image, which are sRGB already
         run_image = self._run_image(rgb, self._capped_short_side(rgb, self._resolve_size(size)))
         with self._lock:
             return self._run(run_image, tile, overlap, on_tile)

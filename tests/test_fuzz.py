@@ -24,8 +24,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from photofiles import camera_raw, gray_profile, rgb_profile
 from PIL import Image, features
 
+from ptm_cli import formats
 from ptm_cli.errors import ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat
 from ptm_cli.imageio import load_image
 from ptm_cli.transforms import Preprocess, preprocess
@@ -88,6 +90,16 @@ def seeds() -> tuple[bytes, ...]:
             _encode(rgb.convert("RGBA"), "WEBP", lossless=True),
             _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50, lossless=True),
         ]
+    if features.check("avif"):
+        sequence = _encode(frames[0], "AVIF", save_all=True, append_images=frames[1:], quality=60)
+        made += [_encode(rgb, "AVIF", quality=60, exif=exif), sequence]
+    if formats.enable_heif():
+        made += [_encode(rgb, "HEIF", quality=60), _encode(frames[0], "HEIF", save_all=True, append_images=frames[1:])]
+    made += [
+        _encode(rgb, "PNG", icc_profile=rgb_profile("linear", gamma=1.0)),
+        _encode(rgb.convert("L"), "PNG", icc_profile=gray_profile("grey", 2.2)),
+        camera_raw(32, 32, (3000, 2000, 1000), thumbnail=Image.new("RGB", (6, 4), "green")),
+    ]
     return tuple(made)
 
 
@@ -140,13 +152,15 @@ def mutate(data: bytes, steps: list[tuple[Any, ...]]) -> bytes:
 
 def check_outcome(data: bytes) -> None:
     """The property: an RGB image that preprocesses cleanly, or a documented error naming the input."""
+    notes: list[str] = []
     try:
-        image = load_image(data, name="fuzzed.img", max_pixels=MAX_PIXELS, min_short_side=32)
+        image = load_image(data, name="fuzzed.img", max_pixels=MAX_PIXELS, min_short_side=32, on_note=notes.append)
     except ALLOWED_ERRORS as exc:
         message = str(exc)
         assert "fuzzed.img" in message and "\n" not in message
         return
     assert image.mode == "RGB"
+    assert all(note.startswith("fuzzed.img: ") and "\n" not in note for note in notes)  # a damaged colour profile
     assert 0 < image.width * image.height <= MAX_PIXELS
     tensor = preprocess(image, PREPROCESS)
     assert tensor.shape == (3, 16, 16) and tensor.dtype == torch.float32
@@ -176,11 +190,11 @@ def test_random_bytes_load_or_fail_cleanly(data: bytes) -> None:
     check_outcome(data)
 
 
-@pytest.mark.parametrize("index", range(26))
+@pytest.mark.parametrize("index", range(34))
 def test_each_seed_truncated_everywhere_fails_cleanly(index: int) -> None:
     """Deterministic companion to the fuzzing: every seed cut at every 7th byte."""
     if index >= len(seeds()):
-        pytest.skip("Pillow built without WebP")
+        pytest.skip("Pillow built without WebP or AVIF, or pillow-heif not installed")
     data = seeds()[index]
     for cut in range(0, len(data), 7):
         check_outcome(data[:cut])

@@ -11,6 +11,7 @@ partial files. RELIABILITY.md maps every case to its test.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import io
 import json
 import os
@@ -33,12 +34,16 @@ import pytest
 import torch
 from helpers import DATA, TINY_TOML, informative_state_dict, ptm_process, run_ptm, save_weights
 from http_server import FixtureServer
+from photofiles import camera_raw
 from PIL import Image, features
 
-from ptm_cli import settings
+from ptm_cli import formats, settings
 from ptm_cli import weights as weights_mod
 
 HAS_WEBP = features.check("webp")
+HAS_AVIF = features.check("avif")
+HAS_HEIF = formats.enable_heif()  # also lets Pillow write HEIC for the corpus
+HAS_RAWPY = importlib.util.find_spec("rawpy") is not None
 KNOWN_ERRORS = frozenset({"InputNotFound", "UnreadableImage", "UnsupportedFormat", "ImageTooLarge"})
 OK = "ok"
 LABELS = ("apple", "banana", "cherry", "date")
@@ -243,6 +248,15 @@ def tiff_ifd(entries: list[tuple[int, int, int, bytes]], first_ifd: int = 8) -> 
     return b"II*\x00" + struct.pack("<I", first_ifd) + body + b"\x00\x00\x00\x00"
 
 
+def iso_claiming(data: bytes, width: int, height: int) -> bytes:
+    """An AVIF/HEIC file whose every image-size (``ispe``) property claims ``width`` x ``height``."""
+    out, at = bytearray(data), 0
+    while (at := out.find(b"ispe", at)) >= 0:
+        out[at + 8 : at + 16] = struct.pack(">II", width, height)
+        at += 4
+    return bytes(out)
+
+
 def exif_with_orientation(orientation: int) -> Image.Exif:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -294,6 +308,32 @@ def corpus_cases() -> list[tuple[str, bytes | None, str]]:
         for percent in (25, 50, 90):
             add((f"cut-at-{percent}pc.{ext}", data[: len(data) * percent // 100], "UnreadableImage"))
     add(("progressive-cut-at-60pc.jpg", encode(base, "JPEG", progressive=True)[:1000], "UnreadableImage"))
+
+    # Phone formats: intact, truncated, declaring huge sizes, several images in one container.
+    phone = {}
+    if HAS_AVIF:
+        phone["avif"] = encode(base, "AVIF", quality=80)
+        add(("animated.avif", animated("AVIF", quality=80), OK))
+    if HAS_HEIF:
+        phone["heic"] = encode(base, "HEIF", quality=80)
+        add(("three-images.heic", animated("HEIF", quality=80), OK))
+    for ext, data in phone.items():
+        add((f"intact.{ext}", data, OK))
+        add((f"cut-at-8-bytes.{ext}", data[:8], "UnreadableImage"))
+        for percent in (25, 50, 90):
+            add((f"cut-at-{percent}pc.{ext}", data[: len(data) * percent // 100], "UnreadableImage"))
+        add((f"claims-20000x20000.{ext}", iso_claiming(data, 20000, 20000), "ImageTooLarge"))
+        add((f"claims-4000000000x1.{ext}", iso_claiming(data, 4_000_000_000, 1), "ImageTooLarge"))
+
+    # Camera RAW: developed with the raw extra, refused without it; never read from its preview.
+    raw = camera_raw(40, 30, (2000, 1000, 500), thumbnail=Image.new("RGB", (8, 6), "green"))
+    add(("preview-inside.dng", raw, OK if HAS_RAWPY else "UnsupportedFormat"))
+    nef = camera_raw(40, 30, (900, 900, 900), thumbnail=Image.new("RGB", (8, 6)), make="NIKON CORPORATION", dng=False)
+    add(("nikon-named.jpg", nef, OK if HAS_RAWPY else "UnsupportedFormat"))
+
+    # Valid files in formats ptm does not open by default: named, not called broken.
+    add(("valid.tga", encode(base, "TGA"), "UnsupportedFormat"))
+    add(("valid-sgi-named.png", encode(base, "SGI"), "UnsupportedFormat"))
 
     # Headers that claim huge sizes, and a real decompression bomb.
     add(("claims-20000x20000.png", png_claiming(20000, 20000), "ImageTooLarge"))

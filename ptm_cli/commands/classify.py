@@ -113,6 +113,7 @@ def classify(
         results = classify_images(
             inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers, full_decode=full_decode,
             on_image=None if report is None else lambda item, image: report.keep_thumbnail(item.name, image),
+            on_note=progress.note,
         )  # fmt: skip
         with classify_writer(out, fmt) as records:
             for result in results:

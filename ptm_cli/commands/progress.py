@@ -71,6 +71,15 @@ class RunProgress:
             eta = f"ETA {left // 3600:d}:{left // 60 % 60:02d}:{left % 60:02d}"
         return {"count": count, "rate": rate, "eta": eta, "failures": ""}
 
+    def note(self, message: str) -> None:
+        """A message for people: above the bar while it is drawn, else a plain line on stderr."""
+        if self._bar is not None:
+            self._bar.console.print(f"ptm: {message}", markup=False, highlight=False)
+            return
+        from .common import note
+
+        note(message)
+
     def count_in_background(self, count: Callable[[], int | None]) -> None:
         """Learn the total from ``count()`` in a daemon thread (a folder walk), when the display is on."""
         if not self.enabled:

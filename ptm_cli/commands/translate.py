@@ -159,7 +159,7 @@ def run_translate(
             binary.flush()
 
         jobs = run_image_jobs(inputs, transform, destination, force=force, skip_existing=skip_existing,
-                              describe=describe, emit_bytes=emit)  # fmt: skip
+                              describe=describe, emit_bytes=emit, on_note=progress.note)  # fmt: skip
         with writer(sys.stderr if destination.stdout else out, None,
                     columns=["input", "output", "size", "seconds", "error"], flatten=_rows) as records:  # fmt: skip
             for record in jobs:
