@@ -57,6 +57,10 @@ class Server:
         self._listener: socket.socket | None = None
         self._inode: int | None = None
 
+    def _count_request(self) -> None:
+        with self._counter:
+            self.requests += 1
+
     def _count_pass(self, images: int) -> None:
         with self._counter:
             self.forward_passes += 1
@@ -75,6 +79,8 @@ class Server:
             os.close(fd)
             raise UsageError(f"a ptm server is already running on {self.path}; `ptm serve stop` stops it") from None
         self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for people and for tests that must clean up
         # Holding the lock means no live server owns the socket: whatever is there is stale (SIGKILL, a crash).
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -194,8 +200,6 @@ class Server:
         cwd = get(message, "cwd", str)
         if not os.path.isabs(cwd):
             raise ProtocolError("'cwd' must be an absolute path")
-        with self._counter:
-            self.requests += 1
         try:
             if op == "classify":
                 for record in self._classify(message, cwd, _inputs(get(message, "inputs", list), payload)):
@@ -226,6 +230,7 @@ class Server:
         full_decode = get(message, "full_decode", bool, False)
         options, written = _model_options(get(message, "options", dict), cwd, classify=True)
         plan = plan_classifier(options)
+        self._count_request()
         if options.is_hub:
             raise UsageError("hub: models run in the client's own process, not in a server")
         assert plan.entry is not None
@@ -256,6 +261,7 @@ class Server:
         tile = _positive(message, "tile", 1 << 16)
         options, written = _model_options(get(message, "options", dict), cwd, classify=False)
         plan = plan_translator(options)
+        self._count_request()
         assert plan.entry is not None
         key = ("translate", repr(plan.entry), _file_key(plan.weights_file), options.device, options.precision)
         label = written if plan.weights_file is not None else plan.entry.weights
