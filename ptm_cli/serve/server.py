@@ -183,10 +183,12 @@ class Server:
             log("a client sent no request within 30 s")
 
     def status(self) -> dict[str, Any]:
+        import torch
+
         with self._counter:
             counts = {"requests": self.requests, "forward_passes": self.forward_passes, "images": self.images,
                       "refused": self.refused, "clients": self.active - 1}  # fmt: skip
-        return {"pid": os.getpid(), "version": __version__, "socket": str(self.path),
+        return {"pid": os.getpid(), "version": __version__, "torch": torch.__version__, "socket": str(self.path),
                 "uptime_s": round(time.time() - self.started, 1), "models": self.models.describe(), **counts,
                 "idle_timeout_s": self.options.idle_timeout, "keep_alive_s": self.options.keep_alive}  # fmt: skip
 
