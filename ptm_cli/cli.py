@@ -19,6 +19,7 @@ from .commands.common import CONTEXT, ReaderGone, note
 from .commands.doctor import doctor
 from .commands.hub import hub
 from .commands.models import models
+from .commands.serve import serve
 from .commands.translate import translate, zebra
 from .commands.weights import weights
 from .errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, PtmError, first_line
@@ -37,7 +38,7 @@ def cli() -> None:
     """
 
 
-for command in (classify, translate, zebra, models, weights, hub, doctor):
+for command in (classify, translate, zebra, models, weights, hub, doctor, serve):
     cli.add_command(command)
 
 

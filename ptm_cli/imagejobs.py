@@ -21,6 +21,8 @@ from .errors import InputError, OutputError, UsageError
 from .inputs import ImageInput
 
 Transform = Callable[[Any], Any]  # PIL image in, PIL image of the same size out
+# An input and a Pillow format in; the encoded result and its size out (decoding and the model elsewhere).
+Render = Callable[[ImageInput, str], tuple[bytes, tuple[int, int]]]
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
                  ".tiff": "TIFF"}  # fmt: skip
@@ -167,12 +169,15 @@ def run_image_jobs(
     describe: Callable[[], dict[str, Any]] | None = None,
     emit_bytes: Callable[[bytes], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    render: Render | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Transform each input and write it; yield one record per input, in order.
 
     ``describe()`` adds fields (model, weights) to successful records;
     ``emit_bytes`` receives the encoded image when the destination is stdout;
     ``on_note`` hears about inputs that load with a caveat (a damaged colour profile).
+    ``render``, when given, does the decoding, ``transform`` and encoding in
+    one step elsewhere (a warm server); where results go is still decided here.
     """
     written: dict[Path, str] = {}  # outputs of this run, so two inputs never share one
     for item in inputs:
@@ -190,9 +195,11 @@ def run_image_jobs(
                     yield {"input": item.name, "output": str(path), "skipped": True}
                     continue
                 _check_writable(item, path, force)
-            image = item.open(on_note=on_note)
-            result = transform(image)
-            data = encode_image(result, destination.format_for(path))
+            if render is not None:
+                data, size = render(item, destination.format_for(path))
+            else:
+                result = transform(item.open(on_note=on_note))
+                data, size = encode_image(result, destination.format_for(path)), result.size
             if path is None:
                 if emit_bytes is None:
                     raise UsageError("stdout output needs a byte sink")
@@ -212,7 +219,7 @@ def run_image_jobs(
             yield {"input": item.name, "error": error.record()}
             continue
         record: dict[str, Any] = {"input": item.name, "output": "-" if path is None else str(path),
-                                  "size": list(result.size)}  # fmt: skip
+                                  "size": list(size)}  # fmt: skip
         record.update(describe() if describe else {})
         record["seconds"] = round(time.perf_counter() - started, 3)
         yield record

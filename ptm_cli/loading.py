@@ -72,14 +72,18 @@ class Plan:
         return self._load(self, progress)
 
 
+def local_weights_file_spelling(value: str) -> bool:
+    """Whether ``-w VALUE`` is spelled as a path (a separator, or a weights suffix) rather than a variant name."""
+    return os.sep in value or "/" in value or has_weights_suffix(value)
+
+
 def local_weights_file(value: str) -> Path | None:
     """The file ``-w VALUE`` names, or None when VALUE is a variant name.
 
     A path has a separator or a weights suffix; anything else is a name,
     whatever the working directory holds.
     """
-    looks_like_path = os.sep in value or "/" in value or has_weights_suffix(value)
-    if not looks_like_path:
+    if not local_weights_file_spelling(value):
         return None
     path = Path(value).expanduser()
     if not path.is_file():
@@ -290,6 +294,7 @@ __all__ = [
     "load_classifier",
     "load_translator",
     "local_weights_file",
+    "local_weights_file_spelling",
     "plan_classifier",
     "plan_translator",
     "resolve_entry",

@@ -39,6 +39,9 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 """Twice Pillow's default ``MAX_IMAGE_PIXELS``: where Pillow itself refuses to open an image."""
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_ATTEMPTS = 3
+DEFAULT_IDLE = 900
+DEFAULT_KEEP_ALIVE = 300
+SERVER_MODES = ("auto", "never")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PTM_MAX_PIXELS", "number", f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,})"),
     Variable("PTM_EXTRA_FORMATS", "names", "more of Pillow's image formats to open, e.g. TGA,PCX, or all"),
     Variable("PTM_DEBUG", "flag", "print tracebacks for errors"),
+    Variable("PTM_SERVER", "choice", "auto: classify/translate through a warm `ptm serve` server; never (default)"),
+    Variable("PTM_SERVE_IDLE_TIMEOUT", "number", f"idle seconds before a server exits (default {DEFAULT_IDLE})"),
+    Variable("PTM_SERVE_KEEP_ALIVE", "number", f"seconds an unused model stays loaded (default {DEFAULT_KEEP_ALIVE})"),
+    Variable("XDG_RUNTIME_DIR", "path", "the per-user folder for the server's socket (else a private folder in /tmp)"),
     Variable("TORCH_HOME", "path", "torch's folder, shared with torch.hub (default $XDG_CACHE_HOME/torch)"),
     Variable("XDG_CACHE_HOME", "path", "base of the default TORCH_HOME (default ~/.cache)"),
     Variable("GITHUB_TOKEN", "secret", "token torch.hub sends to GitHub (raises its rate limit)"),
@@ -178,10 +185,55 @@ def cache_dir() -> Path:
     return torch_home() / "hub" / "checkpoints"
 
 
+def server_mode() -> str:
+    """``PTM_SERVER``: ``auto`` (use or start a warm server) or ``never`` (the default)."""
+    value = raw("PTM_SERVER").lower() or "never"
+    if value not in SERVER_MODES:
+        raise ConfigError(f"PTM_SERVER={os.environ['PTM_SERVER']!r} is not understood; set it to auto or never")
+    return value
+
+
+def serve_idle_timeout() -> float:
+    """``PTM_SERVE_IDLE_TIMEOUT``: seconds without a request after which a server exits."""
+    return positive_float("PTM_SERVE_IDLE_TIMEOUT", DEFAULT_IDLE)
+
+
+def serve_keep_alive() -> float:
+    """``PTM_SERVE_KEEP_ALIVE``: seconds a server keeps a model nobody used."""
+    return positive_float("PTM_SERVE_KEEP_ALIVE", DEFAULT_KEEP_ALIVE)
+
+
+def runtime_dir() -> Path:
+    """The folder for the server's socket: ``$XDG_RUNTIME_DIR/ptm``, else ``ptm-UID`` in the temp folder."""
+    base = raw("XDG_RUNTIME_DIR")
+    if base and os.path.isabs(base):
+        return Path(base) / "ptm"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"ptm-{os.getuid()}"
+
+
+# What a warm server must share with its client for its answers to be the client's own: the
+# variables that choose weights, catalogs, limits and devices. Not PTM_DEBUG (how errors are
+# shown is the client's business) nor the server's own settings.
+_RESULT_VARIABLES = (
+    "PTM_CACHE_DIR", "PTM_CATALOG", "PTM_OFFLINE", "PTM_WEIGHTS_MIRROR", "PTM_DOWNLOAD_TIMEOUT",
+    "PTM_DOWNLOAD_RETRIES", "PTM_MAX_PIXELS", "TORCH_HOME", "XDG_CACHE_HOME", "HOME", "HTTPS_PROXY",
+    "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "GITHUB_TOKEN", "CUDA_VISIBLE_DEVICES",
+    "TMPDIR",
+)  # fmt: skip
+
+
+def result_environment() -> dict[str, str]:
+    """The values of the variables that can change a result (unset ones left out)."""
+    return {name: os.environ[name] for name in _RESULT_VARIABLES if name in os.environ}
+
+
 def check_all() -> list[str]:
     """One message per variable whose value is not understood (for ``ptm doctor``)."""
     problems = []
-    for check in (debug, offline, max_pixels, download_timeout, download_attempts, extra_formats):
+    for check in (debug, offline, max_pixels, download_timeout, download_attempts, extra_formats, server_mode,
+                  serve_idle_timeout, serve_keep_alive):  # fmt: skip
         try:
             check()
         except ConfigError as exc:
@@ -202,6 +254,8 @@ class Tuning:
     lock_wait_notice: float = 1.0  # a wait for another process's lock is announced after this long
     locking: bool = True  # False shows that concurrent downloads stay correct without locks
     max_stream_bytes: int = 1 << 30  # the most stdin or a pipe may send for one image
+    serve_max_message: int = 64 << 20  # the largest JSON message a server or client accepts
+    serve_start_wait: float = 120.0  # how long `ptm serve start` waits for a new server to answer
 
 
 tuning = Tuning()

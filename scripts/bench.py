@@ -10,8 +10,11 @@ tables: images/s and ratios against the book's loop measured in the same run
 (fp32, bf16, and fp32 with --compile, whose compile time it reports with an
 empty and a warm inductor cache), how far bf16's predictions move from fp32's,
 cold start-up, and `ptm zebra` at --size 256 and --size full on a
-12-megapixel photo with peak memory. The full run takes about 20 minutes on
-2 cores; --quick and --no-compile shorten it.
+12-megapixel photo with peak memory, and the warm server (`ptm serve`): 20
+one-file calls in a row with and without it, and 8 one-file clients at once
+against 8 cold processes and one process given the 8 files. The full run
+takes about 25 minutes on 2 cores; --quick and --no-compile shorten it, and
+--serve-only runs only the server rows (about 3 minutes).
 """
 
 from __future__ import annotations
@@ -183,6 +186,72 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, check=True, cwd=ROOT, env=env)
+    return time.perf_counter() - start, out.stdout
+
+
+def timed_together(commands: list[list[str]], env: dict[str, str]) -> tuple[float, list[bytes]]:
+    """Wall time from starting all of ``commands`` at once until the last one exits."""
+    start = time.perf_counter()
+    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+                 for c in commands]  # fmt: skip
+    outputs = [p.communicate()[0] for p in processes]
+    seconds = time.perf_counter() - start
+    failed = [p.returncode for p in processes if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(commands)} processes failed")
+    return seconds, outputs
+
+
+def serve_rows(folder: Path, weights: str, images: list[str], device: str) -> dict[str, Any]:
+    """One-file calls with a warm server and without, one after another and eight at once."""
+    ptm = str(Path(PYTHON).parent / "ptm")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(folder / "run")}
+    env.pop("PTM_SERVER", None)
+    (folder / "run").mkdir(mode=0o700)
+    classify = [ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
+                "--device", device, "-f", "jsonl"]  # fmt: skip
+    one, eight = images[0], images[:8]
+    figures: dict[str, Any] = {}
+    cold = [timed([*classify, one], env) for _ in range(20)]
+    subprocess.run([ptm, "serve", "start"], check=True, cwd=ROOT, env=env, capture_output=True)
+    try:
+        timed([*classify, "--server", "auto", one], env)  # loads the model into the server
+        warm = [timed([*classify, "--server", "auto", one], env) for _ in range(20)]
+        if {out for _, out in warm} != {cold[0][1]}:
+            raise RuntimeError("the server's records differ from the process's own")
+        figures["sequential cold median s"] = statistics.median(s for s, _ in cold)
+        figures["sequential warm median s"] = statistics.median(s for s, _ in warm)
+        figures["sequential speed-up"] = figures["sequential cold median s"] / figures["sequential warm median s"]
+        status = json.loads(subprocess.run([ptm, "serve", "status", "-f", "jsonl"], check=True, env=env,
+                                           capture_output=True).stdout)  # fmt: skip
+        passes = status["forward_passes"]
+        clients = [[*classify, "--server", "auto", f] for f in eight]
+        figures["8 clients, warm server s"], _ = timed_together(clients, env)
+        status = json.loads(subprocess.run([ptm, "serve", "status", "-f", "jsonl"], check=True, env=env,
+                                           capture_output=True).stdout)  # fmt: skip
+        figures["8 clients, forward passes"] = status["forward_passes"] - passes
+    finally:
+        subprocess.run([ptm, "serve", "stop"], cwd=ROOT, env=env, capture_output=True)
+    figures["8 cold processes at once s"], _ = timed_together([[*classify, f] for f in eight], env)
+    figures["one process, 8 files s"], _ = timed([*classify, *eight], env)
+    return figures
+
+
+def print_serve_rows(figures: dict[str, Any]) -> None:
+    print("\n| 20 calls of `ptm classify one.jpg`, one after another | median wall s per call |\n|---|---:|")
+    print(f"| cold process each time | {figures['sequential cold median s']:.2f} |")
+    print(f"| `--server auto`, warm server | {figures['sequential warm median s']:.3f} |")
+    print(f"| speed-up | {figures['sequential speed-up']:.0f}x |")
+    print("\n| 8 one-file classifications at once | total wall s |\n|---|---:|")
+    print(f"| 8 clients, `--server auto`, warm server ({figures['8 clients, forward passes']} forward passes) | "
+          f"{figures['8 clients, warm server s']:.2f} |")  # fmt: skip
+    print(f"| 8 cold processes | {figures['8 cold processes at once s']:.2f} |")
+    print(f"| one cold `ptm classify` of the 8 files | {figures['one process, 8 files s']:.2f} |")
+
+
 def describe(device: str) -> str:
     import torch
 
@@ -198,7 +267,19 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--serve-only", action="store_true", help="only the warm-server rows")
     args = parser.parse_args()
+    if args.serve_only:
+        with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+            folder = Path(tmp)
+            figures = serve_rows(folder, make_weights(folder), make_images(folder, 8, (1280, 720)), args.device)
+        load = os.getloadavg()[0]
+        print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at the end; python {sys.version.split()[0]}; "
+              f"{describe(args.device)}; ResNet101 at 224x224")  # fmt: skip
+        print_serve_rows(figures)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1))
+        return
     device = args.device
     halves = ("bf16",) if device == "cpu" else ("fp16", "bf16")
     hd_count, big_count = (8, 4) if args.quick else (32, 16)
@@ -263,6 +344,7 @@ def main() -> None:
             )
             translate_rows.append((size, seconds, peak))
             figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
+        figures["serve"] = serve_rows(folder, weights, sets[next(iter(sets))], device)
 
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
@@ -288,6 +370,7 @@ def main() -> None:
     print(f"\n| `ptm zebra` on one {big_size[0]}x{big_size[1]} JPEG | wall s | peak memory MiB |\n|---|---:|---:|")
     for size, seconds, peak in translate_rows:
         print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
+    print_serve_rows(figures["serve"])
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

@@ -30,9 +30,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("results page", {"report"}),
     ("hub", {"hub", "hub.repos", "hub.trust", "hub.sandbox", "hub.classifier"}),
     ("ready models", {"loading", "doctor"}),
+    ("warm server", {"serve", "serve.protocol", "serve.client", "serve.warm", "serve.server"}),
     ("commands", {"commands", "commands.common", "commands.options", "commands.classify", "commands.translate",
                   "commands.models", "commands.weights", "commands.hub", "commands.doctor", "commands.completion",
-                  "commands.progress"}),
+                  "commands.progress", "commands.remote", "commands.serve"}),
     ("the command line", {"cli"}),
     ("entry points", {"__main__", ""}),
 ]  # fmt: skip

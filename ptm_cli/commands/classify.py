@@ -7,7 +7,7 @@ from typing import IO, Any
 
 import click
 
-from . import completion
+from . import completion, remote
 from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
 from .options import device_option, format_option, input_options, precision_option, quiet_option, report_option
 from .progress import RunProgress
@@ -55,6 +55,7 @@ from .progress import RunProgress
 @click.option("--arg", "hub_args", multiple=True, metavar="KEY=VALUE", help="Argument for a hub: entry point.")
 @quiet_option
 @report_option
+@remote.server_option
 def classify(
     images: tuple[str, ...],
     recursive: bool,
@@ -76,6 +77,7 @@ def classify(
     hub_args: tuple[str, ...],
     quiet: bool,
     report_path: str | None,
+    server: str | None,
 ) -> int:
     """Classify IMAGES (files, directories, or - for stdin) with an ImageNet model.
 
@@ -86,8 +88,8 @@ def classify(
       ptm classify -w IMAGENET1K_V1 --resize 256 --crop 224 dog.jpg
       find . -name '*.jpg' | ptm classify --files-from - -f csv > labels.csv
       ptm classify -m hub:pytorch/vision:v0.10.0/resnet18 --arg pretrained=true dog.jpg
+      ptm classify --server auto dog.jpg      # a warm server answers in a fraction of a second
     """
-    from ..classify import classify_images, to_record
     from ..inputs import count_inputs
     from ..loading import ModelOptions, plan_classifier
 
@@ -97,6 +99,16 @@ def classify(
     )  # fmt: skip
     plan = plan_classifier(options)
     inputs = image_inputs(images, recursive, files_from)
+    # --compile, --report and hub: models need this process; they run here, with the same output.
+    if remote.wanted(server) and not (compile_model or report_path or options.is_hub):
+        items = list(inputs)
+        job = _server_job(options, items, top_k, batch_size, workers, full_decode)
+        if job is not None:
+            with job:
+                return _write_records(job.records(), fmt, quiet, batch_size, (images, recursive, files_from))
+        inputs = iter(items)
+    from ..classify import classify_images, to_record
+
     report = None
     if report_path is not None:
         from ..report import check_destination
@@ -129,6 +141,38 @@ def classify(
     if report is not None and report_path is not None:
         report.write(Path(report_path))
         note(f"wrote the report {report_path}")
+    return outcome(count, failed)
+
+
+def _server_job(
+    options: Any, items: list[Any], top_k: int, batch_size: int, workers: int, full_decode: bool
+) -> Any:
+    from ..serve.client import encode_inputs
+
+    encoded, payload = encode_inputs(items)
+    request = {"options": remote.model_fields(options), "inputs": encoded, "top_k": top_k,
+               "batch_size": batch_size, "workers": workers, "full_decode": full_decode}  # fmt: skip
+    return remote.open_job("classify", request, payload)
+
+
+def _write_records(
+    records: Any, fmt: str | None, quiet: bool, batch_size: int, named: tuple[tuple[str, ...], bool, str | None]
+) -> int:
+    """The records a server made, written as the in-process run writes its own."""
+    from ..inputs import count_inputs
+
+    images, recursive, files_from = named
+    failed = count = 0
+    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
+        progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
+        with classify_writer(out, fmt) as writer_:
+            for record in records:
+                writer_.write(record)
+                failed += "error" in record
+                count += 1
+                progress.advance("error" not in record)
+                if count % batch_size == 0:
+                    writer_.flush()
     return outcome(count, failed)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from . import completion
+from . import completion, remote
 from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
 from .options import device_option, input_options, precision_option, quiet_option, report_option
 from .progress import RunProgress
@@ -56,6 +57,7 @@ def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file already exists."),
         quiet_option,
         report_option,
+        remote.server_option,
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -113,12 +115,14 @@ def run_translate(
     files_from: str | None,
     quiet: bool,
     report_path: str | None,
+    server: str | None,
 ) -> int:
     from ..imagejobs import make_destination, run_image_jobs
     from ..inputs import count_inputs
     from ..loading import ModelOptions, plan_translator
 
-    plan = plan_translator(ModelOptions(model=model, weights=weights, device=device, precision=precision))
+    options = ModelOptions(model=model, weights=weights, device=device, precision=precision)
+    plan = plan_translator(options)
     inputs = image_inputs(images, recursive, files_from)
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
     destination = make_destination(output, output_dir, suffix, image_format, 1 if single else 2, beside_tag=tag)
@@ -128,12 +132,16 @@ def run_translate(
         from ..report import check_destination
 
         check_destination(Path(report_path))
+    job: Any = None
+    if remote.wanted(server) and report_path is None:  # --report needs the images here: it runs in-process
+        request = {"options": remote.model_fields(options), "size": size, "tile": tile}
+        job = remote.open_job("translate", request)
     report: Any = None
     pending: list[Any] = []  # (input, output) of the image whose record comes next
     failed = count = 0
-    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
+    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress, job or contextlib.nullcontext():
         progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
-        translator = plan.load()
+        translator: Any = plan.load() if job is None else None
         if report_path is not None:
             from ..report import Report
 
@@ -150,6 +158,8 @@ def run_translate(
             return result
 
         def describe() -> dict[str, Any]:
+            if translator is None:
+                return {"model": job.ready()["model"], "weights": job.ready()["weights"]}
             return {"model": translator.entry.model, "weights": translator.weights_label}
 
         def emit(data: bytes) -> None:
@@ -159,7 +169,8 @@ def run_translate(
             binary.flush()
 
         jobs = run_image_jobs(inputs, transform, destination, force=force, skip_existing=skip_existing,
-                              describe=describe, emit_bytes=emit, on_note=progress.note)  # fmt: skip
+                              describe=describe, emit_bytes=emit, on_note=progress.note,
+                              render=None if job is None else job.render)  # fmt: skip
         with writer(sys.stderr if destination.stdout else out, None,
                     columns=["input", "output", "size", "seconds", "error"], flatten=_rows) as records:  # fmt: skip
             for record in jobs:

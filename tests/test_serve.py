@@ -1,0 +1,559 @@
+"""``ptm serve`` and ``--server auto``: real server processes, real client processes.
+
+Every server a test starts is stopped by the test (``Servers``), even when the
+test fails: by a stop request, then by the pid its lock file names. Waits
+are bounded. Each test has its own short runtime folder (XDG_RUNTIME_DIR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm
+from PIL import Image
+from test_reliability import write_corpus
+
+LABELS = ("cat", "cup", "rocket", "other")
+PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+class Servers:
+    """Starts ``ptm serve run`` processes and guarantees they are gone at the end."""
+
+    def __init__(self, runtime: Path):
+        self.runtime = runtime
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.cwd = Path.cwd()
+
+    @property
+    def folder(self) -> Path:
+        return self.runtime / "ptm"
+
+    def start(self, *args: str, env: dict[str, str] | None = None, clean: bool = False) -> subprocess.Popen[bytes]:
+        """``ptm serve run ARGS``; ``clean``: in the environment conftest gives each test, plus ``env``."""
+        base = dict(os.environ)
+        if clean:
+            base = {k: v for k, v in base.items() if not k.startswith("PTM_") and k.lower() not in PROXIES}
+            base.update(NO_PROXY="127.0.0.1,localhost")
+            base.pop("XDG_CACHE_HOME", None)
+        log = open(self.runtime / f"server-{len(self.processes)}.log", "wb")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ptm_cli", "serve", "run", "--idle-timeout", "300", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env={**base, **(env or {})},
+        )  # fmt: skip
+        log.close()
+        self.processes.append(process)
+        self.wait_until_answering(process)
+        return process
+
+    def wait_until_answering(self, process: subprocess.Popen[bytes] | None = None, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"the server exited {process.returncode}: {self.logs()}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(self.folder / "server.sock"))
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no server answered within {timeout} s: {self.logs()}")
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.runtime.glob("server-*.log")))
+
+    def status(self) -> dict[str, Any]:
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime)}
+        out = subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "status", "-f", "jsonl"], capture_output=True,
+                             timeout=60, check=True, env=env)  # fmt: skip
+        record: dict[str, Any] = json.loads(out.stdout)
+        return record
+
+    def lock_holder(self) -> int | None:
+        """The pid of the server that holds the folder's lock now; None when no live server holds it."""
+        import fcntl
+
+        try:
+            fd = os.open(self.folder / "server.lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # nobody holds it: whatever pid it names is gone (and may be reused)
+        except BlockingIOError:
+            return int(os.read(fd, 64).decode().strip())
+        finally:
+            os.close(fd)
+
+    def stop_all(self, env: dict[str, str] | None = None) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "stop"], capture_output=True, timeout=30,
+                           env={**os.environ, **(env or {}), "XDG_RUNTIME_DIR": str(self.runtime)})  # fmt: skip
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        pid = self.lock_holder()  # a server a client started (--server auto) is not our child
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Servers]:
+    # A short folder of its own: a socket path must fit in 104 bytes.
+    runtime = Path(tempfile.mkdtemp(prefix="ptm-serve-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("PTM_SERVER", raising=False)
+    group = Servers(runtime)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_server(
+    model_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Servers, dict[str, str]]]:
+    """One server for the tests that only use it (starting one costs seconds); they see its counters move."""
+    runtime = Path(tempfile.mkdtemp(prefix="ptm-serve-"))
+    home = tmp_path_factory.mktemp("home")
+    env = {"XDG_RUNTIME_DIR": str(runtime), "HOME": str(home), "TORCH_HOME": str(home / "torch"),
+           "PTM_CATALOG": str(model_folder / "tiny.toml")}  # fmt: skip
+    group = Servers(runtime)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, runtime, ignore_errors=True)
+        cleanup.callback(group.stop_all, env)
+        group.start(env=env, clean=True)
+        yield group, env
+
+
+@pytest.fixture
+def warm(shared_server: tuple[Servers, dict[str, str]], model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Servers:
+    """The shared server, with this test's environment made the one it was started in."""
+    group, env = shared_server
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("PTM_SERVER", raising=False)
+    monkeypatch.chdir(model_folder)
+    group.cwd = model_folder
+    return group
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.save(informative_state_dict(), folder / "tiny.pth")
+    (folder / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
+    (folder / "tiny.toml").write_text(TINY_TOML)
+    for i, name in enumerate(("chelsea.png", "coffee.png", "rocket.jpg")):
+        image = Image.open(DATA / name).convert("RGB")
+        image.resize((image.width // 4, image.height // 4)).save(folder / f"photo{i}.png")
+        image.resize((90, 70)).save(folder / f"small{i}.jpg", quality=90)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 40)
+    (folder / "album").mkdir()
+    shutil.copy(folder / "photo1.png", folder / "album" / "a.png")
+    (folder / "album" / "b.jpg").write_bytes(b"not a picture")
+    torch.manual_seed(0)
+    from ptm_cli.cyclegan import build_generator
+
+    torch.save(build_generator().state_dict(), folder / "generator.pth")
+    return folder
+
+
+@pytest.fixture
+def tiny(model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PTM_CATALOG", str(model_folder / "tiny.toml"))
+    monkeypatch.chdir(model_folder)
+    return model_folder
+
+
+def ptm(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+    return subprocess.run([sys.executable, "-m", "ptm_cli", *args], input=stdin, capture_output=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+CLASSIFY = ("classify", "-m", "tiny", "-w", "./tiny.pth")
+
+
+# --- same output as in-process ------------------------------------------------------------------
+
+
+def test_classify_through_the_server_prints_what_the_process_prints(warm: Servers) -> None:
+    before = warm.status()["requests"]
+    for fmt in ("jsonl", "csv", "table", "json"):
+        args = [*CLASSIFY, "-f", fmt, "-k", "3", "photo0.png", "broken.jpg", "missing.png", "small1.jpg", "album"]
+        alone = run_ptm(args)
+        served = ptm(*args, "--server", "auto")
+        assert (served.returncode, served.stdout, served.stderr.decode()) == (
+            alone.code, alone.stdout_bytes, alone.stderr), fmt  # fmt: skip
+        assert alone.code == 1 and alone.stderr == "ptm: 3 of 6 inputs failed; see their error records\n"
+    assert warm.status()["requests"] == before + 4  # they did go through the server
+
+
+def test_the_hostile_corpus_gives_the_same_records_through_the_server(warm: Servers, tmp_path: Path) -> None:
+    expected = write_corpus(tmp_path / "corpus")
+    listing = tmp_path / "corpus.txt"
+    listing.write_text("".join(f"{path}\n" for path, _ in expected))
+    args = [*CLASSIFY, "-f", "jsonl", "--batch-size", "4", "--files-from", str(listing)]
+    alone = run_ptm(args)
+    served = ptm(*args, env={"PTM_SERVER": "auto"})
+    assert served.returncode == alone.code == 1
+    assert served.stdout == alone.stdout_bytes
+    assert served.stderr.decode() == alone.stderr
+    assert len(alone.records()) == len(expected)
+
+
+def test_stdin_and_files_from_stdin_through_the_server(warm: Servers) -> None:
+    before = warm.status()["requests"]
+    photo = (warm.cwd / "photo1.png").read_bytes()
+    for args, stdin in ([[*CLASSIFY, "-"], photo], [[*CLASSIFY, "--files-from", "-"], b"photo0.png\nbroken.jpg\n"]):
+        alone = run_ptm([*args, "-f", "jsonl"], stdin=stdin)
+        served = ptm(*args, "-f", "jsonl", "--server", "auto", stdin=stdin)
+        assert (served.returncode, served.stdout) == (alone.code, alone.stdout_bytes)
+    assert warm.status()["requests"] == before + 2
+
+
+def test_usage_and_weights_errors_are_the_same_through_the_server(warm: Servers, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"PK\x03\x04 not really a weights file")
+    for args in ([*CLASSIFY[:3], "./nothing.pth", "photo0.png"], ["classify", "-m", "nosuchmodel", "photo0.png"],
+                 ["classify", "-m", "tiny", "-w", str(damaged), "photo0.png"], [*CLASSIFY, "-", "-"]):  # fmt: skip
+        alone = run_ptm(args)
+        served = ptm(*args, "--server", "auto")
+        assert (served.returncode, served.stdout.decode(), served.stderr.decode()) == (
+            alone.code, alone.stdout, alone.stderr), args  # fmt: skip
+        assert alone.code == 2
+
+
+def test_zebra_through_the_server_writes_the_same_images(warm: Servers, tmp_path: Path) -> None:
+    before = warm.status()["requests"]
+    common = ["zebra", "-w", "./generator.pth", "--size", "64"]
+    alone = run_ptm([*common, "photo0.png", "-o", "-"])
+    served = ptm(*common, "photo0.png", "-o", "-", "--server", "auto")
+    assert served.returncode == alone.code == 0
+    assert served.stdout == alone.stdout_bytes and served.stdout.startswith(b"\x89PNG")
+    piped = ptm(*common, "-", "-o", "-", "--server", "auto", stdin=(warm.cwd / "photo0.png").read_bytes())
+    assert piped.stdout == alone.stdout_bytes
+    inputs = ["photo0.png", "broken.jpg", "small2.jpg"]
+    here, there = tmp_path / "here", tmp_path / "there"
+    alone = run_ptm([*common, "--output-dir", str(here), "--suffix", "_z", *inputs])
+    served = ptm(*common, "--output-dir", str(there), "--suffix", "_z", *inputs, "--server", "auto")
+    assert served.returncode == alone.code == 1
+    records = [json.loads(line) for line in served.stdout.decode().splitlines()]
+    assert [{k: v for k, v in r.items() if k not in ("seconds", "output")} for r in records] == [
+        {k: v for k, v in r.items() if k not in ("seconds", "output")} for r in alone.records()]  # fmt: skip
+    assert [r.get("output") for r in records] == [f"{there}/photo0_z.png", None, f"{there}/small2_z.png"]
+    for name in ("photo0_z.png", "small2_z.png"):
+        assert (there / name).read_bytes() == (here / name).read_bytes()
+    again = ptm(*common, "--output-dir", str(there), "--suffix", "_z", "photo0.png", "--server", "auto")
+    assert again.returncode == 1 and b"already exists; use --force" in again.stdout
+    assert warm.status()["requests"] == before + 4
+
+
+# --- the client side ---------------------------------------------------------------------------
+
+
+def test_a_client_through_the_server_imports_no_torch(warm: Servers) -> None:
+    before = warm.status()["requests"]
+    code = (
+        "import sys\nfrom ptm_cli.cli import run\n"
+        "code = run(['classify', '--server', 'auto', '-m', 'tiny', '-w', './tiny.pth', '-f', 'jsonl', 'photo2.png'])\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'numpy', 'PIL') if m in sys.modules]\n"
+        "print('CODE', code, 'HEAVY=' + ','.join(heavy), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=True)
+    assert b"CODE 0 HEAVY=\n" in out.stderr
+    assert out.stdout == run_ptm([*CLASSIFY, "-f", "jsonl", "photo2.png"]).stdout_bytes
+    assert warm.status()["requests"] == before + 1
+
+
+def test_a_mismatched_server_is_not_used_and_the_client_says_so(warm: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = warm.status()["requests"]
+    args = [*CLASSIFY, "-f", "jsonl", "photo0.png"]
+    alone = run_ptm(args)
+    monkeypatch.setenv("PTM_MAX_PIXELS", "1000000")  # changes which images are refused: a result-changing setting
+    served = run_ptm([*args, "--server", "auto"])  # this process already has torch: falling back costs nothing
+    assert served.code == 0 and served.stdout == alone.stdout
+    assert served.stderr == "ptm: not using the server: the running server differs in $PTM_MAX_PIXELS; running here\n"
+    assert warm.status()["requests"] == before
+
+
+def test_options_the_server_does_not_take_run_here_with_the_same_output(warm: Servers, tmp_path: Path) -> None:
+    before = warm.status()["requests"]
+    report = tmp_path / "page.html"
+    alone = run_ptm([*CLASSIFY, "-f", "jsonl", "photo0.png"])
+    served = run_ptm([*CLASSIFY, "-f", "jsonl", "photo0.png", "--report", str(report), "--server", "auto"])
+    assert served.code == 0 and served.stdout == alone.stdout and report.is_file()
+    assert warm.status()["requests"] == before
+
+
+def test_auto_starts_one_server_for_clients_that_arrive_together(servers: Servers, tiny: Path) -> None:
+    clients = [subprocess.Popen([sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl",
+                                 f"small{i}.jpg"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for i in range(3)]  # fmt: skip
+    outputs = [c.communicate(timeout=120) for c in clients]
+    assert [c.returncode for c in clients] == [0, 0, 0], outputs
+    assert all(err == b"" for _, err in outputs)
+    log = (servers.folder / "server.log").read_text()
+    assert log.count("listening on") == 1 and "already running" not in log
+    status = servers.status()
+    assert status["pid"] == servers.lock_holder() and status["requests"] == 3
+
+
+# --- concurrency, batching, clients that leave --------------------------------------------------
+
+
+def test_eight_concurrent_clients_share_a_forward_pass_and_get_their_own_answers(
+    servers: Servers, tiny: Path
+) -> None:
+    servers.start("--batch-window", "3000")  # long enough for 8 processes to start on 2 busy cores
+    names = [f"{kind}{i}.{ext}" for kind, ext in (("photo", "png"), ("small", "jpg")) for i in range(3)]
+    names += ["photo0.png", "small1.jpg"]
+    clients = [subprocess.Popen([sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl", name],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in names]  # fmt: skip
+    outputs = [c.communicate(timeout=120) for c in clients]
+    assert [c.returncode for c in clients] == [0] * 8, outputs
+    status = servers.status()
+    assert status["images"] == 8 and status["requests"] == 8
+    assert status["forward_passes"] <= 2, status  # one when all eight arrive within the window
+    alone = run_ptm([*CLASSIFY, "-f", "jsonl", "--batch-size", "1", *names]).records()
+    for (out, _), expected in zip(outputs, alone, strict=True):
+        got = json.loads(out)
+        assert got["input"] == expected["input"]
+        assert [p["index"] for p in got["predictions"]] == [p["index"] for p in expected["predictions"]]
+        for a, b in zip(got["predictions"], expected["predictions"], strict=True):
+            assert a["probability"] == pytest.approx(b["probability"], abs=2e-6)
+
+
+def test_a_client_that_leaves_mid_stream_does_not_disturb_the_next(warm: Servers) -> None:
+    before = warm.status()["images"]
+    many = ["photo0.png", "small1.jpg", "photo2.png"] * 150
+    args = [sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl", "--batch-size", "1", *many]
+    # `| head -1`: the reader closes the pipe.
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as head:
+        assert head.stdout is not None and head.stderr is not None
+        assert head.stdout.readline().startswith(b'{"input": "photo0.png"')
+        head.stdout.close()
+        assert head.wait(timeout=60) == 141
+        assert b"Traceback" not in head.stderr.read()
+    # Ctrl-C, then SIGKILL: the client's own work stops, the server goes on.
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGKILL, -9)):
+        with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as client:
+            assert client.stdout is not None
+            client.stdout.readline()
+            client.send_signal(sig)
+            client.communicate(timeout=60)
+            assert client.returncode == code
+    after = ptm(*CLASSIFY, "-f", "jsonl", "photo2.png", "--server", "auto")
+    assert after.returncode == 0 and after.stdout == run_ptm([*CLASSIFY, "-f", "jsonl", "photo2.png"]).stdout_bytes
+    deadline = time.monotonic() + 30
+    while (status := warm.status())["clients"] and time.monotonic() < deadline:
+        time.sleep(0.1)  # the abandoned jobs notice at their next record
+    assert status["clients"] == 0 and status["images"] - before < len(many) * 3
+
+
+# --- hostile requests ---------------------------------------------------------------------------
+
+
+def _exchange(path: Path, raw: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(raw)
+        head = sock.recv(8, socket.MSG_WAITALL)
+        size, _ = struct.unpack("!II", head)
+        reply: dict[str, Any] = json.loads(sock.recv(size, socket.MSG_WAITALL))
+        return reply
+
+
+def _frame(message: Any) -> bytes:
+    body = json.dumps(message).encode()
+    return struct.pack("!II", len(body), 0) + body
+
+
+def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_on(warm: Servers) -> None:
+    from ptm_cli.serve.protocol import identity
+
+    before = warm.status()
+    path = warm.folder / "server.sock"
+    tiny = warm.cwd
+    good = {"op": "classify", "identity": identity(), "cwd": str(tiny), "top_k": 3, "batch_size": 2, "workers": 1,
+            "options": {"model": "tiny", "weights": "./tiny.pth", "device": "cpu", "precision": "fp32"},
+            "inputs": [{"name": "photo0.png", "path": str(tiny / "photo0.png")}]}  # fmt: skip
+    hostile = {
+        "a 4 GiB length prefix": struct.pack("!II", 0xFFFFFFFF, 0),
+        "a 4 GiB payload": struct.pack("!II", 2, 0xFFFFFFF0) + b"{}",
+        "not JSON": struct.pack("!II", 5, 0) + b"{nope",
+        "not UTF-8": struct.pack("!II", 4, 0) + b"\xff\xfe{}",
+        "a JSON list": _frame([1, 2, 3]),
+        "no op": _frame({"hello": 1}),
+        "an unknown op": _frame({"op": "rm -rf"}),
+        "a path that is a number": _frame({**good, "inputs": [{"name": "x", "path": 7}]}),
+        "a relative path": _frame({**good, "inputs": [{"name": "x", "path": "photo0.png"}]}),
+        "a name that is a list": _frame({**good, "inputs": [{"name": ["x"], "path": "/x"}]}),
+        "top_k as text": _frame({**good, "top_k": "5"}),
+        "top_k as true": _frame({**good, "top_k": True}),
+        "a huge batch": _frame({**good, "batch_size": 10**9}),
+        "options that are a string": _frame({**good, "options": "resnet101"}),
+        "a relative cwd": _frame({**good, "cwd": "tmp"}),
+        "stdin twice": _frame({**good, "inputs": [{"name": "-", "stdin": True}] * 2}),
+    }
+    for what, raw in hostile.items():
+        reply = _exchange(path, raw)
+        assert reply["event"] == "error" and reply["exit_code"] == 2, (what, reply)
+        assert reply["message"].startswith("the server could not read the request"), (what, reply)
+    truncated = _frame(good)[:-10]  # a client that dies half-way through its request
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.sendall(truncated)
+    reply = _exchange(path, _frame(good))
+    assert reply["event"] == "record" and reply["record"]["input"] == "photo0.png"
+    assert warm.processes[0].poll() is None
+    status = warm.status()
+    assert status["requests"] == before["requests"] + 1 and status["refused"] == before["refused"]
+
+
+# --- the private folder and the socket -----------------------------------------------------------
+
+
+def test_the_folder_is_private_and_the_socket_is_the_users_only(servers: Servers, tiny: Path) -> None:
+    assert ptm("serve", "start").returncode == 0
+    for name, mode in (("", 0o700), ("server.sock", 0o600), ("server.lock", 0o600), ("start.lock", 0o600),
+                       ("server.log", 0o600)):  # fmt: skip
+        assert stat.S_IMODE(os.lstat(servers.folder / name).st_mode) == mode, name
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_another_user_is_refused(servers: Servers, tiny: Path) -> None:
+    servers.start()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    socket_file = str(servers.folder / "server.sock")
+
+    def as_nobody() -> str:
+        """Fork; the child drops to nobody, connects and reports what the server says."""
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: only system calls, then _exit
+            answer = "?"
+            try:
+                os.setgroups([])
+                os.setgid(nobody)
+                os.setuid(nobody)
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(20)
+                    try:
+                        sock.connect(socket_file)
+                    except PermissionError:
+                        answer = "NO ENTRY"
+                    else:
+                        # The refusal comes before the client says anything.
+                        size, _ = struct.unpack("!II", sock.recv(8, socket.MSG_WAITALL))
+                        answer = json.loads(sock.recv(size, socket.MSG_WAITALL)).get("message", "no message")
+            except BaseException as exc:
+                answer = f"child failed: {exc!r}"
+            finally:
+                os.write(write, answer.encode())
+                os._exit(0)
+        os.close(write)
+        try:
+            with os.fdopen(read, "rb") as pipe:
+                return pipe.read().decode()
+        finally:
+            os.waitpid(pid, 0)
+
+    assert as_nobody() == "NO ENTRY"  # the folder's 0700 keeps them out
+    # Even with the folder and socket opened up, SO_PEERCRED tells the server who is calling.
+    os.chmod(servers.runtime, 0o755)
+    os.chmod(servers.folder, 0o711)
+    os.chmod(socket_file, 0o666)
+    assert as_nobody() == f"this ptm server serves uid 0 only, not uid {nobody}"
+    assert servers.status()["refused"] == 1
+
+
+@pytest.mark.parametrize("unsafe", ["group-writable", "symlink", "other-owner"])
+def test_an_unsafe_folder_is_refused_and_clients_run_here(servers: Servers, tiny: Path, unsafe: str) -> None:
+    if unsafe == "group-writable":
+        servers.folder.mkdir(mode=0o700)
+        os.chmod(servers.folder, 0o770)
+    elif unsafe == "symlink":
+        elsewhere = servers.runtime / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        servers.folder.symlink_to(elsewhere)
+    else:
+        if os.getuid() != 0:
+            pytest.skip("needs root to give the folder away")
+        servers.folder.mkdir(mode=0o700)
+        os.chown(servers.folder, pwd.getpwnam("nobody").pw_uid, -1)
+    started = ptm("serve", "start")
+    assert started.returncode == 2
+    assert started.stderr.decode().startswith(f"ptm: error: the server folder {servers.folder} ")
+    args = [*CLASSIFY, "-f", "jsonl", "photo1.png"]
+    served = run_ptm([*args, "--server", "auto"])
+    assert served.code == 0 and served.stdout == run_ptm(args).stdout
+    assert served.stderr.startswith(f"ptm: not using a server (the server folder {servers.folder} ")
+    assert not (servers.folder / "server.sock").exists() and servers.lock_holder() is None
+
+
+# --- lifetime ------------------------------------------------------------------------------------
+
+
+def test_start_status_stop(servers: Servers, tiny: Path) -> None:
+    started = ptm("serve", "start", "--keep-alive", "60")
+    assert started.returncode == 0 and started.stderr.decode().startswith("ptm: started a server (pid ")
+    again = ptm("serve", "start")
+    assert again.returncode == 0 and "already running" in again.stderr.decode()
+    ptm(*CLASSIFY, "photo0.png", "--server", "auto")
+    status = servers.status()
+    assert status["pid"] == servers.lock_holder() and status["keep_alive_s"] == 60
+    assert [(m["model"], m["weights"]) for m in status["models"]] == [("tiny", "./tiny.pth")]
+    table = ptm("serve", "status", "-f", "table")
+    assert b"tiny (./tiny.pth, auto)" in table.stdout
+    stopped = ptm("serve", "stop")
+    assert stopped.returncode == 0 and stopped.stderr.decode() == f"ptm: stopped the server (pid {status['pid']})\n"
+    assert not (servers.folder / "server.sock").exists()
+    none = ptm("serve", "status")
+    assert none.returncode == 1 and none.stderr.decode() == "ptm: no server is running; `ptm serve start` starts one\n"
+
+
+def test_the_server_exits_when_idle_and_unloads_unused_models(servers: Servers, tiny: Path) -> None:
+    process = servers.start("--idle-timeout", "2", "--keep-alive", "0.5")
+    ptm(*CLASSIFY, "photo0.png", "--server", "auto")
+    process.wait(timeout=30)  # fails the test if the server outlives its idle time by far
+    assert process.returncode == 0
+    assert not (servers.folder / "server.sock").exists()
+    log = servers.logs()
+    assert "unloaded tiny (keep-alive over)" in log and "idle for 2 s; exiting" in log
+
+
+def test_a_stale_socket_of_a_killed_server_is_replaced(servers: Servers, tiny: Path) -> None:
+    killed = servers.start()
+    killed.kill()
+    killed.wait(timeout=10)
+    assert (servers.folder / "server.sock").exists()  # left behind by SIGKILL
+    args = [*CLASSIFY, "-f", "jsonl", "small0.jpg"]
+    served = ptm(*args, "--server", "auto")
+    assert served.returncode == 0 and served.stderr == b""
+    assert served.stdout == run_ptm(args).stdout_bytes
+    status = servers.status()
+    assert status["pid"] != killed.pid and status["requests"] == 1
+    assert "replaced a stale socket" in (servers.folder / "server.log").read_text()
