@@ -40,6 +40,16 @@ class ShardRunner:
         return {key: [status[key] for status in statuses] for key in statuses[0]} if statuses else {}
 
 
+def require() -> None:
+    """MissingDependency, saying what to install, when the engine's package is not importable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+            import ray.data  # noqa: F401
+    except ImportError:
+        raise MissingDependency("--engine ray needs Ray Data: pip install 'ptm[ray]'") from None
+
+
 def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Iterator[dict[str, Any]]:
     try:
         import ray

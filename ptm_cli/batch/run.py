@@ -33,7 +33,10 @@ def shard_is_done(spec: Spec, shard: Shard) -> bool:
 
 
 def engine_runner(engine: str) -> Callable[..., Iterator[dict[str, Any]]]:
-    """The engine's ``run(spec, shards, address=...)``; Ray and Spark are imported only here, when chosen."""
+    """The engine's ``run(spec, shards, address=...)``; Ray and Spark are imported only here, when chosen.
+
+    Call it before planning: a missing package fails before the job folder is made.
+    """
     if engine == "local":
         from . import local_engine
 
@@ -41,10 +44,12 @@ def engine_runner(engine: str) -> Callable[..., Iterator[dict[str, Any]]]:
     if engine == "ray":
         from . import ray_engine
 
+        ray_engine.require()
         return ray_engine.run
     if engine == "spark":
         from . import spark_engine
 
+        spark_engine.require()
         return spark_engine.run
     raise UsageError(f"unknown engine {engine!r}; use local, ray or spark")
 

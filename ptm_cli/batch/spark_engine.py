@@ -32,6 +32,14 @@ def _run_row(spec: Spec, row: tuple[int, int, tuple[str, ...]]) -> dict[str, Any
     return run_shard_to_file(spec, Shard(index, start, tuple(names)))
 
 
+def require() -> None:
+    """MissingDependency, saying what to install, when the engine's package is not importable."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise MissingDependency("--engine spark needs PySpark: pip install 'ptm[spark]' (and Java 17+)") from None
+
+
 def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Iterator[dict[str, Any]]:
     try:
         from pyspark.sql import SparkSession

@@ -104,10 +104,11 @@ def _run(task: str, options: Any, *, images: tuple[str, ...], recursive: bool, f
          engine: str, record_format: str, shard_size: int, resume: bool, address: str | None, batch_size: int,
          **extra: Any) -> int:  # fmt: skip
     from ..batch.job import Request, plan_job
-    from ..batch.run import run_job
+    from ..batch.run import engine_runner, run_job
 
     if not images and files_from is None:
         raise click.UsageError("give at least one image, directory or --files-from")
+    engine_runner(engine)  # a missing engine fails before the job folder is made
     request = Request(task=task, options=options, inputs=images, output=output, recursive=recursive,
                       files_from=files_from, record_format=record_format, shard_size=shard_size,
                       batch_size=batch_size, **extra)  # fmt: skip
