@@ -52,11 +52,22 @@ def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Itera
     try:
         context = session.sparkContext
         rows = [(s.index, s.start, s.names) for s in shards]
-        statuses = context.parallelize(rows, numSlices=len(rows)).map(functools.partial(_run_row, spec)).collect()
+        try:
+            statuses = context.parallelize(rows, numSlices=len(rows)).map(functools.partial(_run_row, spec)).collect()
+        except Exception as exc:  # a Py4J error whose first line says only which call failed
+            raise RuntimeError(_spark_reason(exc)) from exc
         yield from statuses
     finally:
         if owned:
             session.stop()
+
+
+def _spark_reason(exc: Exception) -> str:
+    """The line of a Spark failure that says what happened (a lost task, a crashed Python worker)."""
+    for line in str(exc).splitlines():
+        if "SparkException:" in line:
+            return line.split("SparkException:", 1)[1].strip()
+    return first_line(exc, 300)
 
 
 def _start(session_class: Any, address: str | None) -> Any:
