@@ -10,8 +10,10 @@ tables: images/s and ratios against the book's loop measured in the same run
 (fp32, bf16, and fp32 with --compile, whose compile time it reports with an
 empty and a warm inductor cache), how far bf16's predictions move from fp32's,
 cold start-up, and `ptm zebra` at --size 256 and --size full on a
-12-megapixel photo with peak memory. The full run takes about 20 minutes on
-2 cores; --quick and --no-compile shorten it.
+12-megapixel photo with peak memory, and `ptm batch` on each engine against
+`ptm classify` on the same JPEGs. The full run takes about 25 minutes on
+2 cores; --quick and --no-compile shorten it, --only-batch runs just the
+`ptm batch` rows.
 """
 
 from __future__ import annotations
@@ -183,6 +185,55 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def batch_rows(folder: Path, weights: str, count: int, device: str) -> list[tuple[str, float, float, float]]:
+    """`ptm classify` and `ptm batch --engine local|ray|spark` as whole processes on the same JPEGs.
+
+    Each pipeline runs twice as a whole process: on two shards' worth of
+    images (so that both workers of a 2-CPU engine start) and on all of them.
+    Throughput after start-up is what the extra images add,
+    (count - small) / (wall(count) - wall(small)); start-up (process,
+    imports, cluster, workers, model) is what is left of the small run's
+    wall time once its images are paid for at that rate.
+    """
+    ptm = str(Path(PYTHON).parent / "ptm")
+    shard = max(1, count // 8)
+    small = 2 * shard
+    images = make_images(folder, count, (640, 480))
+    model = ["-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224", "--device", device]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def command(pipeline: str, paths: list[str], out: Path) -> list[str]:
+        if pipeline == "ptm classify":
+            return [ptm, "classify", *model, "-f", "jsonl", *paths]
+        engine = pipeline.rsplit(" ", 1)[-1]
+        return [ptm, "batch", "classify", *model, "--engine", engine, "--shard-size", str(shard), "--output",
+                str(out), *paths]  # fmt: skip
+
+    rows = []
+    for n, pipeline in enumerate(("ptm classify", "ptm batch --engine local", "ptm batch --engine ray",
+                                  "ptm batch --engine spark")):  # fmt: skip
+        walls = []
+        for paths in (images[:small], images):
+            out = folder / f"batch-{n}-{len(paths)}"
+            started = time.perf_counter()
+            done = subprocess.run(command(pipeline, paths, out), capture_output=True, cwd=ROOT, env=env, check=False)
+            walls.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                detail = done.stderr.decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{pipeline} exited {done.returncode}: {detail}")
+        rate = (count - small) / (walls[1] - walls[0])
+        startup = walls[0] - small / rate
+        rows.append((pipeline, startup, rate, rate / rows[0][2] if rows else 1.0))
+    return rows
+
+
+def print_batch_rows(rows: list[tuple[str, float, float, float]], count: int) -> None:
+    print(f"\n| {count} 640x480 JPEGs, ResNet101 fp32 | start-up s | images/s after start-up | vs ptm classify |"
+          "\n|---|---:|---:|---:|")
+    for pipeline, startup, rate, ratio in rows:
+        print(f"| `{pipeline}` | {startup:.1f} | {rate:.2f} | {ratio:.2f}x |")
+
+
 def describe(device: str) -> str:
     import torch
 
@@ -198,7 +249,16 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--batch-images", type=int, default=240,
+                        help="JPEGs for the `ptm batch` rows (default 240: about 4 minutes on 2 cores)")
+    parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
     args = parser.parse_args()
+    if args.only_batch:
+        with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+            rows = batch_rows(Path(tmp), make_weights(Path(tmp)), args.batch_images, args.device)
+        print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {describe(args.device)}")
+        print_batch_rows(rows, args.batch_images)
+        return
     device = args.device
     halves = ("bf16",) if device == "cpu" else ("fp16", "bf16")
     hd_count, big_count = (8, 4) if args.quick else (32, 16)
@@ -264,6 +324,10 @@ def main() -> None:
             translate_rows.append((size, seconds, peak))
             figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
 
+        batch_count = 24 if args.quick else args.batch_images
+        scaling = batch_rows(folder, weights, batch_count, device)
+        figures["batch"] = {p: {"startup_s": s, "images_per_s": r} for p, s, r, _ in scaling}
+
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
     for label, pipeline, rate, ratio in rows:
@@ -288,6 +352,7 @@ def main() -> None:
     print(f"\n| `ptm zebra` on one {big_size[0]}x{big_size[1]} JPEG | wall s | peak memory MiB |\n|---|---:|---:|")
     for size, seconds, peak in translate_rows:
         print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
+    print_batch_rows(scaling, batch_count)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

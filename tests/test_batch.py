@@ -188,6 +188,11 @@ def test_a_used_folder_needs_resume_and_the_same_job(tiny: list[str], tmp_path: 
     assert other.code == 2 and "made with top_k 5, not 2" in other.stderr
     same = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--resume"])
     assert same.code == 1 and json.loads(same.stdout)["shards_run"] == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    foreign = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(tmp_path / "other"), "--resume"])
+    assert foreign.code == 2 and "holds no ptm batch job" in foreign.stderr
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     (tmp_path / "afile").write_text("x")
     assert "is a file" in run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(tmp_path / "afile")]).stderr
 

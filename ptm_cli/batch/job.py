@@ -90,6 +90,7 @@ class Spec:
     folder_as_written: str
     record_format: str
     resume: bool = False
+    threads: int | None = None  # torch threads per worker, set by an engine that runs several workers per machine
     # Translate: manifest position -> the earlier input whose output file has the same name.
     taken: dict[int, str] = field(default_factory=dict)
 
@@ -194,6 +195,9 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
         raise UsageError(f"--output {request.output} is a file; give a folder (new or empty) for the job")
     stored = _read_job(folder) if resume else None
     if stored is None and folder.is_dir() and any(folder.iterdir()):
+        if resume:
+            raise UsageError(f"--output {request.output} holds no ptm batch job ({JOB_FILE}) and is not empty; "
+                             "give a new or empty folder")  # fmt: skip
         raise UsageError(
             f"--output {request.output} is not empty; add --resume to finish the job in it, or give a new folder"
         )

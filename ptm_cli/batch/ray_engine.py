@@ -15,6 +15,7 @@ initialised in this process is used as it is and left running.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -93,6 +94,8 @@ def _run_on_cluster(ray: Any, spec: Spec, shards: list[Shard]) -> Iterator[dict[
         # Whole CPUs per actor leave none for Ray Data's own tasks and can stall small clusters; a fraction
         # under one keeps the pool schedulable, and torch still gets one thread per actor.
         per_actor = {"num_cpus": 0.9 * cpus / actors}
+    if not on_gpu:  # Ray sets OMP_NUM_THREADS for an actor, but torch may have read it before; say it outright
+        spec = dataclasses.replace(spec, threads=max(1, int(per_actor["num_cpus"])))
     rows = [{"shard": s.index, "start": s.start, "names": json.dumps(list(s.names))} for s in shards]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     statuses = dataset.map_batches(

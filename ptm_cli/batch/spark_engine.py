@@ -15,6 +15,7 @@ A session that is already active in this process is used and left running.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from .. import settings
 from ..errors import ConfigError, MissingDependency, first_line
 from .job import Shard, Spec
 from .worker import run_shard_to_file
@@ -52,6 +54,8 @@ def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Itera
     try:
         context = session.sparkContext
         rows = [(s.index, s.start, s.names) for s in shards]
+        # Each task gets spark.task.cpus cores (1 unless configured); torch would otherwise take every core.
+        spec = dataclasses.replace(spec, threads=max(1, int(context.getConf().get("spark.task.cpus", "1") or 1)))
         try:
             statuses = context.parallelize(rows, numSlices=len(rows)).map(functools.partial(_run_row, spec)).collect()
         except Exception as exc:  # a Py4J error whose first line says only which call failed
@@ -77,8 +81,9 @@ def _start(session_class: Any, address: str | None) -> Any:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.log.level", "ERROR")
     )
-    if address is None:  # local workers run this very Python, with ptm and torch in it, unless told otherwise
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if address is None and settings.spark_python() is None:
+        # Local workers run this very Python, with ptm and torch in it; PySpark reads the choice from here.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     try:
         with warnings.catch_warnings():
             # PySpark checks the pandas version as it starts and warns about pandas 3; ptm uses no pandas on Spark.

@@ -57,6 +57,11 @@ def model_for(spec: Spec) -> Any:
     from ..loading import build_classifier, build_translator
 
     path = check_weights(spec)
+    if spec.threads is not None and not spec.device.startswith("cuda"):
+        import torch
+
+        # Several workers share a machine's cores: one that took them all would slow every other one down.
+        torch.set_num_threads(spec.threads)
     _MODEL.clear()  # one model at a time: a worker that switches jobs frees the last one
     if spec.task == "classify":
         model = build_classifier(spec.entry, weights_file=path, device=spec.device, precision=spec.precision,
