@@ -8,7 +8,7 @@ renames every path to a ``file:/`` URI, where ptm owes each input its own
 record under the name the user gave. Python workers are reused between
 tasks (Spark's default), so a worker builds the model once.
 
-Without ``--address`` Spark runs here (``local[*]``, each task tried twice);
+Without ``--address`` Spark runs here (``local[N,2]``: a task per CPU, each tried twice);
 ``--address spark://host:7077`` (or ``yarn``, ``k8s://...``) names a master.
 A session that is already active in this process is used and left running.
 """
