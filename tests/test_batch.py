@@ -268,3 +268,48 @@ def test_batch_translate_writes_what_ptm_translate_writes(tmp_path: Path) -> Non
     last = ours[-1]
     assert last["error"]["type"] == "OutputError" and "already written for" in last["error"]["message"]
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in reference_dir.iterdir())
+
+
+def test_files_from_stdin_and_a_second_run_on_the_same_folder(tiny: list[str], tmp_path: Path) -> None:
+    from ptm_cli import fsutil
+
+    photos = tmp_path / "photos"
+    corpus(photos, photos=2)
+    listed = sorted(str(p) for p in photos.iterdir())
+    out = tmp_path / "out"
+    result = run_ptm(["batch", "classify", *tiny, "--files-from", "-", "--output", str(out)],
+                     stdin=("\n".join(listed) + "\n").encode())  # fmt: skip
+    assert result.code == 1, result.stderr
+    assert [json.loads(line) for line in (out / "_MANIFEST.jsonl").read_text().splitlines()] == listed
+    with fsutil.locked(out / "_JOB.json"):  # as a run in progress holds it
+        busy = run_ptm(["batch", "classify", *tiny, "--files-from", "-", "--output", str(out), "--resume"],
+                       stdin=("\n".join(listed) + "\n").encode())  # fmt: skip
+    assert busy.code == 2 and "another ptm batch is running" in busy.stderr
+
+
+def test_batch_translate_resume_keeps_the_images_already_written(tmp_path: Path) -> None:
+    from ptm_cli.cyclegan import build_generator
+
+    generator = tmp_path / "gen.pth"
+    torch.manual_seed(3)
+    torch.save(build_generator().state_dict(), generator)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        (photos / f"p{i}.jpg").write_bytes(photo_bytes(i, (40, 30)))
+    args = ["batch", "translate", "-m", "horse2zebra", "-w", str(generator), "--size", "32", str(photos),
+            "--output", str(tmp_path / "out"), "--shard-size", "2", "--image-format", "jpeg"]  # fmt: skip
+    assert run_ptm(args).code == 0
+    images = tmp_path / "out" / "images"
+    before = {p.name: p.stat().st_ino for p in images.iterdir()}
+    assert sorted(before) == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"]
+    (tmp_path / "out" / "shards" / "shard-00000.jsonl").unlink()  # as if the run died after writing the images
+    again = run_ptm([*args, "--resume"])
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout)["shards_run"] == 1
+    records = merged(tmp_path / "out")
+    assert records[:2] == [
+        {"input": str(photos / f"p{i}.jpg"), "output": str(images / f"p{i}.jpg"), "skipped": True} for i in range(2)
+    ]
+    assert all(r["size"] == [40, 30] for r in records[2:])
+    assert {p.name: p.stat().st_ino for p in images.iterdir()} == before  # nothing rewritten or overwritten
