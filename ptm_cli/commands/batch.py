@@ -11,6 +11,7 @@ import click
 
 from .common import CONTEXT, note, outcome, stdout_is_data, writer
 from .options import device_option, format_option, input_options, precision_option
+from .translate import SizeParam
 
 
 def job_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,12 +80,12 @@ def batch_classify(model: str, weights: str, top_k: int, resize: int | None, cro
 @click.option("-m", "--model", required=True, help="A translation model (see `ptm models --task translate`).")
 @click.option("-w", "--weights", default="DEFAULT", show_default=True,
               help="Weights variant, or the path of a local generator file (every worker must see it).")
-@click.option("--size", default="256", show_default=True,
+@click.option("--size", default="256", show_default=True, type=SizeParam(),
               help="Short side the generator runs at, or 'full' for the image's own resolution in tiles.")
 @click.option("--tile", default=512, show_default=True, type=click.IntRange(min=64), help="Tile side for --size full.")
 @click.option("--suffix", default="", help="Added to each output's stem, e.g. _zebra.")
 @click.option("--image-format", metavar="FORMAT", help="Images to write: png (default), jpeg, webp, bmp, tiff.")
-def batch_translate(model: str, weights: str, size: str, tile: int, suffix: str, image_format: str | None,
+def batch_translate(model: str, weights: str, size: int | str, tile: int, suffix: str, image_format: str | None,
                     **job: Any) -> int:  # fmt: skip
     """Translate IMAGES into DIR/images/ (names keep the input's stem; nothing is overwritten).
 
@@ -93,11 +94,9 @@ def batch_translate(model: str, weights: str, size: str, tile: int, suffix: str,
       ptm batch translate -m horse2zebra -r horses/ --output zebras --suffix _zebra
     """
     from ..loading import ModelOptions
-    from .translate import SizeParam
 
     options = ModelOptions(model=model, weights=weights, device=job.pop("device"), precision=job.pop("precision"))
-    chosen = SizeParam().convert(size, None, click.get_current_context())
-    return _run("translate", options, size=chosen, tile=tile, suffix=suffix, image_format=image_format, **job)
+    return _run("translate", options, size=size, tile=tile, suffix=suffix, image_format=image_format, **job)
 
 
 def _run(task: str, options: Any, *, images: tuple[str, ...], recursive: bool, files_from: str | None, output: str,
