@@ -101,15 +101,16 @@ class FifoInput:
     """A named pipe among the inputs: whoever opens it waits until the test decides.
 
     ``kill_first`` kills (SIGKILL) the first process that opens it, mid-shard;
-    every later reader gets ``data``. Used as a context manager; the feeding
+    every later reader gets ``data``; ``kill_all`` kills every reader. Used as a context manager; the feeding
     thread always stops, even when the test fails.
     """
 
-    def __init__(self, path: Path, data: bytes, *, kill_first: bool = False):
+    def __init__(self, path: Path, data: bytes, *, kill_first: bool = False, kill_all: bool = False):
         os.mkfifo(path)
         self.path = path
         self.data = data
         self.kill_first = kill_first
+        self.kill_all = kill_all
         self.killed: list[int] = []
         self.fed = 0
         self._stop = threading.Event()
@@ -133,22 +134,22 @@ class FifoInput:
                 time.sleep(0.02)
                 continue
             try:
-                if self.kill_first and not self.killed:
+                if self.kill_all or (self.kill_first and not self.killed):
                     pids: list[int] = []
-                    deadline = time.monotonic() + 5
+                    deadline = time.monotonic() + 2
                     while not pids and time.monotonic() < deadline:  # the reader's descriptor shows up a moment later
                         pids = readers_of(self.path)
-                    for pid in pids:
+                    for pid in pids:  # none: a killed reader that had not quite gone yet
                         os.kill(pid, signal.SIGKILL)
-                    self.killed.extend(pids or [-1])
-                    continue
-                os.set_blocking(fd, True)
-                with contextlib.suppress(BrokenPipeError):
-                    os.write(fd, self.data)
-                self.fed += 1
+                    self.killed.extend(pids)
+                else:
+                    os.set_blocking(fd, True)
+                    with contextlib.suppress(BrokenPipeError):
+                        os.write(fd, self.data)
+                    self.fed += 1
             finally:
                 os.close(fd)
-            time.sleep(0.05)  # let the reader see end-of-file before the next open
+            time.sleep(0.1)  # let the reader see end-of-file (or die) before the next open
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:

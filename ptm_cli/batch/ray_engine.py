@@ -26,6 +26,8 @@ from ..errors import ConfigError, MissingDependency, first_line
 from .job import Shard, Spec
 from .worker import run_shard_to_file
 
+MAX_TRIES = 2  # restarts of a lost actor, and retries of its shard
+
 
 class ShardRunner:
     """A Ray actor: one model for every shard it is given (``map_batches`` with ``batch_size=1``)."""
@@ -61,6 +63,8 @@ def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Itera
     with warnings.catch_warnings():
         # Ray Data warns about its own settings' deprecated names when it starts: nothing a ptm user can act on.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+        # Ray Data takes actor retry limits only as extra keyword arguments, which it now calls deprecated.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
         if owned:
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
@@ -104,6 +108,10 @@ def _run_on_cluster(ray: Any, spec: Spec, shards: list[Shard]) -> Iterator[dict[
         batch_size=1,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=actors),
+        # Ray retries a lost actor's work forever by default: an input that kills its worker every time (a
+        # decoder crash, the OOM killer) would then hang the job. A few tries, then WorkerFailed records.
+        max_restarts=MAX_TRIES,
+        max_task_retries=MAX_TRIES,
         **per_actor,
     )
     for row in statuses.iter_rows():
