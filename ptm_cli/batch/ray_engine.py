@@ -95,24 +95,22 @@ def _run_on_cluster(ray: Any, spec: Spec, shards: list[Shard]) -> Iterator[dict[
     else:
         cpus = max(1, int(resources.get("CPU", 1)))
         actors = max(1, min(len(shards), cpus))
-        # Whole CPUs per actor leave none for Ray Data's own tasks and can stall small clusters; a fraction
-        # under one keeps the pool schedulable, and torch still gets one thread per actor.
+        # Actors that ask for every CPU leave none for Ray Data's own tasks and can stall a small cluster
+        # (two 1-CPU actors on 2 CPUs): each asks for a little under its share.
         per_actor = {"num_cpus": 0.9 * cpus / actors}
     if not on_gpu:  # Ray sets OMP_NUM_THREADS for an actor, but torch may have read it before; say it outright
         spec = dataclasses.replace(spec, threads=max(1, int(per_actor["num_cpus"])))
     rows = [{"shard": s.index, "start": s.start, "names": json.dumps(list(s.names))} for s in shards]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    statuses = dataset.map_batches(
-        ShardRunner,
-        fn_constructor_kwargs={"spec": spec},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=actors),
+    options: dict[str, Any] = dict(
+        fn_constructor_kwargs={"spec": spec}, batch_size=1, batch_format="numpy",
+        compute=ActorPoolStrategy(size=actors), **per_actor,
+    )  # fmt: skip
+    try:
         # Ray retries a lost actor's work forever by default: an input that kills its worker every time (a
         # decoder crash, the OOM killer) would then hang the job. A few tries, then WorkerFailed records.
-        max_restarts=MAX_TRIES,
-        max_task_retries=MAX_TRIES,
-        **per_actor,
-    )
+        statuses = dataset.map_batches(ShardRunner, max_restarts=MAX_TRIES, max_task_retries=MAX_TRIES, **options)
+    except TypeError:  # a Ray that no longer takes them: its own retry policy applies
+        statuses = dataset.map_batches(ShardRunner, **options)
     for row in statuses.iter_rows():
         yield {key: value.item() if hasattr(value, "item") else value for key, value in row.items()}
