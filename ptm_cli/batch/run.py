@@ -54,9 +54,9 @@ def engine_runner(engine: str) -> Callable[..., Iterator[dict[str, Any]]]:
     raise UsageError(f"unknown engine {engine!r}; use local, ray or spark")
 
 
-def run_job(job: Job, *, engine: str = "local", address: str | None = None, notify: Notify = lambda _: None) -> dict[
-    str, Any
-]:
+def run_job(
+    job: Job, *, engine: str = "local", address: str | None = None, notify: Notify = lambda _: None
+) -> dict[str, Any]:
     """Run the shards that are not done yet and write ``_SUMMARY.json``; returns the summary."""
     folder = job.folder
     if fsutil.lock_is_held(folder / JOB_FILE):
