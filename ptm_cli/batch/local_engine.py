@@ -7,11 +7,14 @@ from typing import Any
 
 from ..errors import UsageError
 from .job import Shard, Spec
-from .worker import run_shard_to_file
+from .worker import forget_model, run_shard_to_file
 
 
 def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Iterator[dict[str, Any]]:
     if address:
         raise UsageError("--address names a Ray cluster or a Spark master; use it with --engine ray or spark")
-    for shard in shards:
-        yield run_shard_to_file(spec, shard)
+    try:
+        for shard in shards:
+            yield run_shard_to_file(spec, shard)
+    finally:
+        forget_model()

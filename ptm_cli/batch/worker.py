@@ -74,6 +74,11 @@ def model_for(spec: Spec) -> Any:
     return model
 
 
+def forget_model() -> None:
+    """Drop this process's model (the local engine, once its job is done: the caller may live on)."""
+    _MODEL.clear()
+
+
 def run_shard(spec: Spec, shard: Shard) -> list[Record]:
     """One record per input of ``shard``, in manifest order."""
     model = model_for(spec)
