@@ -14,6 +14,7 @@ import sys
 import click
 
 from . import settings
+from .commands.batch import batch
 from .commands.classify import classify
 from .commands.common import CONTEXT, ReaderGone, note
 from .commands.doctor import doctor
@@ -38,7 +39,7 @@ def cli() -> None:
     """
 
 
-for command in (classify, translate, zebra, models, weights, hub, doctor, serve):
+for command in (classify, translate, zebra, batch, models, weights, hub, doctor, serve):
     cli.add_command(command)
 
 

@@ -136,3 +136,7 @@ class ImageTooLarge(InputError):
 
 class OutputError(InputError):
     """The result for one input could not be written."""
+
+
+class WorkerFailed(InputError):
+    """No result came back for this input from a batch worker (a lost worker, a crash, a failed retry)."""

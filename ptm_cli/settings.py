@@ -69,6 +69,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("XDG_CACHE_HOME", "path", "base of the default TORCH_HOME (default ~/.cache)"),
     Variable("GITHUB_TOKEN", "secret", "token torch.hub sends to GitHub (raises its rate limit)"),
     Variable("HTTPS_PROXY", "url", "proxy for downloads (Python's usual proxy variables)"),
+    Variable("PYSPARK_PYTHON", "path", "Python that Spark runs `ptm batch` workers with (local Spark: ptm's own)"),
 )
 
 
@@ -169,6 +170,11 @@ def catalog_paths() -> list[Path]:
 
 def github_token_set() -> bool:
     return bool(raw("GITHUB_TOKEN"))
+
+
+def spark_python() -> str | None:
+    """``PYSPARK_PYTHON`` when set: the Python Spark starts its workers with."""
+    return raw("PYSPARK_PYTHON") or None
 
 
 def torch_home() -> Path:

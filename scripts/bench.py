@@ -10,11 +10,13 @@ tables: images/s and ratios against the book's loop measured in the same run
 (fp32, bf16, and fp32 with --compile, whose compile time it reports with an
 empty and a warm inductor cache), how far bf16's predictions move from fp32's,
 cold start-up, and `ptm zebra` at --size 256 and --size full on a
-12-megapixel photo with peak memory, and the warm server (`ptm serve`): 20
+12-megapixel photo with peak memory, the warm server (`ptm serve`): 20
 one-file calls in a row with and without it, and 8 one-file clients at once
-against 8 cold processes and one process given the 8 files. The full run
-takes about 25 minutes on 2 cores; --quick and --no-compile shorten it, and
---serve-only runs only the server rows (about 3 minutes).
+against 8 cold processes and one process given the 8 files, and `ptm batch`
+on each engine against `ptm classify` on the same JPEGs. The full run takes
+about 30 minutes on 2 cores; --quick and --no-compile shorten it, --serve-only
+runs only the server rows (about 3 minutes) and --only-batch only the
+`ptm batch` rows.
 """
 
 from __future__ import annotations
@@ -250,6 +252,53 @@ def print_serve_rows(figures: dict[str, Any]) -> None:
           f"{figures['8 clients, warm server s']:.2f} |")  # fmt: skip
     print(f"| 8 cold processes | {figures['8 cold processes at once s']:.2f} |")
     print(f"| one cold `ptm classify` of the 8 files | {figures['one process, 8 files s']:.2f} |")
+def batch_rows(folder: Path, weights: str, count: int, device: str) -> list[tuple[str, float, float, float]]:
+    """`ptm classify` and `ptm batch --engine local|ray|spark` as whole processes on the same JPEGs.
+
+    Each pipeline runs twice as a whole process: on two shards' worth of
+    images (so that both workers of a 2-CPU engine start) and on all of them.
+    Throughput after start-up is what the extra images add,
+    (count - small) / (wall(count) - wall(small)); start-up (process,
+    imports, cluster, workers, model) is what is left of the small run's
+    wall time once its images are paid for at that rate.
+    """
+    ptm = str(Path(PYTHON).parent / "ptm")
+    shard = max(1, count // 8)
+    small = 2 * shard
+    images = make_images(folder, count, (640, 480))
+    model = ["-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224", "--device", device]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def command(pipeline: str, paths: list[str], out: Path) -> list[str]:
+        if pipeline == "ptm classify":
+            return [ptm, "classify", *model, "-f", "jsonl", *paths]
+        engine = pipeline.rsplit(" ", 1)[-1]
+        return [ptm, "batch", "classify", *model, "--engine", engine, "--shard-size", str(shard), "--output",
+                str(out), *paths]  # fmt: skip
+
+    rows = []
+    for n, pipeline in enumerate(("ptm classify", "ptm batch --engine local", "ptm batch --engine ray",
+                                  "ptm batch --engine spark")):  # fmt: skip
+        walls = []
+        for paths in (images[:small], images):
+            out = folder / f"batch-{n}-{len(paths)}"
+            started = time.perf_counter()
+            done = subprocess.run(command(pipeline, paths, out), capture_output=True, cwd=ROOT, env=env, check=False)
+            walls.append(time.perf_counter() - started)
+            if done.returncode != 0:
+                detail = done.stderr.decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{pipeline} exited {done.returncode}: {detail}")
+        rate = (count - small) / (walls[1] - walls[0])
+        startup = walls[0] - small / rate
+        rows.append((pipeline, startup, rate, rate / rows[0][2] if rows else 1.0))
+    return rows
+
+
+def print_batch_rows(rows: list[tuple[str, float, float, float]], count: int) -> None:
+    print(f"\n| {count} 640x480 JPEGs, ResNet101 fp32 | start-up s | images/s after start-up | vs ptm classify |"
+          "\n|---|---:|---:|---:|")
+    for pipeline, startup, rate, ratio in rows:
+        print(f"| `{pipeline}` | {startup:.1f} | {rate:.2f} | {ratio:.2f}x |")
 
 
 def describe(device: str) -> str:
@@ -268,6 +317,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--serve-only", action="store_true", help="only the warm-server rows")
+    parser.add_argument("--batch-images", type=int, default=240,
+                        help="JPEGs for the `ptm batch` rows (default 240: about 4 minutes on 2 cores)")
+    parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
     args = parser.parse_args()
     if args.serve_only:
         with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
@@ -279,6 +331,12 @@ def main() -> None:
         print_serve_rows(figures)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1))
+        return
+    if args.only_batch:
+        with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+            rows = batch_rows(Path(tmp), make_weights(Path(tmp)), args.batch_images, args.device)
+        print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {describe(args.device)}")
+        print_batch_rows(rows, args.batch_images)
         return
     device = args.device
     halves = ("bf16",) if device == "cpu" else ("fp16", "bf16")
@@ -346,6 +404,10 @@ def main() -> None:
             figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
         figures["serve"] = serve_rows(folder, weights, sets[next(iter(sets))], device)
 
+        batch_count = 24 if args.quick else args.batch_images
+        scaling = batch_rows(folder, weights, batch_count, device)
+        figures["batch"] = {p: {"startup_s": s, "images_per_s": r} for p, s, r, _ in scaling}
+
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
     for label, pipeline, rate, ratio in rows:
@@ -371,6 +433,7 @@ def main() -> None:
     for size, seconds, peak in translate_rows:
         print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
     print_serve_rows(figures["serve"])
+    print_batch_rows(scaling, batch_count)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

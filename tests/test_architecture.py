@@ -31,9 +31,11 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("hub", {"hub", "hub.repos", "hub.trust", "hub.sandbox", "hub.classifier"}),
     ("ready models", {"loading", "doctor"}),
     ("warm server", {"serve", "serve.protocol", "serve.client", "serve.warm", "serve.server"}),
+    ("batch jobs", {"batch", "batch.job", "batch.shardfile", "batch.worker", "batch.run", "batch.local_engine",
+                    "batch.ray_engine", "batch.spark_engine"}),
     ("commands", {"commands", "commands.common", "commands.options", "commands.classify", "commands.translate",
                   "commands.models", "commands.weights", "commands.hub", "commands.doctor", "commands.completion",
-                  "commands.progress", "commands.remote", "commands.serve"}),
+                  "commands.progress", "commands.remote", "commands.serve", "commands.batch"}),
     ("the command line", {"cli"}),
     ("entry points", {"__main__", ""}),
 ]  # fmt: skip

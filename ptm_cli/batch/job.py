@@ -1,0 +1,345 @@
+"""A batch job on disk: what to run, on which inputs, in which shards, and where each shard's records go.
+
+The output folder holds:
+
+* ``_JOB.json`` - the job: task, model, the weights verified on the driver
+  (label and sha256), the options that change results, and the inputs as
+  given; ``--resume`` refuses to continue a folder made with other ones;
+* ``_MANIFEST.jsonl`` - every input, one JSON string a line, in the order
+  ``ptm classify`` would take them, written once;
+* ``shards/shard-NNNNN.jsonl`` (or ``.parquet``) - the records of manifest
+  lines ``[N * shard_size, (N + 1) * shard_size)``, each file written whole
+  or not at all;
+* ``images/`` - translated images (``ptm batch translate``);
+* ``_SUMMARY.json`` - counts, errors by type, model, weights, engine, wall
+  time and images/s of the last run.
+
+Shards are consecutive slices of the manifest, so the same inputs and
+``--shard-size`` always give the same shards: that is what lets a killed
+run be resumed, and any shard be redone on any worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .. import fsutil, weights
+from ..catalog import Entry
+from ..errors import MissingDependency, UsageError
+from ..inputs import ImageInput, expand_inputs
+from ..loading import ModelOptions, plan_classifier, plan_translator
+
+JOB_FILE = "_JOB.json"
+MANIFEST_FILE = "_MANIFEST.jsonl"
+SUMMARY_FILE = "_SUMMARY.json"
+SHARDS_DIR = "shards"
+IMAGES_DIR = "images"
+ENGINES = ("local", "ray", "spark")
+RECORD_FORMATS = ("jsonl", "parquet")
+TASKS = ("classify", "translate")
+JOB_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Request:
+    """A batch job as the command line asks for it."""
+
+    task: str
+    options: ModelOptions
+    inputs: tuple[str, ...]
+    output: str
+    recursive: bool = False
+    files_from: str | None = None
+    record_format: str = "jsonl"
+    shard_size: int = 1000
+    top_k: int = 5
+    batch_size: int = 8
+    size: int | str = 256  # translate: short side the generator runs at, or "full"
+    tile: int = 512
+    suffix: str = ""
+    image_format: str | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a worker needs to run any shard of a job; small and picklable (engines ship it)."""
+
+    task: str
+    entry: Entry
+    weights_path: str  # absolute: workers do not share the driver's working directory
+    weights_sha256: str
+    weights_label: str  # what records show: the variant, or the file as the user wrote it
+    device: str
+    precision: str
+    resize: int | None
+    crop: int | None
+    top_k: int
+    batch_size: int
+    size: int | str
+    tile: int
+    suffix: str
+    image_format: str | None
+    cwd: str  # relative input names are opened from here
+    folder: str  # the output folder, absolute
+    folder_as_written: str
+    record_format: str
+    resume: bool = False
+    threads: int | None = None  # torch threads per worker, set by an engine that runs several workers per machine
+    # Translate: manifest position -> the earlier input whose output file has the same name.
+    taken: dict[int, str] = field(default_factory=dict)
+
+    def shard_path(self, index: int) -> Path:
+        return shard_path(Path(self.folder), index, self.record_format)
+
+    @property
+    def model_key(self) -> tuple[Any, ...]:
+        """What identifies the loaded model, so a worker builds it once for all the shards it runs."""
+        return (self.task, self.entry.ref, self.weights_path, self.weights_sha256, self.device, self.precision,
+                self.resize, self.crop)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int  # the position of names[0] in the manifest
+    names: tuple[str, ...]
+
+
+@dataclass
+class Job:
+    spec: Spec
+    names: list[str]
+    shard_size: int
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.spec.folder)
+
+    @property
+    def shards(self) -> list[Shard]:
+        return split(self.names, self.shard_size)
+
+
+def split(names: list[str], shard_size: int) -> list[Shard]:
+    """Consecutive slices of ``shard_size`` names: the same manifest always gives the same shards."""
+    return [
+        Shard(index, start, tuple(names[start : start + shard_size]))
+        for index, start in enumerate(range(0, len(names), shard_size))
+    ]
+
+
+def shard_path(folder: Path, index: int, record_format: str) -> Path:
+    return folder / SHARDS_DIR / f"shard-{index:05d}.{record_format}"
+
+
+def absolute(cwd: str, name: str) -> Path:
+    """Where a worker opens ``name``: relative names are relative to the driver's working directory."""
+    return Path(os.path.join(cwd, name))
+
+
+def hash_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise MissingDependency(
+            "--format parquet needs pyarrow: pip install 'ptm[parquet]', or use --format jsonl"
+        ) from None
+
+
+# --- planning --------------------------------------------------------------------------------------
+
+
+def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | None = None) -> Job:
+    """Check the request, resolve and verify the weights here, and write (or, with ``resume``, reread) the manifest.
+
+    Nothing runs on a worker before the weights are verified: a bad file or
+    a hash mismatch fails here, once, with the cache's own message.
+    """
+    if request.task not in TASKS:
+        raise UsageError(f"unknown batch task {request.task!r}")
+    if request.record_format not in RECORD_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(RECORD_FORMATS)}")
+    if request.record_format == "parquet":
+        require_pyarrow()
+    if request.shard_size < 1:
+        raise UsageError("--shard-size must be at least 1")
+    if "-" in request.inputs:
+        raise UsageError(
+            "ptm batch reads its images by path on its workers, so '-' (an image on stdin) cannot be used; "
+            "save it to a file first (--files-from - for a list of paths works)"
+        )
+    if request.options.is_hub:
+        raise UsageError(
+            "ptm batch runs catalog models and local weights files; hub: models would run repository code on "
+            "every worker, so use `ptm classify` for them"
+        )
+    planner = plan_classifier if request.task == "classify" else plan_translator
+    plan = planner(request.options)
+    assert plan.entry is not None
+    folder = Path(request.output)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--output {request.output} is a file; give a folder (new or empty) for the job")
+    stored = _read_job(folder) if resume else None
+    if stored is None and folder.is_dir() and any(folder.iterdir()):
+        if resume:
+            raise UsageError(f"--output {request.output} holds no ptm batch job ({JOB_FILE}) and is not empty; "
+                             "give a new or empty folder")  # fmt: skip
+        raise UsageError(
+            f"--output {request.output} is not empty; add --resume to finish the job in it, or give a new folder"
+        )
+    weights_path, label = _verified_weights(plan)
+    digest = hash_file(weights_path)
+    spec = Spec(
+        task=request.task, entry=plan.entry, weights_path=str(weights_path), weights_sha256=digest,
+        weights_label=label, device=request.options.device, precision=request.options.precision,
+        resize=request.options.resize, crop=request.options.crop, top_k=request.top_k,
+        batch_size=request.batch_size, size=request.size, tile=request.tile, suffix=request.suffix,
+        image_format=_image_format(request.image_format), cwd=os.getcwd(), folder=str(folder.absolute()),
+        folder_as_written=request.output, record_format=request.record_format, resume=resume,
+    )  # fmt: skip
+    facts = _fingerprint(request, spec)
+    if stored is not None:
+        _check_same_job(request.output, stored, facts)
+        names = read_manifest(folder)
+        spec = _with_taken(spec, names)
+        return Job(spec, names, request.shard_size)
+    listed = expand_inputs(request.inputs, recursive=request.recursive, files_from=request.files_from,
+                           stdin_list=stdin_list)  # fmt: skip
+    names = [item.name for item in listed]
+    _write_new_job(folder, facts, names)
+    return Job(_with_taken(spec, names), names, request.shard_size)
+
+
+def _verified_weights(plan: Any) -> tuple[Path, str]:
+    """The weights file every worker will load, verified here, and the label records give it."""
+    if plan.weights_file is not None:
+        return Path(plan.weights_file).absolute(), plan.options.weights
+    return weights.ensure_weights(plan.entry).absolute(), plan.entry.weights
+
+
+def _fingerprint(request: Request, spec: Spec) -> dict[str, Any]:
+    """What makes two runs the same job: the options that change the records, and the inputs as given."""
+    return {
+        "ptm_batch_job": JOB_VERSION, "task": spec.task, "model": spec.entry.ref, "weights": spec.weights_label,
+        "weights_sha256": spec.weights_sha256, "top_k": spec.top_k, "resize": spec.resize, "crop": spec.crop,
+        "precision": spec.precision, "size": spec.size, "tile": spec.tile, "suffix": spec.suffix,
+        "image_format": spec.image_format, "format": spec.record_format, "shard_size": request.shard_size,
+        "inputs": list(request.inputs), "recursive": request.recursive, "files_from": request.files_from,
+        "cwd": spec.cwd,
+    }  # fmt: skip
+
+
+def _check_same_job(output: str, stored: dict[str, Any], facts: dict[str, Any]) -> None:
+    for key, value in facts.items():
+        if stored.get(key) != value:
+            raise UsageError(
+                f"--resume: {output} holds a job made with {key} {stored.get(key)!r}, not {value!r}; "
+                "resume it with the first run's inputs and options, or give a new --output folder"
+            )
+
+
+def _read_job(folder: Path) -> dict[str, Any] | None:
+    path = folder / JOB_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} ({exc}); it is not a ptm batch job folder") from None
+    if not isinstance(stored, dict) or stored.get("ptm_batch_job") != JOB_VERSION:
+        raise UsageError(f"{path} is not a job file this version of ptm understands; give a new --output folder")
+    if not (folder / MANIFEST_FILE).is_file():
+        raise UsageError(f"{folder} has {JOB_FILE} but no {MANIFEST_FILE}; give a new --output folder")
+    return stored
+
+
+def read_job(folder: Path) -> dict[str, Any]:
+    """The job file of a batch folder (for ``ptm batch merge``)."""
+    stored = _read_job(folder)
+    if stored is None:
+        raise UsageError(f"{folder} is not a ptm batch folder (no {JOB_FILE}); give the --output of a batch run")
+    return stored
+
+
+def _write_new_job(folder: Path, facts: dict[str, Any], names: list[str]) -> None:
+    try:
+        (folder / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        # Manifest first: a folder with a job file always has its manifest.
+        manifest = "".join(json.dumps(name) + "\n" for name in names)  # ASCII: any file name survives
+        fsutil.write_atomic(folder / MANIFEST_FILE, manifest.encode("ascii"), replace=True)
+        job = {**facts, "count": len(names)}
+        fsutil.write_atomic(folder / JOB_FILE, (json.dumps(job, indent=1) + "\n").encode("utf-8"), replace=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the job into {folder}: {exc.strerror or exc}") from None
+
+
+def read_manifest(folder: Path) -> list[str]:
+    path = folder / MANIFEST_FILE
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="ascii").splitlines()]
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} ({exc}); the job folder is damaged, start a new one") from None
+
+
+def _with_taken(spec: Spec, names: list[str]) -> Spec:
+    """Translate: the later of two inputs whose outputs would share a name (a/x.jpg, b/x.jpg) gets an error.
+
+    ``ptm translate --output-dir`` refuses the second one in a run; across
+    shards the order the workers finish in must not decide which one wins,
+    so the first in the manifest keeps the name, always.
+    """
+    if spec.task != "translate":
+        return spec
+    from dataclasses import replace
+
+    from ..imagejobs import Destination
+
+    destination = Destination(directory=Path(IMAGES_DIR), suffix=spec.suffix, image_format=spec.image_format)
+    first: dict[str, str] = {}
+    taken: dict[int, str] = {}
+    for position, name in enumerate(names):
+        path = output_name(destination, name)
+        if path in first:
+            taken[position] = first[path]
+        else:
+            first[path] = name
+    return replace(spec, taken=taken)
+
+
+def output_name(destination: Any, name: str) -> str:
+    """The file name ``ptm translate --output-dir`` gives the output of input ``name``."""
+    path = destination.path_for(ImageInput(name=name))
+    assert path is not None  # a directory destination always names a file
+    return str(path.name)
+
+
+def _image_format(image_format: str | None) -> str | None:
+    if not image_format:
+        return None
+    from ..imagejobs import image_format_for
+
+    return image_format_for("", image_format)
+
+
+def stale_parts(folder: Path) -> Iterator[Path]:
+    """Temporary shard files a killed worker left behind (never under a shard's real name)."""
+    directory = folder / SHARDS_DIR
+    if directory.is_dir():
+        yield from (p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(fsutil.PART_SUFFIX))
+
+
+__all__ = ["ENGINES", "RECORD_FORMATS", "Job", "Request", "Shard", "Spec", "plan_job", "read_job"]
