@@ -95,3 +95,13 @@ def test_translate_shows_files_and_tiles(photos: Path, tmp_path: Path) -> None:
     assert code == 0, screen
     assert "images" in screen and "2/2" in screen
     assert "tiles" in screen
+
+
+def test_batch_shows_inputs_done_shard_by_shard(photos: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PTM_CATALOG": str(photos / "tiny.toml")}
+    args = ["batch", "classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "--shard-size", "4",
+            "--output", str(tmp_path / "job"), str(photos / "images")]  # fmt: skip
+    code, stdout, screen = run_on_terminal(args, env, stderr_tty=True)
+    assert code == 1, screen  # the broken file
+    assert "13/13" in screen and "1 failed" in screen
+    assert b'"inputs": 13' in stdout  # the summary line, and nothing of the bar

@@ -139,3 +139,19 @@ def test_large_reports_show_one_page_at_a_time(tmp_path: Path) -> None:
     assert dom.count('<article class="entry">') == 100
     assert dom.count('<nav class="pages"') == 2 and dom.count('aria-current="page"') == 2  # pages 1 of 3
     assert ">photo-0000.jpg<" in dom and ">photo-0100.jpg<" not in dom
+
+
+@needs_chromium
+def test_batch_merge_report_shows_the_job(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTM_CATALOG", str(photos / "tiny.toml"))
+    job = tmp_path / "job"
+    ran = run_ptm(["batch", "classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "--shard-size", "2",
+                   "--output", str(job), str(photos / "images")])  # fmt: skip
+    assert ran.code == 1, ran.stderr
+    page = tmp_path / "job.html"
+    merged = run_ptm(["batch", "merge", str(job), "-f", "jsonl", "--report", str(page)])
+    assert merged.code == 1 and f"wrote the report {page}" in merged.stderr
+    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
+    names = [html.unescape(n) for n in re.findall(r'<div class="name">(.*?)</div>', dom)]
+    assert names == [r["input"] for r in merged.records()]
+    assert len(re.findall(r'data-size="\d+x\d+"', dom)) == 4  # the four photos, not the broken file

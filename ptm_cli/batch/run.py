@@ -55,9 +55,17 @@ def engine_runner(engine: str) -> Callable[..., Iterator[dict[str, Any]]]:
 
 
 def run_job(
-    job: Job, *, engine: str = "local", address: str | None = None, notify: Notify = lambda _: None
+    job: Job,
+    *,
+    engine: str = "local",
+    address: str | None = None,
+    notify: Notify = lambda _: None,
+    on_shard: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the shards that are not done yet and write ``_SUMMARY.json``; returns the summary."""
+    """Run the shards that are not done yet and write ``_SUMMARY.json``; returns the summary.
+
+    ``on_shard(count, failed)`` hears of each shard as it is written (for a progress display).
+    """
     folder = job.folder
     if fsutil.lock_is_held(folder / JOB_FILE):
         raise UsageError(f"another ptm batch is running in {job.spec.folder_as_written}; wait for it to finish")
@@ -71,7 +79,9 @@ def run_job(
         if job.spec.resume and len(todo) < len(shards):
             notify(f"--resume: {len(shards) - len(todo)} of {len(shards)} shards are done already; running {len(todo)}")
         started = time.perf_counter()
-        problems, stopped = _drive(run, job.spec, todo, engine=engine, address=address, notify=notify)
+        problems, stopped = _drive(
+            run, job.spec, todo, engine=engine, address=address, notify=notify, on_shard=on_shard
+        )
         wall = time.perf_counter() - started
         summary = summarise(job, engine=engine, wall=wall, ran=todo, problems=problems, stopped=stopped)
         data = (json.dumps(summary, indent=1) + "\n").encode("utf-8")
@@ -84,7 +94,7 @@ def run_job(
 
 def _drive(
     run: Callable[..., Iterator[dict[str, Any]]], spec: Spec, todo: list[Shard], *, engine: str,
-    address: str | None, notify: Notify,
+    address: str | None, notify: Notify, on_shard: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[int, str], str | None]:
     """Run ``todo`` on the engine: the shards that could not be written, and why the engine stopped (if it did)."""
     problems: dict[int, str] = {}
@@ -101,6 +111,8 @@ def _drive(
                 if status["problem"]:
                     problems[int(status["shard"])] = str(status["problem"])
                     notify(f"shard {int(status['shard'])}: {status['problem']}")
+                elif on_shard is not None:
+                    on_shard(int(status["count"]), int(status["failed"]))
         finally:
             close = getattr(statuses, "close", None)
             if close is not None:  # an engine's generator shuts its cluster down now, not at garbage collection

@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from .common import CONTEXT, note, outcome, stdout_is_data, writer
-from .options import device_option, format_option, input_options, precision_option
+from .options import device_option, format_option, input_options, precision_option, quiet_option, report_option
+from .progress import RunProgress
 from .translate import SizeParam
 
 
@@ -33,6 +34,7 @@ def job_options(f: Callable[..., Any]) -> Callable[..., Any]:
         precision_option("the model"),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
                      help="Images per forward pass on each worker."),
+        quiet_option,
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -101,7 +103,7 @@ def batch_translate(model: str, weights: str, size: int | str, tile: int, suffix
 
 def _run(task: str, options: Any, *, images: tuple[str, ...], recursive: bool, files_from: str | None, output: str,
          engine: str, record_format: str, shard_size: int, resume: bool, address: str | None, batch_size: int,
-         **extra: Any) -> int:  # fmt: skip
+         quiet: bool, **extra: Any) -> int:  # fmt: skip
     from ..batch.job import Request, plan_job
     from ..batch.run import engine_runner, run_job
 
@@ -112,8 +114,9 @@ def _run(task: str, options: Any, *, images: tuple[str, ...], recursive: bool, f
                       files_from=files_from, record_format=record_format, shard_size=shard_size,
                       batch_size=batch_size, **extra)  # fmt: skip
     job = plan_job(request, resume=resume, stdin_list=sys.stdin.buffer if files_from == "-" else None)
-    with stdout_is_data() as out:
-        summary = run_job(job, engine=engine, address=address, notify=note)
+    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
+        progress.set_total(sum(len(s.names) for s in job.shards))
+        summary = run_job(job, engine=engine, address=address, notify=progress.note, on_shard=progress.advance_by)
         out.write(json.dumps(summary) + "\n")
     if summary["inputs"]:
         note(f"{summary['ok']} of {summary['inputs']} inputs done in {summary['wall_seconds']:.1f} s; "
@@ -124,19 +127,32 @@ def _run(task: str, options: Any, *, images: tuple[str, ...], recursive: bool, f
 @batch.command("merge", context_settings=CONTEXT)
 @click.argument("folder", metavar="DIR")
 @format_option
-def merge(folder: str, fmt: str | None) -> int:
+@report_option
+def merge(folder: str, fmt: str | None, report_path: str | None) -> int:
     """Print the records of the batch job in DIR, in manifest order (missing shards as WorkerFailed records).
 
     \b
     Examples:
       ptm batch merge run1 > records.jsonl
       ptm batch merge run1 -f csv > labels.csv
+      ptm batch merge run1 --report run1.html
     """
     from pathlib import Path
 
     from ..batch.run import merge as merged
 
+    if report_path is not None:
+        from ..report import check_destination
+
+        check_destination(Path(report_path))
     task, records = merged(Path(folder))
+    report = cwd = None
+    if report_path is not None:
+        from ..batch.job import read_job
+
+        facts = read_job(Path(folder))
+        cwd = str(facts.get("cwd") or ".")
+        report = _merge_report(facts, folder, task)
     failed = count = 0
     with stdout_is_data() as out:
         if task == "classify":
@@ -152,4 +168,44 @@ def merge(folder: str, fmt: str | None) -> int:
                 sink.write(record)
                 count += 1
                 failed += "error" in record
+                if report is not None and cwd is not None:
+                    _add_to_report(report, cwd, task, record)
+    if report is not None and report_path is not None:
+        report.write(Path(report_path))
+        note(f"wrote the report {report_path}")
     return outcome(count, failed) if count else 0
+
+
+def _merge_report(facts: dict[str, Any], folder: Any, task: str) -> Any:
+    """A results page for a finished job, its header from the job file."""
+    from ..report import Report
+
+    header = {"model": facts.get("model", ""), "weights": facts.get("weights", ""),
+              "precision": facts.get("precision", ""), "job": str(folder)}  # fmt: skip
+    if task == "classify":
+        header.update({"resize": facts.get("resize"), "crop": facts.get("crop"), "top-k": facts.get("top_k")})
+    return Report(task, header)
+
+
+def _add_to_report(report: Any, cwd: str, task: str, record: dict[str, Any]) -> None:
+    """The record with thumbnails made now from its input (and, for translation, its output image)."""
+    name = str(record.get("input"))
+    source = _open_quietly(name, cwd) if "error" not in record else None
+    if source is not None:
+        report.keep_thumbnail(name, source)
+    output = record.get("output") if task == "translate" and "error" not in record else None
+    report.add(record, output_image=_open_quietly(str(output), cwd) if output else None)
+
+
+def _open_quietly(name: str, cwd: str) -> Any:
+    """The image at ``name`` (relative to where the job was started) for a thumbnail, or None."""
+    from pathlib import Path
+
+    from ..errors import PtmError
+    from ..imageio import load_image
+
+    path = Path(name) if Path(name).is_absolute() else Path(cwd) / name
+    try:
+        return load_image(path, name=name)
+    except PtmError:
+        return None

@@ -95,11 +95,22 @@ class RunProgress:
 
         threading.Thread(target=work, name="ptm-count", daemon=True).start()
 
+    def set_total(self, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._files, total=total, **self._fields(0, total, None))
+
+    def advance_by(self, count: int, failed: int = 0) -> None:
+        """``count`` more inputs done at once (a batch shard), ``failed`` of them with error records."""
+        self._advance(count, failed)
+
     def advance(self, ok: bool = True) -> None:
-        self.failed += not ok
+        self._advance(1, 0 if ok else 1)
+
+    def _advance(self, count: int, failed: int) -> None:
+        self.failed += failed
         if self._bar is None:
             return
-        self._bar.advance(self._files)
+        self._bar.advance(self._files, count)
         task = self._bar.tasks[self._files]
         total = int(task.total) if task.total is not None else None
         fields = self._fields(int(task.completed), total, task.speed)
