@@ -251,6 +251,7 @@ def _inspect_h5(path: Path) -> Inspection:
             if dtype is None or dataset.shape is None:
                 warnings.append(f"dataset {name!r} holds no numbers ({dataset.dtype}) and is left out")
                 continue
+            h5.check_dataset(path, name, dataset)
             shape = tuple(int(s) for s in dataset.shape)
             numel = product(shape)
             nbytes = numel * ITEMSIZE.get(dtype, dataset.dtype.itemsize)
