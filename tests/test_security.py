@@ -157,3 +157,82 @@ def test_h5_compressed_real_weights_still_load(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     loaded = torch.load(tmp_path / "o.pth", weights_only=True)
     assert torch.equal(loaded["w"], values) and torch.equal(loaded["zeros"], torch.zeros(1000))
+
+
+# --- #8, #14: hostile safetensors headers and tensors of the wrong kind ----------------------------
+
+
+def safetensors_bytes(header: object, data: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, b"", ("nested too deeply",)),
+        (b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", b"", ("nested too deeply",)),
+        ({"w": {"dtype": "F4X", "shape": [4], "data_offsets": [0, 0]}}, b"", ("'w'", "F4X")),
+        ({"w": {"dtype": "Q4", "shape": [2, 2], "data_offsets": [0, 0]}}, b"", ("'w'", "Q4")),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+            },
+            bytes(24),
+            ("overlap",),
+        ),
+    ],
+)
+def test_hostile_safetensors_headers_are_damaged_files(
+    tmp_path: Path, header: object, data: bytes, words: tuple[str, ...]
+) -> None:
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(safetensors_bytes(header, data))
+    assert_refused(run_ptm(["weights", "inspect", str(path)]), "is damaged", *words)
+    assert_refused(run_ptm(["weights", "convert", str(path), str(tmp_path / "o.pth")]), "is damaged")
+    assert not (tmp_path / "o.pth").exists()
+
+
+def test_a_tensor_named_metadata_is_refused_by_convert_before_writing(tmp_path: Path) -> None:
+    src = tmp_path / "w.pth"
+    torch.save({"__metadata__": torch.ones(2), "w": torch.zeros(2)}, src)
+    result = run_ptm(["weights", "convert", str(src), str(tmp_path / "w.safetensors")])
+    assert_refused(result, "'__metadata__'", ".pth or .h5")
+    assert not (tmp_path / "w.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth"]
+    assert run_ptm(["weights", "convert", str(src), str(tmp_path / "w.h5")]).code == 0
+
+
+def kinds() -> dict[str, object]:
+    return {
+        "integer": lambda t: t.round().to(torch.int32),
+        "complex": lambda t: t.to(torch.complex64),
+        "boolean": lambda t: t > 0,
+        "sparse": lambda t: t.to_sparse(),
+        "quantized": quantized,
+    }
+
+
+def quantized(tensor: torch.Tensor) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # quantized tensors are deprecated, which is the point
+        return torch.quantize_per_tensor(tensor, 0.1, 0, torch.qint8)
+
+
+@pytest.mark.parametrize("kind", list(kinds()))
+def test_tensors_of_the_wrong_kind_are_refused_before_running(tmp_path: Path, kind: str) -> None:
+    from helpers import seeded_state_dict
+
+    state = seeded_state_dict("resnet18")
+    state["conv1.weight"] = kinds()[kind](state["conv1.weight"])  # type: ignore[operator]
+    weights = tmp_path / "w.pth"
+    torch.save(state, weights)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "x.png")
+    result = run_ptm(["classify", "-m", "resnet18", "-w", str(weights), str(tmp_path / "x.png")])
+    assert_refused(result, "conv1.weight", "do not fit")
+    assert result.stdout == ""

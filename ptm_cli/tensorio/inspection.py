@@ -201,16 +201,18 @@ def _inspect_safetensors(path: Path) -> Inspection:
     metadata = safetensors_io.split_metadata(header)
     file_size = path.stat().st_size
     infos = []
+    spans: list[tuple[str, int, int]] = []
     data_end = 0
     for index, name in enumerate(safetensors_io.ordered(list(header), metadata)):
         dtype, shape, begin, end = safetensors_io.entry(path, name, header[name])
         numel = product(shape)
-        itemsize = ITEMSIZE.get(dtype) or ((end - begin) // numel if numel else 1)
+        itemsize = ITEMSIZE[dtype]
         if end - begin != numel * itemsize:
             raise damaged(
                 path, f"{name!r} takes {end - begin} bytes but its shape and dtype need {numel * itemsize}"
             )
         data_end = max(data_end, end)
+        spans.append((name, begin, end))
         infos.append(
             TensorInfo(
                 name=name,
@@ -225,6 +227,7 @@ def _inspect_safetensors(path: Path) -> Inspection:
                 storage_nbytes=end - begin,
             )
         )
+    safetensors_io.check_layout(path, spans)
     warnings = []
     if data_start + data_end > file_size:
         warnings.append(
