@@ -236,3 +236,137 @@ def test_tensors_of_the_wrong_kind_are_refused_before_running(tmp_path: Path, ki
     result = run_ptm(["classify", "-m", "resnet18", "-w", str(weights), str(tmp_path / "x.png")])
     assert_refused(result, "conv1.weight", "do not fit")
     assert result.stdout == ""
+
+
+# --- #5, #16: names from data are never markup, formulas are defused, big tables stream ------------
+
+
+@pytest.fixture
+def tiny(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from helpers import TINY_TOML, informative_state_dict
+
+    folder = tmp_path_factory.mktemp("tiny")
+    torch.save(informative_state_dict(), folder / "tiny.pth")
+    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
+    (folder / "tiny.toml").write_text(TINY_TOML)
+    monkeypatch.setenv("PTM_CATALOG", str(folder / "tiny.toml"))
+    return ["classify", "-m", "tiny", "-w", str(folder / "tiny.pth")]
+
+
+# "a[/b].png" is a file "b].png" in a folder "a[".
+MARKUP_NAMES = ["scan [b].jpg", "a[/b].png", "[link=https:example]x.png", "[bold red]y.png", ":smile:.png"]
+
+
+def test_file_names_with_markup_are_shown_verbatim_in_tables(tiny: list[str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    paths = []
+    (tmp_path / "a[").mkdir()
+    for index, name in enumerate(MARKUP_NAMES):
+        Image.new("RGB", (40, 40), (index * 40, 90, 200)).save(tmp_path / name, format="PNG")
+        paths.append(str(tmp_path / name))
+    escape_name = tmp_path / "\x1b[2Jcleared.png"
+    Image.new("RGB", (40, 40)).save(escape_name, format="PNG")
+    result = run_ptm([*tiny, "-f", "table", "-k", "1", *paths, str(escape_name)])
+    assert result.code == 0, result.stderr
+    for name in MARKUP_NAMES:
+        assert name in result.stdout
+    assert "\x1b" not in result.stdout and "\\x1b[2Jcleared.png" in result.stdout
+    assert "]8;" not in result.stdout  # no terminal hyperlink was made
+
+
+def test_tensor_names_with_markup_are_shown_verbatim(tmp_path: Path) -> None:
+    names = ["[bold]w[/bold]", "a[/b]", "[link=http://127.0.0.1:9/]hidden[/link]"]
+    torch.save({name: torch.zeros(2) for name in names}, tmp_path / "w.pth")
+    result = run_ptm(["weights", "inspect", str(tmp_path / "w.pth"), "-f", "table"])
+    assert result.code == 0, result.stderr
+    for name in names:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_csv_and_tsv_defuse_spreadsheet_formulas_in_names(
+    tiny: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    import csv
+    import io
+
+    from PIL import Image
+
+    names = ["=HYPERLINK(1).png", "+1+1.png", "-2+3.png", "@SUM(1).png", "\tx.png", "plain.png"]
+    for name in names:
+        Image.new("RGB", (40, 40), "blue").save(tmp_path / name, format="PNG")
+    monkeypatch.chdir(tmp_path)
+    result = run_ptm([*tiny, "-f", fmt, "-k", "1", "--", *names])
+    assert result.code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout, newline=""), delimiter="," if fmt == "csv" else "\t"))
+    assert [row["input"] for row in rows] == ["'" + n for n in names[:-1]] + ["plain.png"]
+    assert all(float(row["probability"]) > 0 for row in rows)
+
+
+def test_csv_cells_that_start_like_formulas_get_a_quote_and_json_is_untouched() -> None:
+    import csv
+    import io
+
+    from ptm_cli.output import RecordWriter
+
+    names = ["=1+2", "+1", "-1", "@A1", "\t=1", "\r=1", "ok", "a=b"]
+    for fmt, delimiter in (("csv", ","), ("tsv", "\t")):
+        stream = io.StringIO()
+        with RecordWriter(stream, fmt, columns=["input", "probability"]) as writer:
+            for name in names:
+                writer.write({"input": name, "probability": -0.5})
+        rows = list(csv.DictReader(io.StringIO(stream.getvalue(), newline=""), delimiter=delimiter))
+        assert [row["input"] for row in rows] == ["'=1+2", "'+1", "'-1", "'@A1", "'\t=1", "'\r=1", "ok", "a=b"]
+        assert stream.getvalue().count("\n") == len(names) + 1 and "\r\n" not in stream.getvalue()
+        assert {row["probability"] for row in rows} == {"-0.5"}  # numbers are data, not formulas
+    stream = io.StringIO()
+    with RecordWriter(stream, "jsonl", columns=["input"]) as writer:
+        for name in names:
+            writer.write({"input": name})
+    assert [json.loads(line)["input"] for line in stream.getvalue().splitlines()] == names
+
+
+def test_a_big_table_is_drawn_line_by_line_exactly_as_rich_draws_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from ptm_cli import output
+
+    rows = [
+        {"model": f"m{i}[x]", "weights": "W" * (i % 7), "params": i * 1001, "acc1": 0.5 + i, "cached": i % 2 == 0}
+        for i in range(300)
+    ]
+    rows.append({"model": "wide 猫 名前", "weights": "\x1b[31m", "params": None, "acc1": -1.25, "cached": None})
+
+    def draw() -> str:
+        stream = io.StringIO()
+        with output.RecordWriter(stream, "table", columns=["model", "weights", "params", "acc1", "cached"]) as w:
+            for row in rows:
+                w.write(row)
+        return stream.getvalue()
+
+    monkeypatch.setattr(output, "RICH_TABLE_ROWS", 10_000)
+    by_rich = draw()
+    monkeypatch.setattr(output, "RICH_TABLE_ROWS", 10)
+    assert draw() == by_rich
+
+
+def test_models_table_of_a_huge_catalog_never_builds_a_rich_table(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    catalog = tmp_path / "big.toml"
+    catalog.write_text(
+        "".join(f'[[model]]\nname = "m{i:05d}"\narchitecture = "resnet18"\nnum_params = {i + 1}\n\n' for i in range(3000))
+    )
+    code = (
+        "import sys; from ptm_cli.cli import run; code = run(['models', '-f', 'table']); "
+        "sys.stderr.write(repr([code, 'rich.table' in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env={**os.environ, "PTM_CATALOG": str(catalog)}, timeout=120
+    )
+    assert done.stderr.decode().endswith("[0, False]"), done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert len(lines) == 1 + 3000 + len([e for e in lines if not e.startswith(("m0", "model"))])
+    assert [line.split()[0] for line in lines if line.startswith("m0")][:2] == ["m00000", "m00001"]
