@@ -182,6 +182,13 @@ class Tuning:
     lock_wait_notice: float = 1.0  # a wait for another process's lock is announced after this long
     locking: bool = True  # False shows that concurrent downloads stay correct without locks
     max_stream_bytes: int = 1 << 30  # the most stdin or a pipe may send for one image
+    # A download must average this many bytes a second over each PTM_DOWNLOAD_TIMEOUT window.
+    download_min_rate: float = 1024.0
+    # A download may be this many times its catalog size_mb (plus download_size_slack) at most...
+    download_size_factor: float = 2.0
+    download_size_slack: int = 1 << 20
+    # ...and this large when the catalog gives no size.
+    max_download_bytes: int = 16 << 30
 
 
 tuning = Tuning()

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("reading files", {"imageio", "tensorio", "tensorio.formats", "tensorio.torchfile", "tensorio.h5",
                "tensorio.safetensors_io", "tensorio.loading", "tensorio.inspection", "tensorio.convert"}),
     ("network and preprocessing", {"download", "transforms"}),
-    ("catalog", {"catalog"}),
+    ("catalog and the pins store", {"catalog", "pins"}),
     ("cache, inputs and networks", {"weights", "inputs", "cyclegan"}),
     ("registry", {"architectures"}),
     ("engines", {"classify", "translate", "imagejobs"}),

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import run_ptm
 
 h5py = pytest.importorskip("h5py")
@@ -28,7 +27,11 @@ def plain_h5(path: Path) -> Path:
 def assert_refused(result: object, *words: str) -> None:
     code, stderr = result.code, result.stderr  # type: ignore[attr-defined]
     assert code == 2, stderr
-    assert stderr.startswith("ptm: error: ") and len(stderr.strip().splitlines()) == 1, stderr
+    lines = stderr.strip().splitlines()
+    # One error line, last; a download may have announced itself before it.
+    assert lines and lines[-1].startswith("ptm: error: "), stderr
+    assert all(not line.startswith("ptm: ") for line in lines[:-1]), stderr
+    stderr = lines[-1]
     assert "Traceback" not in stderr
     for word in words:
         assert word in stderr, stderr
@@ -72,9 +75,7 @@ def h5_virtual(tmp_path: Path) -> tuple[Path, bytes]:
     return path, np.arange(6, dtype="float32").tobytes()
 
 
-@pytest.mark.parametrize(
-    "make", [h5_external_storage, h5_relative_external_storage, h5_external_link, h5_virtual]
-)
+@pytest.mark.parametrize("make", [h5_external_storage, h5_relative_external_storage, h5_external_link, h5_virtual])
 @pytest.mark.parametrize("command", ["convert", "inspect", "classify"])
 def test_h5_data_from_another_file_is_refused_before_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: object, command: str
@@ -357,7 +358,9 @@ def test_models_table_of_a_huge_catalog_never_builds_a_rich_table(tmp_path: Path
 
     catalog = tmp_path / "big.toml"
     catalog.write_text(
-        "".join(f'[[model]]\nname = "m{i:05d}"\narchitecture = "resnet18"\nnum_params = {i + 1}\n\n' for i in range(3000))
+        "".join(
+            f'[[model]]\nname = "m{i:05d}"\narchitecture = "resnet18"\nnum_params = {i + 1}\n\n' for i in range(3000)
+        )
     )
     code = (
         "import sys; from ptm_cli.cli import run; code = run(['models', '-f', 'table']); "
@@ -370,3 +373,280 @@ def test_models_table_of_a_huge_catalog_never_builds_a_rich_table(tmp_path: Path
     lines = done.stdout.decode().splitlines()
     assert len(lines) == 1 + 3000 + len([e for e in lines if not e.startswith(("m0", "model"))])
     assert [line.split()[0] for line in lines if line.startswith("m0")][:2] == ["m00000", "m00001"]
+
+
+# --- #3, #6, #15, #17: the cache and its downloads ------------------------------------------------
+
+
+@pytest.fixture
+def server() -> object:
+    from http_server import FixtureServer
+
+    with FixtureServer() as running:
+        yield running
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("PTM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def net_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from helpers import save_weights
+
+    return save_weights(
+        tmp_path_factory.mktemp("w") / "net.pth", "mobilenet_v3_small", seed=4, num_classes=3
+    ).read_bytes()
+
+
+def catalog_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, extra: str = "") -> None:
+    """A user catalog with one unhashed mobilenet_v3_small entry named "loose" (as the shipped CycleGANs are)."""
+    catalog = tmp_path / "served.toml"
+    catalog.write_text(
+        f'[[model]]\nname = "loose"\nurl = "{url}"\narchitecture = "mobilenet_v3_small"\nnum_classes = 3\n'
+        f'labels = "labels.txt"\n{extra}'
+    )
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+
+
+@pytest.mark.parametrize(
+    "name", ["ptm-pins.json", "PTM-PINS.JSON", "x.pth.lock", "ptm-pins.json.lock", "a.part", ".hidden.pth"]
+)
+def test_catalog_file_names_never_reach_the_caches_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes, name: str
+) -> None:
+    # A real pin for another entry, which `weights rm` must never lose.
+    good_url = server.serve("/good.pth", net_bytes)  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, good_url)
+    assert run_ptm(["weights", "download", "loose"]).code == 0
+    pins = (cache / "ptm-pins.json").read_bytes()
+    lock = cache / "x.pth.lock"
+    lock.write_bytes(b"")
+    catalog = tmp_path / "evil.toml"
+    catalog.write_text(f'[[model]]\nname = "evil"\narchitecture = "resnet18"\nurl = "{server.url}/dir/{name}"\n')  # type: ignore[attr-defined]
+    monkeypatch.setenv("PTM_CATALOG", f"{tmp_path / 'served.toml'}:{catalog}")
+    for args in (
+        ["weights", "rm", "evil", "--forget-pin"],
+        ["weights", "download", "evil"],
+        ["weights", "path", "evil"],
+    ):
+        assert_refused(run_ptm(args), repr(name), "file_name")
+    assert (cache / "ptm-pins.json").read_bytes() == pins
+    assert lock.exists()
+    assert server.requests(f"/dir/{name}") == 0  # type: ignore[attr-defined]
+    listed = run_ptm(["models", "-f", "jsonl"]).records()
+    assert [r["cached"] for r in listed if r["model"] == "evil"] == [False]
+
+
+def html_page() -> bytes:
+    return b"<!doctype html><html><body>Sign in to continue</body></html>\n" * 40
+
+
+@pytest.mark.parametrize("bad", ["html", "cut", "other_architecture", "empty"])
+def test_a_bad_first_download_is_neither_saved_nor_pinned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes, bad: str
+) -> None:
+    from helpers import save_weights
+
+    if bad == "html":
+        body = html_page()
+    elif bad == "cut":
+        body = net_bytes[: len(net_bytes) // 2]  # and a Content-Length that says so: nothing looks short
+    elif bad == "other_architecture":
+        body = save_weights(tmp_path / "r.pth", "resnet18", num_classes=3).read_bytes()
+    else:
+        body = b""
+    url = server.serve("/loose.pth", body)  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    result = run_ptm(["weights", "download", "loose"])
+    assert_refused(result, "not a usable weights file", "nothing was saved")
+    assert not (cache / "loose.pth").exists()
+    if (cache / "ptm-pins.json").exists():
+        assert json.loads((cache / "ptm-pins.json").read_text())["pins"] == {}
+    # The right file is accepted afterwards, and pinned then.
+    server.serve("/loose.pth", net_bytes)  # type: ignore[attr-defined]
+    assert run_ptm(["weights", "download", "loose"]).code == 0
+    assert (cache / "loose.pth").read_bytes() == net_bytes
+    assert len(json.loads((cache / "ptm-pins.json").read_text())["pins"]) == 1
+
+
+def test_classify_checks_a_first_download_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object
+) -> None:
+    from PIL import Image
+
+    url = server.serve("/loose.pth", html_page())  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    assert_refused(run_ptm(["classify", "-m", "loose", str(tmp_path / "x.png")]), "not a usable weights file")
+    assert not (cache / "loose.pth").exists()
+
+
+def test_an_import_without_a_full_hash_must_fit_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, net_bytes: bytes
+) -> None:
+    catalog_for(tmp_path, monkeypatch, "http://127.0.0.1:9/loose.pth")
+    (tmp_path / "page.pth").write_bytes(html_page())
+    assert_refused(run_ptm(["weights", "import", "loose", str(tmp_path / "page.pth")]), "is damaged")
+    assert not (cache / "loose.pth").exists()
+    (tmp_path / "good.pth").write_bytes(net_bytes)
+    assert run_ptm(["weights", "import", "loose", str(tmp_path / "good.pth")]).code == 0
+
+
+def test_every_pinned_hash_mismatch_says_how_to_forget_the_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes
+) -> None:
+    from helpers import save_weights
+
+    url = server.serve("/loose.pth", net_bytes)  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    assert run_ptm(["weights", "download", "loose"]).code == 0
+    other = save_weights(tmp_path / "v2.pth", "mobilenet_v3_small", seed=9, num_classes=3)
+    advice = "ptm weights rm loose:DEFAULT --forget-pin"
+    # the cached file changed
+    (cache / "loose.pth").write_bytes(other.read_bytes())
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    assert_refused(run_ptm(["classify", "-m", "loose", str(tmp_path / "x.png")]), advice)
+    # an import of another file
+    assert_refused(run_ptm(["weights", "import", "loose", str(other)]), advice)
+    # a download of another file
+    (cache / "loose.pth").unlink()
+    server.serve("/loose.pth", other.read_bytes())  # type: ignore[attr-defined]
+    assert_refused(run_ptm(["weights", "download", "loose"]), advice)
+    # and the advice works
+    assert run_ptm(["weights", "rm", "loose", "--forget-pin"]).code == 0
+    assert run_ptm(["weights", "download", "loose"]).code == 0
+
+
+@pytest.mark.parametrize("length", ["announced", "unannounced"])
+def test_a_body_far_larger_than_the_catalog_size_is_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, length: str
+) -> None:
+    body = bytes(8 << 20)  # 8 MiB for an entry of about 0.1 MiB
+    url = server.serve("/loose.pth", body, content_length=None if length == "announced" else "")  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url, extra="size_mb = 0.1\n")
+    result = run_ptm(["weights", "download", "loose"])
+    assert_refused(result, "far more than")
+    assert server.requests("/loose.pth") == 1  # type: ignore[attr-defined]
+    assert not cache.exists() or [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_server_dripping_bytes_fails_within_a_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: object
+) -> None:
+    from ptm_cli import download
+    from ptm_cli.errors import DownloadError
+
+    monkeypatch.setenv("PTM_DOWNLOAD_TIMEOUT", "0.5")  # each read waits at most this; the pace window too
+    # 80 bytes, one every 0.2 s: every read returns in time, so only the average rate can stop it.
+    url = server.serve("/drip.bin", bytes(80), chunk=1, chunk_delay=0.2)  # type: ignore[attr-defined]
+    with pytest.raises(DownloadError, match="too slow"):
+        download.download(url, tmp_path / "drip.bin", progress=False, attempts=1)
+    assert not (tmp_path / "drip.bin").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_negative_content_length_shows_no_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes
+) -> None:
+    url = server.serve("/loose.pth", net_bytes, content_length="-5")  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    result = run_ptm(["weights", "download", "loose"])
+    assert result.code == 0, result.stderr
+    assert f"downloading loose.pth from {url}" in result.stderr
+    assert "-0.0" not in result.stderr and " kB" not in result.stderr
+
+
+def test_a_folder_in_the_caches_place_is_reported_before_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes
+) -> None:
+    url = server.serve("/loose.pth", net_bytes)  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    (cache / "loose.pth").mkdir(parents=True)
+    assert_refused(run_ptm(["weights", "download", "loose"]), "is a folder", "remove it")
+    assert_refused(run_ptm(["weights", "import", "loose", str(tmp_path / "labels.txt")]), "is a folder")
+    assert server.requests() == 0  # type: ignore[attr-defined]
+
+
+def test_importing_a_device_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    catalog_for(tmp_path, monkeypatch, "http://127.0.0.1:9/loose.pth", extra="size_mb = 1.0\n")
+    assert_refused(run_ptm(["weights", "import", "loose", "/dev/zero"]), "device")
+    assert_refused(run_ptm(["weights", "import", "loose", str(tmp_path / "nothing.pth")]), "no such file")
+
+
+def test_an_endless_pipe_import_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    import subprocess
+
+    catalog_for(tmp_path, monkeypatch, "http://127.0.0.1:9/loose.pth", extra="size_mb = 1.0\n")
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    feeder = subprocess.Popen(["sh", "-c", f"exec cat /dev/zero > '{fifo}'"])
+    try:
+        result = run_ptm(["weights", "import", "loose", str(fifo)])
+    finally:
+        feeder.kill()
+        feeder.wait(timeout=10)
+    assert_refused(result, "larger than")
+    assert not (cache / "loose.pth").exists()
+
+
+def test_weights_removed_while_in_use_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes
+) -> None:
+    from ptm_cli import weights
+
+    url = server.serve("/loose.pth", net_bytes)  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    assert run_ptm(["weights", "download", "loose"]).code == 0
+    store = json.loads((cache / "ptm-pins.json").read_text())
+    store["stamps"] = {}  # make the next use hash the file, which `weights rm` then races
+    (cache / "ptm-pins.json").write_text(json.dumps(store))
+    real = weights._hash_file
+
+    def racing_rm(path: Path) -> object:
+        assert run_ptm(["weights", "rm", "loose"]).code == 0
+        return real(path)
+
+    monkeypatch.setattr(weights, "_hash_file", racing_rm)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    result = run_ptm(["classify", "-m", "loose", str(tmp_path / "x.png")])
+    assert_refused(result, "was removed while ptm was using it", "run the command again")
+    assert "permissions" not in result.stderr
+
+
+def test_prune_removes_idle_lock_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes
+) -> None:
+    import time
+
+    url = server.serve("/loose.pth", net_bytes)  # type: ignore[attr-defined]
+    catalog_for(tmp_path, monkeypatch, url)
+    assert run_ptm(["weights", "download", "loose"]).code == 0
+    locks = sorted(p.name for p in cache.iterdir() if p.name.endswith(".lock"))
+    assert locks == ["loose.pth.lock", "ptm-pins.json.lock"]
+    old = time.time() - 2 * 3600
+    for name in locks:
+        os.utime(cache / name, (old, old))
+    result = run_ptm(["weights", "prune"])
+    assert result.code == 0, result.stderr
+    assert sorted(p.name for p in cache.iterdir()) == ["loose.pth", "ptm-pins.json"]
+    assert run_ptm(["weights", "verify", "loose"]).code == 0
+
+
+def test_weights_inspect_name_means_the_catalog_not_a_file_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save({"planted": torch.zeros(1)}, tmp_path / "resnet18")
+    result = run_ptm(["weights", "inspect", "resnet18", "-f", "jsonl"])
+    assert result.code == 2 and "not downloaded yet" in result.stderr, result.stderr
+    assert "planted" not in result.stdout
+    spelled = run_ptm(["weights", "inspect", "./resnet18", "-f", "jsonl"])
+    assert spelled.code == 0 and "planted" in spelled.stdout
