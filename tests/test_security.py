@@ -650,3 +650,27 @@ def test_weights_inspect_name_means_the_catalog_not_a_file_here(
     assert "planted" not in result.stdout
     spelled = run_ptm(["weights", "inspect", "./resnet18", "-f", "jsonl"])
     assert spelled.code == 0 and "planted" in spelled.stdout
+
+
+# --- #4: OWNER/NAME always means GitHub ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["someone/models", "someone/models:v1"])
+def test_a_local_owner_name_folder_never_runs_as_a_hub_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    marker = tmp_path / "ran"
+    planted = tmp_path / "someone" / "models"
+    planted.mkdir(parents=True)
+    (planted / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef model():\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PTM_OFFLINE", "1")  # the GitHub reading must not reach the network either
+    for args in (["hub", "list", spec], ["hub", "load", spec, "model"]):
+        result = run_ptm(args)
+        assert result.code == 2, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    from ptm_cli import hub
+
+    assert hub.parse_repo(spec).source == "github"
+    assert hub.parse_repo(f"./{spec.split(':')[0]}").source == "local"
