@@ -136,3 +136,7 @@ class ImageTooLarge(InputError):
 
 class OutputError(InputError):
     """The result for one input could not be written."""
+
+
+class NonFiniteOutput(InputError):
+    """The model's output for one input holds NaN or infinity, so it has no probabilities to report."""

@@ -15,7 +15,8 @@ entries), so none of it is ever read as markup: table cells are drawn as
 plain text with control characters shown as escapes (a file name cannot
 restyle the table or send codes to the terminal), and csv/tsv cells that a
 spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
-a tab or a carriage return) get a leading ``'``. JSON is written as is.
+a tab or a carriage return) get a leading ``'``. JSON holds the exact
+strings; a NaN or infinite number, which JSON cannot hold, is written as null.
 """
 
 from __future__ import annotations
@@ -204,12 +205,26 @@ def _json(record: Row) -> str:
     """Compact UTF-8 JSON; a file name that is not valid UTF-8 (held as lone
     surrogates) is written as \\u escapes, which json.loads and os.fsencode
     turn back into the original bytes."""
-    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or infinity, which JSON cannot hold: written as null
+        record = _finite(record)
+        text = json.dumps(record, ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(record)
     return text
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _table_cell(value: Any) -> str:

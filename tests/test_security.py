@@ -674,3 +674,106 @@ def test_a_local_owner_name_folder_never_runs_as_a_hub_repository(
 
     assert hub.parse_repo(spec).source == "github"
     assert hub.parse_repo(f"./{spec.split(':')[0]}").source == "local"
+
+
+# --- #9, #13: catalogs and non-finite output ------------------------------------------------------
+
+
+def strict_json(line: str) -> object:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"not JSON: {name}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_nan_logits_give_an_error_record_and_valid_json(tiny: list[str], tmp_path: Path) -> None:
+    from helpers import informative_state_dict
+    from PIL import Image
+
+    state = informative_state_dict()
+    last_bias = [k for k in state if k.endswith(".bias")][-1]
+    state[last_bias] = torch.full_like(state[last_bias], float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    for index in range(2):
+        Image.new("RGB", (40, 40), (index * 90, 10, 10)).save(tmp_path / f"{index}.png")
+    args = [*tiny[:-1], str(tmp_path / "nan.pth"), str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    for fmt in ("jsonl", "json"):
+        result = run_ptm([*args, "-f", fmt])
+        assert result.code == 1, result.stderr
+        records = (
+            [strict_json(line) for line in result.stdout.splitlines()] if fmt == "jsonl" else strict_json(result.stdout)
+        )
+        assert [r["error"]["type"] for r in records] == ["NonFiniteOutput", "NonFiniteOutput"]  # type: ignore[index]
+        assert "NaN" not in result.stdout.replace("NaN or infinity", "")
+    assert "2 of 2 inputs failed" in result.stderr
+
+
+def test_json_writer_never_writes_nan() -> None:
+    import io
+
+    from ptm_cli.output import RecordWriter
+
+    stream = io.StringIO()
+    with RecordWriter(stream, "jsonl", columns=["x"]) as writer:
+        writer.write({"x": float("nan"), "y": [float("inf"), 1.5], "z": {"w": float("-inf")}})
+    assert strict_json(stream.getvalue()) == {"x": None, "y": [None, 1.5], "z": {"w": None}}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("std", "[1e-45, 0.2, 0.2]"), ("std", "[0.0, 0.2, 0.2]"), ("std", "[nan, 0.2, 0.2]"), ("mean", "[inf, 0, 0]")],
+)
+def test_catalog_normalisation_values_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    catalog = tmp_path / "c.toml"
+    catalog.write_text(f'[[model]]\nname = "m"\narchitecture = "resnet18"\n{field} = {value}\n')
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    assert_refused(run_ptm(["models"]), str(catalog), field)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b'[[model]]\nname = "m"\narchitecture = "resnet18"\nx = ' + b"[" * 50_000 + b"]" * 50_000 + b"\n", ()),
+        (
+            b'[[model]]\nname = "m"\narchitecture = "resnet18"\nbuilder_kwargs = {a = '
+            + b"[" * 60
+            + b"]" * 60
+            + b"}\n",
+            ("nested",),
+        ),
+        (b'[[model]]\nname = "m"\n\narchitecture = "r\xffnet"\n', ("line 4", "UTF-8")),
+        (b'\xef\xbb\xbf[[model]]\nname = "\xe9"\n', ("line 2", "UTF-8")),
+        (
+            b'[[model]]\nname = "m"\narchitecture = "resnet18"\nnum_classes = 1180591620717411303424\n',
+            ("num_classes", "64 bits"),
+        ),
+        (b'[[model]]\nname = "m"\narchitecture = "resnet18"\nresize = ' + b"9" * 5000 + b"\n", ()),
+        (b'[[model]]\nname = "m"\narchitecture = "resnet18"\nsize_mb = inf\n', ("size_mb",)),
+        (
+            b'[[model]]\nname = "m"\narchitecture = "resnet18"\nbuilder_kwargs = {n = -99999999999999999999999}\n',
+            ("64 bits",),
+        ),
+    ],
+)
+def test_hostile_catalog_files_are_configuration_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, words: tuple[str, ...]
+) -> None:
+    catalog = tmp_path / "hostile.toml"
+    catalog.write_bytes(content)
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    assert_refused(run_ptm(["models"]), str(catalog), *words)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"models": [' + b"\xff" + b"]}", b'{"models": ' + b"7" * 5000 + b"}"],
+)
+def test_hostile_json_catalogs_are_configuration_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    catalog = tmp_path / "hostile.json"
+    catalog.write_bytes(content)
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    assert_refused(run_ptm(["models"]), str(catalog))
