@@ -15,13 +15,21 @@ import click
 
 from . import settings
 from .commands.classify import classify
-from .commands.common import CONTEXT, ReaderGone, note
+from .commands.common import CONTEXT, GuardedStream, ReaderGone, note
 from .commands.doctor import doctor
 from .commands.hub import hub
 from .commands.models import models
 from .commands.translate import translate, zebra
 from .commands.weights import weights
-from .errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, PtmError, first_line
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    PtmError,
+    StdoutUnwritable,
+    first_line,
+)
 from .version import __version__
 
 
@@ -51,6 +59,16 @@ def run(argv: list[str] | None = None) -> int:
         debug = settings.debug()
     except ConfigError as exc:
         return _report(exc)
+    real_stdout = sys.stdout
+    sys.stdout = GuardedStream(real_stdout)  # type: ignore[assignment]
+    try:
+        return _run(argv, debug)
+    finally:
+        if isinstance(sys.stdout, GuardedStream):
+            sys.stdout = real_stdout
+
+
+def _run(argv: list[str] | None, debug: bool) -> int:
     try:
         code = cli.main(args=argv, prog_name="ptm", standalone_mode=False)
         _flush_stdout()
@@ -61,6 +79,9 @@ def run(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             exc.show()
         return exc.exit_code
+    except StdoutUnwritable as exc:
+        _silence_stdout()  # what is still buffered cannot be written either; exit quietly
+        return _report(exc)
     except PtmError as exc:
         if debug:
             import traceback

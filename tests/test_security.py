@@ -777,3 +777,84 @@ def test_hostile_json_catalogs_are_configuration_errors(
     catalog.write_bytes(content)
     monkeypatch.setenv("PTM_CATALOG", str(catalog))
     assert_refused(run_ptm(["models"]), str(catalog))
+
+
+# --- #10: stdout and the disk can fail --------------------------------------------------------------
+
+
+def run_to(stdout: object, args: list[str], **kwargs: object) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ptm_cli", *args], stdout=stdout, stderr=subprocess.PIPE, timeout=120, **kwargs
+    )
+    return done.returncode, done.stderr.decode()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["models"], ["models", "-f", "json"], ["weights", "--help"]]
+)
+def test_a_full_stdout_is_exit_2_with_one_line(args: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        code, stderr = run_to(full, args)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [
+        "ptm: error: cannot write to stdout (No space left on device); send the output somewhere with room, "
+        "or check the device"
+    ]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_classify_into_a_full_stdout(tiny: list[str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    with open("/dev/full", "w") as full:
+        code, stderr = run_to(full, [*tiny, str(tmp_path / "x.png")], env=os.environ)
+    assert code == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith("ptm: error: cannot write to stdout (No space left on device)")
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def test_records_lost_midway_are_exit_1(tiny: list[str], tmp_path: Path) -> None:
+    import resource
+
+    from PIL import Image
+
+    names = []
+    for index in range(40):
+        Image.new("RGB", (40, 40), (index * 6, 0, 0)).save(tmp_path / f"{index:02d}.png")
+        names.append(str(tmp_path / f"{index:02d}.png"))
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # writes past 3000 bytes fail with EFBIG
+
+    with open(tmp_path / "out.jsonl", "w") as out:
+        code, stderr = run_to(out, [*tiny, "-f", "jsonl", *names], env=os.environ, preexec_fn=small_files)
+    assert code == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith("ptm: error: cannot write to stdout (File too large)")
+    assert "the rest of the output was lost" in stderr
+    delivered = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert 0 < len(delivered) < 40
+    assert all(json.loads(line)["input"] == names[i] for i, line in enumerate(delivered[:-1]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".h5"])
+def test_convert_onto_a_full_disk_is_exit_2(tmp_path: Path, suffix: str) -> None:
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        torch.save({"w": torch.zeros(100_000)}, tmp_path / "big.pth")
+        result = run_ptm(["weights", "convert", str(tmp_path / "big.pth"), str(small / f"out{suffix}")])
+        assert_refused(result, "No space left on device", "free space")
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
