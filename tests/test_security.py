@@ -858,3 +858,141 @@ def test_convert_onto_a_full_disk_is_exit_2(tmp_path: Path, suffix: str) -> None
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+# --- #7: outputs never replace special files, and keep the modes a user expects --------------------
+
+
+@pytest.fixture(scope="module")
+def generator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ptm_cli.cyclegan import build_generator
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("gen") / "gen.pth"
+    torch.save(build_generator().state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def zebra(generator_file: Path, tmp_path: Path) -> list[str]:
+    from PIL import Image
+
+    Image.effect_noise((24, 20), 50).convert("RGB").save(tmp_path / "horse.png")
+    return ["zebra", "-w", str(generator_file), "--size", "32", str(tmp_path / "horse.png")]
+
+
+def char_device(path: Path) -> Path:
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the same device as /dev/null
+    return path
+
+
+def is_char_device(path: Path) -> bool:
+    import stat
+
+    return stat.S_ISCHR(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_output_onto_a_character_device_writes_through_it(zebra: list[str], tmp_path: Path, force: bool) -> None:
+    node = char_device(tmp_path / "null")
+    result = run_ptm([*zebra, "-o", str(node), *(["--force"] if force else [])])
+    assert result.code == 0, result.stderr
+    assert is_char_device(node)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_output_onto_dev_null_itself_needs_no_force(zebra: list[str]) -> None:
+    for extra in ([], ["--force"]):
+        result = run_ptm([*zebra, "-o", os.devnull, *extra])
+        assert result.code == 0, result.stderr
+        assert is_char_device(Path(os.devnull))
+
+
+def test_output_into_a_fifo_is_written_through(zebra: list[str], tmp_path: Path) -> None:
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = run_ptm([*zebra, "-o", str(fifo)])
+    reader.join(timeout=60)
+    assert result.code == 0, result.stderr
+    assert received and received[0].startswith(b"\x89PNG\r\n\x1a\n")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_links_at_the_output_path_are_never_replaced_or_followed(zebra: list[str], tmp_path: Path, force: bool) -> None:
+    target = tmp_path / "elsewhere.png"
+    dangling = tmp_path / "dangling.png"
+    dangling.symlink_to(target)
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"keep me")
+    linked = tmp_path / "linked.png"
+    linked.symlink_to(precious)
+    for path in (dangling, linked):
+        result = run_ptm([*zebra, "-o", str(path), *(["--force"] if force else [])])
+        assert result.code == 1, result.stderr
+        (record,) = result.records()
+        assert record["error"]["type"] == "OutputError"
+        assert ("--force" in record["error"]["message"]) != force
+        assert path.is_symlink()
+    assert not target.exists()
+    assert precious.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
+def test_new_outputs_get_the_umasks_mode_and_replaced_ones_keep_theirs(
+    zebra: list[str], generator_file: Path, tmp_path: Path, mask: int
+) -> None:
+    import stat
+
+    old = os.umask(mask)
+    try:
+        fresh = tmp_path / "fresh.png"
+        assert run_ptm([*zebra, "-o", str(fresh)]).code == 0
+        converted = tmp_path / "fresh.safetensors"
+        assert run_ptm(["weights", "convert", str(generator_file), str(converted)]).code == 0
+        kept = tmp_path / "kept.png"
+        kept.write_bytes(b"old")
+        os.chmod(kept, 0o604)
+        assert run_ptm([*zebra, "-o", str(kept), "--force"]).code == 0
+        kept_weights = tmp_path / "kept.pth"
+        kept_weights.write_bytes(b"old")
+        os.chmod(kept_weights, 0o640)
+        assert run_ptm(["weights", "convert", str(generator_file), str(kept_weights), "--force"]).code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(os.stat(converted).st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o604 and kept.read_bytes().startswith(b"\x89PNG")
+    assert stat.S_IMODE(os.stat(kept_weights).st_mode) == 0o640 and kept_weights.read_bytes() != b"old"
+
+
+def test_convert_never_writes_over_devices_pipes_or_links(generator_file: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)  # opening it would hang: it must not be opened at all
+    target = tmp_path / "elsewhere.pth"
+    dangling = tmp_path / "dangling.pth"
+    dangling.symlink_to(target)
+    precious = tmp_path / "precious.pth"
+    precious.write_bytes(b"keep me")
+    linked = tmp_path / "linked.pth"
+    linked.symlink_to(precious)
+    destinations = [fifo, dangling, linked]
+    if os.geteuid() == 0:
+        destinations.append(char_device(tmp_path / "null.pth"))
+    for dst in destinations:
+        for extra in ([], ["--force"]):
+            result = run_ptm(["weights", "convert", str(generator_file), str(dst), *extra])
+            assert_refused(result, "not a regular file", "choose another name")
+    assert not target.exists() and precious.read_bytes() == b"keep me"
+    assert os.path.islink(dangling) and os.path.islink(linked)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
