@@ -349,8 +349,26 @@ def load_labels(entry: Entry) -> list[str] | None:
     if entry.labels is None:
         return None
     path = CATALOG_DIR / "imagenet_classes.txt" if entry.labels == "imagenet" else Path(entry.labels)
+    limit = settings.tuning.max_labels_bytes
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:  # bounded: `--labels /dev/zero` must not read forever
+            data = stream.read(limit + 1)
     except OSError as exc:
         raise ConfigError(f"{entry.ref}: cannot read labels file {path}: {exc.strerror}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    if len(data) > limit:
+        raise ConfigError(f"{entry.ref}: labels file {path} is larger than {limit >> 20} MiB; give one label per line")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{entry.ref}: labels file {path}, line {at}, is not UTF-8 text") from None
+    labels = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > settings.tuning.max_line_bytes:
+            raise ConfigError(
+                f"{entry.ref}: line {number} of labels file {path} is longer than "
+                f"{settings.tuning.max_line_bytes} characters; give one label per line"
+            )
+        if line.strip():
+            labels.append(line.strip())
+    return labels

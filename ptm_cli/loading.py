@@ -180,9 +180,18 @@ def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
 # --- classifiers ---------------------------------------------------------------------------------
 
 
+def _check_sides(options: ModelOptions) -> None:
+    from .transforms import check_side_pixels
+
+    for option, side in (("--resize", options.resize), ("--crop", options.crop)):
+        if side is not None:
+            check_side_pixels(option, side)
+
+
 def plan_classifier(options: ModelOptions) -> Plan:
     """Check classification options now (no torch, no network); ``.load()`` gives a :class:`Classifier`."""
     check_device_spec(options.device)
+    _check_sides(options)
     if options.is_hub:
         from .hub import parse_kwargs, parse_model_spec
 

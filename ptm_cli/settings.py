@@ -189,6 +189,9 @@ class Tuning:
     download_size_slack: int = 1 << 20
     # ...and this large when the catalog gives no size.
     max_download_bytes: int = 16 << 30
+    max_list_bytes: int = 64 << 20  # a --files-from FILE (stdin is streamed, line by line)
+    max_labels_bytes: int = 16 << 20  # a labels file
+    max_line_bytes: int = 4096  # one path or label (PATH_MAX)
 
 
 tuning = Tuning()

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
-from .errors import ConfigError
+from . import settings
+from .errors import ConfigError, ImageTooLarge, UsageError
 from .imageio import to_rgb
 
 if TYPE_CHECKING:
@@ -77,6 +78,20 @@ class Preprocess:
             object.__setattr__(self, "std", std)
 
 
+def check_side_pixels(option: str, side: int) -> None:
+    """Refuse a square side (``--crop``, ``--resize``, ``--size``) whose pixels exceed ``PTM_MAX_PIXELS``.
+
+    The same limit that keeps decompression bombs out bounds what an option
+    may make ptm allocate: ``--crop 20000`` would be 400 million pixels.
+    """
+    limit = settings.max_pixels()
+    if side * side > limit:
+        raise UsageError(
+            f"{option} {side} means {side * side:,} pixels, more than PTM_MAX_PIXELS ({limit:,}); "
+            f"use at most {math.isqrt(limit)}, or raise PTM_MAX_PIXELS"
+        )
+
+
 def _check_side(field: str, value: object) -> None:
     if value is None:
         return
@@ -108,6 +123,13 @@ def resize_and_crop(image: Image.Image, p: Preprocess) -> Image.Image:
         if width * height > _FUSE_PIXELS and p.crop <= min(width, height):
             return _resize_crop_region(image, (width, height), p.crop, resample)
     if p.resize is not None:
+        width, height = _resized_size(image.width, image.height, p.resize)
+        limit = settings.max_pixels()
+        if width * height > limit:  # a thin strip resized without a crop to save it
+            raise ImageTooLarge(
+                f"resizing this {image.width}x{image.height} image to a short side of {p.resize} would make "
+                f"{width}x{height} pixels, more than PTM_MAX_PIXELS ({limit:,})"
+            )
         image = _resize_shorter_side(image, p.resize, resample)
     if p.crop is not None:
         image = _center_crop(image, p.crop)

@@ -283,6 +283,9 @@ class Translator:
             return None
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise UsageError(f"size must be a positive number of pixels or 'full', not {size!r}")
+        from .transforms import check_side_pixels
+
+        check_side_pixels("size", size)
         return size
 
     @staticmethod

@@ -106,6 +106,10 @@ def run_translate(
     from ..imagejobs import make_destination, run_image_jobs
     from ..loading import ModelOptions, plan_translator
 
+    if isinstance(size, int):
+        from ..transforms import check_side_pixels
+
+        check_side_pixels("--size", size)  # before the model loads
     plan = plan_translator(ModelOptions(model=model, weights=weights, device=device, precision=precision))
     inputs = image_inputs(images, recursive, files_from)
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
