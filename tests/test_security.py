@@ -1123,3 +1123,80 @@ def test_labels_from_an_endless_source_are_bounded(tmp_path: Path) -> None:
     args = ["classify", "-m", "endless", "-w", str(tmp_path / "tiny.pth"), str(tmp_path / "x.png")]
     code, _, stderr = run_with_ceiling(args, PTM_CATALOG=str(tmp_path / "endless.toml"))
     assert_one_error_line(code, stderr, 2, "/dev/zero", "MiB")
+
+
+# --- #12: JPEGs the decoder would pad with grey ------------------------------------------------------
+
+
+def jpeg_bytes(image: object, **options: object) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)  # type: ignore[attr-defined]
+    return buffer.getvalue()
+
+
+def noisy(width: int, height: int, seed: int = 0) -> object:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype("uint8"))
+
+
+def with_height(data: bytes, height: int) -> bytes:
+    """The same JPEG with its frame header claiming ``height`` rows."""
+    sof = data.find(b"\xff\xc0")
+    assert sof > 0
+    return data[: sof + 5] + height.to_bytes(2, "big") + data[sof + 7 :]
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
+def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_unreadable(subsampling: int, fraction: float) -> None:
+    from ptm_cli.errors import UnreadableImage
+    from ptm_cli.imageio import load_image
+
+    data = jpeg_bytes(noisy(320, 240), quality=90, subsampling=subsampling)
+    cut = data[: int(len(data) * fraction)] + b"\xff\xd9"
+    with pytest.raises(UnreadableImage, match="truncated"):
+        load_image(cut, name="cut.jpg")
+    with pytest.raises(UnreadableImage, match="truncated"):
+        load_image(cut, name="cut.jpg", min_short_side=60)  # decoded at reduced scale first
+    assert load_image(data, name="whole.jpg").size == (320, 240)
+
+
+def test_a_jpeg_whose_header_declares_more_rows_than_its_data_is_unreadable() -> None:
+    from ptm_cli.errors import UnreadableImage
+    from ptm_cli.imageio import load_image
+
+    data = jpeg_bytes(noisy(200, 100), quality=90)
+    with pytest.raises(UnreadableImage, match="truncated"):
+        load_image(with_height(data, 400), name="tall.jpg")
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])
+def test_genuinely_grey_jpegs_still_load(subsampling: int) -> None:
+    from PIL import Image
+
+    from ptm_cli.imageio import load_image
+
+    half = noisy(200, 160)
+    half.paste((128, 128, 128), (0, 80, 200, 160))  # type: ignore[attr-defined]
+    for image in (half, Image.new("RGB", (256, 256), (128, 128, 128)), Image.new("L", (90, 300), 128)):
+        data = jpeg_bytes(image, quality=95, subsampling=subsampling)
+        loaded = load_image(data, name="grey.jpg")
+        assert loaded.size == image.size
+        assert loaded.getpixel((loaded.width - 1, loaded.height - 1)) == (128, 128, 128)
+
+
+def test_cut_jpegs_through_classify_are_error_records(tiny: list[str], tmp_path: Path) -> None:
+    whole = jpeg_bytes(noisy(320, 240), quality=90)
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+    (tmp_path / "tall.jpg").write_bytes(with_height(whole, 960))
+    names = [str(tmp_path / n) for n in ("whole.jpg", "cut.jpg", "tall.jpg")]
+    result = run_ptm([*tiny, "-f", "jsonl", *names])
+    assert result.code == 1, result.stderr
+    records = result.records()
+    assert "predictions" in records[0]
+    assert [r["error"]["type"] for r in records[1:]] == ["UnreadableImage", "UnreadableImage"]
