@@ -40,7 +40,7 @@ from typing import IO
 
 from PIL import Image
 
-from . import settings
+from . import jpegdata, settings
 from .errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat, first_line
 
 __all__ = [
@@ -428,99 +428,22 @@ def _decode(image: Image.Image, limit: int, name: str) -> None:
         raise UnreadableImage(
             f"{name} could not be decoded ({_reason(exc)}); the file is probably corrupt or truncated."
         ) from exc
-    if source is not None and _jpeg_looks_zero_filled(image) and _jpeg_data_ends_early(source, limit):
+    if source is not None and jpegdata.looks_zero_filled(image) and _jpeg_data_ends_early(source, limit):
         raise UnreadableImage(
             f"{name} could not be decoded (its image data ends before the last rows, which the decoder would "
             "fill with grey); the file is probably truncated."
         )
 
 
-# --- JPEG data that ends early -------------------------------------------------------------
-# libjpeg meets an end-of-image marker (a file cut short and closed with one, or a header that
-# declares more rows than the data holds) with a warning Pillow does not report, and fills every
-# remaining block with zero coefficients: flat grey. Only a JPEG whose last pixel is that grey is
-# checked further, by decoding its data without the final marker: rows the data really holds come
-# out the same, rows only the filler made stay empty.
-
-
-def _jpeg_looks_zero_filled(image: Image.Image) -> bool:
-    """Whether the bottom-right pixel is the grey a block without data decodes to."""
-    try:
-        pixel = image.getpixel((image.width - 1, image.height - 1))
-    except _PILLOW_ERRORS:
-        return False
-    values = pixel if isinstance(pixel, tuple) else (pixel,)
-    return all(value in (127, 128) for value in values)
-
-
-def _jpeg_scan_end(data: bytes) -> int | None:
-    """Where the end-of-image marker that closes the first frame's scans is, walking the markers."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    pos, size = 2, len(data)
-    while pos + 2 <= size:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:
-            return pos
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        if pos + 4 > size:
-            return None
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker == 0xDA:  # entropy-coded data: only FF00 (a literal FF) and restart markers inside
-            while True:
-                pos = data.find(b"\xff", pos)
-                if pos < 0 or pos + 1 >= size:
-                    return None
-                following = data[pos + 1]
-                if following == 0x00 or 0xD0 <= following <= 0xD7:
-                    pos += 2
-                elif following == 0xFF:
-                    pos += 1
-                else:
-                    break
-    return None
-
-
 def _jpeg_data_ends_early(source: IO[bytes], limit: int) -> bool:
-    """Whether the decoder made up rows: the file decoded with and without its final marker differs.
-
-    Baseline JPEGs only: a progressive one shows nothing until its last scan,
-    so the comparison would say nothing.
-    """
+    """See :mod:`ptm_cli.jpegdata`; any failure of the check itself leaves the image as decoded."""
     try:
         source.seek(0)
         data = source.read()
-        end = _jpeg_scan_end(data)
-        if end is None:
-            return False
         with _quiet_pillow(), _pillow_bomb_limit(limit):
-            whole = Image.open(io.BytesIO(data))
-            if whole.info.get("progressive") or len(whole.tile) != 1:
-                return False
-            whole.load()
-            partial = Image.open(io.BytesIO(data[:end]))
-            partial.load_prepare()
-            codec, extents, offset, args = partial.tile[0]
-            decoder = Image._getdecoder(partial.mode, codec, args, partial.decoderconfig)
-            decoder.setimage(partial.im, extents)
-            decoder.decode(data[offset:end])  # decodes what it can, then waits for data that never comes
-            decoder.cleanup()
+            return jpegdata.data_ends_early(data)
     except _PILLOW_ERRORS:
         return False
-    # The decoder may hold back the last two MCU rows waiting for more data; probe above them.
-    mcu_height = 8 * max((layer[2] for layer in getattr(whole, "layer", [])), default=2)
-    y = whole.height - 3 * mcu_height - 1
-    if y < 0:
-        return False
-    probe = (whole.width - 1, y)
-    return bool(whole.im.getpixel(probe) != partial.im.getpixel(probe))
 
 
 _ORIENTATION_TAG = 0x0112

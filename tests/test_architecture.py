@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("facts", {"version", "errors", "output", "nets"}),
     ("environment and devices", {"settings", "device", "modeling"}),
     ("writing files", {"fsutil"}),
+    ("JPEG structure", {"jpegdata"}),
     ("reading files", {"imageio", "tensorio", "tensorio.formats", "tensorio.torchfile", "tensorio.h5",
                "tensorio.safetensors_io", "tensorio.loading", "tensorio.inspection", "tensorio.convert"}),
     ("network and preprocessing", {"download", "transforms"}),
