@@ -1200,3 +1200,21 @@ def test_cut_jpegs_through_classify_are_error_records(tiny: list[str], tmp_path:
     records = result.records()
     assert "predictions" in records[0]
     assert [r["error"]["type"] for r in records[1:]] == ["UnreadableImage", "UnreadableImage"]
+
+
+def test_a_generator_with_nan_weights_writes_no_image(generator_file: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    state = torch.load(generator_file, weights_only=True)
+    last = [k for k in state if k.endswith(".bias")][-1]
+    state[last] = torch.full_like(state[last], float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    Image.new("RGB", (24, 20), "white").save(tmp_path / "horse.png")
+    out = tmp_path / "zebra.png"
+    result = run_ptm(
+        ["zebra", "-w", str(tmp_path / "nan.pth"), "--size", "32", str(tmp_path / "horse.png"), "-o", str(out)]
+    )
+    assert result.code == 1, result.stderr
+    (record,) = [strict_json(line) for line in result.stdout.splitlines()]
+    assert record["error"]["type"] == "NonFiniteOutput"  # type: ignore[index]
+    assert not out.exists()
