@@ -1218,3 +1218,12 @@ def test_a_generator_with_nan_weights_writes_no_image(generator_file: Path, tmp_
     (record,) = [strict_json(line) for line in result.stdout.splitlines()]
     assert record["error"]["type"] == "NonFiniteOutput"  # type: ignore[index]
     assert not out.exists()
+
+
+def test_names_in_messages_cannot_drive_the_terminal_or_forge_lines(tmp_path: Path) -> None:
+    name = tmp_path / "evil\x1b]0;pwned\x07\nptm: all good.pth"
+    result = run_ptm(["weights", "inspect", str(name)])
+    assert result.code == 2
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "\\x1b]0;pwned\\x07\\nptm: all good.pth" in result.stderr

@@ -15,7 +15,14 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def note(message: str) -> None:
-    """One line for people, on stderr, prefixed so it is clear who speaks."""
+    """One line for people, on stderr, prefixed so it is clear who speaks.
+
+    Messages quote file names, URLs and tensor names, which may hold newlines
+    or terminal escape sequences; those are shown as escapes (``\\x1b``), so
+    a name can neither forge another line nor drive the terminal.
+    """
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
     click.echo(f"ptm: {message}", err=True)
 
 
