@@ -105,11 +105,11 @@ def run_translate(
 ) -> int:
     from ..imagejobs import make_destination, run_image_jobs
     from ..loading import ModelOptions, plan_translator
+    from ..transforms import check_side_pixels
 
+    check_side_pixels("--tile", tile)  # before the model loads
     if isinstance(size, int):
-        from ..transforms import check_side_pixels
-
-        check_side_pixels("--size", size)  # before the model loads
+        check_side_pixels("--size", size)
     plan = plan_translator(ModelOptions(model=model, weights=weights, device=device, precision=precision))
     inputs = image_inputs(images, recursive, files_from)
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
