@@ -83,7 +83,12 @@ def local_weights_file(value: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            what = "is a folder"
+        elif path.exists():
+            what = "is a device or pipe, not a file ptm can seek in"
+        else:
+            what = "does not exist"
         raise UsageError(f"weights file {value} {what}; give the path of a .pth, .safetensors or .h5 file")
     return path
 

@@ -1227,3 +1227,12 @@ def test_names_in_messages_cannot_drive_the_terminal_or_forge_lines(tmp_path: Pa
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "\\x1b]0;pwned\\x07\\nptm: all good.pth" in result.stderr
+
+
+def test_weights_from_a_device_or_pipe_are_named_as_such(tmp_path: Path) -> None:
+    fifo = tmp_path / "w.pth"
+    os.mkfifo(fifo)  # never opened: opening it would wait for a writer
+    for path in ("/dev/zero", str(fifo)):
+        result = run_ptm(["classify", "-m", "resnet18", "-w", path, str(tmp_path / "x.png")])
+        assert_refused(result, path, "device or pipe")
+        assert "does not exist" not in result.stderr
