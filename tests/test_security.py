@@ -1236,3 +1236,19 @@ def test_weights_from_a_device_or_pipe_are_named_as_such(tmp_path: Path) -> None
         result = run_ptm(["classify", "-m", "resnet18", "-w", path, str(tmp_path / "x.png")])
         assert_refused(result, path, "device or pipe")
         assert "does not exist" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["classify", "--batch-size", "100000000", "x.png"], ("--batch-size", "1024")),
+        (["classify", "--workers", "100000", "x.png"], ("--workers", "64")),
+        (["zebra", "--tile", "100000", "x.png", "-o", "y.png"], ("--tile", "PTM_MAX_PIXELS")),
+    ],
+)
+def test_batch_size_workers_and_tile_are_bounded(args: list[str], words: tuple[str, ...]) -> None:
+    result = run_ptm(args)
+    assert result.code == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr
