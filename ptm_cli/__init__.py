@@ -32,7 +32,7 @@ _LAZY = {
     "load_image": "imageio",
     "Preprocess": "transforms",
     "preprocess": "transforms",
-    "ensure_weights": "weights",
+    "ensure_weights": "loading",
     "load_state_dict": "tensorio",
     "PtmError": "errors",
 }
@@ -64,11 +64,10 @@ if TYPE_CHECKING:
     from .errors import PtmError
     from .imageio import load_image
     from .inputs import ImageInput
-    from .loading import ModelOptions, load_classifier, load_translator
+    from .loading import ModelOptions, ensure_weights, load_classifier, load_translator
     from .tensorio import load_state_dict
     from .transforms import Preprocess, preprocess
     from .translate import Translator
-    from .weights import ensure_weights
 
 
 def __getattr__(name: str) -> Any:

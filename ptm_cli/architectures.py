@@ -93,6 +93,29 @@ def build(entry: Entry, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     return model.float()
 
 
+def check_fits(entry: Entry, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``IncompatibleWeights`` unless ``state_dict`` has exactly the keys, shapes and kinds ``entry`` needs.
+
+    The model is built on the meta device (no memory, no initialisation), and
+    the weights are not loaded into it: a cheap check of a file before the
+    cache keeps it.
+    """
+    import torch
+
+    from .modeling import check_compatible
+
+    make = factory(entry)
+    if entry.architecture == cyclegan.ARCHITECTURE:
+        state_dict = cyclegan.clean_state_dict(state_dict, **cyclegan.generator_kwargs(entry))
+    try:
+        with torch.device("meta"), skip_init():
+            model = make()
+    except (NotImplementedError, RuntimeError):
+        with skip_init():
+            model = make()
+    check_compatible(model, state_dict, what=f"{entry.architecture} ({entry.ref})")
+
+
 # --- which architecture does a file fit? ---------------------------------------------------------
 
 

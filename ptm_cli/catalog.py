@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import settings
-from .errors import ConfigError, UnknownModel
+from .errors import ConfigError, UnknownModel, first_line
 
 if TYPE_CHECKING:
     from .transforms import Preprocess
@@ -103,12 +103,45 @@ def _entry_file_name(url: str | None, explicit: str | None, where: str) -> str |
     return None
 
 
+# Normalisation values are for pixels in [0, 1]: a std outside this range (1e-45, say) divides
+# the image into infinities, and the model's output into NaN.
+NORMALISATION_RANGE = {"mean": (-1000.0, 1000.0), "std": (0.001, 1000.0)}
+_INT64_MAX = 2**63 - 1
+_MAX_DEPTH = 32  # nesting of tables and arrays in one catalog record
+
+
 def _triple(value: Any, key: str, where: str) -> tuple[float, float, float] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, int | float) for v in value):
-        raise ConfigError(f"{where}: {key} must be a list of three numbers")
+    low, high = NORMALISATION_RANGE[key]
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high for v in value)
+    ):
+        raise ConfigError(f"{where}: {key} must be a list of three numbers from {low:g} to {high:g}")
     return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _size(value: Any, where: str) -> float | None:
+    size = _optional(value, (int, float), "size_mb", where)
+    if size is not None and not (0 < size < 1e9):  # also refuses NaN and infinity
+        raise ConfigError(f"{where}: size_mb must be a positive number of MiB")
+    return size
+
+
+def _check_values(value: Any, key: str, where: str, depth: int = 0) -> None:
+    """Refuse integers beyond 64 bits (torch and Pillow would overflow on them) and absurd nesting."""
+    if depth > _MAX_DEPTH:
+        raise ConfigError(f"{where}: {key} is nested more than {_MAX_DEPTH} deep")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64_MAX:
+        raise ConfigError(f"{where}: {key} is an integer beyond 64 bits")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_values(v, f"{key}.{k}", where, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_values(v, key, where, depth + 1)
 
 
 def _optional(value: Any, kind: type | tuple[type, ...], key: str, where: str) -> Any:
@@ -134,6 +167,8 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
     unknown = sorted(set(raw) - _KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}")
+    for key, value in raw.items():
+        _check_values(value, key, where)
     task = raw.get("task", "classify")
     if task not in TASKS:
         raise ConfigError(f"{where}: task must be one of {', '.join(TASKS)}, not {task!r}")
@@ -167,7 +202,7 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         url=url,
         sha256=sha,
         file_name=_entry_file_name(url, _optional(raw.get("file_name"), str, "file_name", where), where),
-        size_mb=_optional(raw.get("size_mb"), (int, float), "size_mb", where),
+        size_mb=_size(raw.get("size_mb"), where),
         # An entry that names no weights variant is its model's default unless it says otherwise.
         is_default=_optional(raw.get("default", not raw.get("weights")), bool, "default", where),
         labels=labels,
@@ -188,9 +223,30 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
     )
 
 
-def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
+def _read_text(path: Path) -> str:
+    """The catalog file as text; not UTF-8 is a ConfigError naming the line."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read catalog file {path} ({exc.strerror or exc}); check PTM_CATALOG") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"catalog file {path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; save the file as UTF-8"
+        ) from None
+
+
+def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
+    text = _read_text(path)
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"catalog file {path}: nested too deeply to be a catalog") from None
+    except ValueError as exc:  # JSONDecodeError names the line; an integer of over 4300 digits does not
+        raise ConfigError(f"catalog file {path}: {first_line(exc)}") from None
+    try:
         models = doc["models"]
         for model in models:
             shared = {k: v for k, v in model.items() if k != "weights"}
@@ -204,10 +260,13 @@ def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _records_from_toml(path: Path) -> Iterator[dict[str, Any]]:
+    text = _read_text(path)
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"catalog file {path}: {exc}") from None
+        doc = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"catalog file {path}: nested too deeply to be a catalog") from None
+    except ValueError as exc:  # TOMLDecodeError names the line; an integer of over 4300 digits does not
+        raise ConfigError(f"catalog file {path}: {first_line(exc)}") from None
     models = doc.get("model", [])
     if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
         raise ConfigError(f"catalog file {path}: expected [[model]] tables")
@@ -295,8 +354,26 @@ def load_labels(entry: Entry) -> list[str] | None:
     if entry.labels is None:
         return None
     path = CATALOG_DIR / "imagenet_classes.txt" if entry.labels == "imagenet" else Path(entry.labels)
+    limit = settings.tuning.max_labels_bytes
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:  # bounded: `--labels /dev/zero` must not read forever
+            data = stream.read(limit + 1)
     except OSError as exc:
         raise ConfigError(f"{entry.ref}: cannot read labels file {path}: {exc.strerror}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    if len(data) > limit:
+        raise ConfigError(f"{entry.ref}: labels file {path} is larger than {limit >> 20} MiB; give one label per line")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{entry.ref}: labels file {path}, line {at}, is not UTF-8 text") from None
+    labels = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > settings.tuning.max_line_bytes:
+            raise ConfigError(
+                f"{entry.ref}: line {number} of labels file {path} is longer than "
+                f"{settings.tuning.max_line_bytes} characters; give one label per line"
+            )
+        if line.strip():
+            labels.append(line.strip())
+    return labels

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import CompileFailed, ConfigError, InputError, PtmError, UsageError, first_line
+from .errors import CompileFailed, ConfigError, InputError, NonFiniteOutput, PtmError, UsageError, first_line
 from .inputs import ImageInput
 
 if TYPE_CHECKING:
@@ -107,7 +107,19 @@ class Classifier:
             )
 
     def predict(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction]]:
-        """Top-k predictions (softmax probabilities) for a batch [N, 3, H, W]."""
+        """Top-k predictions (softmax probabilities) for a batch [N, 3, H, W].
+
+        Raises ``NonFiniteOutput`` when the model's output for any image holds
+        NaN or infinity; :meth:`predict_each` reports that per image instead.
+        """
+        results = self.predict_each(batch, top_k)
+        for result in results:
+            if isinstance(result, NonFiniteOutput):
+                raise result
+        return [r for r in results if not isinstance(r, NonFiniteOutput)]
+
+    def predict_each(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction] | NonFiniteOutput]:
+        """Per image of the batch: its top-k predictions, or ``NonFiniteOutput`` (NaN/inf logits)."""
         import torch
 
         k = min(top_k, self._class_count())
@@ -120,7 +132,9 @@ class Classifier:
             x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast):
                 logits = self._run(x)[:count]
-            probabilities = torch.softmax(logits.float(), dim=1)
+            logits = logits.float()
+            finite = torch.isfinite(logits).all(dim=1).cpu().tolist()
+            probabilities = torch.softmax(logits, dim=1)
             top = probabilities.topk(k, dim=1)
         values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
         return [
@@ -128,7 +142,12 @@ class Classifier:
                 Prediction(rank=r + 1, index=i, label=self._label(i), probability=p)
                 for r, (i, p) in enumerate(zip(row_i, row_p, strict=True))
             ]
-            for row_i, row_p in zip(indices, values, strict=True)
+            if ok
+            else NonFiniteOutput(
+                f"the model's output for this input holds NaN or infinity ({self.entry.ref}), so it has no "
+                "probabilities; check the weights (`ptm weights inspect`) and the catalog's mean and std"
+            )
+            for row_i, row_p, ok in zip(indices, values, finite, strict=True)
         ]
 
     def _pad_for_compiled(self, batch: torch.Tensor) -> torch.Tensor:
@@ -262,7 +281,7 @@ def _run_pending(
     """Run the model on the decoded images in ``pending``; keep the order."""
     import torch
 
-    results: dict[int, list[Prediction]] = {}
+    results: dict[int, list[Prediction] | NonFiniteOutput] = {}
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for position, (_, value) in enumerate(pending):
         if not isinstance(value, PtmError):
@@ -270,13 +289,17 @@ def _run_pending(
     # Without a crop, images keep their own sizes: one forward pass per size.
     for positions in by_shape.values():
         batch = torch.stack([pending[p][1] for p in positions])
-        for position, predictions in zip(positions, classifier.predict(batch, top_k), strict=True):
+        for position, predictions in zip(positions, classifier.predict_each(batch, top_k), strict=True):
             results[position] = predictions
     for position, (item, value) in enumerate(pending):
         if isinstance(value, PtmError):
             yield Classification(item.name, error=value)
+            continue
+        result = results[position]
+        if isinstance(result, NonFiniteOutput):
+            yield Classification(item.name, error=result)
         else:
-            yield Classification(item.name, predictions=results[position])
+            yield Classification(item.name, predictions=result)
 
 
 def to_record(result: Classification, classifier: Classifier) -> dict[str, Any]:

@@ -16,14 +16,22 @@ import click
 from . import settings
 from .commands.batch import batch
 from .commands.classify import classify
-from .commands.common import CONTEXT, ReaderGone, note
+from .commands.common import CONTEXT, GuardedStream, ReaderGone, note
 from .commands.doctor import doctor
 from .commands.hub import hub
 from .commands.models import models
 from .commands.serve import serve
 from .commands.translate import translate, zebra
 from .commands.weights import weights
-from .errors import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, PtmError, first_line
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    ConfigError,
+    PtmError,
+    StdoutUnwritable,
+    first_line,
+)
 from .version import __version__
 
 
@@ -53,6 +61,16 @@ def run(argv: list[str] | None = None) -> int:
         debug = settings.debug()
     except ConfigError as exc:
         return _report(exc)
+    real_stdout = sys.stdout
+    sys.stdout = GuardedStream(real_stdout)  # type: ignore[assignment]
+    try:
+        return _run(argv, debug)
+    finally:
+        if isinstance(sys.stdout, GuardedStream):
+            sys.stdout = real_stdout
+
+
+def _run(argv: list[str] | None, debug: bool) -> int:
     try:
         code = cli.main(args=argv, prog_name="ptm", standalone_mode=False)
         _flush_stdout()
@@ -63,6 +81,9 @@ def run(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             exc.show()
         return exc.exit_code
+    except StdoutUnwritable as exc:
+        _silence_stdout()  # what is still buffered cannot be written either; exit quietly
+        return _report(exc)
     except PtmError as exc:
         if debug:
             import traceback

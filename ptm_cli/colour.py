@@ -31,6 +31,7 @@ numpy and ImageCms are imported only by the conversions that need them.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from collections.abc import Callable
 from functools import cache
@@ -64,12 +65,21 @@ _RGB_MODES = frozenset({"RGB", "RGBA", "RGBa", "RGBX", "P", "PA"})
 _SRGB_NAMES = ("srgb iec61966-2.1", "srgb iec61966-2-1", "srgb built-in", "srgb")
 
 
+# The ICC header's creation date (bytes 24-35: year, month, day, hour, minute, second as big-endian
+# uint16). LittleCMS stamps the current time; a fixed one keeps written images byte for byte the same
+# whenever and wherever they are made (a warm server and the command itself must agree).
+_PROFILE_DATE = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)
+
+
 @cache
 def srgb_profile() -> bytes:
-    """The ICC profile of sRGB (LittleCMS's built-in one), for embedding in written images."""
+    """The ICC profile of sRGB (LittleCMS's built-in one, with a fixed date), for embedding in written images."""
     from PIL import ImageCms
 
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    data[24:36] = _PROFILE_DATE
+    data[84:100] = bytes(16)  # the profile ID is an MD5 that would cover the date: zero means "not computed"
+    return bytes(data)
 
 
 def to_srgb(

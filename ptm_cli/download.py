@@ -5,6 +5,15 @@ beside the destination, hashing while it writes, checks the body against
 Content-Length and the expected sha256 (full or prefix), and only then
 renames it into place.
 
+Bounds: a body larger than ``max_bytes`` (announced or sent) is refused as
+soon as that is known, and a server that keeps a connection alive while
+sending less than ``settings.tuning.download_min_rate`` bytes a second,
+averaged over each ``PTM_DOWNLOAD_TIMEOUT`` window, counts as stalled: a
+server dripping a byte a second cannot hold a download open for long. A
+``check`` callable sees the complete file before it is renamed into place
+(the cache uses it to refuse an HTML page or a cut file that has no full
+sha256 to be checked against).
+
 Retries: connection errors, timeouts, resets, short bodies and HTTP
 5xx/408/429 are tried again after an exponential backoff
 (``settings.tuning.backoff_base`` doubling up to ``backoff_cap``); other 4xx,
@@ -31,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import settings
-from .errors import DownloadError, HashMismatch, PtmError
+from .errors import DownloadError, HashMismatch, PtmError, first_line
 from .fsutil import StagedFile, folder_of
 from .output import human_size
 from .version import __version__
@@ -157,6 +166,9 @@ class _Request:
     timeout: float
     progress: bool
     write_error: Callable[[Path, OSError], PtmError]
+    max_bytes: int | None = None
+    check: Callable[[Path], None] | None = None
+    mismatch_advice: str = "check the URL (or PTM_WEIGHTS_MIRROR) and the entry's sha256"
 
 
 def _write(request: _Request, staged: StagedFile, chunk: bytes) -> None:
@@ -178,24 +190,34 @@ def _download_once(request: _Request, *, announce: bool) -> Downloaded:
         raise request.write_error(folder_of(dest), exc) from None
     with response, staged:
         total = _content_length(response)
+        if total is not None and request.max_bytes is not None and total > request.max_bytes:
+            raise _Fatal(
+                f"the server announces {total:,} bytes, far more than the {request.max_bytes:,} expected at most"
+            )
         show_bar = request.progress and stderr_is_tty()
         if announce and request.progress and not show_bar:
             size = f" ({human_size(total)})" if total is not None and total >= 0 else ""
             say(f"downloading {dest.name}{size} from {request.url}")
         hasher = hashlib.sha256()
         received = 0
+        pace = _Pace(request.timeout, settings.tuning.download_min_rate)
+        # read1: whatever one receive brings, so a trickle comes back here to be timed.
+        read = getattr(response, "read1", response.read)
         with _progress_bar(dest.name, total, show_bar) as advance:
             while True:
                 try:
-                    chunk = response.read(settings.tuning.chunk_size)
+                    chunk = read(settings.tuning.chunk_size)
                 except (OSError, HTTPException) as exc:
                     raise _Retryable(_describe_network_error(exc)) from None
                 if not chunk:
                     break
+                received += len(chunk)
+                if request.max_bytes is not None and received > request.max_bytes:
+                    raise _Fatal(f"the server sent more than {request.max_bytes:,} bytes, far more than expected")
                 _write(request, staged, chunk)
                 hasher.update(chunk)
-                received += len(chunk)
                 advance(len(chunk))
+                pace.received(len(chunk))
         if total is not None and received < total:
             raise _Retryable(f"the connection closed after {received:,} of {total:,} bytes")
         try:
@@ -207,14 +229,47 @@ def _download_once(request: _Request, *, announce: bool) -> Downloaded:
             assert request.expected is not None
             raise HashMismatch(
                 f"the server at {request.url} sent {dest.name} with sha256 {short(digest)} but "
-                f"{request.expected_from} {short(request.expected)}; nothing was saved, so check the URL "
-                "(or PTM_WEIGHTS_MIRROR) and the entry's sha256"
+                f"{request.expected_from} {short(request.expected)}; nothing was saved, so "
+                f"{request.mismatch_advice}"
             )
+        if request.check is not None:
+            try:
+                request.check(staged.path)
+            except PtmError as exc:
+                reason = _reason(exc)
+                raise _Fatal(f"what it sent is not a usable weights file ({reason}), so nothing was saved") from None
         try:
             staged.commit(replace=True)
         except OSError as exc:
             raise request.write_error(folder_of(dest), exc) from None
     return Downloaded(digest, st)
+
+
+def _reason(exc: PtmError) -> str:
+    detail = getattr(exc, "detail", "")
+    return detail or first_line(exc, 200).split("; ")[0]
+
+
+class _Pace:
+    """Raises ``_Retryable`` when a window of ``window`` seconds brings fewer than ``rate * window`` bytes."""
+
+    def __init__(self, window: float, rate: float):
+        self.window = window
+        self.needed = rate * window
+        self.start = time.monotonic()
+        self.count = 0
+
+    def received(self, count: int) -> None:
+        self.count += count
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.window:
+            return
+        if self.count < self.needed:
+            raise _Retryable(
+                f"the server sent only {self.count:,} bytes in {elapsed:.0f} s, too slow to finish "
+                "(PTM_DOWNLOAD_TIMEOUT sets the window)"
+            )
+        self.start, self.count = time.monotonic(), 0
 
 
 def backoff(attempt: int) -> float:
@@ -238,12 +293,17 @@ def download(
     attempts: int | None = None,
     advice: str = "check the URL and the network",
     write_error: Callable[[Path, OSError], PtmError] = _default_write_error,
+    max_bytes: int | None = None,
+    check: Callable[[Path], None] | None = None,
+    mismatch_advice: str | None = None,
 ) -> Downloaded:
     """Download ``url`` to ``dest`` atomically, checking ``expected`` (a full sha256 or a prefix).
 
     ``timeout`` defaults to ``PTM_DOWNLOAD_TIMEOUT``, ``attempts`` (tries in
     all) to ``PTM_DOWNLOAD_RETRIES``; ``advice`` ends the message of a
-    download that failed for good.
+    download that failed for good, ``mismatch_advice`` that of a hash that
+    differs. A body over ``max_bytes`` is refused; ``check(path)`` may refuse
+    the complete file (raising a ``PtmError``) before it is published.
     """
     request = _Request(
         url=url,
@@ -253,6 +313,9 @@ def download(
         timeout=settings.download_timeout() if timeout is None else timeout,
         progress=progress,
         write_error=write_error,
+        max_bytes=max_bytes,
+        check=check,
+        **({"mismatch_advice": mismatch_advice} if mismatch_advice else {}),
     )
     tries = max(1, settings.download_attempts() if attempts is None else attempts)
     reason = ""

@@ -53,6 +53,17 @@ class UsageError(PtmError):
     """The command line asks for something that cannot work."""
 
 
+class StdoutUnwritable(PtmError):
+    """Writing to stdout failed (a full disk, ``> /dev/full``, an I/O error).
+
+    Exit 2 when nothing reached stdout; 1 when some records did and the rest were lost.
+    """
+
+    def __init__(self, message: str, *, records_lost: bool = False):
+        super().__init__(message)
+        self.exit_code = EXIT_INPUT_FAILED if records_lost else EXIT_USAGE
+
+
 class DeviceUnavailable(UsageError):
     """The requested device (cuda, mps, ...) is not present."""
 
@@ -140,3 +151,7 @@ class OutputError(InputError):
 
 class WorkerFailed(InputError):
     """No result came back for this input from a batch worker (a lost worker, a crash, a failed retry)."""
+
+
+class NonFiniteOutput(InputError):
+    """The model's output for one input holds NaN or infinity, so it has no probabilities to report."""

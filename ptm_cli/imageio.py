@@ -42,7 +42,7 @@ from typing import IO
 
 from PIL import Image
 
-from . import formats, settings
+from . import formats, jpegdata, settings
 from .colour import ImageNote, NoteCallback, srgb_pixels, to_rgb
 from .errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat, first_line
 from .formats import ALLOWED_FORMATS
@@ -384,6 +384,7 @@ def _pillow_format(stream: IO[bytes]) -> str | None:
 
 def _decode(image: Image.Image, limit: int, name: str) -> None:
     """Decode every pixel now, so corrupt data fails here rather than mid-model."""
+    source = getattr(image, "fp", None) if image.format in ("JPEG", "MPO") else None  # dropped once loaded
     try:
         if _exceeds_pillow_limit(image.size):
             with _quiet_pillow(), _pillow_bomb_limit(limit):
@@ -404,6 +405,22 @@ def _decode(image: Image.Image, limit: int, name: str) -> None:
         raise UnreadableImage(
             f"{name} could not be decoded ({_reason(exc)}); the file is probably corrupt or truncated."
         ) from exc
+    if source is not None and jpegdata.looks_zero_filled(image) and _jpeg_data_ends_early(source, limit):
+        raise UnreadableImage(
+            f"{name} could not be decoded (its image data ends before the last rows, which the decoder would "
+            "fill with grey); the file is probably truncated."
+        )
+
+
+def _jpeg_data_ends_early(source: IO[bytes], limit: int) -> bool:
+    """See :mod:`ptm_cli.jpegdata`; any failure of the check itself leaves the image as decoded."""
+    try:
+        source.seek(0)
+        data = source.read()
+        with _quiet_pillow(), _pillow_bomb_limit(limit):
+            return jpegdata.data_ends_early(data)
+    except _PILLOW_ERRORS:
+        return False
 
 
 _ORIENTATION_TAG = 0x0112

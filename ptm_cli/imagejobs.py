@@ -150,6 +150,8 @@ def make_destination(
             raise UsageError("-o names one output file; for several inputs use --output-dir DIR")
         if output == "-":
             return Destination(stdout=True, image_format=fmt)
+        if fmt is None and fsutil.is_stream_target(Path(output)):
+            fmt = "PNG"  # -o /dev/null, -o >(cmd): a stream, like stdout, whatever its name
         if fmt is None:
             image_format_for(output)  # fail now on an unknown extension
         return Destination(file=Path(output), image_format=fmt)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import settings
 from .errors import InputError, InputNotFound, UsageError
 
 
@@ -118,7 +119,7 @@ def _generate(
         elif stdin_list is None:
             raise UsageError("--files-from - needs a list of paths on stdin")
         else:
-            yield from _named(os.fsdecode(line.rstrip(b"\r\n")) for line in stdin_list)
+            yield from _named(_stream_lines(stdin_list, "--files-from -"))
 
 
 def _stdin_input(stdin: BinaryIO) -> ImageInput:
@@ -147,13 +148,46 @@ def count_inputs(args: Iterable[str], *, recursive: bool = False, files_from: st
     return total
 
 
+def _too_long(what: str, number: int) -> UsageError:
+    limit = settings.tuning.max_line_bytes
+    return UsageError(f"line {number} of {what} is longer than {limit} bytes, so it is not a path; check the list")
+
+
+def _stream_lines(stream: BinaryIO, what: str) -> Iterator[str]:
+    """Paths from a list on a stream, one line at a time, each bounded (``cat /dev/zero`` ends quickly)."""
+    limit = settings.tuning.max_line_bytes
+    number = 0
+    while line := stream.readline(limit + 2):
+        number += 1
+        stripped = line.rstrip(b"\r\n")
+        if len(stripped) > limit:
+            raise _too_long(what, number)
+        yield os.fsdecode(stripped)
+
+
 def _read_list_file(source: str) -> list[str]:
-    """The paths in a --files-from file; bytes that are not UTF-8 survive as the OS would name them."""
+    """The paths in a --files-from file; bytes that are not UTF-8 survive as the OS would name them.
+
+    Read whole now (so a bad list fails before any model loads), but bounded:
+    at most ``tuning.max_list_bytes``, and no line longer than a path can be.
+    """
+    limit = settings.tuning.max_list_bytes
+    what = f"--files-from {source}"
+    paths: list[str] = []
+    total = 0
     try:
-        data = Path(source).read_bytes()
+        with open(source, "rb") as stream:
+            for path in _stream_lines(stream, what):
+                total += len(path) + 1
+                if total > limit:
+                    raise UsageError(
+                        f"{what} is larger than {limit >> 20} MiB; pass a list that long on stdin "
+                        f"(--files-from - < {source}), which is read as it goes"
+                    )
+                paths.append(path)
     except OSError as exc:
-        raise UsageError(f"cannot read --files-from {source}: {exc.strerror}") from None
-    return [os.fsdecode(line.rstrip(b"\r")) for line in data.split(b"\n")]
+        raise UsageError(f"cannot read {what}: {exc.strerror}") from None
+    return paths
 
 
 def _named(lines: Iterable[str]) -> Iterator[ImageInput]:

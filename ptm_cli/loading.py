@@ -87,7 +87,12 @@ def local_weights_file(value: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        if path.is_dir():
+            what = "is a folder"
+        elif path.exists():
+            what = "is a device or pipe, not a file ptm can seek in"
+        else:
+            what = "does not exist"
         raise UsageError(f"weights file {value} {what}; give the path of a .pth, .safetensors or .h5 file")
     return path
 
@@ -110,20 +115,50 @@ def resolve_entry(model: str, weights_option: str, *, task: str) -> tuple[Entry,
     return entry, weights_file
 
 
+def weights_validator(entry: Entry) -> weights.Validator:
+    """A check for a file that has no full sha256 to be verified against: it must load, and fit ``entry``.
+
+    The cache runs it before it keeps (and pins) a download or an import.
+    """
+
+    def validate(path: Path) -> None:
+        architectures.check_fits(entry, load_state_dict(path))
+
+    return validate
+
+
+def ensure_weights(entry: Entry, *, progress: bool = True) -> Path:
+    """The verified local file for ``entry`` (downloaded first if needed); a first download must fit the entry."""
+    return weights.ensure_weights(entry, progress=progress, validate=weights_validator(entry))
+
+
+def import_weights(entry: Entry, src: Path) -> Path:
+    """Copy a weights file into the cache after checking its hash (and, with no full hash known, its fit)."""
+    return weights.import_weights(entry, src, validate=weights_validator(entry))
+
+
 def catalog_entry(name: str, weights_name: str | None = None) -> Entry:
     """The catalog entry ``NAME`` (its default weights) or ``MODEL:WEIGHTS`` names, for the cache commands."""
     return Catalog.load().resolve(name, weights_name)
 
 
 def weights_file_or_cached(target: str) -> Path:
-    """A weights FILE (an existing file, or anything spelled as a path), or the cached file of a catalog NAME."""
-    path = Path(target).expanduser()
-    if path.is_file():
-        return path
+    """A weights FILE (anything spelled as a path), or the cached file of a catalog NAME.
+
+    As with ``-w``, a name always means the catalog, even when a file of that
+    name sits in the working directory; such a file is read only when no
+    catalog entry has the name.
+    """
     local = local_weights_file(target)  # a path that does not exist fails here, naming it
     if local is not None:
         return local
-    cached = weights.cached_path(catalog_entry(target))
+    try:
+        entry = catalog_entry(target)
+    except UnknownModel:
+        if Path(target).is_file():
+            return Path(target)
+        raise
+    cached = weights.cached_path(entry)
     if not cached.is_file():
         raise UsageError(f"{target} is not downloaded yet; run `ptm weights download {target}` first")
     return cached
@@ -135,7 +170,7 @@ def _state_dict(
     """The tensors and the label records show for them: the variant, or the file as the user wrote it."""
     if weights_file is not None:
         return load_state_dict(Path(weights_file)), str(weights_file)
-    return weights.load_weights(entry, progress=progress), entry.weights
+    return weights.load_weights(entry, progress=progress, validate=weights_validator(entry)), entry.weights
 
 
 def _as_written(plan: Plan) -> str | None:
@@ -154,9 +189,18 @@ def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
 # --- classifiers ---------------------------------------------------------------------------------
 
 
+def _check_sides(options: ModelOptions) -> None:
+    from .settings import check_side_pixels
+
+    for option, side in (("--resize", options.resize), ("--crop", options.crop)):
+        if side is not None:
+            check_side_pixels(option, side)
+
+
 def plan_classifier(options: ModelOptions) -> Plan:
     """Check classification options now (no torch, no network); ``.load()`` gives a :class:`Classifier`."""
     check_device_spec(options.device)
+    _check_sides(options)
     if options.is_hub:
         from .hub import parse_kwargs, parse_model_spec
 

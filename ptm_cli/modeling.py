@@ -93,10 +93,20 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *
         for k, v in expected.items()
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
-    if not (missing or unexpected or wrong_shape):
+    wrong_kind = [
+        f"{k} {problem}"
+        for k, v in expected.items()
+        if k in state_dict and (problem := _kind_problem(state_dict[k], v)) is not None
+    ]
+    if not (missing or unexpected or wrong_shape or wrong_kind):
         return
     parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", wrong_shape),
+        ("wrong kind", wrong_kind),
+    ):
         if keys:
             shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
             parts.append(f"{label}: {shown}")
@@ -104,3 +114,23 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *
         f"the weights do not fit {what} ({'; '.join(parts)}); check -m/--model, or describe the model "
         "in a catalog file (PTM_CATALOG) with its architecture and num_classes"
     )
+
+
+def _kind_problem(given: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """Why ``given`` cannot stand where the model keeps ``expected`` (None when it can).
+
+    A model's floating tensors need dense real floating-point numbers: an
+    integer, boolean, complex, sparse, quantized or storage-less (meta) tensor
+    would load, and then fail or compute nonsense on the first image.
+    """
+    import torch
+
+    if given.is_quantized:
+        return f"is quantized ({str(given.dtype).removeprefix('torch.')})"
+    if given.layout != torch.strided:
+        return f"is {str(given.layout).removeprefix('torch.').replace('_', ' ')}, not dense"
+    if given.is_meta:
+        return "has no data (a meta tensor)"
+    if expected.is_floating_point() and not given.is_floating_point():
+        return f"holds {str(given.dtype).removeprefix('torch.')} (expected floating point)"
+    return None

@@ -9,18 +9,32 @@ Records are plain dicts. The format decides how they look:
 
 Records are written as soon as they are ready so pipelines see them
 immediately; the table is drawn per batch (``flush``).
+
+Everything in a cell comes from data (file names, tensor names, catalog
+entries), so none of it is ever read as markup: table cells are drawn as
+plain text with control characters shown as escapes (a file name cannot
+restyle the table or send codes to the terminal), and csv/tsv cells that a
+spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``,
+a tab or a carriage return) get a leading ``'``. JSON holds the exact
+strings; a NaN or infinite number, which JSON cannot hold, is written as null.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 FORMATS = ("table", "jsonl", "json", "csv", "tsv")
+# Tables with more rows than this are drawn line by line without rich, which measures
+# every cell of the whole table at once (100,000 rows took 50 s and 630 MB; now ~ jsonl's cost).
+RICH_TABLE_ROWS = 1000
+NUMERIC_COLUMNS = ("rank", "index", "probability", "params", "size_mib", "acc1", "acc5")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 Row = dict[str, Any]
 
@@ -75,13 +89,16 @@ class RecordWriter:
         self._count = 0
         self._pending: list[Row] = []
         self._csv: Any = None
+        self._row_buffer = io.StringIO()
         if fmt in ("csv", "tsv"):
+            # Rows end in "\n", but the writer is told "\r\n" so that it quotes a cell holding
+            # either character (it quotes only what its line terminator contains).
             self._csv = csv.DictWriter(
-                stream,
+                self._row_buffer,
                 fieldnames=self.columns,
                 delimiter="," if fmt == "csv" else "\t",
                 extrasaction="ignore",
-                lineterminator="\n",
+                lineterminator="\r\n",
             )
 
     def write(self, record: Row) -> None:
@@ -92,13 +109,23 @@ class RecordWriter:
             self.stream.write(("[\n" if self._count == 0 else ",\n") + _json(record))
         elif self._csv is not None:
             if self._count == 0:
-                self._csv.writeheader()
+                self._write_row(None)
             for row in self.flatten(record):
-                self._csv.writerow({k: _cell(v) for k, v in row.items()})
+                self._write_row(row)
             self.stream.flush()
         else:
             self._pending.extend(self.flatten(record))
         self._count += 1
+
+    def _write_row(self, row: Row | None) -> None:
+        """One csv/tsv row (the header when ``row`` is None); it alone is in the buffer, ending in "\r\n"."""
+        if row is None:
+            self._csv.writeheader()
+        else:
+            self._csv.writerow({k: _csv_cell(v) for k, v in row.items()})
+        self.stream.write(self._row_buffer.getvalue()[:-2] + "\n")
+        self._row_buffer.seek(0)
+        self._row_buffer.truncate()
 
     def flush(self) -> None:
         """Draw the rows collected so far (table format) and flush the stream."""
@@ -125,8 +152,12 @@ class RecordWriter:
         self.flush()
 
     def _draw_table(self, rows: list[Row]) -> None:
+        if len(rows) > RICH_TABLE_ROWS:
+            self._draw_plain_table(rows)
+            return
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         # On a terminal the table fits its width, folding long cells rather than
         # cutting them; written to a file or pipe it is as wide as its content.
@@ -135,25 +166,80 @@ class RecordWriter:
         console = Console(file=self.stream, soft_wrap=False, width=width)
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for column in self.columns:
-            numeric = column in ("rank", "index", "probability", "params", "size_mib", "acc1", "acc5")
             table.add_column(
-                self.headers.get(column, column), justify="right" if numeric else "left", overflow="fold"
+                Text(self.headers.get(column, column)),
+                justify="right" if column in NUMERIC_COLUMNS else "left",
+                overflow="fold",
             )
         for row in rows:
             style = self.table_style(row) if self.table_style else None
-            table.add_row(*(_cell(row.get(c)) for c in self.columns), style=style)
+            table.add_row(*(Text(_table_cell(row.get(c))) for c in self.columns), style=style)
         console.print(table)
+
+    def _draw_plain_table(self, rows: list[Row]) -> None:
+        """The same layout as rich draws (no box, two spaces between columns), written row by row."""
+        from rich.cells import cell_len
+
+        headers = [self.headers.get(c, c) for c in self.columns]
+        widths = [cell_len(h) for h in headers]
+        cells = []
+        for row in rows:
+            texts = [_table_cell(row.get(c)) for c in self.columns]
+            widths = [max(w, cell_len(t)) for w, t in zip(widths, texts, strict=True)]
+            cells.append(texts)
+        right = [c in NUMERIC_COLUMNS for c in self.columns]
+
+        def line(texts: list[str]) -> str:
+            padded = []
+            for text, width, is_right in zip(texts, widths, right, strict=True):
+                gap = " " * (width - cell_len(text))
+                padded.append(gap + text if is_right else text + gap)
+            return "  ".join(padded) + "\n"
+
+        self.stream.write(line(headers))
+        for texts in cells:
+            self.stream.write(line(texts))
 
 
 def _json(record: Row) -> str:
     """Compact UTF-8 JSON; a file name that is not valid UTF-8 (held as lone
     surrogates) is written as \\u escapes, which json.loads and os.fsencode
     turn back into the original bytes."""
-    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN or infinity, which JSON cannot hold: written as null
+        record = _finite(record)
+        text = json.dumps(record, ensure_ascii=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(record)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _table_cell(value: Any) -> str:
+    """A cell's text for a terminal: control characters (escape sequences, newlines) shown as escapes."""
+    text = _cell(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _csv_cell(value: Any) -> str:
+    """A csv/tsv cell a spreadsheet shows as text: a leading ``'`` defuses a would-be formula (OWASP)."""
+    text = _cell(value)
+    if isinstance(value, str) and text.startswith(_FORMULA_START):
+        return "'" + text
     return text
 
 

@@ -26,11 +26,12 @@ Importing this module imports nothing beyond the standard library.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -235,6 +236,20 @@ def result_environment() -> dict[str, str]:
     return {name: os.environ[name] for name in _RESULT_VARIABLES if name in os.environ}
 
 
+def check_side_pixels(option: str, side: int) -> None:
+    """Refuse a square side (``--crop``, ``--resize``, ``--size``) whose pixels exceed ``PTM_MAX_PIXELS``.
+
+    The same limit that keeps decompression bombs out bounds what an option
+    may make ptm allocate: ``--crop 20000`` would be 400 million pixels.
+    """
+    limit = max_pixels()
+    if side * side > limit:
+        raise UsageError(
+            f"{option} {side} means {side * side:,} pixels, more than PTM_MAX_PIXELS ({limit:,}); "
+            f"use at most {math.isqrt(limit)}, or raise PTM_MAX_PIXELS"
+        )
+
+
 def check_all() -> list[str]:
     """One message per variable whose value is not understood (for ``ptm doctor``)."""
     problems = []
@@ -262,6 +277,16 @@ class Tuning:
     max_stream_bytes: int = 1 << 30  # the most stdin or a pipe may send for one image
     serve_max_message: int = 64 << 20  # the largest JSON message a server or client accepts
     serve_start_wait: float = 120.0  # how long `ptm serve start` waits for a new server to answer
+    # A download must average this many bytes a second over each PTM_DOWNLOAD_TIMEOUT window.
+    download_min_rate: float = 1024.0
+    # A download may be this many times its catalog size_mb (plus download_size_slack) at most...
+    download_size_factor: float = 2.0
+    download_size_slack: int = 1 << 20
+    # ...and this large when the catalog gives no size.
+    max_download_bytes: int = 16 << 30
+    max_list_bytes: int = 64 << 20  # a --files-from FILE (stdin is streamed, line by line)
+    max_labels_bytes: int = 16 << 20  # a labels file
+    max_line_bytes: int = 4096  # one path or label (PATH_MAX)
 
 
 tuning = Tuning()

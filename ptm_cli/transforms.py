@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
+from . import settings
 from .colour import to_rgb, to_srgb
-from .errors import ConfigError
+from .errors import ConfigError, ImageTooLarge
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +109,13 @@ def resize_and_crop(image: Image.Image, p: Preprocess) -> Image.Image:
         if width * height > _FUSE_PIXELS and p.crop <= min(width, height):
             return _resize_crop_region(image, (width, height), p.crop, resample)
     if p.resize is not None:
+        width, height = _resized_size(image.width, image.height, p.resize)
+        limit = settings.max_pixels()
+        if width * height > limit:  # a thin strip resized without a crop to save it
+            raise ImageTooLarge(
+                f"resizing this {image.width}x{image.height} image to a short side of {p.resize} would make "
+                f"{width}x{height} pixels, more than PTM_MAX_PIXELS ({limit:,})"
+            )
         image = _resize_shorter_side(image, p.resize, resample)
     if p.crop is not None:
         image = _center_crop(image, p.crop)

@@ -63,7 +63,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from .cyclegan import norm_layers
-from .errors import UsageError
+from .errors import NonFiniteOutput, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -283,6 +283,9 @@ class Translator:
             return None
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise UsageError(f"size must be a positive number of pixels or 'full', not {size!r}")
+        from .settings import check_side_pixels
+
+        check_side_pixels("size", size)
         return size
 
     @staticmethod
@@ -331,6 +334,12 @@ class Translator:
             x = batch.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast):
                 y = self.model(x)
+            if not bool(torch.isfinite(y).all()):
+                # NaN would become arbitrary pixel values in the written image.
+                raise NonFiniteOutput(
+                    f"the generator's output holds NaN or infinity ({self.entry.ref}), so no image was written; "
+                    "check the weights (`ptm weights inspect`)"
+                )
             return y.float().cpu()
 
     def _run_whole(self, pixels: np.ndarray) -> np.ndarray:

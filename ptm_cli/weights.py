@@ -6,7 +6,7 @@ Layout
     torchvision already downloaded are reused and vice versa. A weights file
     lives there under its catalog ``file_name``.
 
-Pins and stamps (``ptm-pins.json`` in the cache folder)
+Pins and stamps (``ptm-pins.json`` in the cache folder, kept by :mod:`ptm_cli.pins`)
     ``{"format": "ptm-pins/1", "pins": {KEY: {"sha256", "file_name", "ref"}},
     "stamps": {FILE_NAME: {"size", "mtime_ns", "ino", "sha256"}}}``.
 
@@ -47,9 +47,8 @@ Importing this module imports neither torch nor rich.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -59,6 +58,11 @@ from typing import TYPE_CHECKING, Any
 from . import fsutil, settings
 from .download import digest_ok, download, say, short
 from .errors import DamagedWeights, HashMismatch, OfflineError, WeightsError
+from .pins import PINS_FILE
+from .pins import load_store as _load_store
+from .pins import stamp_matches as _stamp_matches
+from .pins import stamp_of as _stamp_of
+from .pins import update_store as _update_store
 from .tensorio import load_state_dict
 
 if TYPE_CHECKING:
@@ -66,13 +70,8 @@ if TYPE_CHECKING:
 
     from .catalog import Entry
 
-PINS_FILE = "ptm-pins.json"
-PINS_FORMAT = "ptm-pins/1"
 # A temporary file untouched this long (and not under a held lock) is an orphan.
 ORPHAN_AGE = 3600.0
-
-_FULL_HEX = re.compile(r"[0-9a-f]{64}")
-
 
 # --- where things live --------------------------------------------------------
 
@@ -82,21 +81,46 @@ def cache_dir() -> Path:
     return settings.cache_dir()
 
 
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a weights file's name in the cache (None when it can).
+
+    A name from a catalog URL must stay one plain file in the cache folder and
+    never be one of the cache's own files: with ``ptm-pins.json``, a lock or a
+    partial file's name, ``ptm weights rm`` would delete the pins store.
+    """
+    if not name or "/" in name or "\\" in name or os.sep in name or "\x00" in name or name.startswith("."):
+        return "must be a plain file name"
+    if is_cache_bookkeeping(name) or name.lower() == PINS_FILE:
+        return f"is reserved for the cache's own files ({PINS_FILE}, *{fsutil.LOCK_SUFFIX}, *{fsutil.PART_SUFFIX})"
+    return None
+
+
 def cached_path(entry: Entry) -> Path:
     """Where ``entry``'s file lives in the cache, whether or not it is there."""
     name = entry.file_name
     if not name:
         raise WeightsError(f"{entry.ref} has neither a url nor a file_name in its catalog entry; add one of them")
-    if "/" in name or os.sep in name or name.startswith("."):
-        raise WeightsError(f"{entry.ref}: file_name {name!r} must be a plain file name; fix its catalog entry")
+    problem = file_name_problem(name)
+    if problem:
+        raise WeightsError(
+            f"{entry.ref}: its file name {name!r} {problem}; give its catalog entry another file_name"
+        )
     return cache_dir() / name
 
 
 def is_cached(entry: Entry) -> bool:
     """Whether ``entry``'s file is in the cache (not checked against its hash)."""
-    if not entry.file_name or "/" in entry.file_name or entry.file_name.startswith("."):
+    if not entry.file_name or file_name_problem(entry.file_name):
         return False
     return (cache_dir() / entry.file_name).is_file()
+
+
+def max_download_bytes(entry: Entry) -> int:
+    """The largest body a download of ``entry`` may have: a multiple of its catalog size, else a fixed cap."""
+    tuning = settings.tuning
+    if entry.size_mb and entry.size_mb > 0:
+        return int(entry.size_mb * (1 << 20) * tuning.download_size_factor) + tuning.download_size_slack
+    return tuning.max_download_bytes
 
 
 def download_url(entry: Entry) -> str | None:
@@ -142,11 +166,27 @@ def _hash_file(path: Path) -> tuple[str, os.stat_result | None]:
     return hasher.hexdigest(), after if unchanged else None
 
 
+def _gone(path: Path) -> WeightsError:
+    return WeightsError(
+        f"{path} was removed while ptm was using it (by `ptm weights rm` or another process); "
+        "run the command again to download it afresh"
+    )
+
+
 def _hash_cached(path: Path) -> tuple[str, os.stat_result | None]:
     try:
         return _hash_file(path)
+    except FileNotFoundError:
+        raise _gone(path) from None
     except OSError as exc:
         raise WeightsError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+
+
+def _not_a_file(path: Path) -> WeightsError:
+    kind = "a folder" if path.is_dir() else "not a regular file"
+    return WeightsError(
+        f"{path} is {kind}, where the weights cache keeps a weights file; remove it and run the command again"
+    )
 
 
 def _part_target(name: str) -> str | None:
@@ -167,70 +207,6 @@ def _locked(target: Path) -> Any:
 
 def _pin_key(entry: Entry) -> str:
     return entry.url or f"ref:{entry.ref}"
-
-
-def _empty_store() -> dict[str, Any]:
-    return {"format": PINS_FORMAT, "pins": {}, "stamps": {}}
-
-
-def _is_digest(value: Any) -> bool:
-    return isinstance(value, str) and _FULL_HEX.fullmatch(value) is not None
-
-
-def _valid_pin(value: Any) -> bool:
-    return isinstance(value, dict) and _is_digest(value.get("sha256"))
-
-
-def _valid_stamp(value: Any) -> bool:
-    return (
-        isinstance(value, dict)
-        and all(type(value.get(k)) is int for k in ("size", "mtime_ns", "ino"))
-        and _is_digest(value.get("sha256"))
-    )
-
-
-def _load_store(directory: Path) -> dict[str, Any]:
-    """The pins file's contents; missing, unreadable or damaged reads as empty."""
-    try:
-        raw = json.loads((directory / PINS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return _empty_store()
-    store = _empty_store()
-    if not isinstance(raw, dict):
-        return store
-    for section, valid in (("pins", _valid_pin), ("stamps", _valid_stamp)):
-        items = raw.get(section)
-        if isinstance(items, dict):
-            store[section] = {k: v for k, v in items.items() if isinstance(k, str) and valid(v)}
-    return store
-
-
-def _update_store(directory: Path, change: Callable[[dict[str, Any]], None]) -> bool:
-    """Apply ``change`` to the pins file: re-read and merged under its lock, replaced atomically.
-
-    Returns False when the cache cannot be written (a read-only shared cache
-    still loads; it just re-hashes every time).
-    """
-    target = directory / PINS_FILE
-    try:
-        with _locked(target):
-            store = _load_store(directory)
-            change(store)
-            text = json.dumps(store, indent=1, sort_keys=True) + "\n"
-            fsutil.write_atomic(target, text.encode("utf-8"), replace=True)
-    except OSError:
-        return False
-    return True
-
-
-def _stamp_of(st: os.stat_result, digest: str) -> dict[str, Any]:
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": digest}
-
-
-def _stamp_matches(stamp: Mapping[str, Any] | None, st: os.stat_result) -> bool:
-    if not stamp:
-        return False
-    return (stamp["size"], stamp["mtime_ns"], stamp["ino"]) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _expected(entry: Entry, store: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -282,10 +258,21 @@ def _import_advice(entry: Entry) -> str:
     )
 
 
+def forget_pin_advice(entry: Entry) -> str:
+    return (
+        f"if the file really changed upstream (or a bad first download was pinned), "
+        f"run `ptm weights rm {entry.ref} --forget-pin` and download it again"
+    )
+
+
 def _mismatch_in_cache(entry: Entry, path: Path, digest: str, expected: str, pinned: bool) -> HashMismatch:
-    source = "pinned when it was first verified" if pinned else "from the catalog"
+    if pinned:
+        return HashMismatch(
+            f"{path} has sha256 {short(digest)} but {entry.ref} expects {short(expected)} (pinned when it was "
+            f"first verified); {forget_pin_advice(entry)}"
+        )
     return HashMismatch(
-        f"{path} has sha256 {short(digest)} but {entry.ref} expects {short(expected)} ({source}); "
+        f"{path} has sha256 {short(digest)} but {entry.ref} expects {short(expected)} (from the catalog); "
         f"run `ptm weights rm {entry.ref}` and try again to download it afresh, "
         f"or `ptm weights import {entry.ref} FILE` with a good copy"
     )
@@ -297,7 +284,10 @@ def _accept_cached(entry: Entry, path: Path) -> Path:
     full, claim = _expected(entry, store)
     expected = full or claim
     stamp = store["stamps"].get(path.name)
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise _gone(path) from None
     if stamp is not None and _stamp_matches(stamp, st) and digest_ok(stamp["sha256"], expected):
         if full is None:  # the pin went missing (damaged pins file): restore it from the stamp
             _record_verified(entry, path, stamp["sha256"], None)
@@ -310,11 +300,25 @@ def _accept_cached(entry: Entry, path: Path) -> Path:
     return path
 
 
-def ensure_weights(entry: Entry, *, progress: bool = True) -> Path:
-    """The verified local file for ``entry``, downloading it first if it is not cached."""
+Validator = Callable[[Path], None]
+"""Raises a ``PtmError`` when a file is not usable weights for the entry (see ``ensure_weights``)."""
+
+
+def ensure_weights(entry: Entry, *, progress: bool = True, validate: Validator | None = None) -> Path:
+    """The verified local file for ``entry``, downloading it first if it is not cached.
+
+    When no full sha256 is known for the entry (neither in the catalog nor
+    pinned), ``validate(path)`` sees a download before it is saved and pinned,
+    so a first download that is an error page or a cut file cannot be pinned
+    for good. The cache cannot build models itself; :mod:`ptm_cli.loading`
+    passes a validator that checks the file's keys and shapes against the
+    entry's architecture.
+    """
     path = cached_path(entry)
     if path.is_file():
         return _accept_cached(entry, path)
+    if os.path.lexists(path):
+        raise _not_a_file(path)
     url = download_url(entry)
     if settings.offline() and not (url or "").startswith("file:"):
         raise OfflineError(
@@ -340,17 +344,26 @@ def ensure_weights(entry: Entry, *, progress: bool = True) -> Path:
             progress=progress,
             advice=_import_advice(entry),
             write_error=_cache_write_error,
+            max_bytes=max_download_bytes(entry),
+            check=validate if full is None else None,
+            mismatch_advice=forget_pin_advice(entry) if pinned else None,
         )
         _record_verified(entry, path, fetched.sha256, fetched.stat)
     return path
 
 
-def load_weights(entry: Entry, *, progress: bool = True) -> dict[str, torch.Tensor]:
+def load_weights(
+    entry: Entry, *, progress: bool = True, validate: Validator | None = None
+) -> dict[str, torch.Tensor]:
     """``entry``'s tensors from its verified cached file (downloaded first if needed)."""
-    path = ensure_weights(entry, progress=progress)
+    path = ensure_weights(entry, progress=progress, validate=validate)
     try:
         return load_state_dict(path)
-    except DamagedWeights as exc:
+    except WeightsError as exc:
+        if not os.path.lexists(path):
+            raise _gone(path) from None
+        if not isinstance(exc, DamagedWeights):
+            raise
         raise DamagedWeights(
             f"{path} is damaged ({exc.detail}); delete it with `ptm weights rm {entry.ref}` and download it again",
             path=path,
@@ -358,14 +371,38 @@ def load_weights(entry: Entry, *, progress: bool = True) -> dict[str, torch.Tens
         ) from None
 
 
-def import_weights(entry: Entry, src: Path) -> Path:
-    """Copy a weights file obtained elsewhere into the cache, after checking its sha256."""
+def _import_source_problem(src: Path) -> str | None:
+    """Why ``src`` cannot be imported: it must be a file (or a pipe, which the size cap bounds)."""
+    try:
+        mode = os.stat(src).st_mode
+    except FileNotFoundError:
+        return "there is no such file; check the path"
+    except OSError as exc:
+        return f"{exc.strerror or exc}; check the path and its permissions"
+    if stat.S_ISDIR(mode):
+        return "it is a folder; give the path of a weights file"
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        return "it is a device or socket, not a weights file; give the path of a weights file"
+    return None
+
+
+def import_weights(entry: Entry, src: Path, *, validate: Validator | None = None) -> Path:
+    """Copy a weights file obtained elsewhere into the cache, after checking its sha256.
+
+    When no full sha256 is known, ``validate`` checks the copy before it is
+    saved and pinned (as for a download); at most ``max_download_bytes`` are read.
+    """
     src = Path(src).expanduser()
-    if not src.is_file():
-        raise WeightsError(f"cannot import {src}: there is no such file; check the path")
+    problem = _import_source_problem(src)
+    if problem:
+        raise WeightsError(f"cannot import {src}: {problem}")
     dest = cached_path(entry)
+    if os.path.lexists(dest) and not os.path.isfile(dest):
+        raise _not_a_file(dest)
     full, claim = expected_digest(entry)
     expected = full or claim
+    pinned = full is not None and full != claim
+    limit = max_download_bytes(entry)
     if dest.is_file() and dest.samefile(src):
         return _accept_cached(entry, dest)
     _ensure_writable_dir(dest.parent)
@@ -380,6 +417,7 @@ def import_weights(entry: Entry, src: Path) -> Path:
                 source = src.open("rb")
             except OSError as exc:
                 raise WeightsError(f"cannot read {src} ({exc.strerror}); check its permissions") from None
+            copied = 0
             with source:
                 while True:
                     try:
@@ -388,6 +426,12 @@ def import_weights(entry: Entry, src: Path) -> Path:
                         raise WeightsError(f"cannot read {src} ({exc.strerror}); check its permissions") from None
                     if not chunk:
                         break
+                    copied += len(chunk)
+                    if copied > limit:
+                        raise WeightsError(
+                            f"cannot import {src}: it is larger than {limit:,} bytes, far more than "
+                            f"{entry.ref}'s file should be; check that this is the right file"
+                        )
                     try:
                         staged.stream.write(chunk)
                     except OSError as exc:
@@ -395,10 +439,19 @@ def import_weights(entry: Entry, src: Path) -> Path:
                     hasher.update(chunk)
             digest = hasher.hexdigest()
             if not digest_ok(digest, expected):
+                advice = f"; or, {forget_pin_advice(entry).replace('download it again', 'import it again')}"
                 raise HashMismatch(
-                    f"{src} has sha256 {short(digest)} but {entry.ref} expects {short(expected)}; "
+                    f"{src} has sha256 {short(digest)} but {entry.ref} expects {short(expected)}"
+                    f"{' (pinned when it was first verified)' if pinned else ''}; "
                     f"nothing was copied, so check that this is the right file for {entry.ref}"
+                    f"{advice if pinned else ''}"
                 )
+            try:
+                staged.stream.flush()
+            except OSError as exc:
+                raise _cache_write_error(dest.parent, exc) from None
+            if validate is not None and full is None:
+                validate(staged.path)
             try:
                 st = staged.finish()
                 staged.commit(replace=True)
@@ -515,7 +568,12 @@ def remove(entry: Entry, *, forget_pin: bool = False) -> bool:
 
 
 def orphans(max_age: float = ORPHAN_AGE) -> list[Path]:
-    """Temporary ``.part`` files whose writer is gone: untouched for ``max_age`` s and not under a held lock."""
+    """Files a finished or killed process left: ``.part`` files whose writer is gone, and idle ``.lock`` files.
+
+    Either must be untouched for ``max_age`` s and its lock not held now. A
+    lock file is only a name to ``flock``; one removed while a process waits
+    on it costs at most a second download, never a wrong file.
+    """
     directory = cache_dir()
     try:
         children = sorted(directory.iterdir())
@@ -525,6 +583,8 @@ def orphans(max_age: float = ORPHAN_AGE) -> list[Path]:
     found = []
     for path in children:
         target = _part_target(path.name)
+        if target is None and path.name.endswith(fsutil.LOCK_SUFFIX) and not path.name.startswith("."):
+            target = path.name[: -len(fsutil.LOCK_SUFFIX)]
         if target is None:
             continue
         try:

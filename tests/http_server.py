@@ -43,6 +43,8 @@ class Route:
     times: int | None = None
     stall: float = 5.0
     chunk_delay: float = 0.0
+    chunk: int = 64 * 1024
+    content_length: str | None = None  # None: the body's true length; "": no header; else sent as given
 
 
 class _Server(ThreadingHTTPServer):
@@ -84,12 +86,21 @@ class _Handler(BaseHTTPRequestHandler):
         body = bytes(b ^ 0x5A for b in route.body) if mode == "wrong" else route.body
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        if route.content_length is None:
+            self.send_header("Content-Length", str(len(body)))
+        elif route.content_length:
+            self.send_header("Content-Length", route.content_length)
         self.end_headers()
         if mode in ("short", "reset"):
             body = body[: len(body) // 2]
-        for start in range(0, len(body), _CHUNK):
-            self.wfile.write(body[start : start + _CHUNK])
+        for start in range(0, len(body), route.chunk):
+            if self.server.fixture._stopping.is_set():
+                break
+            try:
+                self.wfile.write(body[start : start + route.chunk])
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                break
             if route.chunk_delay:
                 self.server.fixture._stopping.wait(route.chunk_delay)
         self.close_connection = True
@@ -127,12 +138,18 @@ class FixtureServer:
         times: int | None = None,
         stall: float = 5.0,
         chunk_delay: float = 0.0,
+        chunk: int = _CHUNK,
+        content_length: str | None = None,
     ) -> str:
-        """Serve ``body`` at ``path`` (misbehaving as ``mode`` says); return its full URL."""
+        """Serve ``body`` at ``path`` (misbehaving as ``mode`` says); return its full URL.
+
+        ``chunk`` bytes are written at a time, ``chunk_delay`` seconds apart (``chunk=1`` drips);
+        ``content_length`` replaces the true Content-Length ("" leaves the header out).
+        """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
         with self._lock:
-            self.routes[path] = Route(body, mode, times, stall, chunk_delay)
+            self.routes[path] = Route(body, mode, times, stall, chunk_delay, chunk, content_length)
         return self.url + path
 
     def requests(self, path: str | None = None) -> int:

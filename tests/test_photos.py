@@ -641,3 +641,17 @@ def test_doctor_says_which_formats_and_decoders_are_here(without: object, monkey
     report = doctor.collect()["images"]
     assert report["heif"] is None and report["raw"] is None
     assert "HEIF" not in report["formats"] and "TGA" in report["formats"]
+
+
+def test_the_embedded_srgb_profile_is_the_same_bytes_in_every_process() -> None:
+    """Found when merging the warm server: LittleCMS stamps profiles with the current time, so the same zebra
+    written by the server and by the command (or by two runs a second apart) differed in its PNG bytes."""
+    import subprocess
+    import sys
+    import time
+
+    code = "import sys; from ptm_cli.colour import srgb_profile; sys.stdout.buffer.write(srgb_profile())"
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    time.sleep(1.1)
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    assert first == second and len(first) > 128

@@ -480,11 +480,11 @@ def test_failing_writer_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setitem(convert._WRITERS, fmt, half_then_fail)
     dst = tmp_path / f"out{suffix}"
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises(OutputError, match="disk on fire"):
         convert.convert_file(src, dst)
     assert not dst.exists()
     dst.write_bytes(b"old")
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises(OutputError, match="disk on fire"):
         convert.convert_file(src, dst, force=True)
     assert dst.read_bytes() == b"old"
     assert leftovers(tmp_path) == []

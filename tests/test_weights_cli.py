@@ -127,10 +127,11 @@ def test_unhashed_entries_are_pinned_on_first_download(
 ) -> None:
     assert run_ptm(["weights", "download", "loose"]).code == 0
     assert run_ptm(["weights", "rm", "loose"]).code == 0
-    server.serve("/files/unpinned.pth", weights_bytes[::-1])  # upstream changed
+    retrained = save_weights(served_catalog.parent / "v2.pth", "mobilenet_v3_small", seed=5, num_classes=3)
+    server.serve("/files/unpinned.pth", retrained.read_bytes())  # upstream changed
     changed = run_ptm(["weights", "download", "loose"])
     assert changed.code == 2
-    assert "sha256" in changed.stderr
+    assert "sha256" in changed.stderr and "ptm weights rm loose:DEFAULT --forget-pin" in changed.stderr
     assert not (served_catalog.parent / "cache" / "unpinned.pth").exists()
     # The user can accept the new file knowingly.
     assert run_ptm(["weights", "rm", "loose", "--forget-pin"]).code == 0

@@ -35,8 +35,10 @@ from .progress import RunProgress
 @format_option
 @device_option
 @precision_option("the model")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Images per forward pass.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Image decoding threads.")
+@click.option(
+    "--batch-size", default=8, show_default=True, type=click.IntRange(1, 1024), help="Images per forward pass."
+)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="Image decoding threads.")
 @click.option("--resize", type=click.IntRange(min=1), help="Resize the shorter side to N before cropping.")
 @click.option("--crop", type=click.IntRange(min=1), help="Centre crop of N x N pixels.")
 @click.option(

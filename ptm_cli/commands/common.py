@@ -9,18 +9,77 @@ from typing import IO, Any
 
 import click
 
-from ..errors import EXIT_INPUT_FAILED, EXIT_OK
+from ..errors import EXIT_INPUT_FAILED, EXIT_OK, StdoutUnwritable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def note(message: str) -> None:
-    """One line for people, on stderr, prefixed so it is clear who speaks."""
+    """One line for people, on stderr, prefixed so it is clear who speaks.
+
+    Messages quote file names, URLs and tensor names, which may hold newlines
+    or terminal escape sequences; those are shown as escapes (``\\x1b``), so
+    a name can neither forge another line nor drive the terminal.
+    """
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
     click.echo(f"ptm: {message}", err=True)
 
 
 class ReaderGone(Exception):
     """stdout's reader closed the pipe (``| head -1``)."""
+
+
+class GuardedStream:
+    """stdout as commands see it: a write or flush that fails raises ``StdoutUnwritable``.
+
+    A reader that went away (``BrokenPipeError``) is left to the usual
+    handling (exit 141); any other ``OSError`` (``> /dev/full``, a full disk,
+    an I/O error) becomes one message and exit 2, or exit 1 when some data
+    had already been delivered and the rest was lost. ``buffer`` (for image
+    bytes on stdout) is guarded the same way.
+    """
+
+    def __init__(self, stream: Any, delivered: list[bool] | None = None):
+        self._stream = stream
+        self._delivered = delivered if delivered is not None else [False]
+        self._pending = False
+
+    def _failed(self, exc: OSError) -> StdoutUnwritable:
+        reason = exc.strerror or type(exc).__name__
+        lost = " and the rest of the output was lost" if self._delivered[0] else ""
+        return StdoutUnwritable(
+            f"cannot write to stdout ({reason}){lost}; send the output somewhere with room, or check the device",
+            records_lost=self._delivered[0],
+        )
+
+    def write(self, data: Any) -> int:
+        try:
+            written = self._stream.write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+        self._pending = True
+        return int(written or 0)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+        if self._pending:
+            self._delivered[0] = True
+            self._pending = False
+
+    @property
+    def buffer(self) -> GuardedStream:
+        return GuardedStream(self._stream.buffer, self._delivered)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 @contextlib.contextmanager

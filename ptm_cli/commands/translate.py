@@ -120,7 +120,11 @@ def run_translate(
     from ..imagejobs import make_destination, run_image_jobs
     from ..inputs import count_inputs
     from ..loading import ModelOptions, plan_translator
+    from ..settings import check_side_pixels
 
+    check_side_pixels("--tile", tile)  # before the model loads
+    if isinstance(size, int):
+        check_side_pixels("--size", size)
     options = ModelOptions(model=model, weights=weights, device=device, precision=precision)
     plan = plan_translator(options)
     inputs = image_inputs(images, recursive, files_from)

@@ -61,7 +61,7 @@ def weights_list(fmt: str | None) -> int:
 @weights_option
 def weights_download(name: str, weights_name: str | None) -> int:
     """Download and verify NAME's weights; print the file's path."""
-    from ..weights import ensure_weights
+    from ..loading import ensure_weights
 
     entry = _entry(name, weights_name)
     with stdout_is_data() as out:
@@ -103,7 +103,7 @@ def weights_verify(name: str | None, weights_name: str | None, fmt: str | None) 
 @weights_option
 def weights_import(name: str, file: Path, weights_name: str | None) -> int:
     """Check FILE against NAME's hash and copy it into the cache (for offline machines)."""
-    from ..weights import import_weights
+    from ..loading import import_weights
 
     entry = _entry(name, weights_name)
     with stdout_is_data() as out:

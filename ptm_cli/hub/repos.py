@@ -1,8 +1,11 @@
 """Naming torch.hub repositories: ``OWNER/NAME[:REF]`` on GitHub, or a local directory, and where torch.hub keeps them.
 
-``OWNER/NAME[:REF]`` is a GitHub repository; a path that exists, or starts with
-``./``, ``../``, ``/`` or ``~``, is a local directory holding a ``hubconf.py``
-(see :func:`parse_repo`). ``hub:REPO/ENTRY`` names one entry point as a model
+``OWNER/NAME[:REF]`` is a GitHub repository, always, even when the working
+directory holds an ``OWNER/NAME`` folder (whose ``hubconf.py`` would otherwise
+run without a trust check); a local directory holding a ``hubconf.py`` is
+spelled as a path, starting with ``./``, ``../``, ``/`` or ``~``, or is an
+existing folder whose name cannot be read as ``OWNER/NAME`` (see
+:func:`parse_repo`). ``hub:REPO/ENTRY`` names one entry point as a model
 (:func:`parse_model_spec`). The hub folder is ``$TORCH_HOME/hub``, or the one
 ``torch.hub.set_dir`` chose if torch is loaded; a repository at ``REF`` is
 cached there as ``OWNER_NAME_REF`` (``/`` in REF becoming ``_``).
@@ -114,12 +117,14 @@ def parse_repo(spec: str) -> HubRepo:
     text = spec.strip()
     if not text:
         raise UsageError("no hub repository given; use OWNER/NAME[:REF] or a directory holding a hubconf.py")
-    if _looks_like_path(text) or _exists(text):
+    if _looks_like_path(text):
         return _local_repo(text, spec)
     match = _GITHUB.fullmatch(text)
     name = match.group("name") if match else ""
     ref = match.group("ref") if match else None
     if match is None or name in (".", "..") or (ref is not None and not _valid_ref(ref)):
+        if _exists(text):  # a folder name that cannot be read as OWNER/NAME: no other reading
+            return _local_repo(text, spec)
         raise UsageError(
             f"{spec!r} is not a hub repository; use OWNER/NAME or OWNER/NAME:REF (a GitHub repository, "
             "REF a tag, branch or commit) or a path like ./dir to a directory holding a hubconf.py"

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import UsageError
+from ..errors import NonFiniteOutput, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ def log(message: str) -> None:
 class _Job:
     batch: torch.Tensor
     top_k: int
-    future: Future[list[list[Prediction]]] = field(default_factory=Future)
+    future: Future[list[list[Prediction] | NonFiniteOutput]] = field(default_factory=Future)
 
 
 class Batcher:
@@ -69,7 +69,8 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="ptm-batcher", daemon=True)
         self._thread.start()
 
-    def predict(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction]]:
+    def predict_each(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction] | NonFiniteOutput]:
+        """Per image: its predictions, or ``NonFiniteOutput``, from a forward pass shared with other callers."""
         job = _Job(batch, top_k)
         with self._ready:
             if self._closed:
@@ -111,7 +112,7 @@ class Batcher:
         while (jobs := self._take()) is not None:
             try:
                 batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
-                rows = self.classifier.predict(batch, jobs[0].top_k)
+                rows = self.classifier.predict_each(batch, jobs[0].top_k)
                 self.on_pass(len(batch))
             except BaseException as exc:  # every waiting client hears of it; the thread goes on
                 for job in jobs:
@@ -132,8 +133,8 @@ class SharedClassifier:
         self.weights_label = weights_label
         self._batcher = batcher
 
-    def predict(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction]]:
-        return self._batcher.predict(batch, top_k)
+    def predict_each(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction] | NonFiniteOutput]:
+        return self._batcher.predict_each(batch, top_k)
 
 
 # --- the models kept warm --------------------------------------------------------------------------

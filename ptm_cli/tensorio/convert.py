@@ -15,13 +15,16 @@ no partial file, and an existing file is kept unless ``force``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import fsutil
-from ..errors import OutputError, UsageError, WeightsError
+from ..errors import EXIT_USAGE, OutputError, PtmError, UsageError, WeightsError, first_line
 from . import h5, safetensors_io
 from .formats import (
     SUPPORTED_DTYPES,
@@ -100,15 +103,24 @@ def convert_file(src: Path, dst: Path, *, dtype: str | None = None, force: bool 
     state = load_state_dict(src)
     prepared = _prepare(state, dst_format, target)
     writer = _WRITERS[dst_format]
+
+    def write(tmp: Path) -> None:
+        try:
+            writer(prepared.tensors, tmp)
+        except PtmError:
+            raise
+        except Exception as exc:  # torch.save and safetensors report a full disk as RuntimeError/their own
+            raise _write_failure(tmp, exc) from None
+
     try:
-        fsutil.write_atomic_with(dst, lambda tmp: writer(prepared.tensors, tmp), replace=force)
+        fsutil.write_atomic_with(dst, write, replace=force)
     except FileExistsError:
         raise _exists_error(dst) from None
     except fsutil.NotReplaceable:
-        raise OutputError(f"{dst} is not a regular file, so ptm will not replace it; choose another name") from None
+        raise _not_written(f"{dst} is not a regular file, so ptm will not replace it; choose another name") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OutputError(f"cannot write {dst} ({reason}); check the folder's permissions and free space") from None
+        reason = exc.strerror or first_line(exc, 120)
+        raise _not_written(f"cannot write {dst} ({reason}); check the folder's permissions and free space") from None
     return ConvertReport(
         src=src,
         dst=dst,
@@ -125,15 +137,44 @@ def convert_file(src: Path, dst: Path, *, dtype: str | None = None, force: bool 
     )
 
 
+def _not_written(message: str) -> OutputError:
+    """convert writes one file; when it cannot, nothing was done: exit 2, not an input's exit 1."""
+    error = OutputError(message)
+    error.exit_code = EXIT_USAGE
+    return error
+
+
+def _write_failure(tmp: Path, exc: BaseException) -> OSError:
+    """What a writer's failure was, as an OSError: a full file system is named as such.
+
+    Checked while the partial file still takes its space; writers that wrap
+    the system's error (torch.save: "unexpected pos", h5py: a page of text)
+    would otherwise hide it.
+    """
+    with contextlib.suppress(OSError):
+        stats = os.statvfs(fsutil.folder_of(tmp))
+        if stats.f_bavail == 0:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc
+    return OSError(errno.EIO, first_line(exc, 120))
+
+
 def _exists_error(dst: Path) -> OutputError:
-    return OutputError(f"{dst} already exists; use --force to overwrite it")
+    return _not_written(f"{dst} already exists; use --force to overwrite it")
 
 
 def _check_destination(dst: Path, *, force: bool) -> None:
     if dst.is_dir():
         raise UsageError(f"{dst} is a folder; give the name of the file to write")
+    if not fsutil.is_regular_or_absent(dst):
+        # A device, pipe, socket or link: never replaced, and a weights file needs a real file to seek in.
+        raise _not_written(
+            f"{dst} is not a regular file (a link, device or pipe), so ptm will not write over it; "
+            "choose another name"
+        )
     if not fsutil.folder_of(dst).is_dir():
-        raise OutputError(f"cannot write {dst}: the folder {dst.parent} does not exist")
+        raise _not_written(f"cannot write {dst}: the folder {dst.parent} does not exist")
     if dst.exists() and not force:
         raise _exists_error(dst)
 

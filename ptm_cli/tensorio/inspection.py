@@ -201,16 +201,18 @@ def _inspect_safetensors(path: Path) -> Inspection:
     metadata = safetensors_io.split_metadata(header)
     file_size = path.stat().st_size
     infos = []
+    spans: list[tuple[str, int, int]] = []
     data_end = 0
     for index, name in enumerate(safetensors_io.ordered(list(header), metadata)):
         dtype, shape, begin, end = safetensors_io.entry(path, name, header[name])
         numel = product(shape)
-        itemsize = ITEMSIZE.get(dtype) or ((end - begin) // numel if numel else 1)
+        itemsize = ITEMSIZE[dtype]
         if end - begin != numel * itemsize:
             raise damaged(
                 path, f"{name!r} takes {end - begin} bytes but its shape and dtype need {numel * itemsize}"
             )
         data_end = max(data_end, end)
+        spans.append((name, begin, end))
         infos.append(
             TensorInfo(
                 name=name,
@@ -225,6 +227,7 @@ def _inspect_safetensors(path: Path) -> Inspection:
                 storage_nbytes=end - begin,
             )
         )
+    safetensors_io.check_layout(path, spans)
     warnings = []
     if data_start + data_end > file_size:
         warnings.append(
@@ -251,6 +254,7 @@ def _inspect_h5(path: Path) -> Inspection:
             if dtype is None or dataset.shape is None:
                 warnings.append(f"dataset {name!r} holds no numbers ({dataset.dtype}) and is left out")
                 continue
+            h5.check_dataset(path, name, dataset)
             shape = tuple(int(s) for s in dataset.shape)
             numel = product(shape)
             nbytes = numel * ITEMSIZE.get(dtype, dataset.dtype.itemsize)

@@ -55,6 +55,8 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise damaged(path, "its header is not valid JSON") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise damaged(path, "its header is nested too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise damaged(path, "its header is not a JSON object")
     return header, 8 + length
@@ -73,6 +75,8 @@ def entry(path: Path, name: str, raw: Any) -> tuple[str, tuple[int, ...], int, i
     code, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
     if not isinstance(code, str):
         raise damaged(path, f"{name!r} has no dtype")
+    if code not in DTYPES:
+        raise damaged(path, f"{name!r} has dtype {code[:20]!r}, which is not a safetensors dtype ptm knows")
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise damaged(path, f"{name!r} has an invalid shape")
     if (
@@ -82,7 +86,17 @@ def entry(path: Path, name: str, raw: Any) -> tuple[str, tuple[int, ...], int, i
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise damaged(path, f"{name!r} has invalid data_offsets")
-    return DTYPES.get(code, code.lower()), tuple(shape), offsets[0], offsets[1]
+    return DTYPES[code], tuple(shape), offsets[0], offsets[1]
+
+
+def check_layout(path: Path, spans: list[tuple[str, int, int]]) -> None:
+    """Refuse tensors whose byte ranges ``(name, begin, end)`` overlap: each tensor owns its bytes."""
+    previous: tuple[str, int, int] | None = None
+    for name, begin, end in sorted(spans, key=lambda span: (span[1], span[2])):
+        if previous is not None and begin < previous[2] and end > begin:
+            raise damaged(path, f"the data of {previous[0]!r} and {name!r} overlap")
+        if end > begin:
+            previous = name, begin, end
 
 
 def ordered(names: list[str], metadata: Mapping[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -80,13 +81,18 @@ def read_object(path: Path) -> Any:
     import torch
 
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            # Legacy (pre-zip) files cannot be memory-mapped; still weights_only.
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # weights_only checks a sparse tensor's invariants and says so; the check is what we want.
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            # Quantized tensors are rebuilt through TypedStorage, which torch calls deprecated; ptm refuses them later.
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # Legacy (pre-zip) files cannot be memory-mapped; still weights_only.
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" in text and "Unsupported operand" not in text:
