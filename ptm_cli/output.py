@@ -77,6 +77,7 @@ class RecordWriter:
         flatten: Callable[[Row], Iterable[Row]] | None = None,
         table_style: Callable[[Row], str | None] | None = None,
         headers: dict[str, str] | None = None,
+        optional: Sequence[str] = (),
     ):
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}")
@@ -86,6 +87,8 @@ class RecordWriter:
         self.flatten = flatten or (lambda record: [record])
         self.table_style = table_style
         self.headers = headers or {}
+        # Table columns left out of a drawn table when none of its rows has a value there (``error``).
+        self.optional = frozenset(optional)
         self._count = 0
         self._pending: list[Row] = []
         self._csv: Any = None
@@ -151,7 +154,14 @@ class RecordWriter:
             self.stream.write("[]\n" if self._count == 0 else "\n]\n")
         self.flush()
 
+    def _table_columns(self, rows: list[Row]) -> list[str]:
+        """The columns to draw: on a terminal, optional ones only when some row fills them; elsewhere all."""
+        if not _is_terminal(self.stream):
+            return self.columns
+        return [c for c in self.columns if c not in self.optional or any(row.get(c) for row in rows)]
+
     def _draw_table(self, rows: list[Row]) -> None:
+        columns = self._table_columns(rows)
         if len(rows) > RICH_TABLE_ROWS:
             self._draw_plain_table(rows)
             return
@@ -165,7 +175,7 @@ class RecordWriter:
         width = None if isatty is not None and isatty() else 10_000
         console = Console(file=self.stream, soft_wrap=False, width=width)
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        for column in self.columns:
+        for column in columns:
             table.add_column(
                 Text(self.headers.get(column, column)),
                 justify="right" if column in NUMERIC_COLUMNS else "left",
@@ -173,21 +183,22 @@ class RecordWriter:
             )
         for row in rows:
             style = self.table_style(row) if self.table_style else None
-            table.add_row(*(Text(_table_cell(row.get(c))) for c in self.columns), style=style)
+            table.add_row(*(Text(_table_cell(row.get(c))) for c in columns), style=style)
         console.print(table)
 
     def _draw_plain_table(self, rows: list[Row]) -> None:
         """The same layout as rich draws (no box, two spaces between columns), written row by row."""
+        columns = self._table_columns(rows)
         from rich.cells import cell_len
 
-        headers = [self.headers.get(c, c) for c in self.columns]
+        headers = [self.headers.get(c, c) for c in columns]
         widths = [cell_len(h) for h in headers]
         cells = []
         for row in rows:
-            texts = [_table_cell(row.get(c)) for c in self.columns]
+            texts = [_table_cell(row.get(c)) for c in columns]
             widths = [max(w, cell_len(t)) for w, t in zip(widths, texts, strict=True)]
             cells.append(texts)
-        right = [c in NUMERIC_COLUMNS for c in self.columns]
+        right = [c in NUMERIC_COLUMNS for c in columns]
 
         def line(texts: list[str]) -> str:
             padded = []
@@ -199,6 +210,14 @@ class RecordWriter:
         self.stream.write(line(headers))
         for texts in cells:
             self.stream.write(line(texts))
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 def _json(record: Row) -> str:

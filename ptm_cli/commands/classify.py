@@ -196,6 +196,17 @@ def _classify_report(classifier: Any, top_k: int) -> Any:
     )
 
 
+BAR_CELLS = 10
+
+
+def probability_bar(probability: float) -> str:
+    """A bar of BAR_CELLS cells for a terminal table, eighths of a cell included: ``█████▍    ``."""
+    eighths = max(0, min(BAR_CELLS * 8, round(probability * BAR_CELLS * 8)))
+    full, part = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[part] if full < BAR_CELLS else ""
+    return ("█" * full + partial).ljust(BAR_CELLS)
+
+
 def classify_writer(out: IO[str], fmt: str | None) -> Any:
     """The writer for classification records: one row per prediction in csv/tsv/table."""
 
@@ -205,16 +216,19 @@ def classify_writer(out: IO[str], fmt: str | None) -> Any:
             return [{"input": record["input"], "error": f"{error['type']}: {error['message']}"}]
         return [{"input": record["input"], **p} for p in record["predictions"]]
 
+    from ..output import default_format
+
+    terminal = default_format(out) == "table"  # the stream is a terminal
+
     def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         result = rows(record)
         for i, row in enumerate(result):
             if "probability" in row:
-                row["probability"] = f"{100 * row['probability']:.2f}%"
+                percent = f"{100 * row['probability']:.2f}%"
+                row["probability"] = f"{probability_bar(row['probability'])} {percent:>7}" if terminal else percent
             if i:
                 row["input"] = ""
         return result
-
-    from ..output import default_format
 
     chosen = fmt or default_format(out)
     if chosen == "table":
@@ -224,5 +238,6 @@ def classify_writer(out: IO[str], fmt: str | None) -> Any:
             columns=["input", "rank", "label", "index", "probability", "error"],
             flatten=table_rows,
             table_style=lambda row: "red" if row.get("error") else None,
+            optional=["error"],
         )
     return writer(out, chosen, columns=["input", "rank", "index", "label", "probability", "error"], flatten=rows)
