@@ -301,6 +301,47 @@ def print_batch_rows(rows: list[tuple[str, float, float, float]], count: int) ->
         print(f"| `{pipeline}` | {startup:.1f} | {rate:.2f} | {ratio:.2f}x |")
 
 
+def on_terminal(argv: list[str]) -> float:
+    """Wall seconds of a process whose stderr is a pseudo-terminal (so the progress display is drawn)."""
+    import pty
+
+    master, slave = pty.openpty()
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=slave, cwd=ROOT)
+    os.close(slave)
+    try:
+        while True:  # drain the terminal, or the display would block on a full buffer
+            try:
+                if not os.read(master, 65536):
+                    break
+            except OSError:
+                break
+        process.wait(timeout=600)
+    finally:
+        os.close(master)
+    return time.perf_counter() - start
+
+
+def progress_rows(weights: str, images: list[str], device: str, pairs: int = 3) -> dict[str, float]:
+    """`ptm classify` over the same images with the progress display drawn (stderr a terminal) and without."""
+    ptm = str(Path(PYTHON).parent / "ptm")
+    argv = [ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
+            "--device", device, "-f", "jsonl", *images]  # fmt: skip
+    shown, plain = [], []
+    for _ in range(pairs):  # alternating, so drift in the machine's speed hits both alike
+        shown.append(on_terminal(argv))
+        plain.append(timed(argv, dict(os.environ))[0])
+    return {"with display s": statistics.median(shown), "without s": statistics.median(plain),
+            "ratio": statistics.median(shown) / statistics.median(plain)}  # fmt: skip
+
+
+def print_progress_rows(figures: dict[str, float], count: int) -> None:
+    print(f"\n| `ptm classify` of {count} images, whole process | median wall s |\n|---|---:|")
+    print(f"| progress display drawn (stderr a terminal) | {figures['with display s']:.2f} |")
+    print(f"| no display (stderr a pipe) | {figures['without s']:.2f} |")
+    print(f"| ratio | {figures['ratio']:.3f} |")
+
+
 def describe(device: str) -> str:
     import torch
 
@@ -317,10 +358,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--serve-only", action="store_true", help="only the warm-server rows")
+    parser.add_argument("--progress-only", action="store_true", help="only the progress-display rows")
     parser.add_argument("--batch-images", type=int, default=240,
                         help="JPEGs for the `ptm batch` rows (default 240: about 4 minutes on 2 cores)")
     parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
     args = parser.parse_args()
+    if args.progress_only:
+        with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+            folder = Path(tmp)
+            images = make_images(folder, 24, (1280, 720))
+            figures = progress_rows(make_weights(folder), images, args.device)
+        print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {describe(args.device)}")
+        print_progress_rows(figures, len(images))
+        return
     if args.serve_only:
         with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
             folder = Path(tmp)
@@ -403,6 +453,8 @@ def main() -> None:
             translate_rows.append((size, seconds, peak))
             figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
         figures["serve"] = serve_rows(folder, weights, sets[next(iter(sets))], device)
+        first_set = sets[next(iter(sets))]
+        figures["progress"] = progress_rows(weights, first_set, device)
 
         batch_count = 24 if args.quick else args.batch_images
         scaling = batch_rows(folder, weights, batch_count, device)
@@ -433,6 +485,7 @@ def main() -> None:
     for size, seconds, peak in translate_rows:
         print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
     print_serve_rows(figures["serve"])
+    print_progress_rows(figures["progress"], len(first_set))
     print_batch_rows(scaling, batch_count)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
