@@ -14,15 +14,7 @@ import sys
 import click
 
 from . import settings
-from .commands.batch import batch
-from .commands.classify import classify
 from .commands.common import CONTEXT, GuardedStream, ReaderGone, note
-from .commands.doctor import doctor
-from .commands.hub import hub
-from .commands.models import models
-from .commands.serve import serve
-from .commands.translate import translate, zebra
-from .commands.weights import weights
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -34,8 +26,39 @@ from .errors import (
 )
 from .version import __version__
 
+# Each command's module, imported only when that command runs (or help lists them all):
+# a one-file `ptm classify` through a warm server should not pay for ptm batch's imports.
+_LAZY = {
+    "classify": "commands.classify",
+    "translate": "commands.translate",
+    "zebra": "commands.translate",
+    "batch": "commands.batch",
+    "models": "commands.models",
+    "weights": "commands.weights",
+    "hub": "commands.hub",
+    "doctor": "commands.doctor",
+    "serve": "commands.serve",
+}
 
-@click.group(context_settings=CONTEXT)
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported from their modules on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = _LAZY.get(name)
+        if module is None:
+            return super().get_command(ctx, name)
+        import importlib
+
+        command = getattr(importlib.import_module(f".{module}", __package__), name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="ptm")
 def cli() -> None:
     """Run pretrained PyTorch image models on your own pictures.
@@ -47,8 +70,6 @@ def cli() -> None:
     """
 
 
-for command in (classify, translate, zebra, batch, models, weights, hub, doctor, serve):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import architectures, weights
 from .catalog import Catalog, Entry, load_labels
 from .device import check_device_spec, choose_device, choose_precision
 from .errors import UnknownModel, UsageError
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
 
     from .classify import Classifier
     from .translate import Translator
+    from .weights import Validator
 
 HUB_PREFIX = "hub:"
 
@@ -115,11 +115,13 @@ def resolve_entry(model: str, weights_option: str, *, task: str) -> tuple[Entry,
     return entry, weights_file
 
 
-def weights_validator(entry: Entry) -> weights.Validator:
+def weights_validator(entry: Entry) -> Validator:
     """A check for a file that has no full sha256 to be verified against: it must load, and fit ``entry``.
 
     The cache runs it before it keeps (and pins) a download or an import.
     """
+    from . import architectures
+
 
     def validate(path: Path) -> None:
         architectures.check_fits(entry, load_state_dict(path))
@@ -129,11 +131,15 @@ def weights_validator(entry: Entry) -> weights.Validator:
 
 def ensure_weights(entry: Entry, *, progress: bool = True) -> Path:
     """The verified local file for ``entry`` (downloaded first if needed); a first download must fit the entry."""
+    from . import weights
+
     return weights.ensure_weights(entry, progress=progress, validate=weights_validator(entry))
 
 
 def import_weights(entry: Entry, src: Path) -> Path:
     """Copy a weights file into the cache after checking its hash (and, with no full hash known, its fit)."""
+    from . import weights
+
     return weights.import_weights(entry, src, validate=weights_validator(entry))
 
 
@@ -149,6 +155,8 @@ def weights_file_or_cached(target: str) -> Path:
     name sits in the working directory; such a file is read only when no
     catalog entry has the name.
     """
+    from . import weights
+
     local = local_weights_file(target)  # a path that does not exist fails here, naming it
     if local is not None:
         return local
@@ -168,6 +176,8 @@ def _state_dict(
     entry: Entry, weights_file: Path | str | None, progress: bool
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors and the label records show for them: the variant, or the file as the user wrote it."""
+    from . import weights
+
     if weights_file is not None:
         return load_state_dict(Path(weights_file)), str(weights_file)
     return weights.load_weights(entry, progress=progress, validate=weights_validator(entry)), entry.weights
@@ -238,6 +248,7 @@ def build_classifier(
     progress: bool = True,
 ) -> Classifier:
     """A ready classifier for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    from . import architectures
     from .classify import Classifier
 
     check_device_spec(device)
@@ -309,6 +320,7 @@ def build_translator(
     progress: bool = True,
 ) -> Translator:
     """A ready translator for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    from . import architectures
     from .translate import Translator
 
     check_device_spec(device)

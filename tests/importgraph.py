@@ -81,7 +81,12 @@ def _dynamic_targets(node: ast.Call, current: str, is_package: bool, tree: ast.M
     lazy = _lazy_table(tree)
     if lazy is None:
         raise AssertionError(f"{current}: importlib.import_module with a computed name the test cannot follow")
-    return {f"{current}.{m}" for m in lazy if f"{current}.{m}" in modules}
+    package = current if is_package else current.rpartition(".")[0]
+    found = {f"{package}.{m}" for m in lazy}
+    missing = found - modules
+    if missing:
+        raise AssertionError(f"{current}: its _LAZY table names modules that do not exist: {sorted(missing)}")
+    return found
 
 
 def _lazy_table(tree: ast.Module) -> set[str] | None:

@@ -20,7 +20,10 @@ def _command_paths() -> list[list[str]]:
 
     def walk(group: click.Group, prefix: list[str]) -> list[list[str]]:
         found = []
-        for name, command in group.commands.items():
+        context = click.Context(group)
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
+            assert command is not None, name
             found.append([*prefix, name])
             if isinstance(command, click.Group):
                 found.extend(walk(command, [*prefix, name]))
@@ -125,3 +128,18 @@ def test_ctrl_c_exits_130_after_writing_finished_records(many_images: tuple[list
     lines = [first, *rest.splitlines()]
     assert all(line.strip().endswith(b"}") for line in lines)  # no half-written record
     assert len(lines) < len(args)
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """Commands load lazily: a one-file `ptm classify` does not pay for `ptm batch`'s or `ptm serve`'s imports."""
+    code = (
+        "import sys\n"
+        "from ptm_cli.cli import run\n"
+        "assert run(['models', '-f', 'jsonl']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.startswith('ptm_cli.commands.')), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = out.stderr.strip().splitlines()[-1]
+    assert "ptm_cli.commands.models" in loaded
+    for other in ("batch", "classify", "serve", "weights", "hub", "translate"):
+        assert f"ptm_cli.commands.{other}'" not in loaded
