@@ -557,3 +557,25 @@ def test_a_stale_socket_of_a_killed_server_is_replaced(servers: Servers, tiny: P
     status = servers.status()
     assert status["pid"] != killed.pid and status["requests"] == 1
     assert "replaced a stale socket" in (servers.folder / "server.log").read_text()
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The batching window is for clients that arrive together; one alone goes straight to the model."""
+    import threading
+
+    import torch
+
+    from ptm_cli.serve.warm import Batcher
+
+    class Model:
+        def predict_each(self, batch: torch.Tensor, top_k: int) -> list[str]:
+            return [f"row {i}" for i in range(len(batch))]
+
+    passes: list[int] = []
+    alone = Batcher(Model(), window=3600.0, max_batch=64, on_pass=passes.append, clients=lambda: 1)  # type: ignore[arg-type]
+    answer: list[object] = []
+    worker = threading.Thread(target=lambda: answer.append(alone.predict_each(torch.zeros(2, 3, 4, 4), 1)))
+    worker.start()
+    worker.join(timeout=60)  # an hour's window would hold it far longer
+    alone.close()
+    assert answer == [["row 0", "row 1"]] and passes == [2]

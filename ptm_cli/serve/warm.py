@@ -58,9 +58,18 @@ class Batcher:
     gets back its own rows.
     """
 
-    def __init__(self, classifier: Classifier, window: float, max_batch: int, on_pass: Callable[[int], None]):
+    def __init__(
+        self,
+        classifier: Classifier,
+        window: float,
+        max_batch: int,
+        on_pass: Callable[[int], None],
+        clients: Callable[[], int] = lambda: 2,
+    ):
         self.classifier = classifier
         self.window = window
+        # How many clients use this model now: alone, a request does not wait for company.
+        self.clients = clients
         self.max_batch = max_batch
         self.on_pass = on_pass
         self._queue: collections.deque[_Job] = collections.deque()
@@ -92,7 +101,7 @@ class Batcher:
                 return None
             first = self._queue.popleft()
             taken, count = [first], len(first.batch)
-            deadline = time.monotonic() + self.window
+            deadline = time.monotonic() + (self.window if self.clients() > 1 else 0.0)
             while count < self.max_batch:
                 for job in list(self._queue):
                     fits = job.top_k == first.top_k and job.batch.shape[1:] == first.batch.shape[1:]
@@ -152,6 +161,10 @@ class Slot:
     busy: threading.Lock = field(default_factory=threading.Lock)  # translations: one image at a time per model
 
 
+def _users_of(slot: Slot) -> Callable[[], int]:
+    return lambda: slot.users
+
+
 class ModelCache:
     """Loaded models by key: loaded once however many clients ask, evicted when unused for long."""
 
@@ -176,7 +189,7 @@ class ModelCache:
                     slot.model = load()
                     if key[0] == "classify":
                         slot.batcher = Batcher(slot.model, self.options.batch_window, self.options.max_batch,
-                                               self.on_pass)  # fmt: skip
+                                               self.on_pass, clients=_users_of(slot))  # fmt: skip
                     log(f"loaded {description['model']} ({description['weights']}) in "
                         f"{time.monotonic() - started:.1f} s")  # fmt: skip
             self.evict(keep=self.options.max_models)
