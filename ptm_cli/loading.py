@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .catalog import Catalog, Entry, load_labels
 from .device import check_device_spec, choose_device, choose_precision
 from .errors import UnknownModel, UsageError
-from .tensorio import has_weights_suffix, load_state_dict
+from .tensorio.formats import has_weights_suffix
 
 if TYPE_CHECKING:
     import torch
@@ -122,8 +122,9 @@ def weights_validator(entry: Entry) -> Validator:
     """
     from . import architectures
 
-
     def validate(path: Path) -> None:
+        from .tensorio import load_state_dict
+
         architectures.check_fits(entry, load_state_dict(path))
 
     return validate
@@ -179,6 +180,8 @@ def _state_dict(
     from . import weights
 
     if weights_file is not None:
+        from .tensorio import load_state_dict
+
         return load_state_dict(Path(weights_file)), str(weights_file)
     return weights.load_weights(entry, progress=progress, validate=weights_validator(entry)), entry.weights
 

@@ -14,7 +14,23 @@ Importing this package imports neither torch, numpy, h5py nor safetensors.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .formats import FORMATS, SUFFIXES, detect_format, has_weights_suffix
-from .loading import load_state_dict
+
+if TYPE_CHECKING:
+    from .loading import load_state_dict
+
+# The readers load on first use: naming a weights file (``-w x.pth``) needs only the suffix table.
+_LAZY = {"load_state_dict": "loading"}
 
 __all__ = ["FORMATS", "SUFFIXES", "detect_format", "has_weights_suffix", "load_state_dict"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
