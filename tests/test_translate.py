@@ -481,3 +481,29 @@ def test_output_path_keeps_the_inputs_stem(name: str, expected: str) -> None:
     destination = Destination(directory=Path("out"), suffix="-zebra")
     assert destination.path_for(ImageInput(name, path=None if name == "-" else Path(name))) == Path(expected)
     assert Destination(directory=Path("out"), image_format="JPEG").path_for(ImageInput("a.png")) == Path("out/a.jpg")
+
+
+def test_full_size_runs_in_one_pass_when_it_fits_the_memory_budget(
+    tiny: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --tile, an image whose activations fit runs whole: exact, and no statistics pass or overlap."""
+    from ptm_cli.settings import tuning
+
+    per_pixel = translate.ACTIVATION_BYTES_PER_PIXEL * 8 / 64  # the tiny generator has 8 filters
+    monkeypatch.setattr(tuning, "translate_memory", int(per_pixel * 20_000))
+    assert tiny.one_pass_pixels() == 20_000
+    small, large = photo(160, 120), photo(200, 150)  # 19,200 and 30,000 pixels
+    seen: list[tuple[int, int]] = []
+    auto = tiny.run_at(small, "full", on_tile=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)]
+    assert np.array_equal(pixels(auto), pixels(tiny.run_at(small, "full", tile=10_000)))  # the one-pass result
+    seen.clear()
+    tiny.run_at(large, "full", on_tile=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 1)]  # 200x150 is still under the 512 tiles' own size
+    monkeypatch.setattr(translate, "DEFAULT_TILE", 96)
+    seen.clear()
+    tiny.run_at(large, "full", on_tile=lambda done, total: seen.append((done, total)))
+    assert seen[-1][1] > 1  # over the budget: tiles
+    seen.clear()
+    tiny.run_at(small, "full", tile=64, on_tile=lambda done, total: seen.append((done, total)))
+    assert seen[-1][1] > 1  # an explicit --tile is always honoured

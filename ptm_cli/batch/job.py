@@ -61,7 +61,7 @@ class Request:
     top_k: int = 5
     batch_size: int = 8
     size: int | str = 256  # translate: short side the generator runs at, or "full"
-    tile: int = 512
+    tile: int | None = None
     suffix: str = ""
     image_format: str | None = None
 
@@ -82,7 +82,7 @@ class Spec:
     top_k: int
     batch_size: int
     size: int | str
-    tile: int
+    tile: int | None
     suffix: str
     image_format: str | None
     cwd: str  # relative input names are opened from here

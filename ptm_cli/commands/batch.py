@@ -84,10 +84,11 @@ def batch_classify(model: str, weights: str, top_k: int, resize: int | None, cro
               help="Weights variant, or the path of a local generator file (every worker must see it).")
 @click.option("--size", default="256", show_default=True, type=SizeParam(),
               help="Short side the generator runs at, or 'full' for the image's own resolution in tiles.")
-@click.option("--tile", default=512, show_default=True, type=click.IntRange(min=64), help="Tile side for --size full.")
+@click.option("--tile", type=click.IntRange(min=64),
+              help="Tile side for --size full; default: one pass when the image fits the memory budget, else 512.")
 @click.option("--suffix", default="", help="Added to each output's stem, e.g. _zebra.")
 @click.option("--image-format", metavar="FORMAT", help="Images to write: png (default), jpeg, webp, bmp, tiff.")
-def batch_translate(model: str, weights: str, size: int | str, tile: int, suffix: str, image_format: str | None,
+def batch_translate(model: str, weights: str, size: int | str, tile: int | None, suffix: str, image_format: str | None,
                     **job: Any) -> int:  # fmt: skip
     """Translate IMAGES into DIR/images/ (names keep the input's stem; nothing is overwritten).
 

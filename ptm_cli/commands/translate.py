@@ -49,8 +49,9 @@ def translate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--size", default="256", show_default=True, type=SizeParam(),
                      help="Short side the generator runs at (the result is scaled back), or 'full' for the image's "
                           "own resolution in tiles."),
-        click.option("--tile", default=512, show_default=True, type=click.IntRange(min=64),
-                     help="Tile side for --size full (bounds memory)."),
+        click.option("--tile", type=click.IntRange(min=64),
+                     help="Tile side for --size full (bounds memory); default: one pass when the image fits "
+                          "the memory budget, else 512-pixel tiles."),
         device_option,
         precision_option("the generator"),
         click.option("--force", is_flag=True, help="Overwrite existing output files."),
@@ -106,7 +107,7 @@ def run_translate(
     suffix: str,
     image_format: str | None,
     size: Any,  # a number of pixels or "full" (SizeParam)
-    tile: int,
+    tile: int | None,
     device: str,
     precision: str,
     force: bool,
@@ -122,7 +123,8 @@ def run_translate(
     from ..loading import ModelOptions, plan_translator
     from ..settings import check_side_pixels
 
-    check_side_pixels("--tile", tile)  # before the model loads
+    if tile is not None:
+        check_side_pixels("--tile", tile)  # before the model loads
     if isinstance(size, int):
         check_side_pixels("--size", size)
     options = ModelOptions(model=model, weights=weights, device=device, precision=precision)

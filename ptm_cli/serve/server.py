@@ -260,7 +260,7 @@ class Server:
         size: Any = get(message, "size", (int, str))
         if size != "full" and not (isinstance(size, int) and size >= 1):
             raise ProtocolError("'size' must be a positive number or 'full'")
-        tile = _positive(message, "tile", 1 << 16)
+        tile = None if message.get("tile") is None else _positive(message, "tile", 1 << 16)
         options, written = _model_options(get(message, "options", dict), cwd, classify=False)
         plan = plan_translator(options)
         self._count_request()
