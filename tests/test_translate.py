@@ -507,3 +507,18 @@ def test_full_size_runs_in_one_pass_when_it_fits_the_memory_budget(
     seen.clear()
     tiny.run_at(small, "full", tile=64, on_tile=lambda done, total: seen.append((done, total)))
     assert seen[-1][1] > 1  # an explicit --tile is always honoured
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(3000, 1024, 96), (4000, 1024, 96), (1500, 512, 96), (520, 512, 96)]
+)
+def test_fitted_tiles_cover_with_as_few_tiles_and_little_more_overlap(length: int, tile: int, overlap: int) -> None:
+    """Without --tile, tiles shrink to cover the image with the same number of them, overlapping by about
+    the minimum instead of by whatever spreading the largest tiles evenly leaves (365 rows for 3000 in 1024s)."""
+    fitted = translate._fitted_tile(length, tile, overlap)
+    assert fitted % 4 == 0 and fitted <= tile
+    wide, snug = translate._tile_starts(length, tile, overlap), translate._tile_starts(length, fitted, overlap)
+    assert len(snug) == len(wide)
+    gaps = [b - a for a, b in itertools.pairwise(snug)]
+    assert all(fitted - gap >= overlap - 4 for gap in gaps)  # neighbours still overlap by the minimum
+    assert len(snug) * fitted <= len(wide) * tile  # never more pixels to run
