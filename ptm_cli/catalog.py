@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -238,14 +238,19 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
+def _parse(path: Path, loads: Callable[[str], Any]) -> Any:
+    """``loads`` of the file's text; every way the text can fail is a ConfigError naming the file."""
     text = _read_text(path)
     try:
-        doc = json.loads(text)
+        return loads(text)
     except RecursionError:
         raise ConfigError(f"catalog file {path}: nested too deeply to be a catalog") from None
-    except ValueError as exc:  # JSONDecodeError names the line; an integer of over 4300 digits does not
+    except ValueError as exc:  # the decoders name the line; an integer of over 4300 digits does not
         raise ConfigError(f"catalog file {path}: {first_line(exc)}") from None
+
+
+def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
+    doc = _parse(path, json.loads)
     try:
         models = doc["models"]
         for model in models:
@@ -260,13 +265,7 @@ def _records_from_json(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _records_from_toml(path: Path) -> Iterator[dict[str, Any]]:
-    text = _read_text(path)
-    try:
-        doc = tomllib.loads(text)
-    except RecursionError:
-        raise ConfigError(f"catalog file {path}: nested too deeply to be a catalog") from None
-    except ValueError as exc:  # TOMLDecodeError names the line; an integer of over 4300 digits does not
-        raise ConfigError(f"catalog file {path}: {first_line(exc)}") from None
+    doc = _parse(path, tomllib.loads)
     models = doc.get("model", [])
     if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
         raise ConfigError(f"catalog file {path}: expected [[model]] tables")

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import Catalog, Entry, load_labels
-from .device import check_device_spec, choose_device, choose_precision
+from .device import check_device_spec, choose_device, choose_precision, place_classifier
 from .errors import UnknownModel, UsageError
 from .tensorio.formats import has_weights_suffix
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from .classify import Classifier
     from .translate import Translator
@@ -191,14 +190,6 @@ def _as_written(plan: Plan) -> str | None:
     return None if plan.weights_file is None else plan.options.weights
 
 
-def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    import torch
-
-    model = model.to(device)
-    # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
-    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-
 # --- classifiers ---------------------------------------------------------------------------------
 
 
@@ -262,7 +253,7 @@ def build_classifier(
     state_dict, label = _state_dict(entry, weights_file, progress)
     torch_device = choose_device(device)
     chosen = choose_precision(precision, torch_device)
-    model = _to_device(architectures.build(entry, state_dict), torch_device)
+    model = place_classifier(architectures.build(entry, state_dict), torch_device)
     classifier = Classifier(
         entry, model, weights_label=label, labels=labels, preprocess=preprocess, device=torch_device, precision=chosen
     )

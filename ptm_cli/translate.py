@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from .cyclegan import norm_layers
+from .cyclegan import generator_kwargs, norm_layers
 from .errors import NonFiniteOutput, UsageError
 
 if TYPE_CHECKING:
@@ -300,7 +300,7 @@ class Translator:
         """The most pixels one pass may take within ``settings.tuning.translate_memory``."""
         from .settings import tuning
 
-        ngf = int(self.entry.builder_kwargs.get("ngf", 64)) if self.entry.builder_kwargs else 64
+        ngf = generator_kwargs(self.entry).get("ngf", 64)
         return int(tuning.translate_memory / (ACTIVATION_BYTES_PER_PIXEL * max(1, ngf) / 64))
 
     def _fits_one_pass(self, pixels: int) -> bool:

@@ -15,18 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from helpers import DATA, TINY_TOML, informative_state_dict
+from helpers import DATA
 from PIL import Image
-
-
-def tiny_model(folder: Path) -> tuple[Path, Path]:
-    """The suite's 4-class catalog model: (catalog file, weights file)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    (folder / "tiny.toml").write_text(TINY_TOML)
-    return folder / "tiny.toml", folder / "tiny.pth"
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -162,3 +162,21 @@ crop = 64
 mean = [0.485, 0.456, 0.406]
 std = [0.229, 0.224, 0.225]
 """
+
+
+def write_tiny_model(folder: Path) -> tuple[Path, Path]:
+    """The suite's 4-class catalog model in ``folder``: (catalog file, weights file), labels beside them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(informative_state_dict(), folder / "tiny.pth")
+    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
+    (folder / "tiny.toml").write_text(TINY_TOML)
+    return folder / "tiny.toml", folder / "tiny.pth"
+
+
+def save_generator(path: Path, seed: int = 7, **builder_kwargs: Any) -> Path:
+    """A CycleGAN generator with seeded weights, saved with torch.save."""
+    from ptm_cli.cyclegan import build_generator
+
+    torch.manual_seed(seed)
+    torch.save(build_generator(**builder_kwargs).state_dict(), path)
+    return path

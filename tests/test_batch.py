@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from batchkit import FifoInput, assert_same_records, corpus, photo_bytes, shard_inodes, tiny_model
-from helpers import ROOT, ptm_process, run_ptm
+from batchkit import FifoInput, assert_same_records, corpus, photo_bytes, shard_inodes
+from helpers import ROOT, ptm_process, run_ptm, write_tiny_model
 
 from ptm_cli.batch.job import Request, plan_job, split
 from ptm_cli.batch.run import run_job
@@ -23,7 +23,7 @@ from ptm_cli.loading import ModelOptions
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_model(tmp_path_factory.mktemp("tiny"))
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

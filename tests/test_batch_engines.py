@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from batchkit import FifoInput, assert_same_records, corpus, environment, photo_bytes, shard_inodes, tiny_model
-from helpers import run_ptm
+from batchkit import FifoInput, assert_same_records, corpus, environment, photo_bytes, shard_inodes
+from helpers import run_ptm, write_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return tiny_model(tmp_path_factory.mktemp("tiny"))
+    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm
+from helpers import DATA, informative_state_dict, run_ptm, write_tiny_model
 
 from ptm_cli import weights
 from ptm_cli.errors import UsageError
@@ -19,9 +19,7 @@ PHOTO = str(DATA / "coffee.png")
 @pytest.fixture
 def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A 4-class catalog model whose catalog weights are not cached (it has no url)."""
-    torch.save(informative_state_dict(), tmp_path / "tiny.pth")
-    (tmp_path / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    write_tiny_model(tmp_path)
     monkeypatch.setenv("PTM_CATALOG", str(tmp_path / "tiny.toml"))
     return tmp_path
 

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, TINY_TOML, informative_state_dict
+from helpers import DATA, write_tiny_model
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("progress")
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    (folder / "tiny.toml").write_text(TINY_TOML)
+    write_tiny_model(folder)
     images = folder / "images"
     images.mkdir()
     for i in range(12):

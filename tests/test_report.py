@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm
+from helpers import DATA, run_ptm, write_tiny_model
 from PIL import Image, ImageStat
 
 from ptm_cli.report import Report
@@ -34,9 +34,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("report")
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    (folder / "tiny.toml").write_text(TINY_TOML)
+    write_tiny_model(folder)
     images = folder / "images"
     images.mkdir()
     for name in ("chelsea.png", "coffee.png", "rocket.jpg"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_ptm
+from helpers import run_ptm, save_generator
 
 h5py = pytest.importorskip("h5py")
 np = pytest.importorskip("numpy")
@@ -865,12 +865,7 @@ def test_convert_onto_a_full_disk_is_exit_2(tmp_path: Path, suffix: str) -> None
 
 @pytest.fixture(scope="module")
 def generator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ptm_cli.cyclegan import build_generator
-
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("gen") / "gen.pth"
-    torch.save(build_generator().state_dict(), path)
-    return path
+    return save_generator(tmp_path_factory.mktemp("gen") / "gen.pth")
 
 
 @pytest.fixture

@@ -6,19 +6,13 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import DATA, run_ptm
+from helpers import DATA, run_ptm, save_generator
 from PIL import Image
 
 
 @pytest.fixture(scope="module")
 def generator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ptm_cli.cyclegan import build_generator
-
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("gen") / "gen.pth"
-    torch.save(build_generator().state_dict(), path)
-    return path
+    return save_generator(tmp_path_factory.mktemp("gen") / "gen.pth")
 
 
 @pytest.fixture

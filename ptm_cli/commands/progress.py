@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .common import note
+
 
 def stderr_is_terminal() -> bool:
     try:
@@ -76,8 +78,6 @@ class RunProgress:
         if self._bar is not None:
             self._bar.console.print(f"ptm: {message}", markup=False, highlight=False)
             return
-        from .common import note
-
         note(message)
 
     def count_in_background(self, count: Callable[[], int | None]) -> None:

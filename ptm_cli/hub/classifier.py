@@ -14,7 +14,6 @@ from .repos import parse_model_spec
 from .sandbox import load_model
 
 if TYPE_CHECKING:
-    from torch import nn
 
     from ..catalog import Entry
 
@@ -36,13 +35,6 @@ def _classify_entry(spec: str, labels_file: str | os.PathLike[str] | None) -> En
         std=IMAGENET_STD,
         source="hub",
     )
-
-
-def _to_device(model: nn.Module, device: Any) -> nn.Module:
-    import torch
-
-    # As classify does: channels_last lets oneDNN/cuDNN pick their fastest convolution kernels.
-    return model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _output_classes(classifier: Classifier, crop: int) -> int:
@@ -82,7 +74,7 @@ def hub_classifier(
 ) -> Classifier:
     """A ready ``Classifier`` for ``hub:OWNER/NAME[:REF]/ENTRY`` or ``hub:./dir/ENTRY``."""
     from ..catalog import load_labels
-    from ..device import check_device_spec, choose_device, choose_precision
+    from ..device import check_device_spec, choose_device, choose_precision, place_classifier
 
     repo, entry_name = parse_model_spec(spec)
     check_device_spec(device)
@@ -95,7 +87,7 @@ def hub_classifier(
     entry = replace(entry, num_params=info.num_params, description=info.source)
     classifier = Classifier(
         entry,
-        _to_device(model, torch_device),
+        place_classifier(model, torch_device),
         weights_label="hub",
         labels=labels,
         preprocess=entry.preprocess(),
