@@ -54,13 +54,23 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.frozen is not None:
-                mean, var = self.frozen
-                # float32 statistics even under bf16 autocast; the result goes back to x's dtype.
-                return ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+                return self._normalise(x, *self.frozen)
             if self.record:
                 var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
                 self.recorded = (mean, var)
+                return self._normalise(x, mean, var)
             return super().forward(x)
+
+        def _normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+            """``(x - mean) / sqrt(var + eps)`` in float32, then back to x's dtype.
+
+            In place when x is float32 and no gradient is wanted: every norm in
+            the generator follows a convolution whose output nothing else
+            holds, and a full-resolution activation is 256 bytes per pixel.
+            """
+            # x.float() of a bf16 x is a new tensor; a float32 x is only kept when no gradient needs it.
+            y = x.clone() if x.dtype == torch.float32 and torch.is_grad_enabled() else x.float()
+            return y.sub_(mean).mul_(torch.rsqrt(var + self.eps)).to(x.dtype)
 
     class ResnetBlock(nn.Module):
         """Two 3x3 convolutions with reflection padding and a skip connection."""

@@ -290,6 +290,10 @@ class Tuning:
     # Memory a translation may give one forward pass before it is tiled (`--size full` without --tile):
     # with torch itself, a 1.2-megapixel photo then peaks near 1.7 GiB.
     translate_memory: int = 1280 << 20
+    # While a model runs, large blocks come from glibc's heap and this much freed memory stays mapped
+    # (see ptm_cli.heap): a forward pass then reuses its pages instead of faulting in fresh ones.
+    reuse_heap: bool = True
+    heap_keep: int = 1 << 30
 
 
 tuning = Tuning()

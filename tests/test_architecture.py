@@ -18,6 +18,7 @@ from importgraph import PACKAGE, cycles, graph
 LAYERS: list[tuple[str, set[str]]] = [
     ("facts", {"version", "errors", "output", "nets"}),
     ("environment and devices", {"settings", "device", "modeling"}),
+    ("process memory", {"heap"}),
     ("writing files", {"fsutil"}),
     ("formats and colour", {"formats", "colour"}),
     ("JPEG structure", {"jpegdata"}),

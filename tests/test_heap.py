@@ -1,0 +1,122 @@
+"""ptm_cli.heap: large activations reuse mapped pages while a model runs, and are returned after."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from ptm_cli import heap
+from ptm_cli.settings import tuning
+
+pytestmark = pytest.mark.skipif(heap.glibc() is None, reason="the C library is not glibc")
+
+# Runs in its own process: mallopt settings are process-wide, and page faults are counted per process.
+PROBE = r"""
+import json, resource, sys
+import torch
+from ptm_cli import heap
+from ptm_cli.settings import tuning
+
+MIB = 1 << 20
+tuning.reuse_heap = sys.argv[1] == "reuse"
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+def allocate_twice():
+    counts = []
+    for _ in range(2):
+        before = faults()
+        block = torch.ones(256 * MIB // 4)  # 256 MiB, written through
+        counts.append(faults() - before)
+        del block
+    return counts
+
+figures = {}
+with heap.reused_heap():
+    with heap.reused_heap():  # nested: leaving the inner block keeps the outer one's setting
+        pass
+    figures["active inside"] = heap.active()
+    figures["faults inside"] = allocate_twice()
+    figures["rss inside"] = rss()
+figures["active after"] = heap.active()
+figures["rss after"] = rss()
+figures["faults after"] = allocate_twice()
+print(json.dumps(figures))
+"""
+
+PAGES = (256 << 20) // 4096
+
+
+def probe(mode: str) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def transparent_huge_pages_always() -> bool:
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+def test_inside_a_block_freed_activations_are_reused_and_returned_after() -> None:
+    figures = probe("reuse")
+    first, second = figures["faults inside"]  # type: ignore[misc]
+    assert figures["active inside"] is True and figures["active after"] is False
+    assert second < PAGES * 0.02, f"the second 256 MiB block faulted {second} pages in: it was not reused"
+    # Leaving the last block returns the kept memory to the system.
+    assert figures["rss inside"] - figures["rss after"] >= 200 << 20  # type: ignore[operator]
+    if not transparent_huge_pages_always():
+        assert first > PAGES * 0.9  # the first block's pages are new, as they must be
+        # After the block, large allocations are mapped and returned again, as before it.
+        assert min(figures["faults after"]) > PAGES * 0.9  # type: ignore[call-overload]
+
+
+@pytest.mark.skipif(transparent_huge_pages_always(), reason="huge pages by default fault far fewer pages")
+def test_turned_off_every_large_block_faults_in_fresh_pages() -> None:
+    figures = probe("off")
+    assert figures["active inside"] is False
+    assert min(figures["faults inside"]) > PAGES * 0.9  # type: ignore[call-overload]
+
+
+def test_concurrent_blocks_share_one_setting_undone_by_the_last() -> None:
+    entered, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def other() -> None:
+        with heap.reused_heap():
+            entered.set()
+            release.wait(10)
+        seen.append(heap.active())
+
+    thread = threading.Thread(target=other)
+    with heap.reused_heap():
+        thread.start()
+        assert entered.wait(10)
+    assert heap.active()  # the other thread's block still runs
+    release.set()
+    thread.join(10)
+    assert seen == [False] and not heap.active()
+
+
+def test_elsewhere_than_glibc_it_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "_looked", True)
+    monkeypatch.setattr(heap, "_libc", None)
+    with heap.reused_heap():
+        assert not heap.active()
+
+
+def test_turned_off_by_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tuning, "reuse_heap", False)
+    with heap.reused_heap():
+        assert not heap.active()
