@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_translate
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -342,6 +344,21 @@ def print_progress_rows(figures: dict[str, float], count: int) -> None:
     print(f"| ratio | {figures['ratio']:.3f} |")
 
 
+def cpu_name() -> str:
+    """The CPU's model name and whether it has native bf16, as `ptm doctor` reports them."""
+    from ptm_cli.device import cpu_supports_bf16
+
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {'native' if cpu_supports_bf16() else 'no native'} bf16"
+
+
 def describe(device: str) -> str:
     import torch
 
@@ -362,7 +379,17 @@ def main() -> None:
     parser.add_argument("--batch-images", type=int, default=240,
                         help="JPEGs for the `ptm batch` rows (default 240: about 4 minutes on 2 cores)")
     parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
+    parser.add_argument("--translate-only", action="store_true",
+                        help="only `--size full` against the generator alone (about 10 minutes)")
     args = parser.parse_args()
+    if args.translate_only:
+        with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+            figures = bench_translate.translate_rows(Path(tmp), make_generator_weights(Path(tmp)), quick=args.quick)
+        print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {describe('cpu')}; {cpu_name()}")
+        bench_translate.print_translate_rows(figures)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1))
+        return
     if args.progress_only:
         with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
             folder = Path(tmp)
@@ -452,6 +479,7 @@ def main() -> None:
             )
             translate_rows.append((size, seconds, peak))
             figures[f"translate --size {size}"] = {"seconds": seconds, "peak_mib": peak}
+        figures["translate per megapixel"] = bench_translate.translate_rows(folder, generator, quick=args.quick)
         figures["serve"] = serve_rows(folder, weights, sets[next(iter(sets))], device)
         first_set = sets[next(iter(sets))]
         figures["progress"] = progress_rows(weights, first_set, device)
@@ -484,6 +512,7 @@ def main() -> None:
     print(f"\n| `ptm zebra` on one {big_size[0]}x{big_size[1]} JPEG | wall s | peak memory MiB |\n|---|---:|---:|")
     for size, seconds, peak in translate_rows:
         print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
+    bench_translate.print_translate_rows(figures["translate per megapixel"])
     print_serve_rows(figures["serve"])
     print_progress_rows(figures["progress"], len(first_set))
     print_batch_rows(scaling, batch_count)
