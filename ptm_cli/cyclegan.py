@@ -62,15 +62,30 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
             return super().forward(x)
 
         def _normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-            """``(x - mean) / sqrt(var + eps)`` in float32, then back to x's dtype.
+            """``(x - mean) / sqrt(var + eps)``, computed in float32, in x's dtype.
 
-            In place when x is float32 and no gradient is wanted: every norm in
-            the generator follows a convolution whose output nothing else
-            holds, and a full-resolution activation is 256 bytes per pixel.
+            A float32 x is normalised in place when no gradient is wanted: every
+            norm in the generator follows a convolution whose output nothing else
+            holds, and a full-resolution activation is 256 bytes per pixel. A
+            bf16 x goes through one fused kernel that reads bf16 and writes bf16
+            (float32 inside), not a float32 copy converted back.
             """
-            # x.float() of a bf16 x is a new tensor; a float32 x is only kept when no gradient needs it.
+            if x.dtype != torch.float32 and mean.shape[0] == 1:
+                flat_mean, flat_var = mean.reshape(-1), var.reshape(-1)
+                return torch.nn.functional.batch_norm(x, flat_mean, flat_var, training=False, eps=self.eps)
             y = x.clone() if x.dtype == torch.float32 and torch.is_grad_enabled() else x.float()
             return y.sub_(mean).mul_(torch.rsqrt(var + self.eps)).to(x.dtype)
+
+    class ReflectionPad2d(nn.ReflectionPad2d):
+        """Reflection padding in its input's dtype.
+
+        Autocast pads in float32: a bf16 activation would be copied to twice
+        its size, only for the next convolution to convert it back.
+        """
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x)
 
     class ResnetBlock(nn.Module):
         """Two 3x3 convolutions with reflection padding and a skip connection."""
@@ -78,11 +93,11 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
         def __init__(self, channels: int):
             super().__init__()
             self.conv_block = nn.Sequential(
-                nn.ReflectionPad2d(1),
+                ReflectionPad2d(1),
                 nn.Conv2d(channels, channels, kernel_size=3, bias=True),
                 FreezableInstanceNorm2d(channels),
                 nn.ReLU(True),
-                nn.ReflectionPad2d(1),
+                ReflectionPad2d(1),
                 nn.Conv2d(channels, channels, kernel_size=3, bias=True),
                 FreezableInstanceNorm2d(channels),
             )
@@ -96,7 +111,7 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
         def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9):
             super().__init__()
             layers: list[nn.Module] = [
-                nn.ReflectionPad2d(3),
+                ReflectionPad2d(3),
                 nn.Conv2d(input_nc, ngf, kernel_size=7, bias=True),
                 FreezableInstanceNorm2d(ngf),
                 nn.ReLU(True),
@@ -118,7 +133,7 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
                     FreezableInstanceNorm2d(channels // 2),
                     nn.ReLU(True),
                 ]
-            layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, bias=True), nn.Tanh()]
+            layers += [ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, bias=True), nn.Tanh()]
             self.model = nn.Sequential(*layers)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -535,3 +535,30 @@ def test_tiles_count_only_from_the_margin_inside_their_inner_edges() -> None:
             assert float(window[:margin].abs().max()) == 0.0
         if i + 1 < len(weights):
             assert float(window[-margin:].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("mode", ["plain", "record", "frozen"])
+def test_under_bf16_autocast_no_layer_falls_back_to_float32(mode: str) -> None:
+    """Padding and every instance norm keep bf16 activations bf16; only the input image is float32."""
+    from ptm_cli.cyclegan import norm_layers
+
+    torch.manual_seed(0)
+    model = build_generator(ngf=8, n_blocks=2).eval()
+    norms = norm_layers(model)
+    with torch.inference_mode():
+        for norm in norms:
+            norm.record = True
+        model(torch.rand(1, 3, 40, 32))
+        for norm in norms:
+            norm.record = mode == "record"
+            norm.frozen = norm.recorded if mode == "frozen" else None
+    float32_outputs: list[str] = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()):
+            module.register_forward_hook(
+                lambda m, args, out, name=name: float32_outputs.append(name) if out.dtype == torch.float32 else None
+            )
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(torch.rand(2, 3, 40, 32))
+    assert y.shape == (2, 3, 40, 32)
+    assert float32_outputs == ["model.0"]  # the first padding, of the float32 image
