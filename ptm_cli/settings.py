@@ -210,6 +210,11 @@ def serve_keep_alive() -> float:
     return positive_float("PTM_SERVE_KEEP_ALIVE", DEFAULT_KEEP_ALIVE)
 
 
+def completing() -> bool:
+    """Whether click was asked for shell completions (``_PTM_COMPLETE``, set by the shell's completion script)."""
+    return bool(os.environ.get("_PTM_COMPLETE"))
+
+
 def runtime_dir() -> Path:
     """The folder for the server's socket: ``$XDG_RUNTIME_DIR/ptm``, else ``ptm-UID`` in the temp folder."""
     base = raw("XDG_RUNTIME_DIR")
