@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..output import FORMATS
@@ -39,11 +38,12 @@ _INTEGERS = {"top_k": (1, None), "batch_size": (1, 1024), "workers": (1, 64), "r
 _CHOICES = {"fmt": FORMATS, "precision": PRECISIONS, "server": SERVER_CHOICES}
 
 
-@dataclass
 class ClassifyCall:
-    """``ptm classify``'s arguments with click's defaults."""
+    """``ptm classify``'s arguments with click's defaults (a plain class: no dataclasses on this path)."""
 
-    images: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.images: list[str] = []
+
     model: str = "resnet101"
     weights: str = "DEFAULT"
     top_k: int = 5
