@@ -87,11 +87,12 @@ def _run(argv: list[str] | None, debug: bool) -> int:
 
 def _dispatch(argv: list[str]) -> Any:
     """The command's exit code: through the quick path when it takes the call, else through click."""
-    from .commands.quick import quick_classify
+    if argv[:1] == ["classify"]:
+        from .commands.quick import quick_classify
 
-    code = quick_classify(argv)
-    if code is not None:
-        return code
+        code = quick_classify(argv)
+        if code is not None:
+            return code
     import click
 
     from .commands.root import cli

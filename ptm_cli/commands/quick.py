@@ -157,10 +157,17 @@ def _plain_inputs(call: ClassifyCall) -> bool:
 def quick_classify(argv: list[str]) -> int | None:
     """Run a plain ``ptm classify ... --server auto`` through a running server; None to let click run it."""
     call = parse_classify(argv)
-    if call is None or call.model.startswith("hub:") or not _plain_inputs(call):
+    if call is None or not _server_wanted(call) or call.model.startswith("hub:") or not _plain_inputs(call):
         return None
     try:
-        return _through_server(call)
+        job = _open_job(call)
+        if job is None:
+            return None
+        from .records import write_served_records
+
+        with job:
+            named = (tuple(call.images), call.recursive, call.files_from)
+            return write_served_records(job.records(), call.fmt, call.quiet, call.batch_size, named)
     except (EOFError, KeyboardInterrupt):
         # What click does with Ctrl-C in a command: a blank line (it closes the terminal's ``^C``),
         # then the usual ``ptm: interrupted`` and exit 130.
@@ -170,23 +177,14 @@ def quick_classify(argv: list[str]) -> int | None:
         raise KeyboardInterrupt from None
 
 
-def _through_server(call: ClassifyCall) -> int | None:
+def _server_wanted(call: ClassifyCall) -> bool:
     from ..errors import ConfigError
     from ..settings import server_mode
 
     try:
-        if (call.server or server_mode()) != "auto":
-            return None
+        return (call.server or server_mode()) == "auto"
     except ConfigError:
-        return None  # click's path reports it, after any error it finds first
-    job = _open_job(call)
-    if job is None:
-        return None
-    from .records import write_served_records
-
-    with job:
-        named = (tuple(call.images), call.recursive, call.files_from)
-        return write_served_records(job.records(), call.fmt, call.quiet, call.batch_size, named)
+        return False  # click's path reports it, after any error it finds first
 
 
 def _open_job(call: ClassifyCall) -> Any:
