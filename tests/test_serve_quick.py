@@ -98,9 +98,12 @@ def test_plain_spellings_are_taken_and_read_as_click_reads_them(args: list[str])
 
 def test_the_choices_are_the_commands_own() -> None:
     from ptm_cli.commands import options
+    from ptm_cli.commands.classify import classify
     from ptm_cli.output import FORMATS
 
     assert quick.PRECISIONS == options.PRECISIONS and quick.FORMATS == FORMATS
+    server = next(p for p in classify.params if p.name == "server")
+    assert isinstance(server.type, click.Choice) and tuple(server.type.choices) == quick.SERVER_MODES
 
 
 # --- whole runs, the quick path on and off ----------------------------------------------------------

@@ -21,11 +21,11 @@ import sys
 from typing import Any
 
 from ..output import FORMATS
+from ..settings import SERVER_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # options.PRECISIONS, which comes with click (a test keeps them equal)
-SERVER_CHOICES = ("auto", "never")
 
-# Options that take a value: every spelling, its field, and the values click accepts for it.
+# The classify options this path takes, each spelling with its field; the defaults are ClassifyCall's.
 _VALUES = {
     "-m": "model", "--model": "model", "-w": "weights", "--weights": "weights",
     "-k": "top_k", "--top-k": "top_k", "-f": "fmt", "--format": "fmt", "--device": "device",
@@ -35,14 +35,11 @@ _VALUES = {
 _FLAGS = {"-r": "recursive", "--recursive": "recursive", "--full-decode": "full_decode", "-q": "quiet",
           "--quiet": "quiet"}  # fmt: skip
 _INTEGERS = {"top_k": (1, None), "batch_size": (1, 1024), "workers": (1, 64), "resize": (1, None), "crop": (1, None)}
-_CHOICES = {"fmt": FORMATS, "precision": PRECISIONS, "server": SERVER_CHOICES}
+_CHOICES = {"fmt": FORMATS, "precision": PRECISIONS, "server": SERVER_MODES}
 
 
 class ClassifyCall:
     """``ptm classify``'s arguments with click's defaults (a plain class: no dataclasses on this path)."""
-
-    def __init__(self) -> None:
-        self.images: list[str] = []
 
     model: str = "resnet101"
     weights: str = "DEFAULT"
@@ -59,6 +56,9 @@ class ClassifyCall:
     recursive: bool = False
     full_decode: bool = False
     quiet: bool = False
+
+    def __init__(self) -> None:
+        self.images: list[str] = []
 
 
 class _NotPlain(Exception):
