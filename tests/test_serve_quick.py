@@ -181,35 +181,6 @@ def test_a_server_that_differs_is_noted_once(warm: Servers, monkeypatch: pytest.
     assert warm.status()["requests"] == before
 
 
-def test_without_a_running_server_the_click_command_starts_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The quick path only uses a server that answers; starting one (under its lock) stays the command's job."""
-    runtime = Path(tempfile.mkdtemp(prefix="ptm-quick-"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.setenv("PTM_SERVER", "auto")
-    monkeypatch.setenv("PTM_SERVE_IDLE_TIMEOUT", "60")
-    (tmp_path / "tiny.toml").write_text(TINY_TOML)
-    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
-    import torch
-    from helpers import informative_state_dict
-
-    torch.save(informative_state_dict(), tmp_path / "tiny.pth")
-    monkeypatch.setenv("PTM_CATALOG", str(tmp_path / "tiny.toml"))
-    monkeypatch.chdir(tmp_path)
-    group = Servers(runtime)
-    try:
-        out = subprocess.run([sys.executable, "-m", "ptm_cli", "classify", "-m", "tiny", "-w", "./tiny.pth", "-f",
-                              "jsonl", str(Path(__file__).parent.parent / "data" / "rocket.jpg")],
-                             capture_output=True, timeout=180)  # fmt: skip
-        assert (out.returncode, out.stderr) == (0, b"")
-        assert (group.folder / "server.log").read_text().count("listening on") == 1
-        assert group.status()["requests"] == 1
-    finally:
-        group.stop_all()
-        import shutil
-
-        shutil.rmtree(runtime, ignore_errors=True)
-
-
 # --- Ctrl-C while the server works -----------------------------------------------------------------
 
 
