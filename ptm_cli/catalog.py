@@ -277,6 +277,12 @@ def user_catalog_paths() -> list[Path]:
     return settings.catalog_paths()
 
 
+def catalog_files(extra: Iterable[Path] | None = None) -> list[Path]:
+    """The files :meth:`Catalog.load` reads, in its order: the shipped ones, then ``extra`` or ``PTM_CATALOG``'s."""
+    shipped = sorted(CATALOG_DIR.glob("*.json")) + sorted(CATALOG_DIR.glob("*.toml"))
+    return shipped + (list(extra) if extra is not None else user_catalog_paths())
+
+
 class Catalog:
     """All known entries, looked up by model name and weights name."""
 
@@ -288,9 +294,7 @@ class Catalog:
     @classmethod
     def load(cls, extra: Iterable[Path] | None = None) -> Catalog:
         entries: list[Entry] = []
-        shipped = sorted(CATALOG_DIR.glob("*.json")) + sorted(CATALOG_DIR.glob("*.toml"))
-        user = list(extra) if extra is not None else user_catalog_paths()
-        for path in shipped + user:
+        for path in catalog_files(extra):
             if not path.is_file():
                 raise ConfigError(f"catalog file {path} does not exist (check PTM_CATALOG)")
             records = _records_from_json(path) if path.suffix == ".json" else _records_from_toml(path)

@@ -1,8 +1,11 @@
-"""The ``ptm`` command line: the root group, and the one place where errors become exit codes.
+"""The ``ptm`` command line: the entry point, and the one place where errors become exit codes.
 
-Each command lives in :mod:`ptm_cli.commands` and imports what it needs
-when it runs, so ``ptm --help`` stays instant. Library errors
-(``PtmError``) become one-line messages and exit codes in :func:`run`.
+The group and its commands live in :mod:`ptm_cli.commands` (each command's
+module imported when it runs), so ``ptm --help`` stays instant. Nothing here
+imports click at start-up: a one-file ``ptm classify --server auto`` is
+answered by :mod:`ptm_cli.commands.quick` without it, and everything else
+goes through click exactly as before. Library errors (``PtmError``) become
+one-line messages and exit codes in :func:`run`.
 """
 
 from __future__ import annotations
@@ -10,11 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-
-import click
+from typing import Any
 
 from . import settings
-from .commands.common import CONTEXT, GuardedStream, ReaderGone, note
+from .commands.common import GuardedStream, ReaderGone, note
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -24,52 +26,15 @@ from .errors import (
     StdoutUnwritable,
     first_line,
 )
-from .version import __version__
-
-# Each command's module, imported only when that command runs (or help lists them all):
-# a one-file `ptm classify` through a warm server should not pay for ptm batch's imports.
-_LAZY = {
-    "classify": "commands.classify",
-    "translate": "commands.translate",
-    "zebra": "commands.translate",
-    "batch": "commands.batch",
-    "models": "commands.models",
-    "weights": "commands.weights",
-    "hub": "commands.hub",
-    "doctor": "commands.doctor",
-    "serve": "commands.serve",
-}
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported from their modules on first use."""
+def __getattr__(name: str) -> Any:
+    """``cli``, the click group, imported when asked for (tests and tools walk it)."""
+    if name == "cli":
+        from .commands.root import cli
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_LAZY})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        module = _LAZY.get(name)
-        if module is None:
-            return super().get_command(ctx, name)
-        import importlib
-
-        command = getattr(importlib.import_module(f".{module}", __package__), name)
-        assert isinstance(command, click.Command)
-        return command
-
-
-@click.group(cls=LazyGroup, context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version", prog_name="ptm")
-def cli() -> None:
-    """Run pretrained PyTorch image models on your own pictures.
-
-    Results go to stdout (a table on a terminal, JSON Lines in a pipe);
-    progress and messages go to stderr. Exit codes: 0 all done, 1 some
-    inputs failed, 2 usage/configuration/weights error, 130 interrupted,
-    141 the reader of stdout went away.
-    """
-
-
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,15 +58,11 @@ def run(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None, debug: bool) -> int:
     try:
-        code = cli.main(args=argv, prog_name="ptm", standalone_mode=False)
+        code = _dispatch(sys.argv[1:] if argv is None else list(argv))
         _flush_stdout()
         return int(code or 0)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         return _interrupted()
-    except click.ClickException as exc:
-        with contextlib.suppress(OSError):
-            exc.show()
-        return exc.exit_code
     except StdoutUnwritable as exc:
         _silence_stdout()  # what is still buffered cannot be written either; exit quietly
         return _report(exc)
@@ -122,6 +83,28 @@ def _run(argv: list[str] | None, debug: bool) -> int:
             note(f"internal error: {type(exc).__name__}{detail}")
             note("this is a bug in ptm; run again with PTM_DEBUG=1 for the traceback and report it")
         return EXIT_INTERNAL
+
+
+def _dispatch(argv: list[str]) -> Any:
+    """The command's exit code: through the quick path when it takes the call, else through click."""
+    if argv[:1] == ["classify"]:
+        from .commands.quick import quick_classify
+
+        code = quick_classify(argv)
+        if code is not None:
+            return code
+    import click
+
+    from .commands.root import cli
+
+    try:
+        return cli.main(args=argv, prog_name="ptm", standalone_mode=False)
+    except click.exceptions.Abort:
+        return _interrupted()
+    except click.ClickException as exc:
+        with contextlib.suppress(OSError):
+            exc.show()
+        return exc.exit_code
 
 
 def _report(exc: PtmError) -> int:

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from . import settings
 from .errors import InputError, InputNotFound, UsageError
 
 
-@dataclass(frozen=True)
-class ImageInput:
-    """One image to process: a file, or bytes that came from stdin."""
+class ImageInput(NamedTuple):
+    """One image to process: a file, or bytes that came from stdin.
+
+    Immutable, as a frozen dataclass would be; a named tuple because the
+    warm server's client imports this module, and dataclasses would cost it
+    the import of ``inspect``.
+    """
 
     name: str
     path: Path | None = None

@@ -96,14 +96,19 @@ def local_weights_file(value: str) -> Path | None:
     return path
 
 
-def resolve_entry(model: str, weights_option: str, *, task: str) -> tuple[Entry, Path | None]:
-    """The catalog entry for ``-m``/``-w`` (``-m MODEL:WEIGHTS`` works too) and a local weights file, if any."""
+def resolve_entry(
+    model: str, weights_option: str, *, task: str, catalog: Catalog | None = None
+) -> tuple[Entry, Path | None]:
+    """The catalog entry for ``-m``/``-w`` (``-m MODEL:WEIGHTS`` works too) and a local weights file, if any.
+
+    ``catalog``: one already read (a server keeps it); by default the catalog files are read now.
+    """
     weights_file = local_weights_file(weights_option)
     named = None if weights_file or weights_option.upper() == "DEFAULT" else weights_option
     if ":" in model and named is not None:
         raise UsageError(f"-m {model} already names its weights; drop -w {weights_option}")
     try:
-        entry = Catalog.load().resolve(model, named, task=task)
+        entry = (catalog or Catalog.load()).resolve(model, named, task=task)
     except UnknownModel as exc:
         if named is not None and Path(named).is_file():
             raise UsageError(
@@ -201,7 +206,7 @@ def _check_sides(options: ModelOptions) -> None:
             check_side_pixels(option, side)
 
 
-def plan_classifier(options: ModelOptions) -> Plan:
+def plan_classifier(options: ModelOptions, *, catalog: Catalog | None = None) -> Plan:
     """Check classification options now (no torch, no network); ``.load()`` gives a :class:`Classifier`."""
     check_device_spec(options.device)
     _check_sides(options)
@@ -215,7 +220,7 @@ def plan_classifier(options: ModelOptions) -> Plan:
         return Plan(options, None, None, _load_hub_classifier)
     if options.labels_file or options.trust_repo or options.hub_args:
         raise UsageError("--labels, --trust-repo and --arg apply to hub: models only")
-    entry, weights_file = resolve_entry(options.model, options.weights, task="classify")
+    entry, weights_file = resolve_entry(options.model, options.weights, task="classify", catalog=catalog)
     return Plan(options, entry, weights_file, _load_catalog_classifier)
 
 
@@ -290,12 +295,12 @@ def _load_hub_classifier(plan: Plan, progress: bool) -> Classifier:
 # --- translators ----------------------------------------------------------------------------------
 
 
-def plan_translator(options: ModelOptions) -> Plan:
+def plan_translator(options: ModelOptions, *, catalog: Catalog | None = None) -> Plan:
     """Check translation options now (no torch, no network); ``.load()`` gives a :class:`Translator`."""
     check_device_spec(options.device)
     if options.is_hub or options.labels_file or options.trust_repo or options.hub_args:
         raise UsageError("hub: models, --labels, --trust-repo and --arg apply to classification only")
-    entry, weights_file = resolve_entry(options.model, options.weights, task="translate")
+    entry, weights_file = resolve_entry(options.model, options.weights, task="translate", catalog=catalog)
     return Plan(options, entry, weights_file, _load_translator)
 
 

@@ -22,7 +22,6 @@ strings; a NaN or infinite number, which JSON cannot hold, is written as null.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import math
@@ -94,6 +93,8 @@ class RecordWriter:
         self._csv: Any = None
         self._row_buffer = io.StringIO()
         if fmt in ("csv", "tsv"):
+            import csv  # here: jsonl, the format of pipes, needs none of it
+
             # Rows end in "\n", but the writer is told "\r\n" so that it quotes a cell holding
             # either character (it quotes only what its line terminator contains).
             self._csv = csv.DictWriter(

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import ConfigError, UsageError
 
@@ -45,8 +45,7 @@ DEFAULT_KEEP_ALIVE = 300
 SERVER_MODES = ("auto", "never")
 
 
-@dataclass(frozen=True)
-class Variable:
+class Variable(NamedTuple):
     name: str
     kind: str  # "flag", "number", "path", "url", "paths", "names", "secret"
     meaning: str
@@ -210,6 +209,11 @@ def serve_keep_alive() -> float:
     return positive_float("PTM_SERVE_KEEP_ALIVE", DEFAULT_KEEP_ALIVE)
 
 
+def completing() -> bool:
+    """Whether click was asked for shell completions (``_PTM_COMPLETE``, set by the shell's completion script)."""
+    return bool(os.environ.get("_PTM_COMPLETE"))
+
+
 def runtime_dir() -> Path:
     """The folder for the server's socket: ``$XDG_RUNTIME_DIR/ptm``, else ``ptm-UID`` in the temp folder."""
     base = raw("XDG_RUNTIME_DIR")
@@ -265,9 +269,14 @@ def check_all() -> list[str]:
 # --- tunables ------------------------------------------------------------------------------------
 
 
-@dataclass
 class Tuning:
-    """Internal knobs; tests set them on :data:`tuning`, code reads them when it acts."""
+    """Internal knobs; tests set them on :data:`tuning`, code reads them when it acts.
+
+    The defaults are class attributes, so a misspelt knob fails to read. (A
+    plain class rather than a dataclass: every ptm process imports this
+    module, the warm server's clients included, and dataclasses costs the
+    import of ``inspect``.)
+    """
 
     chunk_size: int = 1 << 20  # bytes per read when downloading, hashing or copying
     backoff_base: float = 0.5  # a retry waits min(backoff_cap, backoff_base * 2**(n-1)) s

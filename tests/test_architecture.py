@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, set[str]]] = [
                     "batch.ray_engine", "batch.spark_engine"}),
     ("commands", {"commands", "commands.common", "commands.options", "commands.classify", "commands.translate",
                   "commands.models", "commands.weights", "commands.hub", "commands.doctor", "commands.completion",
-                  "commands.progress", "commands.remote", "commands.serve", "commands.batch"}),
+                  "commands.progress", "commands.remote", "commands.serve", "commands.batch", "commands.records",
+                  "commands.quick", "commands.root"}),
     ("the command line", {"cli"}),
     ("entry points", {"__main__", ""}),
 ]  # fmt: skip

@@ -114,7 +114,7 @@ class Terminal(io.StringIO):
 
 
 def test_classify_table_on_a_terminal_has_bars_and_an_error_column_only_when_needed() -> None:
-    from ptm_cli.commands.classify import classify_writer, probability_bar
+    from ptm_cli.commands.records import classify_writer, probability_bar
 
     record = {"input": "a.jpg", "predictions": [{"rank": 1, "index": 3, "label": "tabby, tabby cat",
                                                  "probability": 0.625}]}  # fmt: skip
@@ -133,7 +133,7 @@ def test_classify_table_on_a_terminal_has_bars_and_an_error_column_only_when_nee
 
 
 def test_classify_table_in_a_pipe_is_unchanged() -> None:
-    from ptm_cli.commands.classify import classify_writer
+    from ptm_cli.commands.records import classify_writer
 
     piped = io.StringIO()
     with classify_writer(piped, "table") as writer:

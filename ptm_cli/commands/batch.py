@@ -157,7 +157,7 @@ def merge(folder: str, fmt: str | None, report_path: str | None) -> int:
     failed = count = 0
     with stdout_is_data() as out:
         if task == "classify":
-            from .classify import classify_writer
+            from .records import classify_writer
 
             chosen = classify_writer(out, fmt)
         else:

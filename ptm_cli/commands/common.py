@@ -1,4 +1,9 @@
-"""What every command shares: messages on stderr, stdout kept for data, the record writer, exit codes."""
+"""What every command shares: messages on stderr, stdout kept for data, the record writer, exit codes.
+
+Click is imported only by the functions that use it: the quick path of
+``ptm classify --server auto`` (:mod:`.quick`) writes through this module
+without loading click at all.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,6 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
-
-import click
 
 from ..errors import EXIT_INPUT_FAILED, EXIT_OK, StdoutUnwritable
 
@@ -23,6 +26,8 @@ def note(message: str) -> None:
     """
     if not message.isprintable():
         message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    import click
+
     click.echo(f"ptm: {message}", err=True)
 
 
@@ -122,6 +127,8 @@ def image_inputs(images: tuple[str, ...], recursive: bool, files_from: str | Non
     from ..inputs import expand_inputs
 
     if not images and files_from is None:
+        import click
+
         raise click.UsageError("give at least one image, directory, '-' or --files-from")
     return expand_inputs(
         images,

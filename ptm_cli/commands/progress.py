@@ -10,7 +10,6 @@ Translation adds a tile bar for the image in progress under the same display.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +91,8 @@ class RunProgress:
                 return
             if total is not None and self._bar is not None:
                 self._bar.update(self._files, total=total)
+
+        import threading  # only with the display on: a one-file call through a server has none
 
         threading.Thread(target=work, name="ptm-count", daemon=True).start()
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import settings
 from ..inputs import ImageInput
@@ -35,6 +34,9 @@ from .protocol import (
     send,
     socket_path,
 )
+
+if TYPE_CHECKING:
+    import subprocess
 
 LOG_NAME = "server.log"
 _started: list[subprocess.Popen[bytes]] = []  # kept so that their handles outlive this call quietly
@@ -91,6 +93,8 @@ def start_lock(folder: Path) -> Iterator[None]:
 
 def start_server(folder: Path, arguments: list[str]) -> int:
     """Start ``ptm serve run`` in its own session, logging to the folder; return its pid once it answers."""
+    import subprocess  # here, not at the top: a client of a running server never starts one
+
     path = socket_path(folder)
     log = os.open(folder / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

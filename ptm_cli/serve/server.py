@@ -33,7 +33,7 @@ from ..inputs import ImageInput
 from ..version import __version__
 from .protocol import ProtocolError, differences, identity, peer_uid, receive, runtime_dir, send, socket_path
 from .protocol import field as get
-from .warm import ModelCache, ServeOptions, log, shared
+from .warm import ModelCache, ServeOptions, WarmCatalog, log, shared
 
 # --- the server ---------------------------------------------------------------------------------
 
@@ -46,6 +46,7 @@ class Server:
         self.started = time.time()
         self.stopping = threading.Event()
         self.models = ModelCache(options, self._count_pass)
+        self.catalog = WarmCatalog()
         self.forward_passes = 0
         self.images = 0
         self.requests = 0
@@ -231,7 +232,7 @@ class Server:
         workers = _positive(message, "workers", 64)
         full_decode = get(message, "full_decode", bool, False)
         options, written = _model_options(get(message, "options", dict), cwd, classify=True)
-        plan = plan_classifier(options)
+        plan = plan_classifier(options, catalog=self.catalog.get())
         self._count_request()
         if options.is_hub:
             raise UsageError("hub: models run in the client's own process, not in a server")
@@ -262,7 +263,7 @@ class Server:
             raise ProtocolError("'size' must be a positive number or 'full'")
         tile = None if message.get("tile") is None else _positive(message, "tile", 1 << 16)
         options, written = _model_options(get(message, "options", dict), cwd, classify=False)
-        plan = plan_translator(options)
+        plan = plan_translator(options, catalog=self.catalog.get())
         self._count_request()
         assert plan.entry is not None
         key = ("translate", repr(plan.entry), _file_key(plan.weights_file), options.device, options.precision)

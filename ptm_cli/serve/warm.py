@@ -1,4 +1,5 @@
-"""What a server keeps warm: loaded models (LRU with a keep-alive) and the batcher that shares forward passes.
+"""What a server keeps warm: loaded models (LRU with a keep-alive), the batcher that shares forward passes,
+and the parsed catalog.
 
 Requests for the same classifier that arrive together share forward
 passes: a :class:`Batcher` per model collects them for a few milliseconds
@@ -22,6 +23,7 @@ from ..errors import NonFiniteOutput, UsageError
 if TYPE_CHECKING:
     import torch
 
+    from ..catalog import Catalog
     from ..classify import Classifier, Prediction
 
 
@@ -32,6 +34,56 @@ class ServeOptions:
     max_models: int = 3  # models kept at once, least recently used evicted first
     batch_window: float = 0.005  # seconds a forward pass waits for other clients' images
     max_batch: int = 64  # images in one shared forward pass
+
+
+# A catalog file changed less than this long ago is read again on every request: a second write
+# within the file system's timestamp granularity (a few milliseconds) would not change its mtime.
+SETTLED_S = 2.0
+
+
+class WarmCatalog:
+    """The catalog, parsed once and again only when one of its files changes.
+
+    Parsing it costs a few milliseconds per request; a request asks for the
+    files' ``stat`` instead. A file is known by its path, device, inode,
+    size and mtime, and one that changed within :data:`SETTLED_S` is not
+    trusted to stay known: every request reads the files again until they
+    have settled. A missing file is never cached over: loading says so.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+        self._catalog: Catalog | None = None
+
+    def get(self) -> Catalog:
+        from ..catalog import Catalog, catalog_files
+
+        key = _files_key(catalog_files())
+        with self._lock:
+            if key is not None and key == self._key and self._catalog is not None:
+                return self._catalog
+        catalog = Catalog.load()
+        with self._lock:
+            self._key, self._catalog = key, catalog
+        return catalog
+
+
+def _files_key(paths: list[Any]) -> tuple[Any, ...] | None:
+    """The files as they are now; None when one is missing or changed too recently to be trusted."""
+    import os
+
+    now = time.time_ns()
+    key = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if now - info.st_mtime_ns < SETTLED_S * 1e9:
+            return None
+        key.append((str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(key)
 
 
 def log(message: str) -> None:
