@@ -232,6 +232,11 @@ def classify_images(
             return exc
         if on_image is not None:
             on_image(item, image)
+        # The preprocessing's torch operations give each decoding thread an
+        # OpenMP team of its own. With more OpenMP threads than cores, libgomp
+        # sleeps at its barriers instead of spinning, which keeps the model's
+        # pace when other processes want the cores too (several times faster
+        # then; see README, Performance): keep torch operations here.
         try:
             return run_preprocess(image, preprocess)
         except InputError as exc:
