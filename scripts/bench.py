@@ -13,10 +13,12 @@ cold start-up, and `ptm zebra` at --size 256 and --size full on a
 12-megapixel photo with peak memory, the warm server (`ptm serve`): 20
 one-file calls in a row with and without it, and 8 one-file clients at once
 against 8 cold processes and one process given the 8 files, and `ptm batch`
-on each engine against `ptm classify` on the same JPEGs. The full run takes
-about 30 minutes on 2 cores; --quick and --no-compile shorten it, --serve-only
-runs only the server rows (about 3 minutes) and --only-batch only the
-`ptm batch` rows.
+on each engine against `ptm classify` on the same JPEGs, and the classify
+pipeline against the network alone and a timm-style loop (bench_classify.py).
+The full run takes about 50 minutes on 2 cores; --quick and --no-compile
+shorten it, --serve-only runs only the server rows (about 3 minutes),
+--only-batch only the `ptm batch` rows and --classify-only only the pipeline
+rows (about 20 minutes).
 """
 
 from __future__ import annotations
