@@ -2,7 +2,7 @@
 
 Imported by ``scripts/bench.py`` (``--classify-only`` runs just this section).
 For each image set and precision (fp32 everywhere; bf16 where the CPU has it
-natively, fp16 and bf16 on CUDA) three things are timed, each in its own
+natively, fp16 and bf16 on CUDA) four things are timed, each in its own
 subprocess, after model load:
 
 * the network alone: ptm's model placed as ptm places it (channels_last), the
@@ -20,9 +20,10 @@ subprocess, after model load:
   (the resolved data config through ``create_transform``), a torch DataLoader
   with worker processes (2, its default), channels_last and autocast.
 
-The rows run in rounds (network, network with teams, ptm, timm; again; ...) so that
-drift in the machine's speed reaches all three alike; each figure is the
-median over the rounds, with the spread printed beside it. timm comes from
+The four run in rounds (network, network with teams, ptm, timm; again...)
+so that drift in the machine's speed reaches them alike; each figure is the
+median over the rounds, with the spread beside it, and each ratio the
+median of the rounds' own ratios. timm comes from
 the ``bench`` extra; without it the timm rows are left out, with a note.
 """
 
@@ -201,12 +202,12 @@ def print_rows(rows: list[dict[str, Any]], batch: int) -> None:
     rounds = rows[0]["rounds"] if rows else 0
     print(f"\nResNet101, batch {batch}, {os.cpu_count()} CPUs ({cpu_name()}, {bf16}); images/s after model load, "
           f"median of {rounds} rounds (min-max); ratios are medians of per-round ratios")  # fmt: skip
-    print("\n| images | precision | network alone | ptm pipeline | ptm / network | timm-style loop | ptm / timm "
-          "| network, OpenMP as in ptm | ptm / that |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| images | precision | network alone | network, OpenMP as in ptm | ptm pipeline | ptm / network "
+          "| ptm / network as in ptm | timm-style loop | ptm / timm |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         timm_ratio = f"{row['ptm / timm']:.2f}x" if "ptm / timm" in row else "-"
-        print(f"| {row['images']} | {row['precision']} | {_cell(row, 'network')} | {_cell(row, 'ptm')} | "
-              f"{row['ptm / network']:.2f} | {_cell(row, 'timm')} | {timm_ratio} | {_cell(row, 'network, teams')} | "
-              f"{row['ptm / network, teams']:.2f} |")  # fmt: skip
+        print(f"| {row['images']} | {row['precision']} | {_cell(row, 'network')} | {_cell(row, 'network, teams')} | "
+              f"{_cell(row, 'ptm')} | {row['ptm / network']:.2f} | {row['ptm / network, teams']:.2f} | "
+              f"{_cell(row, 'timm')} | {timm_ratio} |")  # fmt: skip
     if not timm_available():
         print("\n(timm is not installed, so the timm-style rows are left out: pip install -e '.[bench]')")
