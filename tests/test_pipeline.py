@@ -1,10 +1,11 @@
-"""The classify pipeline around the model: its answers are the model's, exactly, and a failing model ends it."""
+"""The classify pipeline around the model: its answers are the model's exactly, however torch's threads wait."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import DATA
@@ -12,10 +13,10 @@ from PIL import Image, ImageEnhance
 from torch import nn
 
 from ptm_cli.catalog import Entry
-from ptm_cli.classify import Classifier, classify_images
+from ptm_cli.classify import Classifier, OpenMPPace, classify_images
 from ptm_cli.device import Precision, place_classifier
 from ptm_cli.inputs import ImageInput
-from ptm_cli.transforms import Preprocess, preprocess
+from ptm_cli.transforms import Preprocess, preprocess, to_tensor, to_tensor_without_torch
 
 RECIPE = Preprocess(resize=40, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -83,3 +84,52 @@ def test_pipeline_answers_are_the_model_on_the_preprocessed_images_bit_for_bit(p
         assert result.predictions is not None
         assert {p.index: p.probability for p in result.predictions} == dict(enumerate(row))
     assert len({r.predictions[0].index for r in results if r.predictions}) > 1  # not a constant answer
+
+
+def team_holders() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ptm-openmp-team"]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "CMYK"])
+@pytest.mark.parametrize("recipe", [RECIPE, Preprocess(resize=40, crop=32)])
+def test_the_tensor_without_torch_is_the_torch_tensor_bit_for_bit(mode: str, recipe: Preprocess) -> None:
+    # Every 8-bit value in every channel, then noise in an odd size.
+    ramp = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=-1)
+    noise = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for pixels in (ramp, noise):
+        image = Image.fromarray(pixels).convert(mode)
+        expected, got = to_tensor(image, recipe), to_tensor_without_torch(image, recipe)
+        assert got.shape == expected.shape and got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected)
+        assert got.permute(1, 2, 0).is_contiguous()  # channels_last memory, as the models run
+
+
+def test_the_pace_keeper_lets_openmp_spin_only_while_the_process_gets_its_cores() -> None:
+    pace = OpenMPPace(cores=2)
+    try:
+        assert not pace.spinning and len(team_holders()) == 1  # a run starts with the threads asleep
+        pace.judge(cpu_s=1.8, wall_s=1.0)  # 90 % of two cores: an idle machine
+        assert pace.spinning and team_holders() == []
+        pace.judge(cpu_s=1.5, wall_s=1.0)  # 75 %: between the two marks, nothing changes
+        assert pace.spinning
+        pace.judge(cpu_s=0.9, wall_s=1.0)  # 45 %: other processes want the cores
+        assert not pace.spinning and len(team_holders()) == 1
+        pace.judge(cpu_s=1.5, wall_s=1.0)
+        assert not pace.spinning
+        pace.judge(cpu_s=0.03, wall_s=0.01)  # too short to judge
+        assert not pace.spinning
+    finally:
+        pace.close()
+    assert team_holders() == []
+
+
+def test_runs_leave_no_thread_behind(photos: list[Path]) -> None:
+    inputs = [ImageInput(p.name, path=p) for p in photos]
+    assert all(r.ok for r in classify_images(inputs, classifier_for(TinyNet()), batch_size=4))
+    with pytest.raises(RuntimeError):
+        list(classify_images(inputs, classifier_for(TinyNet(fail=True)), batch_size=4))
+    stopped = classify_images(inputs, classifier_for(TinyNet()), batch_size=4)
+    next(stopped)
+    stopped.close()  # a reader that stops early (a closed pipe)
+    assert team_holders() == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("ptm-decode")] == []
