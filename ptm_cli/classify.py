@@ -243,14 +243,17 @@ class OpenMPPace:
     def _sleep(self) -> None:
         import torch
 
-        def hold(ready: threading.Event) -> None:
-            torch.ones(1 << 17).add_(1)  # large enough to run on OpenMP threads: this thread's team
-            ready.set()
-            self._release.wait()
+        def hold(ready: threading.Event, release: threading.Event) -> None:
+            try:
+                torch.ones(1 << 17).add_(1)  # large enough to run on OpenMP threads: this thread's team
+            finally:
+                ready.set()
+            release.wait()
 
         ready = threading.Event()
         self._release = threading.Event()
-        self._holder = threading.Thread(target=hold, args=(ready,), name="ptm-openmp-team", daemon=True)
+        self._holder = threading.Thread(target=hold, args=(ready, self._release), name="ptm-openmp-team",
+                                        daemon=True)  # fmt: skip
         self._holder.start()
         ready.wait()
 
@@ -287,7 +290,7 @@ def classify_images(
     preprocess = classifier.preprocess
     short_side = preprocess.resize or preprocess.crop
     min_short_side = None if full_decode or short_side is None else DRAFT_MARGIN * short_side
-    pace = _pace_for(classifier)
+    pace: OpenMPPace | None = None
 
     def load(item: ImageInput) -> Any:
         from .transforms import preprocess as run_preprocess
@@ -305,6 +308,7 @@ def classify_images(
 
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ptm-decode")
     try:
+        pace = _pace_for(classifier)
         yield from _batched(inputs, pool, load, classifier, top_k, batch_size, batch_size + workers, pace)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

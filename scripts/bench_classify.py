@@ -9,10 +9,11 @@ subprocess, after model load:
   same batch size and autocast, on tensors preprocessed before the clock
   starts, so only the forward passes are timed;
 * the network alone again, with two idle threads that hold OpenMP teams of
-  their own, as ptm's decoding threads do. With more OpenMP threads than
-  cores, libgomp sleeps at its barriers instead of spinning; where other
-  processes compete for the cores, that alone changes the network's pace
-  several times over, so this row tells the pipeline's own cost apart from it;
+  their own. With more OpenMP threads than cores, libgomp sleeps at its
+  barriers instead of spinning, as ptm makes it do while its process does
+  not get its cores; where other processes compete for them, that alone
+  changes the network's pace several times over, so this row tells the
+  pipeline's own cost apart from it;
 * ptm's pipeline, timed by the caller's script (decoding, preprocessing,
   batching, the forward passes, top-k);
 * a timm-style reference loop, as timm's inference script runs it: timm's own
@@ -202,8 +203,8 @@ def print_rows(rows: list[dict[str, Any]], batch: int) -> None:
     rounds = rows[0]["rounds"] if rows else 0
     print(f"\nResNet101, batch {batch}, {os.cpu_count()} CPUs ({cpu_name()}, {bf16}); images/s after model load, "
           f"median of {rounds} rounds (min-max); ratios are medians of per-round ratios")  # fmt: skip
-    print("\n| images | precision | network alone | network, OpenMP as in ptm | ptm pipeline | ptm / network "
-          "| ptm / network as in ptm | timm-style loop | ptm / timm |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| images | precision | network alone | network, OpenMP asleep | ptm pipeline | ptm / network "
+          "| ptm / network asleep | timm-style loop | ptm / timm |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         timm_ratio = f"{row['ptm / timm']:.2f}x" if "ptm / timm" in row else "-"
         print(f"| {row['images']} | {row['precision']} | {_cell(row, 'network')} | {_cell(row, 'network, teams')} | "
