@@ -349,10 +349,16 @@ def _batched(
 
 
 def _pace_for(classifier: Classifier) -> OpenMPPace | None:
-    """A pace keeper where the model runs on OpenMP threads (a CPU, more than one thread); else None."""
+    """A pace keeper where the model runs on OpenMP threads (a CPU, more than one thread); else None.
+
+    A classifier whose forward passes are shared with other callers (the warm
+    server's) does not say where they run, and keeps the threads asleep: the
+    decoding threads preprocess with torch, whose OpenMP teams see to that.
+    """
     import torch
 
-    if classifier.device.type != "cpu" or torch.get_num_threads() < 2:
+    device = getattr(classifier, "device", None)
+    if device is None or device.type != "cpu" or torch.get_num_threads() < 2:
         return None
     return OpenMPPace(torch.get_num_threads())
 
