@@ -388,7 +388,7 @@ def main() -> None:
     parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
     parser.add_argument("--classify-only", action="store_true",
                         help="only the pipeline against the network alone and a timm-style loop")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of those three rows (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of those four rows (default 3)")
     args = parser.parse_args()
     if args.progress_only:
         with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
