@@ -44,6 +44,14 @@ catalog: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
-# Throughput and start-up against the book's loop, on this machine (a few minutes).
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.ptm-bench-installed
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+# Throughput and start-up against the book's loop, the network alone and a
+# timm-style loop, on this machine (about 40 minutes; BENCH_ARGS=--classify-only
+# for just the pipeline rows).
+bench: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

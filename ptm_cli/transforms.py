@@ -25,7 +25,7 @@ from .errors import ConfigError, ImageTooLarge
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["INTERPOLATIONS", "Preprocess", "preprocess", "resize_and_crop", "to_tensor"]
+__all__ = ["INTERPOLATIONS", "Preprocess", "preprocess", "resize_and_crop", "to_tensor", "to_tensor_without_torch"]
 
 # --- preprocessing -------------------------------------------------------------------
 
@@ -208,10 +208,33 @@ def to_tensor(image: Image.Image, p: Preprocess) -> torch.Tensor:
     return out
 
 
-def preprocess(image: Image.Image, p: Preprocess) -> torch.Tensor:
+def to_tensor_without_torch(image: Image.Image, p: Preprocess) -> torch.Tensor:
+    """:func:`to_tensor`'s values bit for bit, computed by numpy into height x width x channel memory.
+
+    The result is a ``[3, H, W]`` view of that memory (the channels_last
+    layout the models run in). No torch operation runs, so a thread that
+    calls this starts no OpenMP team of its own (see ``ptm_cli.classify``).
+    The same correctly rounded float32 division, subtraction and division
+    as :func:`to_tensor`, element by element, give the same numbers.
+    """
+    import numpy as np
+    import torch
+
+    pixels = np.asarray(to_rgb(image), dtype=np.uint8)
+    out = pixels.astype(np.float32)
+    out /= np.float32(255)
+    if p.mean is not None and p.std is not None:
+        out -= np.asarray(p.mean, dtype=np.float32)
+        out /= np.asarray(p.std, dtype=np.float32)
+    return torch.from_numpy(out).permute(2, 0, 1)
+
+
+def preprocess(image: Image.Image, p: Preprocess, *, without_torch: bool = False) -> torch.Tensor:
     """The model input for `image`: :func:`~ptm_cli.colour.to_srgb`, :func:`resize_and_crop`, :func:`to_tensor`.
 
     An image from :func:`ptm_cli.imageio.load_image` is sRGB already; one
     opened by other means has its colour profile applied here.
+    ``without_torch`` uses :func:`to_tensor_without_torch` (the same values).
     """
-    return to_tensor(resize_and_crop(to_srgb(image), p), p)
+    tensor = to_tensor_without_torch if without_torch else to_tensor
+    return tensor(resize_and_crop(to_srgb(image), p), p)

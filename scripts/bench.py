@@ -13,10 +13,12 @@ cold start-up, and `ptm zebra` at --size 256 and --size full on a
 12-megapixel photo with peak memory, the warm server (`ptm serve`): 20
 one-file calls in a row with and without it, and 8 one-file clients at once
 against 8 cold processes and one process given the 8 files, and `ptm batch`
-on each engine against `ptm classify` on the same JPEGs. The full run takes
-about 30 minutes on 2 cores; --quick and --no-compile shorten it, --serve-only
-runs only the server rows (about 3 minutes) and --only-batch only the
-`ptm batch` rows.
+on each engine against `ptm classify` on the same JPEGs, and the classify
+pipeline against the network alone and a timm-style loop (bench_classify.py).
+The full run takes about 50 minutes on 2 cores; --quick and --no-compile
+shorten it, --serve-only runs only the server rows (about 3 minutes),
+--only-batch only the `ptm batch` rows and --classify-only only the pipeline
+rows (about 20 minutes).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_classify
 import bench_translate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,6 +383,26 @@ def use_this_checkout() -> None:
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "ptm_cli")], check=True, capture_output=True)
 
 
+def image_sets(folder: Path, quick: bool) -> dict[str, list[str]]:
+    hd_count, big_count = (8, 4) if quick else (32, 16)
+    big_size = (2000, 1500) if quick else (4000, 3000)
+    return {
+        f"{hd_count} x 1280x720": make_images(folder, hd_count, (1280, 720)),
+        f"{big_count} x {big_size[0]}x{big_size[1]}": make_images(folder, big_count, big_size),
+    }
+
+
+def classify_section(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
+        folder = Path(tmp)
+        weights, sets = make_weights(folder), image_sets(folder, args.quick)
+        rows = bench_classify.measure(PTM_SCRIPT, weights, sets, args.device, args.batch_size, args.rounds)
+    print(f"machine: python {sys.version.split()[0]}; {describe(args.device)}; load average {os.getloadavg()[0]:.1f}")
+    bench_classify.print_rows(rows, args.batch_size)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer and smaller images, for a smoke run")
@@ -394,6 +417,9 @@ def main() -> None:
     parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
     parser.add_argument("--translate-only", action="store_true",
                         help="only `--size full` against the generator alone (about 10 minutes)")
+    parser.add_argument("--classify-only", action="store_true",
+                        help="only the pipeline against the network alone and a timm-style loop")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of those four rows (default 3)")
     args = parser.parse_args()
     use_this_checkout()
     if args.translate_only:
@@ -430,6 +456,9 @@ def main() -> None:
         print_batch_rows(rows, args.batch_images)
         return
     device = args.device
+    if args.classify_only:
+        classify_section(args)
+        return
     halves = ("bf16",) if device == "cpu" else ("fp16", "bf16")
     hd_count, big_count = (8, 4) if args.quick else (32, 16)
     big_size = (2000, 1500) if args.quick else (4000, 3000)
@@ -498,6 +527,9 @@ def main() -> None:
         first_set = sets[next(iter(sets))]
         figures["progress"] = progress_rows(weights, first_set, device)
 
+        pipeline = bench_classify.measure(PTM_SCRIPT, weights, sets, device, args.batch_size, args.rounds)
+        figures["pipeline"] = pipeline
+
         batch_count = 24 if args.quick else args.batch_images
         scaling = batch_rows(folder, weights, batch_count, device)
         figures["batch"] = {p: {"startup_s": s, "images_per_s": r} for p, s, r, _ in scaling}
@@ -527,6 +559,7 @@ def main() -> None:
     for size, seconds, peak in translate_rows:
         print(f"| --size {size} | {seconds:.1f} | {peak:.0f} |")
     bench_translate.print_translate_rows(figures["translate per megapixel"])
+    bench_classify.print_rows(pipeline, args.batch_size)
     print_serve_rows(figures["serve"])
     print_progress_rows(figures["progress"], len(first_set))
     print_batch_rows(scaling, batch_count)

@@ -1,0 +1,135 @@
+"""The classify pipeline around the model: its answers are the model's exactly, however torch's threads wait."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import DATA
+from PIL import Image, ImageEnhance
+from torch import nn
+
+from ptm_cli.catalog import Entry
+from ptm_cli.classify import Classifier, OpenMPPace, classify_images
+from ptm_cli.device import Precision, place_classifier
+from ptm_cli.inputs import ImageInput
+from ptm_cli.transforms import Preprocess, preprocess, to_tensor, to_tensor_without_torch
+
+RECIPE = Preprocess(resize=40, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+class TinyNet(nn.Module):
+    """Mean colour -> 4 logits, or a failure."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.fc = nn.Linear(3, 4)
+        self.fail = fail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            raise RuntimeError("the model broke")
+        return self.fc(x.mean(dim=(2, 3))) * 20
+
+
+def classifier_for(model: nn.Module) -> Classifier:
+    entry = Entry(model="tiny", weights="seeded", task="classify", architecture="tiny", labels=None)
+    device = torch.device("cpu")
+    return Classifier(entry, place_classifier(model.eval(), device), weights_label="seeded", labels=None,
+                      preprocess=RECIPE, device=device, precision=Precision("fp32"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(12):
+        image = Image.open(DATA / ("chelsea.png", "coffee.png")[i % 2]).convert("RGB").resize((120, 90))
+        path = folder / f"{i:02}.jpg"
+        ImageEnhance.Brightness(image).enhance(0.6 + 0.07 * i).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def test_a_failing_model_ends_the_run_without_leaving_decoders_waiting(photos: list[Path]) -> None:
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier_for(TinyNet(fail=True)),
+                                 batch_size=2, workers=2))  # fmt: skip
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert [str(e) for e in outcome] == ["the model broke"]
+
+
+def test_pipeline_answers_are_the_model_on_the_preprocessed_images_bit_for_bit(photos: list[Path]) -> None:
+    from ptm_cli.imageio import load_image
+
+    classifier = classifier_for(TinyNet())
+    results = list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier, top_k=4, batch_size=5))
+    batch = torch.stack([preprocess(load_image(p), RECIPE) for p in photos])
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.model(batch.contiguous(memory_format=torch.channels_last)), dim=1)
+    for row, result in zip(expected.tolist(), results, strict=True):
+        assert result.predictions is not None
+        assert {p.index: p.probability for p in result.predictions} == dict(enumerate(row))
+    assert len({r.predictions[0].index for r in results if r.predictions}) > 1  # not a constant answer
+
+
+def team_holders() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ptm-openmp-team"]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "CMYK"])
+@pytest.mark.parametrize("recipe", [RECIPE, Preprocess(resize=40, crop=32)])
+def test_the_tensor_without_torch_is_the_torch_tensor_bit_for_bit(mode: str, recipe: Preprocess) -> None:
+    # Every 8-bit value in every channel, then noise in an odd size.
+    ramp = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=-1)
+    noise = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for pixels in (ramp, noise):
+        image = Image.fromarray(pixels).convert(mode)
+        expected, got = to_tensor(image, recipe), to_tensor_without_torch(image, recipe)
+        assert got.shape == expected.shape and got.dtype == expected.dtype == torch.float32
+        assert torch.equal(got, expected)
+        assert got.permute(1, 2, 0).is_contiguous()  # channels_last memory, as the models run
+
+
+def test_the_pace_keeper_lets_openmp_spin_only_while_the_process_gets_its_cores() -> None:
+    pace = OpenMPPace(cores=2)
+    try:
+        assert not pace.spinning and len(team_holders()) == 1  # a run starts with the threads asleep
+        pace.judge(cpu_s=1.8, wall_s=1.0)  # 90 % of two cores: an idle machine
+        assert pace.spinning and team_holders() == []
+        pace.judge(cpu_s=1.5, wall_s=1.0)  # 75 %: between the two marks, nothing changes
+        assert pace.spinning
+        pace.judge(cpu_s=0.9, wall_s=1.0)  # 45 %: other processes want the cores
+        assert not pace.spinning and len(team_holders()) == 1
+        pace.judge(cpu_s=1.5, wall_s=1.0)
+        assert not pace.spinning
+        pace.judge(cpu_s=0.03, wall_s=0.01)  # too short to judge
+        assert not pace.spinning
+    finally:
+        pace.close()
+    assert team_holders() == []
+
+
+def test_runs_leave_no_thread_behind(photos: list[Path]) -> None:
+    inputs = [ImageInput(p.name, path=p) for p in photos]
+    assert all(r.ok for r in classify_images(inputs, classifier_for(TinyNet()), batch_size=4))
+    with pytest.raises(RuntimeError):
+        list(classify_images(inputs, classifier_for(TinyNet(fail=True)), batch_size=4))
+    stopped = classify_images(inputs, classifier_for(TinyNet()), batch_size=4)
+    next(stopped)
+    stopped.close()  # a reader that stops early (a closed pipe)
+    assert team_holders() == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("ptm-decode")] == []
