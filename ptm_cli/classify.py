@@ -306,10 +306,13 @@ def classify_images(
         except InputError as exc:
             return exc
 
+    from .heap import reused_heap
+
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ptm-decode")
     try:
         pace = _pace_for(classifier)
-        yield from _batched(inputs, pool, load, classifier, top_k, batch_size, batch_size + workers, pace)
+        with reused_heap():  # decoded images and activations reuse pages instead of faulting in new ones
+            yield from _batched(inputs, pool, load, classifier, top_k, batch_size, batch_size + workers, pace)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if pace is not None:

@@ -7,7 +7,8 @@ subprocess, after model load:
 
 * the network alone: ptm's model placed as ptm places it (channels_last), the
   same batch size and autocast, on tensors preprocessed before the clock
-  starts, so only the forward passes are timed;
+  starts, so only the forward passes are timed (inside ``ptm_cli.heap``'s
+  reused heap, as the pipeline runs);
 * the network alone again, with two idle threads that hold OpenMP teams of
   their own. With more OpenMP threads than cores, libgomp sleeps at its
   barriers instead of spinning, as ptm makes it do while its process does
@@ -69,15 +70,18 @@ def forward(x):
     with torch.inference_mode(), torch.autocast(kind, dtype=dtype, enabled=amp):
         return model(x).float()
 
-forward(batches[0])  # warm-up, as the pipeline's own first batch
-if kind == "cuda":
-    torch.cuda.synchronize()
-start = time.perf_counter()
-for x in batches:
-    forward(x)
-if kind == "cuda":
-    torch.cuda.synchronize()
-print(json.dumps({"rate": len(paths) / (time.perf_counter() - start)}))
+from ptm_cli.heap import reused_heap
+with reused_heap():  # the allocator setting the pipeline runs under
+    forward(batches[0])  # warm-up, as the pipeline's own first batch
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for x in batches:
+        forward(x)
+    if kind == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+print(json.dumps({"rate": len(paths) / seconds}))
 """
 
 TIMM_SCRIPT = """
