@@ -297,7 +297,7 @@ class Tuning:
     max_labels_bytes: int = 16 << 20  # a labels file
     max_line_bytes: int = 4096  # one path or label (PATH_MAX)
     # Memory a translation may give one forward pass before it is tiled (`--size full` without --tile):
-    # with torch itself, a 1.2-megapixel photo then peaks near 1.7 GiB.
+    # with torch itself and the reused heap, a 1.2-megapixel photo then peaks near 1.9 GiB.
     translate_memory: int = 1280 << 20
     # While a model runs, large blocks come from glibc's heap and this much freed memory stays mapped
     # (see ptm_cli.heap): a forward pass then reuses its pages instead of faulting in fresh ones.
