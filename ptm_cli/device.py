@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DeviceUnavailable, UsageError
+from .settings import PRECISIONS
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def check_device_spec(spec: str) -> str:

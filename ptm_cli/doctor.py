@@ -173,7 +173,8 @@ def _cpu_supports_bf16() -> bool:
     return cpu_supports_bf16()
 
 
-def _cpu() -> dict[str, Any]:
+def cpu_report() -> dict[str, Any]:
+    """What `ptm doctor` reports about the CPU: model, cores, the flags that matter, native bf16."""
     text = _probe(_read_cpuinfo)
     fields = _probe(lambda: _cpuinfo_fields(text)) if isinstance(text, str) and not is_error(text) else None
     usable = fields if isinstance(fields, dict) else None
@@ -440,7 +441,7 @@ def collect() -> dict[str, Any]:
     }
     torch_ok = isinstance(sections["imports"], dict) and sections["imports"].get("torch") is True
     skipped = "error: ImportError: torch does not import"
-    sections["cpu"] = _probe(_cpu)
+    sections["cpu"] = _probe(cpu_report)
     sections["torch"] = _probe(_torch_info) if torch_ok else skipped
     sections["cuda"] = _probe(_cuda) if torch_ok else skipped
     sections["mps"] = _probe(_mps) if torch_ok else skipped

@@ -20,6 +20,7 @@ nothing. Importing this module imports neither ctypes nor torch.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -40,30 +41,25 @@ AFTER_MMAP_MAX = 65536
 
 _lock = threading.Lock()
 _depth = 0
-_libc: Any = None
-_looked = False
 
 
+@functools.cache
 def glibc() -> Any:
     """The C library's handle when it is glibc (with mallopt and malloc_trim), else None."""
-    global _libc, _looked
-    if not _looked:
-        _looked = True
-        try:
-            is_glibc = os.confstr("CS_GNU_LIBC_VERSION") is not None
-        except (ValueError, OSError, AttributeError):
-            is_glibc = False
-        if is_glibc:
-            import ctypes
+    try:
+        if os.confstr("CS_GNU_LIBC_VERSION") is None:
+            return None
+    except (ValueError, OSError, AttributeError):
+        return None
+    import ctypes
 
-            try:
-                library = ctypes.CDLL(None)
-                library.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                library.malloc_trim.argtypes = [ctypes.c_size_t]
-                _libc = library
-            except (OSError, AttributeError):
-                _libc = None
-    return _libc
+    try:
+        library = ctypes.CDLL(None)
+        library.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        library.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return library
 
 
 def active() -> bool:

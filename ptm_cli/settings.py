@@ -43,6 +43,8 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_IDLE = 900
 DEFAULT_KEEP_ALIVE = 300
 SERVER_MODES = ("auto", "never")
+# --precision's choices; here (not in device) so that the warm client's quick path reads them cheaply.
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 class Variable(NamedTuple):

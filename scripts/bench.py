@@ -36,9 +36,7 @@ from typing import Any
 
 import bench_classify
 import bench_translate
-
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from benchkit import PYTHON, ROOT, cpu_model, run_python
 
 BOOK_SCRIPT = """
 import sys, time, torch
@@ -89,18 +87,6 @@ if predictions != "-":  # every class's probability, outside the timed run
     Path(predictions).write_text(json.dumps([[p for _, p in row] for row in table]))
 print(json.dumps({"rate": rate, "warm_up": warm_up}))
 """
-
-
-def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
-    out = subprocess.run(
-        [PYTHON, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 def wall(argv: list[str], runs: int) -> float:
@@ -351,15 +337,7 @@ def cpu_name() -> str:
     """The CPU's model name and whether it has native bf16, as `ptm doctor` reports them."""
     from ptm_cli.device import cpu_supports_bf16
 
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {'native' if cpu_supports_bf16() else 'no native'} bf16"
+    return f"{cpu_model()}, {'native' if cpu_supports_bf16() else 'no native'} bf16"
 
 
 def describe(device: str) -> str:

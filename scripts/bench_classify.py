@@ -32,16 +32,11 @@ the ``bench`` extra; without it the timm rows are left out, with a note.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+from benchkit import cpu_model, run_json
 
 NETWORK_SCRIPT = """
 import json, sys, time
@@ -141,15 +136,6 @@ def precisions(device: str) -> tuple[str, ...]:
     return ("fp32", "bf16") if cpu_supports_bf16() else ("fp32",)
 
 
-def _run(code: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, check=False, cwd=ROOT,
-                         env=dict(os.environ))  # fmt: skip
-    if out.returncode != 0:
-        raise RuntimeError(f"a benchmark process exited {out.returncode}: {out.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def measure(
     ptm_script: str, weights: str, sets: dict[str, list[str]], device: str, batch: int, rounds: int
 ) -> list[dict[str, Any]]:
@@ -161,12 +147,12 @@ def measure(
             rates: dict[str, list[float]] = {"network": [], "network, teams": [], "ptm": [], "timm": []}
             for _ in range(rounds):
                 common = (weights, device, precision, str(batch))
-                rates["network"].append(_run(NETWORK_SCRIPT, *common, "0", *images)["rate"])
-                rates["network, teams"].append(_run(NETWORK_SCRIPT, *common, "1", *images)["rate"])
-                ptm = _run(ptm_script, weights, device, precision, str(batch), "0", "-", *images)
+                rates["network"].append(run_json(NETWORK_SCRIPT, *common, "0", *images)["rate"])
+                rates["network, teams"].append(run_json(NETWORK_SCRIPT, *common, "1", *images)["rate"])
+                ptm = run_json(ptm_script, weights, device, precision, str(batch), "0", "-", *images)
                 rates["ptm"].append(ptm["rate"])
                 if with_timm:
-                    rates["timm"].append(_run(TIMM_SCRIPT, *common, *images)["rate"])
+                    rates["timm"].append(run_json(TIMM_SCRIPT, *common, *images)["rate"])
             row: dict[str, Any] = {"images": label, "precision": precision, "rounds": rounds}
             for name, values in rates.items():
                 if values:
@@ -181,18 +167,6 @@ def measure(
     return rows
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def _cell(row: dict[str, Any], name: str) -> str:
     if name not in row:
         return "-"
@@ -205,7 +179,7 @@ def print_rows(rows: list[dict[str, Any]], batch: int) -> None:
 
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
     rounds = rows[0]["rounds"] if rows else 0
-    print(f"\nResNet101, batch {batch}, {os.cpu_count()} CPUs ({cpu_name()}, {bf16}); images/s after model load, "
+    print(f"\nResNet101, batch {batch}, {os.cpu_count()} CPUs ({cpu_model()}, {bf16}); images/s after model load, "
           f"median of {rounds} rounds (min-max); ratios are medians of per-round ratios")  # fmt: skip
     print("\n| images | precision | network alone | network, OpenMP asleep | ptm pipeline | ptm / network "
           "| ptm / network asleep | timm-style loop | ptm / timm |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")

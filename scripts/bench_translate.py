@@ -20,14 +20,10 @@ fp32 always; bf16 too where the CPU has native bf16 (``ptm doctor`` says).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-PYTHON = sys.executable
-ROOT = Path(__file__).resolve().parent.parent
+from benchkit import ROOT, run_json
 
 GENERATOR_SCRIPT = """
 import json, resource, sys, time
@@ -72,14 +68,6 @@ print(json.dumps({"s_per_mp": seconds / megapixels, "seconds": seconds, "megapix
 """
 
 
-def _run(code: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark subprocess failed:\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def translate_rows(folder: Path, generator_weights: str, quick: bool = False) -> dict[str, Any]:
     """Figures per precision: generator alone (plain and reused heap) and ptm on a ~1 MP and a 12 MP photo."""
     from PIL import Image
@@ -98,11 +86,11 @@ def translate_rows(folder: Path, generator_weights: str, quick: bool = False) ->
     figures: dict[str, Any] = {"sizes": {k: f"{w}x{h}" for k, (w, h) in sizes.items()}}
     for precision in precisions:
         row: dict[str, Any] = {
-            "generator plain": _run(GENERATOR_SCRIPT, generator_weights, precision, "0", passes),
-            "generator heap": _run(GENERATOR_SCRIPT, generator_weights, precision, "1", passes),
+            "generator plain": run_json(GENERATOR_SCRIPT, generator_weights, precision, "0", passes),
+            "generator heap": run_json(GENERATOR_SCRIPT, generator_weights, precision, "1", passes),
         }
         for label, photo in photos.items():
-            row[label] = _run(PTM_SCRIPT, generator_weights, precision, photo)
+            row[label] = run_json(PTM_SCRIPT, generator_weights, precision, photo)
         figures[precision] = row
     return figures
 

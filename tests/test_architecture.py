@@ -17,7 +17,8 @@ from importgraph import PACKAGE, cycles, graph
 # without cycles. The layer names say what each owns.
 LAYERS: list[tuple[str, set[str]]] = [
     ("facts", {"version", "errors", "output", "nets"}),
-    ("environment and devices", {"settings", "device", "modeling"}),
+    ("the environment", {"settings"}),
+    ("devices and models", {"device", "modeling"}),
     ("process memory", {"heap"}),
     ("writing files", {"fsutil"}),
     ("formats and colour", {"formats", "colour"}),

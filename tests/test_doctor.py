@@ -74,11 +74,11 @@ def test_cpu_flags_from_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
     )
     monkeypatch.setattr(doctor, "CPUINFO", cpuinfo)
-    cpu = doctor._cpu()
+    cpu = doctor.cpu_report()
     assert cpu["model"] == "Test CPU 9000"
     assert (cpu["avx2"], cpu["avx512f"], cpu["avx512_bf16"], cpu["amx"]) == (True, True, True, True)
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Plain\nflags\t\t: fpu sse2\n")
-    cpu = doctor._cpu()
+    cpu = doctor.cpu_report()
     assert (cpu["avx2"], cpu["avx512f"], cpu["avx512_bf16"], cpu["amx"]) == (False, False, False, False)
 
 

@@ -113,8 +113,7 @@ def test_concurrent_blocks_share_one_setting_undone_by_the_last() -> None:
 
 
 def test_elsewhere_than_glibc_it_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heap, "_looked", True)
-    monkeypatch.setattr(heap, "_libc", None)
+    monkeypatch.setattr(heap, "glibc", lambda: None)
     with heap.reused_heap():
         assert not heap.active()
 

@@ -54,11 +54,10 @@ def require() -> None:
 
 
 def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Iterator[dict[str, Any]]:
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise MissingDependency("--engine ray needs Ray Data: pip install 'ptm[ray]'") from None
+    require()
+    import ray
+    import ray.data
+
     owned = not ray.is_initialized()
     with warnings.catch_warnings():
         # Ray Data warns about its own settings' deprecated names when it starts: nothing a ptm user can act on.

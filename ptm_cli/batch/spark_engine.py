@@ -43,10 +43,9 @@ def require() -> None:
 
 
 def run(spec: Spec, shards: list[Shard], *, address: str | None = None) -> Iterator[dict[str, Any]]:
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise MissingDependency("--engine spark needs PySpark: pip install 'ptm[spark]' (and Java 17+)") from None
+    require()
+    from pyspark.sql import SparkSession
+
     session = SparkSession.getActiveSession()
     owned = session is None
     if session is None:

@@ -8,8 +8,7 @@ from typing import Any
 import click
 
 from ..output import FORMATS
-
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+from ..settings import PRECISIONS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 

@@ -21,9 +21,7 @@ import sys
 from typing import Any
 
 from ..output import FORMATS
-from ..settings import SERVER_MODES
-
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # options.PRECISIONS, which comes with click (a test keeps them equal)
+from ..settings import PRECISIONS, SERVER_MODES
 
 # The classify options this path takes, each spelling with its field; the defaults are ClassifyCall's.
 _VALUES = {
