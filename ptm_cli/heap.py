@@ -12,10 +12,13 @@ block runs (``M_MMAP_MAX`` 0) and keeps up to ``tuning.heap_keep`` bytes of
 freed memory at the heap's top instead of returning it, so the next layer and
 the next tile reuse pages already mapped. On leaving the last block the
 process goes back to mapping large blocks (at glibc's largest threshold, which
-its dynamic rule reaches anyway) and returns what is free with
-``malloc_trim``, so a long-lived ``ptm serve`` does not keep a translation's
-peak. Elsewhere than glibc (musl, macOS, a preloaded jemalloc) it changes
-nothing. Importing this module imports neither ctypes nor torch.
+its dynamic rule reaches anyway). What is free then stays mapped for the next
+block while it is no more than ``tuning.heap_keep`` (a classifier's next call
+starts without faulting its activations in again, and skips a trim that costs
+7-8 ms); beyond that, ``malloc_trim`` returns all of it, so a long-lived
+``ptm serve`` does not keep a translation's peak. Elsewhere than glibc (musl,
+macOS, a preloaded jemalloc) it changes nothing. Importing this module imports
+neither ctypes nor torch.
 """
 
 from __future__ import annotations
@@ -62,6 +65,22 @@ def glibc() -> Any:
     return library
 
 
+def free_bytes(library: Any) -> int | None:
+    """Bytes the C library holds free in its heaps (``mallinfo2``, glibc 2.33 and newer), or None."""
+    import ctypes
+
+    names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in names]
+
+    function = getattr(library, "mallinfo2", None)
+    if function is None:
+        return None
+    function.restype = MallInfo2
+    return int(function().fordblks)
+
+
 def active() -> bool:
     """Whether large blocks come from the reused heap right now."""
     return _depth > 0
@@ -93,5 +112,8 @@ def reused_heap() -> Iterator[None]:
             if _depth == 0:
                 library.mallopt(M_MMAP_MAX, AFTER_MMAP_MAX)
                 library.mallopt(M_MMAP_THRESHOLD, AFTER_MMAP_THRESHOLD)
-                library.mallopt(M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
-                library.malloc_trim(0)
+                free = free_bytes(library)
+                if free is None or free > tuning.heap_keep:
+                    library.mallopt(M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+                    library.malloc_trim(0)
+                # else the trim threshold stays at heap_keep: what is free stays mapped for the next block

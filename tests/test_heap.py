@@ -24,6 +24,7 @@ from ptm_cli.settings import tuning
 
 MIB = 1 << 20
 tuning.reuse_heap = sys.argv[1] == "reuse"
+tuning.heap_keep = int(sys.argv[2]) * MIB
 
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -60,8 +61,9 @@ print(json.dumps(figures))
 PAGES = (192 << 20) // 4096  # of the smaller block
 
 
-def probe(mode: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120, check=True)
+def probe(mode: str, keep_mib: int = 1024) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, str(keep_mib)], capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
     return json.loads(out.stdout)
 
 
@@ -73,7 +75,7 @@ def transparent_huge_pages_always() -> bool:
 
 
 def test_inside_a_block_freed_activations_are_reused_and_returned_after() -> None:
-    figures = probe("reuse")
+    figures = probe("reuse", keep_mib=64)  # more is freed than the heap may keep
     first, second = figures["faults inside"]  # type: ignore[misc]
     assert figures["active inside"] is True and figures["active after"] is False
     assert second < PAGES * 0.02, f"the second block faulted {second} pages in: it was not reused"
@@ -83,6 +85,52 @@ def test_inside_a_block_freed_activations_are_reused_and_returned_after() -> Non
         assert first > PAGES * 0.9  # the first block's pages are new, as they must be
         # After the block, large allocations are mapped and returned again, as before it.
         assert min(figures["faults after"]) > PAGES * 0.9  # type: ignore[call-overload]
+
+
+# Three blocks, each running the same small convolution net on a 768x768 image (its 16-channel
+# activations are 36 MiB each, over glibc's largest mmap threshold), as three classify calls do.
+THREE_CALLS = r"""
+import json, resource, sys
+import torch
+from ptm_cli import heap
+from ptm_cli.settings import tuning
+
+tuning.heap_keep = int(sys.argv[1]) << 20
+torch.manual_seed(0)
+conv = torch.nn.Conv2d
+net = torch.nn.Sequential(conv(3, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 16, 3, padding=1),
+                          conv(16, 3, 3, padding=1))
+image = torch.rand(1, 3, 768, 768)
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def call():
+    before = faults()
+    with heap.reused_heap(), torch.inference_mode():
+        net(image)
+    return faults() - before
+
+print(json.dumps([call(), call(), call()]))
+"""
+
+
+def three_calls(keep_mib: int) -> list[int]:
+    """Pages each of three calls faulted in."""
+    out = subprocess.run([sys.executable, "-c", THREE_CALLS, str(keep_mib)], capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def test_what_fits_the_keep_stays_mapped_for_the_next_block() -> None:
+    # The second call may still grow the heap once (an aligned request a few bytes larger than a
+    # freed block); by the third, every activation has a block to reuse.
+    first, _, third = three_calls(keep_mib=1024)  # the default: 1 GiB
+    assert third < first * 0.02, f"the third call faulted {third} pages in, the first {first}"
+    # Keeping less than a call frees: given back at the end of each, faulted in again by the next.
+    first, _, third = three_calls(keep_mib=8)
+    if not transparent_huge_pages_always():
+        assert third > first * 0.5
 
 
 @pytest.mark.skipif(transparent_huge_pages_always(), reason="huge pages by default fault far fewer pages")
