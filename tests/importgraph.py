@@ -98,9 +98,13 @@ def _lazy_table(tree: ast.Module) -> set[str] | None:
 
 
 def graph(root: Path) -> dict[str, set[str]]:
+    """Each module and the ptm modules it imports; a C extension (its .c source) is a module importing none."""
     files = sorted((root / PACKAGE).rglob("*.py"))
-    modules = {module_name(f, root) for f in files}
-    return {module_name(f, root): imports_of(f, root, modules) for f in files}
+    extensions = sorted((root / PACKAGE).rglob("*.c"))
+    modules = {module_name(f, root) for f in [*files, *extensions]}
+    edges = {module_name(f, root): imports_of(f, root, modules) for f in files}
+    edges.update({module_name(f, root): set() for f in extensions})
+    return edges
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
