@@ -12,6 +12,7 @@ from helpers import DATA
 from PIL import Image, ImageEnhance
 from torch import nn
 
+from ptm_cli import classify
 from ptm_cli.catalog import Entry
 from ptm_cli.classify import Classifier, OpenMPPace, classify_images
 from ptm_cli.device import Precision, place_classifier
@@ -72,7 +73,18 @@ def test_a_failing_model_ends_the_run_without_leaving_decoders_waiting(photos: l
     assert [str(e) for e in outcome] == ["the model broke"]
 
 
-def test_pipeline_answers_are_the_model_on_the_preprocessed_images_bit_for_bit(photos: list[Path]) -> None:
+@pytest.fixture(params=["taking turns", "overlapping"])
+def schedule(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the pipeline schedules decoding: between forward passes (the model's threads have every
+    core) and alongside them (a GPU, or fewer torch threads than cores)."""
+    turns = request.param == "taking turns"
+    monkeypatch.setattr(classify, "_takes_turns", lambda classifier: turns)
+    return str(request.param)
+
+
+def test_pipeline_answers_are_the_model_on_the_preprocessed_images_bit_for_bit(
+    photos: list[Path], schedule: str
+) -> None:
     from ptm_cli.imageio import load_image
 
     classifier = classifier_for(TinyNet())
@@ -133,3 +145,91 @@ def test_runs_leave_no_thread_behind(photos: list[Path]) -> None:
     stopped.close()  # a reader that stops early (a closed pipe)
     assert team_holders() == []
     assert [t.name for t in threading.enumerate() if t.name.startswith("ptm-decode")] == []
+
+
+class CountingNet(TinyNet):
+    """TinyNet that records the size of every batch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        return super().forward(x)
+
+
+def test_failed_inputs_keep_their_place_and_batches_stay_full(
+    photos: list[Path], schedule: str, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    names = [p.name for p in photos]
+    inputs = [ImageInput(p.name, path=p) for p in photos]
+    for position in (1, 2, 7):  # three failures inside the first two batches
+        inputs.insert(position, ImageInput(f"bad{position}", path=broken))
+    net = CountingNet()
+    results = list(classify_images(inputs, classifier_for(net), batch_size=4, workers=2))
+    assert [r.input for r in results] == [i.name for i in inputs]
+    assert [r.input for r in results if not r.ok] == ["bad1", "bad2", "bad7"]
+    assert [r.input for r in results if r.ok] == names
+    # Taking turns fetches more images when some fail, so every batch but the last is full.
+    assert net.batches == [4, 4, 4]
+
+
+def test_the_model_runs_only_between_decoding_turns(photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking turns: no image is being decoded while a forward pass runs."""
+    monkeypatch.setattr(classify, "_takes_turns", lambda classifier: True)
+    decoding = 0
+    lock = threading.Lock()
+    overlaps: list[int] = []
+    real_load = ImageInput.open
+
+    def counted_open(self: ImageInput, **kwargs: object) -> object:
+        nonlocal decoding
+        with lock:
+            decoding += 1
+        try:
+            return real_load(self, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                decoding -= 1
+
+    class WatchingNet(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            overlaps.append(decoding)
+            return super().forward(x)
+
+    monkeypatch.setattr(ImageInput, "open", counted_open)
+    results = list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier_for(WatchingNet()),
+                                   batch_size=4, workers=2))  # fmt: skip
+    assert all(r.ok for r in results) and len(overlaps) == 3
+    assert overlaps == [0, 0, 0]
+
+
+def test_a_cpu_model_with_a_thread_per_core_takes_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    classifier = classifier_for(TinyNet())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert classify._takes_turns(classifier)
+    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # cores left for decoding
+    assert not classify._takes_turns(classifier)
+    classifier.device = torch.device("meta")  # not a CPU (as a GPU): decoding overlaps
+    assert not classify._takes_turns(classifier)
+
+
+def test_a_classifier_starts_its_next_run_the_way_its_last_pass_left_the_threads(photos: list[Path]) -> None:
+    classifier = classifier_for(TinyNet())
+    assert classifier.openmp_spinning is False  # the first run starts asleep
+    pace = OpenMPPace(cores=2, spinning=True)
+    try:
+        assert pace.spinning and team_holders() == []
+    finally:
+        pace.close()
+    list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], classifier, batch_size=2))
+    # Tiny passes are too short to judge: the state stays as it was.
+    assert classifier.openmp_spinning is False
+    classifier.openmp_spinning = True
+    list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], classifier, batch_size=2))
+    assert classifier.openmp_spinning is True
+    assert team_holders() == []
