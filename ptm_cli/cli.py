@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    settings.prepare_openmp()
     try:
         debug = settings.debug()
     except ConfigError as exc:

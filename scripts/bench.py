@@ -355,9 +355,16 @@ def use_this_checkout() -> None:
     ptm_cli it imports, so a second working tree measures its own code, not
     the installed one. The package is compiled first, as installing it
     does: with PYTHONDONTWRITEBYTECODE set, every call would otherwise
-    compile ptm's modules again (about 17 ms here), which no installed copy pays.
+    compile ptm's modules again (about 17 ms here), which no installed copy
+    pays. And every process runs under the OpenMP spin count that the ptm
+    command sets for itself (``settings.prepare_openmp``): the network alone
+    and the timm-style loop as much as ptm.
     """
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # Every process, ptm's and the ones it is compared with, waits at OpenMP barriers as the ptm command does.
+    from ptm_cli import settings
+
+    settings.prepare_openmp()
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "ptm_cli")], check=True, capture_output=True)
 
 

@@ -80,3 +80,38 @@ def test_tunables_are_attributes_of_one_object() -> None:
     with pytest.raises(AttributeError):
         settings.tuning.no_such_knob  # type: ignore[attr-defined]  # noqa: B018
     assert settings.tuning.locking is True and settings.tuning.chunk_size == 1 << 20
+
+
+OPENMP_PROBE = """
+import os, sys
+if sys.argv[1] == "torch first":
+    import torch
+from ptm_cli import cli
+cli.run(["--version"])
+print(os.environ.get("GOMP_SPINCOUNT", "unset"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("chosen", "order", "expected"),
+    [
+        ({}, "ptm first", "30000"),  # the ptm command's own spin count, for it and its children
+        ({"GOMP_SPINCOUNT": "5"}, "ptm first", "5"),  # the user's own choice stays
+        ({"OMP_WAIT_POLICY": "passive"}, "ptm first", "unset"),  # so does a wait policy
+        ({}, "torch first", "unset"),  # libgomp has read its settings already: nothing to gain
+    ],
+)
+def test_the_command_shortens_openmps_spin_unless_told_otherwise(
+    chosen: dict[str, str], order: str, expected: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from ptm_cli.settings import OPENMP_SPIN_COUNT
+
+    assert str(OPENMP_SPIN_COUNT) == "30000"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | chosen
+    out = subprocess.run([sys.executable, "-c", OPENMP_PROBE, order], capture_output=True, text=True, env=env,
+                         timeout=120, check=True)  # fmt: skip
+    assert out.stdout.splitlines()[-1] == expected
