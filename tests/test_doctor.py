@@ -35,6 +35,7 @@ def test_collect_has_every_field(cache: Path) -> None:
     assert report["python"]["executable"] == sys.executable
     _types(report["platform"], {"system": str, "machine": str, "description": str})
     assert report["ptm"]["version"] == "0.1.0"
+    assert report["ptm"]["fused_resize"] is True  # the C extension is built here (and in CI)
     assert set(report["packages"]) == {"torch", "torchvision", "Pillow", "click", "rich"}
     assert all(isinstance(v, str) for v in report["packages"].values())
     assert report["imports"] == {"torch": True, "torchvision": True, "PIL": True}
@@ -229,3 +230,17 @@ def test_the_compiler_for_compile_is_found_or_warned_about(monkeypatch: pytest.M
     warning = "no C++ compiler found (install g++ or set CXX): classify --compile cannot run on the CPU"
     assert warning in report["warnings"]
     assert report["ok"] is True  # --compile is optional
+
+
+def test_a_missing_c_extension_is_a_warning_not_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptm_cli import transforms
+
+    transforms._pillow_pass_order.cache_clear()
+    monkeypatch.setitem(sys.modules, "ptm_cli._resample", None)  # as when ptm was installed without a C compiler
+    try:
+        report = doctor.collect()
+    finally:
+        transforms._pillow_pass_order.cache_clear()
+    assert report["ptm"]["fused_resize"] is False
+    assert report["ok"] is True
+    assert any("C extension" in w and "C compiler" in w for w in report["warnings"])

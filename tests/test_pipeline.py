@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,20 +178,24 @@ def test_failed_inputs_keep_their_place_and_batches_stay_full(
     assert net.batches == [4, 4, 4]
 
 
-def test_the_model_runs_only_between_decoding_turns(photos: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Taking turns: no image is being decoded while a forward pass runs."""
+@pytest.mark.parametrize("spinning", [True, False])
+def test_the_model_runs_only_between_decoding_turns_while_its_threads_spin(
+    photos: list[Path], monkeypatch: pytest.MonkeyPatch, spinning: bool
+) -> None:
+    """Taking turns, no image is being decoded while a forward pass runs; asleep (a busy machine) they overlap."""
     monkeypatch.setattr(classify, "_takes_turns", lambda classifier: True)
     decoding = 0
     lock = threading.Lock()
     overlaps: list[int] = []
-    real_load = ImageInput.open
+    real_open = ImageInput.open
 
-    def counted_open(self: ImageInput, **kwargs: object) -> object:
+    def slow_open(self: ImageInput, **kwargs: object) -> object:
         nonlocal decoding
         with lock:
             decoding += 1
         try:
-            return real_load(self, **kwargs)  # type: ignore[arg-type]
+            time.sleep(0.05)  # a decode long enough to still run when the next forward pass starts
+            return real_open(self, **kwargs)  # type: ignore[arg-type]
         finally:
             with lock:
                 decoding -= 1
@@ -200,11 +205,15 @@ def test_the_model_runs_only_between_decoding_turns(photos: list[Path], monkeypa
             overlaps.append(decoding)
             return super().forward(x)
 
-    monkeypatch.setattr(ImageInput, "open", counted_open)
-    results = list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier_for(WatchingNet()),
-                                   batch_size=4, workers=2))  # fmt: skip
+    monkeypatch.setattr(ImageInput, "open", slow_open)
+    classifier = classifier_for(WatchingNet())
+    classifier.openmp_spinning = spinning  # passes this short are never judged: it stays so
+    results = list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier, batch_size=4, workers=2))
     assert all(r.ok for r in results) and len(overlaps) == 3
-    assert overlaps == [0, 0, 0]
+    if spinning:
+        assert overlaps == [0, 0, 0]
+    else:
+        assert overlaps[0] > 0  # the next images were decoding during the first pass
 
 
 def test_a_cpu_model_with_a_thread_per_core_takes_turns(monkeypatch: pytest.MonkeyPatch) -> None:
