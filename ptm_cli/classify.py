@@ -3,11 +3,12 @@
 `Classifier` holds one model ready to run (weights verified and loaded,
 device and precision chosen, preprocessing fixed); a ready one comes from
 :func:`ptm_cli.loading.load_classifier`. `classify_images` feeds
-it: worker threads decode and preprocess the next images while the model
-runs on the current batch (on a CPU, choosing how torch's OpenMP threads
-wait: see `OpenMPPace`), and results come back in input order, one per
-input, with failed inputs carrying their error instead of predictions (never
-another image's prediction).
+it: worker threads decode and preprocess the next images, between forward
+passes where the model's threads need every core (see `_takes_turns`) and
+while the model runs elsewhere (on a CPU, choosing how torch's OpenMP
+threads wait: see `OpenMPPace`), and results come back in input order, one
+per input, with failed inputs carrying their error instead of predictions
+(never another image's prediction).
 """
 
 from __future__ import annotations

@@ -521,8 +521,8 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
-    for label, pipeline, rate, ratio in rows:
-        print(f"| {label} | {pipeline} | {rate:.2f} | {ratio:.2f}x |")
+    for label, name, rate, ratio in rows:  # not `pipeline`: that holds the classify-pipeline rows printed below
+        print(f"| {label} | {name} | {rate:.2f} | {ratio:.2f}x |")
     for half, d in summaries.items():
         print(
             f"\n{half} vs fp32 on {d['images']} images (fp32 top-1 probability {d['top1_prob_min']:.2f} to "
