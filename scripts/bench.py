@@ -15,10 +15,10 @@ one-file calls in a row with and without it, and 8 one-file clients at once
 against 8 cold processes and one process given the 8 files, and `ptm batch`
 on each engine against `ptm classify` on the same JPEGs, and the classify
 pipeline against the network alone and a timm-style loop (bench_classify.py).
-The full run takes about 50 minutes on 2 cores; --quick and --no-compile
+The full run takes about 20 minutes on 2 AVX-512 cores; --quick and --no-compile
 shorten it, --serve-only runs only the server rows (about 3 minutes),
 --only-batch only the `ptm batch` rows and --classify-only only the pipeline
-rows (about 20 minutes).
+rows (about 10 minutes).
 """
 
 from __future__ import annotations
