@@ -297,6 +297,11 @@ def classify_images(
     short_side = preprocess.resize or preprocess.crop
     min_short_side = None if full_decode or short_side is None else DRAFT_MARGIN * short_side
     pace: OpenMPPace | None = None
+    # The decoding threads run no torch operation (so they hold no OpenMP team) and take the fused
+    # resize-and-crop, except for the warm server's shared classifier, which says no device: there
+    # torch's own preprocessing gives every decoding thread a team, and that keeps the shared forward
+    # passes' threads asleep, as several clients at once want them.
+    without_torch = getattr(classifier, "device", None) is not None
 
     def load(item: ImageInput) -> Any:
         from .transforms import preprocess as run_preprocess
@@ -308,7 +313,7 @@ def classify_images(
         if on_image is not None:
             on_image(item, image)
         try:
-            return run_preprocess(image, preprocess, without_torch=pace is not None)
+            return run_preprocess(image, preprocess, without_torch=without_torch)
         except InputError as exc:
             return exc
 

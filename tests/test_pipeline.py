@@ -242,3 +242,29 @@ def test_a_classifier_starts_its_next_run_the_way_its_last_pass_left_the_threads
     list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], classifier, batch_size=2))
     assert classifier.openmp_spinning is True
     assert team_holders() == []
+
+
+def test_decoding_threads_run_torch_only_for_the_warm_servers_shared_classifier(
+    photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ptm_cli import transforms
+
+    seen: list[bool] = []
+    real = transforms.preprocess
+
+    def recording(image: Image.Image, p: Preprocess, *, without_torch: bool = False) -> torch.Tensor:
+        seen.append(without_torch)
+        return real(image, p, without_torch=without_torch)
+
+    monkeypatch.setattr(transforms, "preprocess", recording)
+    classifier = classifier_for(TinyNet())
+    list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], classifier, batch_size=2))
+    assert seen == [True, True]  # a model of its own (CPU here; a GPU alike): numpy and the fused kernel
+
+    class Shared:  # the warm server's classifier: forward passes shared with other clients, no device said
+        def __init__(self, inner: Classifier) -> None:
+            self.preprocess, self.predict_each = inner.preprocess, inner.predict_each
+
+    seen.clear()
+    list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], Shared(classifier), batch_size=2))  # type: ignore[arg-type]
+    assert seen == [False, False]
