@@ -2,9 +2,8 @@
 
 ptm_cli/_resample.c is the fused resize-and-crop of the classifiers'
 preprocessing. It is optional: where no C compiler is found, ptm installs
-without it and preprocesses through Pillow, with the same numbers.
--ffp-contract=off keeps the float32 normalisation free of fused
-multiply-adds, as torchvision's is.
+without it and preprocesses through Pillow, with the same numbers. Its
+floating-point settings are the compiler's defaults, as Pillow's are.
 """
 
 from setuptools import Extension, setup
@@ -14,7 +13,7 @@ setup(
         Extension(
             "ptm_cli._resample",
             sources=["ptm_cli/_resample.c"],
-            extra_compile_args=["-O3", "-ffp-contract=off"],
+            extra_compile_args=["-O3"],
             optional=True,
         )
     ]

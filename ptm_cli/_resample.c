@@ -4,10 +4,11 @@
  *
  * The numbers are Pillow's, bit for bit: the same filter weights computed in
  * double precision over the whole resized image, the same 22-bit fixed-point
- * coefficients, the horizontal pass before the vertical one with a rounded
- * 8-bit image between them, and torchvision's float32 division by 255, mean
- * subtraction and division by std (no fused multiply-add: built with
- * -ffp-contract=off). What changes is the work: Pillow resizes the whole
+ * coefficients, the two passes in Pillow's order with a rounded 8-bit image
+ * between them, and torchvision's float32 division by 255, mean subtraction
+ * and division by std (no multiplication there for a compiler to fuse). It is
+ * built with the compiler's default floating-point settings, as Pillow is.
+ * What changes is the work: Pillow resizes the whole
  * image and the crop throws most of it away; here only the source rows and
  * output columns that reach the crop are computed, and the float tensor is
  * written in height x width x channel order (the layout the models run in)
@@ -149,10 +150,16 @@ static void axis_free(struct axis *a) {
     free(a->weights);
 }
 
+#define AXIS_NO_MEMORY (-1)
+#define AXIS_TOO_LARGE (-2)
+
 static int axis_init(struct axis *a, int in_size, int out_size, const struct filter *f) {
     double scale = (double)in_size / out_size;
     double filterscale = scale < 1.0 ? 1.0 : scale;
     double support = f->support * filterscale;
+    if (!(support < (double)(1 << 28))) { /* positions and tap counts must stay far inside an int */
+        return AXIS_TOO_LARGE;
+    }
     int ksize = (int)ceil(support) * 2 + 1;
     double *k = malloc(sizeof(double) * (size_t)ksize);
     a->ksize = ksize;
@@ -162,7 +169,7 @@ static int axis_init(struct axis *a, int in_size, int out_size, const struct fil
     if (k == NULL || a->first == NULL || a->count == NULL || a->weights == NULL) {
         free(k);
         axis_free(a);
-        return -1;
+        return AXIS_NO_MEMORY;
     }
     for (int xx = 0; xx < out_size; xx++) {
         double center = (xx + 0.5) * scale;
@@ -286,17 +293,18 @@ static int resample_crop(const uint8_t *pixels, int width, int height, int out_w
     int status = -1;
 
     if (out_w != width) {
-        if (axis_init(&ax, width, out_w, f) != 0) {
+        if ((status = axis_init(&ax, width, out_w, f)) != 0) {
             goto done;
         }
         hx = &ax;
     }
     if (out_h != height) {
-        if (axis_init(&ay, height, out_h, f) != 0) {
+        if ((status = axis_init(&ay, height, out_h, f)) != 0) {
             goto done;
         }
         vy = &ay;
     }
+    status = AXIS_NO_MEMORY;
     if (!vertical_first) {
         int row0 = top, row1 = top + crop_h;
         if (vy != NULL) {
@@ -341,19 +349,26 @@ static const uint8_t *arrow_pixels(PyObject *schema_capsule, PyObject *array_cap
         return NULL;
     }
     int64_t pixels = (int64_t)width * height;
-    if (strcmp(schema->format, "+w:4") != 0 || schema->n_children != 1 ||
-        strcmp(schema->children[0]->format, "C") != 0 || array->release == NULL || array->length != pixels ||
-        array->null_count != 0 || array->n_children != 1) {
+    /* A released (consumed) capsule's pointers are dangling: look at nothing else before these. */
+    if (schema->release == NULL || array->release == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the Arrow capsules were already consumed");
+        return NULL;
+    }
+    if (schema->format == NULL || strcmp(schema->format, "+w:4") != 0 || schema->n_children != 1 ||
+        schema->children == NULL || schema->children[0] == NULL || schema->children[0]->format == NULL ||
+        strcmp(schema->children[0]->format, "C") != 0 || array->length != pixels || array->offset != 0 ||
+        array->null_count != 0 || array->n_children != 1 || array->children == NULL ||
+        array->children[0] == NULL) {
         PyErr_SetString(PyExc_ValueError, "not an RGB image exported as 4 bytes per pixel");
         return NULL;
     }
     struct ArrowArray *child = array->children[0];
-    if (child->n_buffers < 2 || child->buffers[1] == NULL || child->null_count != 0 ||
-        child->length - child->offset < 4 * (pixels + array->offset)) {
+    if (child->n_buffers < 2 || child->buffers == NULL || child->buffers[1] == NULL || child->null_count != 0 ||
+        child->offset != 0 || child->length < 4 * pixels) {
         PyErr_SetString(PyExc_ValueError, "the exported pixel buffer is shorter than the image");
         return NULL;
     }
-    return (const uint8_t *)child->buffers[1] + child->offset + 4 * array->offset;
+    return (const uint8_t *)child->buffers[1];
 }
 
 PyDoc_STRVAR(resize_crop_doc,
@@ -409,8 +424,11 @@ static PyObject *resize_crop(PyObject *self, PyObject *args) {
     }
     float mean[3] = {0, 0, 0}, std[3] = {1, 1, 1};
     int has_mean = three_floats(mean_obj, mean);
+    if (has_mean < 0) {
+        return NULL;
+    }
     int has_std = three_floats(std_obj, std);
-    if (has_mean < 0 || has_std < 0) {
+    if (has_std < 0) {
         return NULL;
     }
     if (has_mean != has_std) {
@@ -422,13 +440,16 @@ static PyObject *resize_crop(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_buffer out;
-    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
         return NULL;
     }
     size_t values = (size_t)crop_w * (size_t)crop_h * 3;
-    if ((size_t)out.len != values * sizeof(float)) {
+    const char *format = out.format != NULL ? out.format : "B";
+    if (out.itemsize != (Py_ssize_t)sizeof(float) ||
+        (strcmp(format, "f") != 0 && strcmp(format, "<f") != 0 && strcmp(format, "=f") != 0) ||
+        (uintptr_t)out.buf % sizeof(float) != 0 || (size_t)out.len != values * sizeof(float)) {
         PyBuffer_Release(&out);
-        PyErr_SetString(PyExc_ValueError, "out must hold crop_h * crop_w * 3 float32 values");
+        PyErr_SetString(PyExc_ValueError, "out must be an aligned buffer of crop_h * crop_w * 3 float32 values");
         return NULL;
     }
     uint8_t *rgb = malloc(values);
@@ -456,6 +477,10 @@ static PyObject *resize_crop(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS;
     free(rgb);
     PyBuffer_Release(&out);
+    if (status == AXIS_TOO_LARGE) {
+        PyErr_SetString(PyExc_ValueError, "the resize shrinks too far for one pass");
+        return NULL;
+    }
     if (status != 0) {
         return PyErr_NoMemory();
     }
