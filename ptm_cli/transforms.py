@@ -279,6 +279,8 @@ def fused_resize_crop(image: Image.Image, p: Preprocess) -> torch.Tensor | None:
     width, height = _resized_size(image.width, image.height, p.resize)
     if p.crop > width or p.crop > height or width * height > _FUSE_PIXELS:
         return None  # the last: an extreme strip, whose Pillow path resizes a region (see _resize_crop_region)
+    if width * height > settings.max_pixels():
+        return None  # Pillow's path refuses it (ImageTooLarge): the same answer whichever path runs
     order = _pillow_pass_order()
     if order is None:
         return None
@@ -304,11 +306,14 @@ def _run_fused(
     except ValueError:  # rows in more than one block (a large image): Pillow's path
         return None
     out = np.empty((side, side, 3), dtype=np.float32)
-    resize_crop(
-        schema, array, image.width, image.height, width, height, left, top, side, side,
-        int(INTERPOLATIONS[p.interpolation]), vertical_first(image.width, image.height, width, height),
-        out, p.mean, p.std,
-    )  # fmt: skip
+    try:
+        resize_crop(
+            schema, array, image.width, image.height, width, height, left, top, side, side,
+            int(INTERPOLATIONS[p.interpolation]), vertical_first(image.width, image.height, width, height),
+            out, p.mean, p.std,
+        )  # fmt: skip
+    except ValueError:  # an export the kernel does not read (a future Pillow's), a resize beyond it: Pillow's path
+        return None
     return torch.from_numpy(out).permute(2, 0, 1)
 
 
@@ -321,10 +326,15 @@ def _vertical_when_height_shrinks_most(width: int, height: int, out_width: int, 
     return height - out_height > 0 and height - out_height > (width - out_width) * 2
 
 
-# (size, resize, crop, interpolation): a tall image on which the two orders above give different
-# pixels, and one for each of the other filters. Tiny, so that finding the order costs under a millisecond.
+# (size, resize, crop, interpolation): tall images on either side of Pillow 13's rule (the height
+# shrinking by more than twice the width's pixels, exactly twice, and enlarging), on each of which the
+# two orders give different pixels, and one for each of the other filters. Tiny, so that finding the
+# order costs about a millisecond.
 _PROBES = (
     ((12, 31), 7, 7, "bilinear"),
+    ((6, 13), 2, 2, "bilinear"),
+    ((6, 7), 5, 5, "bilinear"),
+    ((6, 7), 7, 7, "bilinear"),
     ((40, 24), 16, 12, "bicubic"),
     ((24, 60), 10, 8, "lanczos"),
     ((30, 20), 9, 9, "hamming"),
@@ -339,9 +349,16 @@ def _pillow_pass_order() -> Callable[[int, int, int, int], bool] | None:
     Releases before 13 always resize horizontally first; 13 starts with the
     vertical pass when the height shrinks much more than the width. The
     fused path follows whichever rule gives Pillow's results on every probe
-    (each filter included), and stays off (None) if neither does or the
-    extension is missing.
+    (each filter included), and stays off (None) if neither does, the
+    extension is missing, or anything in the trial fails.
     """
+    try:
+        return _find_pass_order()
+    except Exception:  # a Pillow or an extension that behaves otherwise: Pillow's own path, always
+        return None
+
+
+def _find_pass_order() -> Callable[[int, int, int, int], bool] | None:
     import hashlib
 
     try:
@@ -355,7 +372,8 @@ def _pillow_pass_order() -> Callable[[int, int, int, int], bool] | None:
         pixels = hashlib.shake_128(b"ptm probe").digest(width * height * 3)  # noise, the same every time
         image = Image.frombytes("RGB", (width, height), pixels)
         p = Preprocess(resize=resize, crop=crop, interpolation=interpolation, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
-        cases.append((image, p, to_tensor_without_torch(resize_and_crop(image, p), p)))
+        resized = _resize_shorter_side(image, resize, INTERPOLATIONS[interpolation])  # no PTM_MAX_PIXELS here
+        cases.append((image, p, to_tensor_without_torch(_center_crop(resized, crop), p)))
     for rule in (_vertical_when_height_shrinks_most, _horizontal_always):
         if all(_fused_equals(image, p, rule, expected) for image, p, expected in cases):
             return rule

@@ -133,11 +133,49 @@ def test_without_the_extension_the_numbers_are_the_same(monkeypatch: pytest.Monk
 
 def test_a_pillow_that_disagrees_turns_the_fused_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
     transforms._pillow_pass_order.cache_clear()
-    real = transforms.resize_and_crop
+    real = transforms._center_crop
     # A Pillow whose results differ by one level somewhere: neither order matches it.
-    monkeypatch.setattr(transforms, "resize_and_crop", lambda image, p: real(image, p).point(lambda v: v ^ 1))
+    monkeypatch.setattr(transforms, "_center_crop", lambda image, side: real(image, side).point(lambda v: v ^ 1))
     try:
         assert transforms._pillow_pass_order() is None
+    finally:
+        transforms._pillow_pass_order.cache_clear()
+
+
+def test_a_trial_that_fails_turns_the_fused_path_off_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("an export this kernel does not read")
+
+    transforms._pillow_pass_order.cache_clear()
+    monkeypatch.setattr(transforms, "_find_pass_order", broken)
+    try:
+        image, p = noise(60, 40, 5), Preprocess(resize=32, crop=24, mean=MEAN, std=STD)
+        assert fused_resize_crop(image, p) is None and fused_resize_crop(image, p) is None
+        assert calls == [1]  # decided once, not tried again for every image
+        assert torch.equal(preprocess(image, p, without_torch=True), pillow_path(image, p))
+    finally:
+        transforms._pillow_pass_order.cache_clear()
+
+
+def test_a_lowered_pixel_limit_gives_the_same_answer_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptm_cli.errors import ImageTooLarge
+
+    transforms._pillow_pass_order.cache_clear()
+    monkeypatch.setenv("PTM_MAX_PIXELS", "100000")
+    try:
+        wide = noise(2000, 10, 6)  # resized to 12800x64: more pixels than the limit
+        p = Preprocess(resize=64, crop=56, mean=MEAN, std=STD)
+        assert fused_resize_crop(wide, p) is None
+        for without_torch in (True, False):
+            with pytest.raises(ImageTooLarge):
+                preprocess(wide, p, without_torch=without_torch)
+        monkeypatch.setenv("PTM_MAX_PIXELS", "300")  # smaller than the probes: they do not depend on it
+        small, recipe = noise(20, 15, 7), Preprocess(resize=12, crop=10)  # 16x12 resized: under the limit
+        got = fused_resize_crop(small, recipe)
+        assert got is not None and torch.equal(got, pillow_path(small, recipe))
     finally:
         transforms._pillow_pass_order.cache_clear()
 
@@ -167,3 +205,19 @@ def test_the_kernel_refuses_what_does_not_fit() -> None:
         resize_crop(b"not a capsule", array, 40, 30, 21, 16, 0, 0, 16, 16, bilinear, False, out, MEAN, STD)
     with pytest.raises(BufferError):  # a read-only buffer
         resize_crop(schema, array, 40, 30, 21, 16, 0, 0, 16, 16, bilinear, False, bytes(3072), MEAN, STD)
+    for wrong in (bytearray(3072), np.empty(384, np.float64), np.empty(1536, np.float16)):  # all 3072 bytes
+        with pytest.raises(ValueError, match="float32"):  # not float32, whatever its length
+            resize_crop(schema, array, 40, 30, 21, 16, 0, 0, 16, 16, bilinear, False, wrong, MEAN, STD)
+
+
+def test_the_kernel_refuses_capsules_another_reader_has_consumed() -> None:
+    pa = pytest.importorskip("pyarrow")
+    from ptm_cli._resample import resize_crop
+
+    image = noise(40, 30, 2)
+    schema, array = image.__arrow_c_array__()
+    pa.Array._import_from_c_capsule(schema, array)  # moves the array out: the capsules now hold released structs
+    out = np.empty((16, 16, 3), np.float32)
+    with pytest.raises(ValueError, match="consumed"):
+        resize_crop(schema, array, 40, 30, 21, 16, 0, 0, 16, 16, int(INTERPOLATIONS["bilinear"]), False, out, MEAN,
+                    STD)  # fmt: skip
