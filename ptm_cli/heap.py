@@ -16,7 +16,8 @@ its dynamic rule reaches anyway). What is free then stays mapped for the next
 block while it is no more than ``tuning.heap_keep`` (a classifier's next call
 starts without faulting its activations in again, and skips a trim that costs
 7-8 ms); beyond that, ``malloc_trim`` returns all of it, so a long-lived
-``ptm serve`` does not keep a translation's peak. Elsewhere than glibc (musl,
+``ptm serve`` does not keep a translation's peak, and :func:`release` returns
+the rest once the server has been idle a while. Elsewhere than glibc (musl,
 macOS, a preloaded jemalloc) it changes nothing. Importing this module imports
 neither ctypes nor torch.
 """
@@ -44,6 +45,7 @@ AFTER_MMAP_MAX = 65536
 
 _lock = threading.Lock()
 _depth = 0
+_kept = False  # the last block left its freed memory mapped (see release)
 
 
 @functools.cache
@@ -94,7 +96,7 @@ def reused_heap() -> Iterator[None]:
     enters and undone when the last leaves. ``tuning.reuse_heap = False`` or a
     C library other than glibc makes it a no-op.
     """
-    global _depth
+    global _depth, _kept
     library = glibc() if tuning.reuse_heap else None
     if library is None:
         yield
@@ -113,7 +115,28 @@ def reused_heap() -> Iterator[None]:
                 library.mallopt(M_MMAP_MAX, AFTER_MMAP_MAX)
                 library.mallopt(M_MMAP_THRESHOLD, AFTER_MMAP_THRESHOLD)
                 free = free_bytes(library)
-                if free is None or free > tuning.heap_keep:
+                _kept = free is not None and free <= tuning.heap_keep
+                if not _kept:
                     library.mallopt(M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
                     library.malloc_trim(0)
                 # else the trim threshold stays at heap_keep: what is free stays mapped for the next block
+
+
+def release() -> bool:
+    """Give back what the last block kept mapped, and trim as glibc usually does; True if there was any.
+
+    For a long-lived process between runs (the warm server, once it has been
+    idle a while). A no-op while a block runs, after a block that kept
+    nothing, and elsewhere than glibc.
+    """
+    global _kept
+    library = glibc()
+    if library is None:
+        return False
+    with _lock:
+        if _depth > 0 or not _kept:
+            return False
+        library.mallopt(M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+        library.malloc_trim(0)
+        _kept = False
+        return True

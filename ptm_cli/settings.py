@@ -325,6 +325,8 @@ class Tuning:
     # (see ptm_cli.heap): a forward pass then reuses its pages instead of faulting in fresh ones.
     reuse_heap: bool = True
     heap_keep: int = 1 << 30
+    # ...and a warm server idle this many seconds gives back what the last run kept (heap.release).
+    heap_release_idle: float = 10.0
 
 
 tuning = Tuning()

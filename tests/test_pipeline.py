@@ -223,6 +223,11 @@ def test_a_cpu_model_with_a_thread_per_core_takes_turns(monkeypatch: pytest.Monk
     assert classify._takes_turns(classifier)
     monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # cores left for decoding
     assert not classify._takes_turns(classifier)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one thread: no barrier to stall
+    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0})
+    assert not classify._takes_turns(classifier)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1})
     classifier.device = torch.device("meta")  # not a CPU (as a GPU): decoding overlaps
     assert not classify._takes_turns(classifier)
 

@@ -27,9 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import errors
+from .. import errors, heap
 from ..errors import InputError, PtmError, UsageError, first_line
 from ..inputs import ImageInput
+from ..settings import tuning
 from ..version import __version__
 from .protocol import ProtocolError, differences, identity, peer_uid, receive, runtime_dir, send, socket_path
 from .protocol import field as get
@@ -133,7 +134,10 @@ class Server:
         while not self.stopping.wait(min(1.0, self.options.idle_timeout / 4)):
             self.models.evict(idle=self.options.keep_alive)
             with self._counter:
-                idle = self.active == 0 and time.monotonic() - self.last_activity > self.options.idle_timeout
+                quiet_s = time.monotonic() - self.last_activity if self.active == 0 else 0.0
+            idle = quiet_s > self.options.idle_timeout
+            if quiet_s > tuning.heap_release_idle and heap.release():
+                log(f"idle for {tuning.heap_release_idle:g} s; gave back the memory the last run kept")
             if idle:
                 log(f"idle for {self.options.idle_timeout:g} s; exiting")
                 self.stopping.set()
