@@ -77,8 +77,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("GITHUB_TOKEN", "secret", "token torch.hub sends to GitHub (raises its rate limit)"),
     Variable("HTTPS_PROXY", "url", "proxy for downloads (Python's usual proxy variables)"),
     Variable("PYSPARK_PYTHON", "path", "Python that Spark runs `ptm batch` workers with (local Spark: ptm's own)"),
-    Variable("GOMP_SPINCOUNT", "number", "rounds an idle OpenMP thread of torch's spins before it sleeps "
-             f"(the ptm command sets {OPENMP_SPIN_COUNT:,} unless this or OMP_WAIT_POLICY is set)"),
+    Variable(
+        "GOMP_SPINCOUNT",
+        "number",
+        "rounds an idle OpenMP thread of torch's spins before it sleeps "
+        f"(the ptm command sets {OPENMP_SPIN_COUNT:,} unless this or OMP_WAIT_POLICY is set)",
+    ),
 )
 
 
