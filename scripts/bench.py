@@ -243,6 +243,8 @@ def print_serve_rows(figures: dict[str, Any]) -> None:
           f"{figures['8 clients, warm server s']:.2f} |")  # fmt: skip
     print(f"| 8 cold processes | {figures['8 cold processes at once s']:.2f} |")
     print(f"| one cold `ptm classify` of the 8 files | {figures['one process, 8 files s']:.2f} |")
+
+
 def batch_rows(folder: Path, weights: str, count: int, device: str) -> list[tuple[str, float, float, float]]:
     """`ptm classify` and `ptm batch --engine local|ray|spark` as whole processes on the same JPEGs.
 
@@ -286,8 +288,10 @@ def batch_rows(folder: Path, weights: str, count: int, device: str) -> list[tupl
 
 
 def print_batch_rows(rows: list[tuple[str, float, float, float]], count: int) -> None:
-    print(f"\n| {count} 640x480 JPEGs, ResNet101 fp32 | start-up s | images/s after start-up | vs ptm classify |"
-          "\n|---|---:|---:|---:|")
+    print(
+        f"\n| {count} 640x480 JPEGs, ResNet101 fp32 | start-up s | images/s after start-up | vs ptm classify |"
+        "\n|---|---:|---:|---:|"
+    )
     for pipeline, startup, rate, ratio in rows:
         print(f"| `{pipeline}` | {startup:.1f} | {rate:.2f} | {ratio:.2f}x |")
 
@@ -397,13 +401,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--serve-only", action="store_true", help="only the warm-server rows")
     parser.add_argument("--progress-only", action="store_true", help="only the progress-display rows")
-    parser.add_argument("--batch-images", type=int, default=240,
-                        help="JPEGs for the `ptm batch` rows (default 240: about 4 minutes on 2 cores)")
+    parser.add_argument(
+        "--batch-images",
+        type=int,
+        default=240,
+        help="JPEGs for the `ptm batch` rows (default 240: about 4 minutes on 2 cores)",
+    )
     parser.add_argument("--only-batch", action="store_true", help="run only the `ptm batch` rows")
-    parser.add_argument("--translate-only", action="store_true",
-                        help="only `--size full` against the generator alone (about 10 minutes)")
-    parser.add_argument("--classify-only", action="store_true",
-                        help="only the pipeline against the network alone and a timm-style loop")
+    parser.add_argument(
+        "--translate-only",
+        action="store_true",
+        help="only `--size full` against the generator alone (about 10 minutes)",
+    )
+    parser.add_argument(
+        "--classify-only", action="store_true", help="only the pipeline against the network alone and a timm-style loop"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of those four rows (default 3)")
     args = parser.parse_args()
     use_this_checkout()
