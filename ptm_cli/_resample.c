@@ -144,10 +144,12 @@ struct axis {
     int32_t *weights; /* out_size x ksize */
 };
 
-static void axis_free(struct axis *a) {
+static void axis_free(struct axis *a) { /* leaves the axis empty: freeing it again is harmless */
     free(a->first);
     free(a->count);
     free(a->weights);
+    a->first = a->count = NULL;
+    a->weights = NULL;
 }
 
 #define AXIS_NO_MEMORY (-1)

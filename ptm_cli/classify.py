@@ -401,30 +401,34 @@ def _takes_turns(classifier: Classifier) -> bool:
     overlapping stays. With a single torch thread there is no barrier to
     stall, and overlapping keeps file reads under the forward passes.
     """
-    import torch
-
-    device = getattr(classifier, "device", None)
-    if device is None or device.type != "cpu":
-        return False
+    threads = _openmp_threads(classifier)
     affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU counts
     cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-    threads = torch.get_num_threads()
-    return threads >= 2 and threads >= cores
+    return threads is not None and threads >= cores
 
 
-def _pace_for(classifier: Classifier) -> OpenMPPace | None:
-    """A pace keeper where the model runs on OpenMP threads (a CPU, more than one thread); else None.
+def _openmp_threads(classifier: Classifier) -> int | None:
+    """How many OpenMP threads the model runs on: a CPU with more than one torch thread; else None.
 
     A classifier whose forward passes are shared with other callers (the warm
-    server's) does not say where they run, and keeps the threads asleep: the
-    decoding threads preprocess with torch, whose OpenMP teams see to that.
+    server's) does not say where they run: None.
     """
     import torch
 
     device = getattr(classifier, "device", None)
     if device is None or device.type != "cpu" or torch.get_num_threads() < 2:
         return None
-    return OpenMPPace(torch.get_num_threads(), spinning=classifier.openmp_spinning)
+    return torch.get_num_threads()
+
+
+def _pace_for(classifier: Classifier) -> OpenMPPace | None:
+    """A pace keeper where the model runs on OpenMP threads; else None.
+
+    The warm server's shared classifier keeps the threads asleep: its
+    decoding threads preprocess with torch, whose OpenMP teams see to that.
+    """
+    threads = _openmp_threads(classifier)
+    return None if threads is None else OpenMPPace(threads, spinning=classifier.openmp_spinning)
 
 
 def _run_pending(

@@ -116,10 +116,9 @@ def _ptm() -> dict[str, Any]:
 
 
 def _fused_resize() -> bool:
-    """Whether ptm's C extension is built and gives the installed Pillow's numbers (see transforms)."""
-    from .transforms import _pillow_pass_order
+    from .transforms import fused_available
 
-    return _pillow_pass_order() is not None
+    return fused_available()
 
 
 def _packages() -> dict[str, Any]:

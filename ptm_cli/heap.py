@@ -58,10 +58,17 @@ def glibc() -> Any:
         return None
     import ctypes
 
+    names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in names]
+
     try:
         library = ctypes.CDLL(None)
         library.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         library.malloc_trim.argtypes = [ctypes.c_size_t]
+        if hasattr(library, "mallinfo2"):  # glibc 2.33 and newer
+            library.mallinfo2.restype = MallInfo2
     except (OSError, AttributeError):
         return None
     return library
@@ -69,18 +76,8 @@ def glibc() -> Any:
 
 def free_bytes(library: Any) -> int | None:
     """Bytes the C library holds free in its heaps (``mallinfo2``, glibc 2.33 and newer), or None."""
-    import ctypes
-
-    names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in names]
-
     function = getattr(library, "mallinfo2", None)
-    if function is None:
-        return None
-    function.restype = MallInfo2
-    return int(function().fordblks)
+    return None if function is None else int(function().fordblks)
 
 
 def active() -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -254,8 +255,6 @@ def prepare_openmp() -> None:
     Only before torch is imported (libgomp reads it once, when it loads),
     and only when the user has chosen neither it nor ``OMP_WAIT_POLICY``.
     """
-    import sys
-
     if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return
     os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INTERPOLATIONS",
     "Preprocess",
+    "fused_available",
     "fused_resize_crop",
     "preprocess",
     "resize_and_crop",
@@ -285,6 +286,11 @@ def fused_resize_crop(image: Image.Image, p: Preprocess) -> torch.Tensor | None:
     if order is None:
         return None
     return _run_fused(image, p, (width, height), p.crop, order)
+
+
+def fused_available() -> bool:
+    """Whether :func:`fused_resize_crop` can run here: the extension is built and agrees with this Pillow."""
+    return _pillow_pass_order() is not None
 
 
 def _run_fused(
