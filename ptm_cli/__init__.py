@@ -18,21 +18,21 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 _LAZY = {
-    "Catalog": "catalog",
-    "Entry": "catalog",
-    "ModelOptions": "loading",
-    "load_classifier": "loading",
-    "load_translator": "loading",
-    "Classifier": "classify",
-    "Classification": "classify",
-    "Prediction": "classify",
-    "classify_images": "classify",
-    "ImageInput": "inputs",
-    "Translator": "translate",
-    "load_image": "imageio",
-    "Preprocess": "transforms",
-    "preprocess": "transforms",
-    "ensure_weights": "loading",
+    "Catalog": "cache.catalog",
+    "Entry": "cache.catalog",
+    "ModelOptions": "tasks.loading",
+    "load_classifier": "tasks.loading",
+    "load_translator": "tasks.loading",
+    "Classifier": "tasks.classify",
+    "Classification": "tasks.classify",
+    "Prediction": "tasks.classify",
+    "classify_images": "tasks.classify",
+    "ImageInput": "images.inputs",
+    "Translator": "tasks.translate",
+    "load_image": "images.decode",
+    "Preprocess": "images.transforms",
+    "preprocess": "images.transforms",
+    "ensure_weights": "tasks.loading",
     "load_state_dict": "tensorio",
     "PtmError": "errors",
 }
@@ -59,15 +59,15 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
 ]
 
 if TYPE_CHECKING:
-    from .catalog import Catalog, Entry
-    from .classify import Classification, Classifier, Prediction, classify_images
+    from .cache.catalog import Catalog, Entry
     from .errors import PtmError
-    from .imageio import load_image
-    from .inputs import ImageInput
-    from .loading import ModelOptions, ensure_weights, load_classifier, load_translator
+    from .images.decode import load_image
+    from .images.inputs import ImageInput
+    from .images.transforms import Preprocess, preprocess
+    from .tasks.classify import Classification, Classifier, Prediction, classify_images
+    from .tasks.loading import ModelOptions, ensure_weights, load_classifier, load_translator
+    from .tasks.translate import Translator
     from .tensorio import load_state_dict
-    from .transforms import Preprocess, preprocess
-    from .translate import Translator
 
 
 def __getattr__(name: str) -> Any:

@@ -325,7 +325,7 @@ class Tuning:
     # with torch itself and the reused heap, a 1.2-megapixel photo then peaks near 1.9 GiB.
     translate_memory: int = 1280 << 20
     # While a model runs, large blocks come from glibc's heap and this much freed memory stays mapped
-    # (see ptm_cli.heap): a forward pass then reuses its pages instead of faulting in fresh ones.
+    # (see ptm_cli.runtime.tuning): a forward pass then reuses its pages instead of faulting in fresh ones.
     reuse_heap: bool = True
     heap_keep: int = 1 << 30
     # ...and a warm server idle this many seconds gives back what the last run kept (heap.release).

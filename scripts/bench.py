@@ -62,10 +62,10 @@ print(len(images) / (time.perf_counter() - start))
 PTM_SCRIPT = """
 import json, sys, time
 from pathlib import Path
-from ptm_cli.catalog import Catalog
-from ptm_cli.classify import classify_images
-from ptm_cli.inputs import ImageInput
-from ptm_cli.loading import build_classifier
+from ptm_cli.cache.catalog import Catalog
+from ptm_cli.tasks.classify import classify_images
+from ptm_cli.images.inputs import ImageInput
+from ptm_cli.tasks.loading import build_classifier
 weights, device, precision, batch, compile_model, predictions = sys.argv[1:7]
 images = [ImageInput(p, path=Path(p)) for p in sys.argv[7:]]
 batch = int(batch)
@@ -143,7 +143,7 @@ def make_weights(folder: Path) -> str:
 def make_generator_weights(folder: Path) -> str:
     import torch
 
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     torch.manual_seed(0)
     path = folder / "generator-seeded.pth"
@@ -339,7 +339,7 @@ def print_progress_rows(figures: dict[str, float], count: int) -> None:
 
 def cpu_name() -> str:
     """The CPU's model name and whether it has native bf16, as `ptm doctor` reports them."""
-    from ptm_cli.device import cpu_supports_bf16
+    from ptm_cli.nets.device import cpu_supports_bf16
 
     return f"{cpu_model()}, {'native' if cpu_supports_bf16() else 'no native'} bf16"
 

@@ -7,7 +7,7 @@ subprocess, after model load:
 
 * the network alone: ptm's model placed as ptm places it (channels_last), the
   same batch size and autocast, on tensors preprocessed before the clock
-  starts, so only the forward passes are timed (inside ``ptm_cli.heap``'s
+  starts, so only the forward passes are timed (inside ``ptm_cli.runtime.tuning``'s
   reused heap, as the pipeline runs);
 * the network alone again, with two idle threads that hold OpenMP teams of
   their own. With more OpenMP threads than cores, libgomp sleeps at its
@@ -42,10 +42,10 @@ NETWORK_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 import torch
-from ptm_cli.catalog import Catalog
-from ptm_cli.loading import build_classifier
-from ptm_cli.transforms import preprocess
-from ptm_cli.imageio import load_image
+from ptm_cli.cache.catalog import Catalog
+from ptm_cli.tasks.loading import build_classifier
+from ptm_cli.images.transforms import preprocess
+from ptm_cli.images.decode import load_image
 weights, device, precision, batch, teams = sys.argv[1:6]
 paths, batch = sys.argv[6:], int(batch)
 if teams == "1":  # two idle threads that hold OpenMP teams, as ptm's decoding threads do
@@ -65,7 +65,7 @@ def forward(x):
     with torch.inference_mode(), torch.autocast(kind, dtype=dtype, enabled=amp):
         return model(x).float()
 
-from ptm_cli.heap import reused_heap
+from ptm_cli.runtime.tuning import reused_heap
 with reused_heap():  # the allocator setting the pipeline runs under
     forward(batches[0])  # warm-up, as the pipeline's own first batch
     if kind == "cuda":
@@ -131,7 +131,7 @@ def precisions(device: str) -> tuple[str, ...]:
     """fp32, plus the half precisions this device runs natively (ptm's device module decides for the CPU)."""
     if device.startswith("cuda"):
         return ("fp32", "fp16", "bf16")
-    from ptm_cli.device import cpu_supports_bf16
+    from ptm_cli.nets.device import cpu_supports_bf16
 
     return ("fp32", "bf16") if cpu_supports_bf16() else ("fp32",)
 
@@ -175,7 +175,7 @@ def _cell(row: dict[str, Any], name: str) -> str:
 
 
 def print_rows(rows: list[dict[str, Any]], batch: int) -> None:
-    from ptm_cli.device import cpu_supports_bf16
+    from ptm_cli.nets.device import cpu_supports_bf16
 
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
     rounds = rows[0]["rounds"] if rows else 0

@@ -7,7 +7,7 @@ comes from its own subprocess, after the model is loaded and one small warm-up
 pass has run:
 
 * the generator alone: seconds per megapixel of forward passes on 1000x1000
-  inputs, twice: as a plain loop would run it, and inside ``ptm_cli.heap``'s
+  inputs, twice: as a plain loop would run it, and inside ``ptm_cli.runtime.tuning``'s
   reused heap as ptm runs it (the allocator is half the difference on Linux);
 * ptm: ``Translator.translate(photo, size="full")`` on a ~1 MP (1280x960) and
   a 12 MP (4000x3000) photo, seconds per megapixel and peak resident memory
@@ -28,8 +28,8 @@ from benchkit import ROOT, run_json
 GENERATOR_SCRIPT = """
 import json, resource, sys, time
 import torch
-from ptm_cli.cyclegan import build_generator
-from ptm_cli.heap import reused_heap
+from ptm_cli.nets.cyclegan import build_generator
+from ptm_cli.runtime.tuning import reused_heap
 from ptm_cli.settings import tuning
 weights, precision, heap, passes = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 tuning.reuse_heap = heap
@@ -50,8 +50,8 @@ print(json.dumps({"s_per_mp": seconds / passes, "peak_mib": resource.getrusage(r
 PTM_SCRIPT = """
 import json, resource, sys, time
 from PIL import Image
-from ptm_cli.catalog import Catalog
-from ptm_cli.loading import build_translator
+from ptm_cli.cache.catalog import Catalog
+from ptm_cli.tasks.loading import build_translator
 weights, precision, photo = sys.argv[1:4]
 entry = Catalog.load().resolve("horse2zebra", task="translate")
 translator = build_translator(entry, weights_file=weights, device="cpu", precision=precision, progress=False)
@@ -72,7 +72,7 @@ def translate_rows(folder: Path, generator_weights: str, quick: bool = False) ->
     """Figures per precision: generator alone (plain and reused heap) and ptm on a ~1 MP and a 12 MP photo."""
     from PIL import Image
 
-    from ptm_cli.device import cpu_supports_bf16
+    from ptm_cli.nets.device import cpu_supports_bf16
 
     sizes = {"1 MP": (1280, 960), "12 MP": (2000, 1500) if quick else (4000, 3000)}
     photos = {}

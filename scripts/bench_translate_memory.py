@@ -58,10 +58,10 @@ def synthetic_photo(width: int, height: int, seed: int) -> Any:
 def run_one(args: argparse.Namespace, tile: int) -> dict[str, Any]:
     import torch
 
-    from ptm_cli.catalog import Entry
-    from ptm_cli.cyclegan import build_generator
-    from ptm_cli.device import choose_precision
-    from ptm_cli.translate import Translator
+    from ptm_cli.cache.catalog import Entry
+    from ptm_cli.nets.cyclegan import build_generator
+    from ptm_cli.nets.device import choose_precision
+    from ptm_cli.tasks.translate import Translator
 
     torch.manual_seed(args.seed)
     model = build_generator(ngf=args.ngf).eval()

@@ -111,7 +111,7 @@ def calibrated_state_dict(
     import torchvision.models as tvm
     from PIL import Image, ImageEnhance, ImageOps
 
-    from ptm_cli.transforms import Preprocess, preprocess
+    from ptm_cli.images.transforms import Preprocess, preprocess
 
     recipe = Preprocess(resize=256, crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     images = []
@@ -139,7 +139,7 @@ def calibrated_state_dict(
 
 def probability_table(classifier: Any, inputs: list[Any], batch_size: int) -> torch.Tensor:
     """Every class's probability for each input (rows in input order), from ``classify_images``."""
-    from ptm_cli.classify import classify_images
+    from ptm_cli.tasks.classify import classify_images
 
     results = list(classify_images(inputs, classifier, top_k=1000, batch_size=batch_size))
     assert all(r.ok for r in results), [r.error for r in results]
@@ -175,7 +175,7 @@ def write_tiny_model(folder: Path) -> tuple[Path, Path]:
 
 def save_generator(path: Path, seed: int = 7, **builder_kwargs: Any) -> Path:
     """A CycleGAN generator with seeded weights, saved with torch.save."""
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     torch.manual_seed(seed)
     torch.save(build_generator(**builder_kwargs).state_dict(), path)

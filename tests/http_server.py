@@ -187,8 +187,9 @@ def race_worker(cache: str, url: str, sha256: str | None, locking: bool, barrier
     show that correctness does not depend on it.
     """
     os.environ["PTM_CACHE_DIR"] = cache
-    from ptm_cli import settings, weights
-    from ptm_cli.catalog import Entry
+    from ptm_cli import settings
+    from ptm_cli.cache import weights
+    from ptm_cli.cache.catalog import Entry
 
     settings.tuning.locking = locking
     name = url.rsplit("/", 1)[-1]

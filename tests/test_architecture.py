@@ -12,38 +12,28 @@ import pytest
 from helpers import ROOT
 from importgraph import PACKAGE, cycles, graph
 
-# Bottom to top. A module may import modules of lower layers only; inside one
-# subpackage (tensorio, hub, commands) its modules may also import each other,
-# without cycles. The layer names say what each owns.
+# Bottom to top, by package (a module of the package root is its own package). A module may
+# import only from lower layers and from its own package, without cycles. The names say what
+# each layer owns.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("compiled kernels", {"_resample"}),
-    ("facts", {"version", "errors", "output", "nets"}),
+    ("facts", {"version", "errors"}),
     ("the environment", {"settings"}),
-    ("devices and models", {"device", "modeling"}),
-    ("process memory", {"heap"}),
-    ("writing files", {"fsutil"}),
-    ("formats and colour", {"formats", "colour"}),
-    ("JPEG structure", {"jpegdata"}),
-    ("reading files", {"imageio", "tensorio", "tensorio.formats", "tensorio.torchfile", "tensorio.h5",
-               "tensorio.safetensors_io", "tensorio.loading", "tensorio.inspection", "tensorio.convert"}),
-    ("network and preprocessing", {"download", "transforms"}),
-    ("catalog and the pins store", {"catalog", "pins"}),
-    ("cache, inputs and networks", {"weights", "inputs", "cyclegan"}),
-    ("registry", {"architectures"}),
-    ("engines", {"classify", "translate", "imagejobs"}),
-    ("results page", {"report"}),
-    ("hub", {"hub", "hub.repos", "hub.trust", "hub.sandbox", "hub.classifier"}),
-    ("ready models", {"loading", "doctor"}),
-    ("warm server", {"serve", "serve.protocol", "serve.client", "serve.warm", "serve.server"}),
-    ("batch jobs", {"batch", "batch.job", "batch.shardfile", "batch.worker", "batch.run", "batch.local_engine",
-                    "batch.ray_engine", "batch.spark_engine"}),
-    ("commands", {"commands", "commands.common", "commands.options", "commands.classify", "commands.translate",
-                  "commands.models", "commands.weights", "commands.hub", "commands.doctor", "commands.completion",
-                  "commands.progress", "commands.remote", "commands.serve", "commands.batch", "commands.records",
-                  "commands.quick", "commands.root"}),
+    ("the process: files written whole, memory and threads", {"runtime"}),
+    ("weights files", {"tensorio"}),
+    ("images in: inputs, decoding, colour, preprocessing", {"images"}),
+    ("what ptm writes: records, image files, the results page", {"output"}),
+    ("the catalog and the weights cache", {"cache"}),
+    ("networks, devices and precision", {"nets"}),
+    ("torch.hub repositories", {"hub"}),
+    ("tasks: what ptm does with a model", {"tasks"}),
+    ("diagnosis", {"doctor"}),
+    ("batch jobs and the warm server", {"batch", "serve"}),
+    ("commands", {"commands"}),
     ("the command line", {"cli"}),
-    ("entry points", {"__main__", ""}),
-]  # fmt: skip
+    ("entry points and the public API", {"__main__", ""}),
+]
+# What the package root may hold: the entry points, the public API and the facts every layer shares.
+ROOT_MODULES = {"", "__main__", "cli", "errors", "settings", "version"}
 
 GRAPH = graph(ROOT)
 
@@ -52,16 +42,26 @@ def _short(module: str) -> str:
     return module.removeprefix(PACKAGE).lstrip(".")
 
 
+def _package(module: str) -> str:
+    """The layer unit of a module: its top-level subpackage, or the module itself at the package root."""
+    return _short(module).split(".")[0]
+
+
 def _layer_of() -> dict[str, int]:
     return {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
 
 
-def test_every_module_has_a_layer() -> None:
+def test_every_package_has_a_layer() -> None:
     layers = _layer_of()
-    missing = sorted(_short(m) for m in GRAPH if _short(m) not in layers)
-    assert not missing, f"add these modules to LAYERS: {missing}"
-    gone = sorted(set(layers) - {_short(m) for m in GRAPH})
-    assert not gone, f"LAYERS names modules that no longer exist: {gone}"
+    missing = sorted({_package(m) for m in GRAPH} - set(layers))
+    assert not missing, f"add these packages to LAYERS: {missing}"
+    gone = sorted(set(layers) - {_package(m) for m in GRAPH})
+    assert not gone, f"LAYERS names packages that no longer exist: {gone}"
+
+
+def test_the_package_root_holds_only_entry_points_and_the_public_api() -> None:
+    at_root = {_short(m) for m in GRAPH if "." not in _short(m) and not (ROOT / PACKAGE / _short(m)).is_dir()}
+    assert at_root <= ROOT_MODULES, f"move these into a subpackage: {sorted(at_root - ROOT_MODULES)}"
 
 
 def test_there_are_no_import_cycles() -> None:
@@ -72,25 +72,24 @@ def test_imports_only_go_down() -> None:
     layers = _layer_of()
     upward = []
     for module, targets in GRAPH.items():
-        here = _short(module)
+        here = _package(module)
         for target in targets:
-            there = _short(target)
-            same_package = ("." in here or "." in there) and here.split(".")[0] == there.split(".")[0]
-            if layers[there] > layers[here] or (layers[there] == layers[here] and not same_package):
-                upward.append(f"{here} -> {there}")
+            there = _package(target)
+            if layers[there] > layers[here] or (layers[there] == layers[here] and here != there):
+                upward.append(f"{_short(module)} -> {_short(target)}")
     assert not upward, f"imports that do not go down a layer: {sorted(upward)}"
 
 
 def test_the_graph_sees_imports_in_functions_and_importlib(tmp_path: pytest.TempPathFactory) -> None:
     """The walker itself: a function-level import and the package's lazy table both count."""
-    assert f"{PACKAGE}.classify" in GRAPH[f"{PACKAGE}.commands.classify"]  # imported inside the command body
-    assert f"{PACKAGE}.loading" in GRAPH[PACKAGE]  # through importlib, from the _LAZY table
+    assert f"{PACKAGE}.tasks.classify" in GRAPH[f"{PACKAGE}.commands.cmd_classify"]  # inside the command body
+    assert f"{PACKAGE}.tasks.loading" in GRAPH[PACKAGE]  # through importlib, from the _LAZY table
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / PACKAGE).rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
-def test_no_module_is_much_over_600_lines(path: object) -> None:
+def test_no_module_is_over_650_lines(path: object) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())  # type: ignore[attr-defined]
-    assert lines <= 620, f"{path} has {lines} lines; split it by job"
+    assert lines <= 650, f"{path} has {lines} lines; split it by job"
 
 
 def _calls(path: object) -> list[str]:

@@ -18,7 +18,7 @@ from helpers import ROOT, ptm_process, run_ptm, write_tiny_model
 from ptm_cli.batch.job import Request, plan_job, split
 from ptm_cli.batch.run import run_job
 from ptm_cli.errors import HashMismatch
-from ptm_cli.loading import ModelOptions
+from ptm_cli.tasks.loading import ModelOptions
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_the_core_imports_no_engine() -> None:
     code = (
         "import sys\n"
         "import ptm_cli.batch.job, ptm_cli.batch.run, ptm_cli.batch.worker, ptm_cli.batch.local_engine\n"
-        "import ptm_cli.commands.batch\n"
+        "import ptm_cli.commands.cmd_batch\n"
         "print(sorted(m for m in ('ray', 'pyspark', 'pyarrow', 'pandas', 'torch') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -238,7 +238,7 @@ def test_a_missing_engine_says_what_to_install(tiny_files: tuple[Path, Path], tm
 
 
 def test_batch_translate_writes_what_ptm_translate_writes(tmp_path: Path) -> None:
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     generator = tmp_path / "gen.pth"
     torch.manual_seed(7)
@@ -271,7 +271,7 @@ def test_batch_translate_writes_what_ptm_translate_writes(tmp_path: Path) -> Non
 
 
 def test_files_from_stdin_and_a_second_run_on_the_same_folder(tiny: list[str], tmp_path: Path) -> None:
-    from ptm_cli import fsutil
+    from ptm_cli.runtime import fsutil
 
     photos = tmp_path / "photos"
     corpus(photos, photos=2)
@@ -288,7 +288,7 @@ def test_files_from_stdin_and_a_second_run_on_the_same_folder(tiny: list[str], t
 
 
 def test_batch_translate_resume_keeps_the_images_already_written(tmp_path: Path) -> None:
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     generator = tmp_path / "gen.pth"
     torch.manual_seed(3)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ptm_cli.catalog import CATALOG_DIR, Catalog, entry_from_mapping, load_labels
+from ptm_cli.cache.catalog import CATALOG_DIR, Catalog, entry_from_mapping, load_labels
 from ptm_cli.errors import ConfigError, UnknownModel
 
 
@@ -209,7 +209,7 @@ def test_catalog_load_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys; from ptm_cli.catalog import Catalog; Catalog.load(); print('torch' in sys.modules)"
+    code = "import sys; from ptm_cli.cache.catalog import Catalog; Catalog.load(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

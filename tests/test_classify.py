@@ -294,7 +294,7 @@ def test_ptm_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_reduced_scale_jpeg_decoding_stays_within_its_bound(resnet18_file: Path, tmp_path: Path) -> None:
     """A 12-megapixel JPEG decoded at 1/4 scale classifies like the full decode."""
-    from ptm_cli.imageio import load_image
+    from ptm_cli.images.decode import load_image
 
     big = tmp_path / "big.jpg"
     Image.open(DATA / "rocket.jpg").resize((4000, 3000), Image.Resampling.BICUBIC).save(big, quality=92)
@@ -369,7 +369,7 @@ def test_file_names_that_are_not_utf8(tiny: list[str], tmp_path: Path) -> None:
 
 
 def test_a_bug_is_one_line_and_exit_70_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ptm_cli.catalog import Catalog
+    from ptm_cli.cache.catalog import Catalog
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("catalog exploded\nsecond line")

@@ -16,10 +16,10 @@ import torch
 from helpers import DATA, calibrated_state_dict, probability_table, run_ptm
 from PIL import Image
 
-from ptm_cli.catalog import Catalog, Entry
-from ptm_cli.cyclegan import build_generator
-from ptm_cli.inputs import ImageInput
-from ptm_cli.loading import build_classifier, build_translator
+from ptm_cli.cache.catalog import Catalog, Entry
+from ptm_cli.images.inputs import ImageInput
+from ptm_cli.nets.cyclegan import build_generator
+from ptm_cli.tasks.loading import build_classifier, build_translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptm_cli.device import check_device_spec, choose_device, choose_precision
 from ptm_cli.errors import DeviceUnavailable, UsageError
+from ptm_cli.nets.device import check_device_spec, choose_device, choose_precision
 
 
 def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,7 +88,7 @@ def test_broken_probes_record_errors(monkeypatch: pytest.MonkeyPatch, cache: Pat
 
     import torch
 
-    from ptm_cli import weights
+    from ptm_cli.cache import weights
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("probe exploded")
@@ -233,10 +233,10 @@ def test_the_compiler_for_compile_is_found_or_warned_about(monkeypatch: pytest.M
 
 
 def test_a_missing_c_extension_is_a_warning_not_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ptm_cli import transforms
+    from ptm_cli.images import transforms
 
     transforms._pillow_pass_order.cache_clear()
-    monkeypatch.setitem(sys.modules, "ptm_cli._resample", None)  # as when ptm was installed without a C compiler
+    monkeypatch.setitem(sys.modules, "ptm_cli.images._resample", None)  # as when ptm was installed without a C compiler
     try:
         report = doctor.collect()
     finally:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ptm_cli import transforms
-from ptm_cli.transforms import (
+from ptm_cli.images import transforms
+from ptm_cli.images.transforms import (
     INTERPOLATIONS,
     Preprocess,
     fused_resize_crop,
@@ -34,7 +34,7 @@ def noise(width: int, height: int, seed: int) -> Image.Image:
 def test_the_extension_is_built_and_agrees_with_this_pillow() -> None:
     # CI builds it (make installs with a C compiler); where it is missing ptm still works (see below).
     order = transforms._pillow_pass_order()
-    assert order is not None, "ptm_cli._resample was not built, or disagrees with the installed Pillow"
+    assert order is not None, "ptm_cli.images._resample was not built, or disagrees with the installed Pillow"
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "box", "hamming"])
@@ -122,7 +122,7 @@ def test_without_the_extension_the_numbers_are_the_same(monkeypatch: pytest.Monk
     image, p = noise(200, 150, 3), Preprocess(resize=64, crop=56, mean=MEAN, std=STD)
     expected = preprocess(image, p, without_torch=True)
     transforms._pillow_pass_order.cache_clear()
-    monkeypatch.setitem(sys.modules, "ptm_cli._resample", None)  # import fails, as without a C compiler
+    monkeypatch.setitem(sys.modules, "ptm_cli.images._resample", None)  # import fails, as without a C compiler
     try:
         assert transforms._pillow_pass_order() is None
         assert fused_resize_crop(image, p) is None
@@ -181,7 +181,7 @@ def test_a_lowered_pixel_limit_gives_the_same_answer_on_both_paths(monkeypatch: 
 
 
 def test_the_kernel_refuses_what_does_not_fit() -> None:
-    from ptm_cli._resample import resize_crop  # type: ignore[import-not-found]
+    from ptm_cli.images._resample import resize_crop  # type: ignore[import-not-found]
 
     image = noise(40, 30, 2)
     schema, array = image.__arrow_c_array__()
@@ -212,7 +212,7 @@ def test_the_kernel_refuses_what_does_not_fit() -> None:
 
 def test_the_kernel_refuses_capsules_another_reader_has_consumed() -> None:
     pa = pytest.importorskip("pyarrow")
-    from ptm_cli._resample import resize_crop
+    from ptm_cli.images._resample import resize_crop
 
     image = noise(40, 30, 2)
     schema, array = image.__arrow_c_array__()

@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from photofiles import camera_raw, gray_profile, rgb_profile
 from PIL import Image, features
 
-from ptm_cli import formats
 from ptm_cli.errors import ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat
-from ptm_cli.imageio import load_image
-from ptm_cli.transforms import Preprocess, preprocess
+from ptm_cli.images import formats
+from ptm_cli.images.decode import load_image
+from ptm_cli.images.transforms import Preprocess, preprocess
 
 EXAMPLES = int(os.environ.get("PTM_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(

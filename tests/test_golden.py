@@ -83,7 +83,7 @@ def workspace() -> Iterator[Path]:
         (images / "a-folder.png").mkdir()
         torch.manual_seed(0)
         torch.save(informative_state_dict(), root / "tiny.pth")
-        from ptm_cli.cyclegan import build_generator
+        from ptm_cli.nets.cyclegan import build_generator
 
         torch.manual_seed(7)
         torch.save(build_generator(ngf=8, n_blocks=2).state_dict(), root / "tinygen.pth")

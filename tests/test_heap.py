@@ -1,4 +1,4 @@
-"""ptm_cli.heap: large activations reuse mapped pages while a model runs, and are returned after."""
+"""ptm_cli.runtime.tuning: large activations reuse mapped pages while a model runs, and are returned after."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ptm_cli import heap
+from ptm_cli.runtime import tuning as heap
 from ptm_cli.settings import tuning
 
 pytestmark = pytest.mark.skipif(heap.glibc() is None, reason="the C library is not glibc")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(heap.glibc() is None, reason="the C library is n
 PROBE = r"""
 import json, resource, sys
 import torch
-from ptm_cli import heap
+from ptm_cli.runtime import tuning as heap
 from ptm_cli.settings import tuning
 
 MIB = 1 << 20
@@ -93,7 +93,7 @@ def test_inside_a_block_freed_activations_are_reused_and_returned_after() -> Non
 THREE_CALLS = r"""
 import json, resource, sys
 import torch
-from ptm_cli import heap
+from ptm_cli.runtime import tuning as heap
 from ptm_cli.settings import tuning
 
 tuning.heap_keep = int(sys.argv[1]) << 20

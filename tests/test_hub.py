@@ -18,7 +18,6 @@ import torch.hub
 from torch import nn
 
 from ptm_cli import hub
-from ptm_cli.classify import Classifier
 from ptm_cli.errors import (
     ConfigError,
     DownloadError,
@@ -27,7 +26,8 @@ from ptm_cli.errors import (
     UnsafeWeights,
     UsageError,
 )
-from ptm_cli.hub.classifier import hub_classifier
+from ptm_cli.tasks.classify import Classifier
+from ptm_cli.tasks.hubclassifier import hub_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_URL = "https://example.invalid/tiny-0123abcd.pth"

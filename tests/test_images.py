@@ -1,4 +1,4 @@
-"""Tests for ptm_cli.imageio and ptm_cli.transforms: safe loading, mode conversion and torchvision-exact preprocessing.
+"""Image loading and preprocessing: safe decoding, mode conversion and torchvision-exact preprocessing.
 
 Every image is built here with Pillow (or by hand, byte by byte); nothing is
 downloaded or read from outside the test's temporary folder.
@@ -25,10 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, features
 
-from ptm_cli import formats
 from ptm_cli.errors import ConfigError, ImageTooLarge, InputNotFound, UnreadableImage, UnsupportedFormat
-from ptm_cli.imageio import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, load_image, load_image_with_format, to_rgb
-from ptm_cli.transforms import Preprocess, preprocess, resize_and_crop, to_tensor
+from ptm_cli.images import formats
+from ptm_cli.images.decode import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, load_image, load_image_with_format, to_rgb
+from ptm_cli.images.transforms import Preprocess, preprocess, resize_and_crop, to_tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -272,7 +272,7 @@ def test_unreadable_path_is_input_not_found(tmp_path: Path) -> None:
     ],
 )
 def test_open_errors_are_input_not_found(monkeypatch: pytest.MonkeyPatch, error: OSError, match: str) -> None:
-    import ptm_cli.imageio as images
+    import ptm_cli.images.decode as images
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise error
@@ -818,7 +818,10 @@ def test_preprocess_flattens_alpha_before_resizing(tv: object) -> None:
 
 
 def test_import_does_not_pull_in_torch_or_numpy() -> None:
-    code = "import sys, ptm_cli.imageio, ptm_cli.transforms; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    code = (
+        "import sys, ptm_cli.images.decode, ptm_cli.images.transforms\n"
+        "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    )
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import DATA, informative_state_dict, run_ptm, write_tiny_model
 
-from ptm_cli import weights
+from ptm_cli.cache import weights
 from ptm_cli.errors import UsageError
-from ptm_cli.loading import ModelOptions, load_classifier, local_weights_file, plan_classifier
+from ptm_cli.tasks.loading import ModelOptions, load_classifier, local_weights_file, plan_classifier
 
 PHOTO = str(DATA / "coffee.png")
 
@@ -68,8 +68,8 @@ def test_upper_case_safetensors_suffix_loads(tiny: Path) -> None:
 
 
 def test_the_library_and_the_command_give_the_same_records(tiny: Path) -> None:
-    from ptm_cli.classify import classify_images, to_record
-    from ptm_cli.inputs import ImageInput
+    from ptm_cli.images.inputs import ImageInput
+    from ptm_cli.tasks.classify import classify_images, to_record
 
     options = ModelOptions("tiny", weights=str(tiny / "tiny.pth"), device="cpu")
     classifier = load_classifier(options, progress=False)

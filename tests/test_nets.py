@@ -12,12 +12,12 @@ import torch
 import torchvision.models as tvm
 from helpers import ROOT, save_weights
 
-from ptm_cli import nets
-from ptm_cli.architectures import factory as architecture_factory
-from ptm_cli.catalog import Catalog
+from ptm_cli.cache.catalog import Catalog
 from ptm_cli.errors import ConfigError
-from ptm_cli.loading import build_classifier
-from ptm_cli.modeling import skip_init
+from ptm_cli.nets import classic as nets
+from ptm_cli.nets.architectures import factory as architecture_factory
+from ptm_cli.nets.modeling import skip_init
+from ptm_cli.tasks.loading import build_classifier
 
 NATIVE_ENTRIES = sorted(
     (e.architecture, e.ref)
@@ -38,7 +38,7 @@ def test_structure_and_state_dict_match_torchvision(architecture: str, ref: str)
     with torch.device("meta"):
         ours = architecture_factory(entry)()
         theirs = tvm.get_model(architecture, weights=None, **kwargs)
-    assert type(ours).__module__ == "ptm_cli.nets"
+    assert type(ours).__module__ == "ptm_cli.nets.classic"
     # The printed module tree names every layer with its hyper-parameters.
     assert repr(ours) == repr(theirs)
     assert {k: (v.shape, v.dtype) for k, v in ours.state_dict().items()} == {
@@ -124,10 +124,10 @@ def test_classifier_loads_resnet_without_importing_torchvision(tmp_path: Path) -
         f"""
         import sys
         from pathlib import Path
-        from ptm_cli.catalog import Catalog
-        from ptm_cli.classify import classify_images
-        from ptm_cli.inputs import ImageInput
-        from ptm_cli.loading import build_classifier
+        from ptm_cli.cache.catalog import Catalog
+        from ptm_cli.tasks.classify import classify_images
+        from ptm_cli.images.inputs import ImageInput
+        from ptm_cli.tasks.loading import build_classifier
         entry = Catalog.load().resolve("r18")
         classifier = build_classifier(entry, weights_file=Path({str(weights)!r}), device="cpu")
         [result] = classify_images([ImageInput("cat", path=Path({str(ROOT / "data" / "chelsea.png")!r}))], classifier)
@@ -146,7 +146,7 @@ def test_classifier_with_native_resnet_matches_torchvision_predictions(tmp_path:
     weights = save_weights(tmp_path / "r18.pth", "resnet18")
     entry = Catalog.load().resolve("resnet18")
     classifier = build_classifier(entry, weights_file=weights, device="cpu")
-    assert type(classifier.model).__module__ == "ptm_cli.nets"
+    assert type(classifier.model).__module__ == "ptm_cli.nets.classic"
     reference = tvm.resnet18()
     reference.load_state_dict(torch.load(weights, weights_only=True))
     batch = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))

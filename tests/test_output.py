@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ptm_cli.errors import OutputError, UsageError
-from ptm_cli.imagejobs import image_format_for, write_output
-from ptm_cli.output import RecordWriter, default_format, round_float
+from ptm_cli.output.imagefiles import image_format_for, write_output
+from ptm_cli.output.records import RecordWriter, default_format, round_float
 
 RECORDS = [
     {"input": "a.jpg", "predictions": [{"rank": 1, "label": "cat", "probability": 0.75}]},

@@ -28,12 +28,12 @@ from photofiles import (
 )
 from PIL import Image, ImageCms, features
 
-from ptm_cli import formats
-from ptm_cli.colour import ImageNote, srgb_profile, to_srgb
 from ptm_cli.errors import ConfigError, ImageTooLarge, UnreadableImage, UnsupportedFormat
-from ptm_cli.imageio import load_image, load_image_with_format
-from ptm_cli.inputs import iter_directory
-from ptm_cli.transforms import Preprocess, preprocess
+from ptm_cli.images import formats
+from ptm_cli.images.colour import ImageNote, srgb_profile, to_srgb
+from ptm_cli.images.decode import load_image, load_image_with_format
+from ptm_cli.images.inputs import iter_directory
+from ptm_cli.images.transforms import Preprocess, preprocess
 
 HAS_AVIF = features.check("avif")
 needs_avif = pytest.mark.skipif(not HAS_AVIF, reason="this Pillow has no AVIF codec")
@@ -538,7 +538,7 @@ def test_phone_formats_classify_like_the_same_pixels_in_png(
 
 @pytest.fixture(scope="module")
 def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("gen") / "gen.pth"
@@ -650,7 +650,7 @@ def test_the_embedded_srgb_profile_is_the_same_bytes_in_every_process() -> None:
     import sys
     import time
 
-    code = "import sys; from ptm_cli.colour import srgb_profile; sys.stdout.buffer.write(srgb_profile())"
+    code = "import sys; from ptm_cli.images.colour import srgb_profile; sys.stdout.buffer.write(srgb_profile())"
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
     time.sleep(1.1)
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout

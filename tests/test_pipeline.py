@@ -13,12 +13,12 @@ from helpers import DATA
 from PIL import Image, ImageEnhance
 from torch import nn
 
-from ptm_cli import classify
-from ptm_cli.catalog import Entry
-from ptm_cli.classify import Classifier, OpenMPPace, classify_images
-from ptm_cli.device import Precision, place_classifier
-from ptm_cli.inputs import ImageInput
-from ptm_cli.transforms import Preprocess, preprocess, to_tensor, to_tensor_without_torch
+from ptm_cli.cache.catalog import Entry
+from ptm_cli.images.inputs import ImageInput
+from ptm_cli.images.transforms import Preprocess, preprocess, to_tensor, to_tensor_without_torch
+from ptm_cli.nets.device import Precision, place_classifier
+from ptm_cli.tasks import classify
+from ptm_cli.tasks.classify import Classifier, OpenMPPace, classify_images
 
 RECIPE = Preprocess(resize=40, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -86,7 +86,7 @@ def schedule(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 def test_pipeline_answers_are_the_model_on_the_preprocessed_images_bit_for_bit(
     photos: list[Path], schedule: str
 ) -> None:
-    from ptm_cli.imageio import load_image
+    from ptm_cli.images.decode import load_image
 
     classifier = classifier_for(TinyNet())
     results = list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier, top_k=4, batch_size=5))
@@ -252,7 +252,7 @@ def test_a_classifier_starts_its_next_run_the_way_its_last_pass_left_the_threads
 def test_decoding_threads_run_torch_only_for_the_warm_servers_shared_classifier(
     photos: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ptm_cli import transforms
+    from ptm_cli.images import transforms
 
     seen: list[bool] = []
     real = transforms.preprocess

@@ -140,6 +140,6 @@ def test_a_command_imports_only_its_own_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = out.stderr.strip().splitlines()[-1]
-    assert "ptm_cli.commands.models" in loaded
+    assert "ptm_cli.commands.cmd_models" in loaded
     for other in ("batch", "classify", "serve", "weights", "hub", "translate"):
         assert f"ptm_cli.commands.{other}'" not in loaded

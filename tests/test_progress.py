@@ -79,7 +79,7 @@ def test_classify_shows_a_bar_on_a_terminal_and_keeps_stdout_identical(photos: P
 
 
 def test_translate_shows_files_and_tiles(photos: Path, tmp_path: Path) -> None:
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     torch.manual_seed(0)
     torch.save(build_generator(ngf=8).state_dict(), tmp_path / "g.pth")

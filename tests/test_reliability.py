@@ -37,8 +37,9 @@ from http_server import FixtureServer
 from photofiles import camera_raw
 from PIL import Image, features
 
-from ptm_cli import formats, settings
-from ptm_cli import weights as weights_mod
+from ptm_cli import settings
+from ptm_cli.cache import weights as weights_mod
+from ptm_cli.images import formats
 
 HAS_WEBP = features.check("webp")
 HAS_AVIF = features.check("avif")
@@ -528,7 +529,8 @@ def test_thin_strip_preprocessing_memory_is_bounded(tmp_path: Path) -> None:
     strip.write_bytes(encode(Image.new("RGB", (40000, 1), "orange"), "PNG"))  # 200 bytes on disk
     code = PEAK_RSS + (
         "import json, sys\n"
-        "from ptm_cli.imageio import load_image\nfrom ptm_cli.transforms import Preprocess, resize_and_crop\n"
+        "from ptm_cli.images.decode import load_image\n"
+        "from ptm_cli.images.transforms import Preprocess, resize_and_crop\n"
         "p = Preprocess(resize=72, crop=64)\n"
         "resize_and_crop(load_image(sys.argv[2]), p)  # warm up: Pillow's decoders and resampling\n"
         "before = peak_kib()\n"

@@ -13,7 +13,7 @@ import torch
 from helpers import DATA, run_ptm, write_tiny_model
 from PIL import Image, ImageStat
 
-from ptm_cli.report import Report
+from ptm_cli.output.report import Report
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -106,7 +106,7 @@ def test_screenshot_is_not_blank(classify_report: tuple[Path, list[dict]], tmp_p
 
 @needs_chromium
 def test_translate_report_shows_input_and_output_side_by_side(photos: Path, tmp_path: Path) -> None:
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     torch.manual_seed(0)
     torch.save(build_generator().state_dict(), tmp_path / "g.pth")

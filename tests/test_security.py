@@ -309,7 +309,7 @@ def test_csv_cells_that_start_like_formulas_get_a_quote_and_json_is_untouched() 
     import csv
     import io
 
-    from ptm_cli.output import RecordWriter
+    from ptm_cli.output.records import RecordWriter
 
     names = ["=1+2", "+1", "-1", "@A1", "\t=1", "\r=1", "ok", "a=b"]
     for fmt, delimiter in (("csv", ","), ("tsv", "\t")):
@@ -331,7 +331,7 @@ def test_csv_cells_that_start_like_formulas_get_a_quote_and_json_is_untouched() 
 def test_a_big_table_is_drawn_line_by_line_exactly_as_rich_draws_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from ptm_cli import output
+    from ptm_cli.output import records as output
 
     rows = [
         {"model": f"m{i}[x]", "weights": "W" * (i % 7), "params": i * 1001, "acc1": 0.5 + i, "cached": i % 2 == 0}
@@ -539,7 +539,7 @@ def test_a_body_far_larger_than_the_catalog_size_is_cut_off(
 def test_a_server_dripping_bytes_fails_within_a_bounded_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: object
 ) -> None:
-    from ptm_cli import download
+    from ptm_cli.cache import download
     from ptm_cli.errors import DownloadError
 
     monkeypatch.setenv("PTM_DOWNLOAD_TIMEOUT", "0.5")  # each read waits at most this; the pace window too
@@ -598,7 +598,7 @@ def test_an_endless_pipe_import_is_bounded(tmp_path: Path, monkeypatch: pytest.M
 def test_weights_removed_while_in_use_say_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, server: object, net_bytes: bytes
 ) -> None:
-    from ptm_cli import weights
+    from ptm_cli.cache import weights
 
     url = server.serve("/loose.pth", net_bytes)  # type: ignore[attr-defined]
     catalog_for(tmp_path, monkeypatch, url)
@@ -711,7 +711,7 @@ def test_nan_logits_give_an_error_record_and_valid_json(tiny: list[str], tmp_pat
 def test_json_writer_never_writes_nan() -> None:
     import io
 
-    from ptm_cli.output import RecordWriter
+    from ptm_cli.output.records import RecordWriter
 
     stream = io.StringIO()
     with RecordWriter(stream, "jsonl", columns=["x"]) as writer:
@@ -1094,8 +1094,9 @@ def test_files_from_an_endless_source_is_bounded(tiny: list[str], tmp_path: Path
 
 
 def test_a_too_large_files_from_list_says_to_stream_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ptm_cli import inputs, settings
+    from ptm_cli import settings
     from ptm_cli.errors import UsageError
+    from ptm_cli.images import inputs
 
     monkeypatch.setattr(settings.tuning, "max_list_bytes", 1000)
     (tmp_path / "list.txt").write_bytes(b"photo.png\n" * 101)
@@ -1149,7 +1150,7 @@ def with_height(data: bytes, height: int) -> bytes:
 @pytest.mark.parametrize("fraction", [0.3, 0.5, 0.8])
 def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_unreadable(subsampling: int, fraction: float) -> None:
     from ptm_cli.errors import UnreadableImage
-    from ptm_cli.imageio import load_image
+    from ptm_cli.images.decode import load_image
 
     data = jpeg_bytes(noisy(320, 240), quality=90, subsampling=subsampling)
     cut = data[: int(len(data) * fraction)] + b"\xff\xd9"
@@ -1162,7 +1163,7 @@ def test_a_jpeg_cut_short_and_closed_with_an_end_marker_is_unreadable(subsamplin
 
 def test_a_jpeg_whose_header_declares_more_rows_than_its_data_is_unreadable() -> None:
     from ptm_cli.errors import UnreadableImage
-    from ptm_cli.imageio import load_image
+    from ptm_cli.images.decode import load_image
 
     data = jpeg_bytes(noisy(200, 100), quality=90)
     with pytest.raises(UnreadableImage, match="truncated"):
@@ -1173,7 +1174,7 @@ def test_a_jpeg_whose_header_declares_more_rows_than_its_data_is_unreadable() ->
 def test_genuinely_grey_jpegs_still_load(subsampling: int) -> None:
     from PIL import Image
 
-    from ptm_cli.imageio import load_image
+    from ptm_cli.images.decode import load_image
 
     half = noisy(200, 160)
     half.paste((128, 128, 128), (0, 80, 200, 160))  # type: ignore[attr-defined]

@@ -174,7 +174,7 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(folder / "photo1.png", folder / "album" / "a.png")
     (folder / "album" / "b.jpg").write_bytes(b"not a picture")
     torch.manual_seed(0)
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     torch.save(build_generator().state_dict(), folder / "generator.pth")
     return folder

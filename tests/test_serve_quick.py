@@ -58,7 +58,7 @@ FIELDS = ("model", "weights", "top_k", "fmt", "device", "precision", "batch_size
 
 def click_reads(args: list[str]) -> dict[str, Any] | None:
     """The classify command's parameters as click parses ``args``; None when click refuses them (or shows help)."""
-    from ptm_cli.commands.classify import classify
+    from ptm_cli.commands.cmd_classify import classify
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
@@ -98,8 +98,8 @@ def test_plain_spellings_are_taken_and_read_as_click_reads_them(args: list[str])
 
 def test_the_choices_are_the_commands_own() -> None:
     from ptm_cli.commands import options
-    from ptm_cli.commands.classify import classify
-    from ptm_cli.output import FORMATS
+    from ptm_cli.commands.cmd_classify import classify
+    from ptm_cli.output.records import FORMATS
 
     assert quick.PRECISIONS == options.PRECISIONS and quick.FORMATS == FORMATS
     server = next(p for p in classify.params if p.name == "server")
@@ -126,7 +126,8 @@ def test_a_plain_call_imports_no_click_and_prints_what_the_command_prints(warm: 
         "out = []\n"
         f"for fmt in {formats!r}:\n"
         f"    out.append(run([*{list(CLASSIFY)!r}, '-f', fmt, '-k3', '--server=auto', 'photo0.png', 'album']))\n"
-        "loaded = [m for m in ('click', 'ptm_cli.commands.classify', 'ptm_cli.catalog', 'torch') if m in sys.modules]\n"
+        "loaded = [m for m in ('click', 'ptm_cli.commands.cmd_classify', 'ptm_cli.cache.catalog', 'torch')\n"
+        "          if m in sys.modules]\n"
         "print('CODES', out, 'LOADED=' + ','.join(loaded), file=sys.stderr)\n"
     )
     served = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=True)

@@ -9,9 +9,9 @@ import torch
 from helpers import DATA, calibrated_state_dict, probability_table, run_ptm, save_weights
 from PIL import Image, ImageEnhance
 
-from ptm_cli.catalog import Catalog
-from ptm_cli.inputs import ImageInput
-from ptm_cli.loading import build_classifier
+from ptm_cli.cache.catalog import Catalog
+from ptm_cli.images.inputs import ImageInput
+from ptm_cli.tasks.loading import build_classifier
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
 

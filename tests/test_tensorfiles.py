@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import torch
 
-from ptm_cli import architectures, tensorio
-from ptm_cli.catalog import Catalog
-from ptm_cli.commands.weights import tensor_rows, totals
+from ptm_cli import tensorio
+from ptm_cli.cache.catalog import Catalog
+from ptm_cli.commands.cmd_weights import tensor_rows, totals
 from ptm_cli.errors import MissingDependency, OutputError, UsageError, WeightsError
+from ptm_cli.nets import architectures
 from ptm_cli.tensorio import convert, h5, safetensors_io
-from ptm_cli.tensorio.formats import detect_format
+from ptm_cli.tensorio.filetypes import detect_format
 from ptm_cli.tensorio.inspection import Inspection, TensorInfo, inspect_file
 
 h5py = pytest.importorskip("h5py")
@@ -557,7 +558,7 @@ def test_match_architecture_needs_exact_shapes(tmp_path: Path) -> None:
 
 
 def test_match_architecture_finds_the_cyclegan_generator(tmp_path: Path) -> None:
-    from ptm_cli.cyclegan import build_generator
+    from ptm_cli.nets.cyclegan import build_generator
 
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in build_generator().state_dict().items()}

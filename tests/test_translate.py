@@ -20,13 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ptm_cli import architectures, translate
-from ptm_cli.catalog import Catalog, Entry
-from ptm_cli.cyclegan import build_generator
+from ptm_cli.cache.catalog import Catalog, Entry
 from ptm_cli.errors import ConfigError, IncompatibleWeights, UsageError
-from ptm_cli.imageio import load_image
-from ptm_cli.loading import build_translator
-from ptm_cli.translate import Translator
+from ptm_cli.images.decode import load_image
+from ptm_cli.nets import architectures
+from ptm_cli.nets.cyclegan import build_generator
+from ptm_cli.tasks import translate
+from ptm_cli.tasks.loading import build_translator
+from ptm_cli.tasks.translate import Translator
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -94,7 +95,7 @@ def full_size_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_importing_the_module_imports_no_torch() -> None:
-    code = "import sys, ptm_cli.translate; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    code = "import sys, ptm_cli.tasks.translate; print('torch' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -475,8 +476,8 @@ def test_bf16_stays_close_to_fp32(tiny_weights: Path, tiny: Translator) -> None:
     ],
 )
 def test_output_path_keeps_the_inputs_stem(name: str, expected: str) -> None:
-    from ptm_cli.imagejobs import Destination
-    from ptm_cli.inputs import ImageInput
+    from ptm_cli.images.inputs import ImageInput
+    from ptm_cli.output.imagefiles import Destination
 
     destination = Destination(directory=Path("out"), suffix="-zebra")
     assert destination.path_for(ImageInput(name, path=None if name == "-" else Path(name))) == Path(expected)
@@ -540,7 +541,7 @@ def test_tiles_count_only_from_the_margin_inside_their_inner_edges() -> None:
 @pytest.mark.parametrize("mode", ["plain", "record", "frozen"])
 def test_under_bf16_autocast_no_layer_falls_back_to_float32(mode: str) -> None:
     """Padding and every instance norm keep bf16 activations bf16; only the input image is float32."""
-    from ptm_cli.cyclegan import norm_layers
+    from ptm_cli.nets.cyclegan import norm_layers
 
     torch.manual_seed(0)
     model = build_generator(ngf=8, n_blocks=2).eval()

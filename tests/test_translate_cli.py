@@ -214,7 +214,7 @@ def test_disk_full_while_writing_an_output(zebra: list[str], tmp_path: Path, mon
     import errno
     import os
 
-    import ptm_cli.fsutil
+    import ptm_cli.runtime.fsutil
 
     first, second = odd_image(tmp_path / "a.png"), odd_image(tmp_path / "b.png")
     out = tmp_path / "out"
@@ -232,7 +232,7 @@ def test_disk_full_while_writing_an_output(zebra: list[str], tmp_path: Path, mon
             handle.write = full  # type: ignore[method-assign]
         return handle
 
-    monkeypatch.setattr(ptm_cli.fsutil.os, "fdopen", fdopen)
+    monkeypatch.setattr(ptm_cli.runtime.fsutil.os, "fdopen", fdopen)
     result = run_ptm([*zebra, str(first), str(second), "--output-dir", str(out)])
     assert result.code == 1
     ok, full = result.records()

@@ -24,8 +24,9 @@ from http_server import FixtureServer, race_worker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptm_cli import __version__, download, fsutil, tensorio, weights
-from ptm_cli.catalog import Catalog, Entry
+from ptm_cli import __version__, tensorio
+from ptm_cli.cache import download, weights
+from ptm_cli.cache.catalog import Catalog, Entry
 from ptm_cli.errors import (
     ConfigError,
     DamagedWeights,
@@ -37,6 +38,7 @@ from ptm_cli.errors import (
     UnsafeWeights,
     WeightsError,
 )
+from ptm_cli.runtime import fsutil
 from ptm_cli.settings import tuning
 
 # --- helpers and fixtures ---------------------------------------------------------
@@ -126,7 +128,7 @@ def test_cache_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_importing_weights_module_loads_neither_torch_nor_rich() -> None:
-    code = "import sys, ptm_cli.weights; print(sorted({'torch', 'rich'} & set(sys.modules)))"
+    code = "import sys, ptm_cli.cache.weights; print(sorted({'torch', 'rich'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .. import fsutil, weights
-from ..catalog import Entry
+from ..cache import weights
+from ..cache.catalog import Entry
 from ..errors import MissingDependency, UsageError
-from ..inputs import ImageInput, expand_inputs
-from ..loading import ModelOptions, plan_classifier, plan_translator
+from ..images.inputs import ImageInput, expand_inputs
+from ..runtime import fsutil
+from ..tasks.loading import ModelOptions, plan_classifier, plan_translator
 
 JOB_FILE = "_JOB.json"
 MANIFEST_FILE = "_MANIFEST.jsonl"
@@ -306,7 +307,7 @@ def _with_taken(spec: Spec, names: list[str]) -> Spec:
         return spec
     from dataclasses import replace
 
-    from ..imagejobs import Destination
+    from ..output.imagefiles import Destination
 
     destination = Destination(directory=Path(IMAGES_DIR), suffix=spec.suffix, image_format=spec.image_format)
     first: dict[str, str] = {}
@@ -330,7 +331,7 @@ def output_name(destination: Any, name: str) -> str:
 def _image_format(image_format: str | None) -> str | None:
     if not image_format:
         return None
-    from ..imagejobs import image_format_for
+    from ..output.imagefiles import image_format_for
 
     return image_format_for("", image_format)
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import errors, fsutil
+from .. import errors
 from ..errors import PtmError, UsageError, WorkerFailed, first_line
+from ..runtime import fsutil
 from .job import JOB_FILE, SUMMARY_FILE, Job, Shard, Spec, read_job, read_manifest, shard_path, split, stale_parts
 from .shardfile import Record, read_shard
 

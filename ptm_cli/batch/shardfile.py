@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import fsutil
+from ..runtime import fsutil
 
 Record = dict[str, Any]
 

@@ -3,7 +3,7 @@
 Workers never download: they load the file the driver resolved and
 verified, after checking its sha256 again (a worker may see another copy,
 on another machine's disk or a shared folder that changed). The model comes
-from :mod:`ptm_cli.loading`, as for ``ptm classify``, and the records from
+from :mod:`ptm_cli.tasks.loading`, as for ``ptm classify``, and the records from
 the same functions the CLI uses, so a shard's records are the CLI's records.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HashMismatch, InputError, OutputError, PtmError, WeightsError, first_line
-from ..inputs import ImageInput
+from ..images.inputs import ImageInput
 from .job import IMAGES_DIR, Shard, Spec, absolute, output_name
 from .shardfile import Record, write_shard
 
@@ -54,7 +54,7 @@ def model_for(spec: Spec) -> Any:
     model = _MODEL.get(spec.model_key)
     if model is not None:
         return model
-    from ..loading import build_classifier, build_translator
+    from ..tasks.loading import build_classifier, build_translator
 
     path = check_weights(spec)
     if spec.threads is not None and not spec.device.startswith("cuda"):
@@ -88,7 +88,7 @@ def run_shard(spec: Spec, shard: Shard) -> list[Record]:
 
 
 def _classify(spec: Spec, shard: Shard, classifier: Any) -> list[Record]:
-    from ..classify import classify_images, to_record
+    from ..tasks.classify import classify_images, to_record
 
     inputs = [ImageInput(name, path=absolute(spec.cwd, name)) for name in shard.names]
     results = classify_images(inputs, classifier, top_k=spec.top_k, batch_size=spec.batch_size)
@@ -96,7 +96,7 @@ def _classify(spec: Spec, shard: Shard, classifier: Any) -> list[Record]:
 
 
 def _translate(spec: Spec, shard: Shard, translator: Any) -> list[Record]:
-    from ..imagejobs import Destination, run_image_jobs
+    from ..output.imagefiles import Destination, run_image_jobs
 
     folder = Path(spec.folder) / IMAGES_DIR
     shown = Path(spec.folder_as_written) / IMAGES_DIR

@@ -105,8 +105,8 @@ def stdout_is_data() -> Iterator[IO[str]]:
 
 
 def writer(stream: IO[str], fmt: str | None, **kwargs: Any) -> Any:
-    """A :class:`~ptm_cli.output.RecordWriter`; use it in a ``with`` block so ``-f json`` is always closed."""
-    from ..output import RecordWriter, default_format
+    """A :class:`~ptm_cli.output.records.RecordWriter`; use it in a ``with`` block so ``-f json`` is always closed."""
+    from ..output.records import RecordWriter, default_format
 
     return RecordWriter(stream, fmt or default_format(stream), **kwargs)
 
@@ -124,7 +124,7 @@ def outcome(count: int, failed: int) -> int:
 
 def image_inputs(images: tuple[str, ...], recursive: bool, files_from: str | None) -> Iterator[Any]:
     """The images named on the command line, checked now and read lazily."""
-    from ..inputs import expand_inputs
+    from ..images.inputs import expand_inputs
 
     if not images and files_from is None:
         import click

@@ -16,7 +16,7 @@ _PATH_HINTS = ("/", ".", "~")
 
 
 def _catalog() -> Any:
-    from ..catalog import Catalog
+    from ..cache.catalog import Catalog
 
     return Catalog.load()
 

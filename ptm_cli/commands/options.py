@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..output import FORMATS
+from ..output.records import FORMATS
 from ..settings import PRECISIONS
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]

@@ -20,7 +20,7 @@ import stat
 import sys
 from typing import Any
 
-from ..output import FORMATS
+from ..output.records import FORMATS
 from ..settings import PRECISIONS, SERVER_MODES
 
 # The classify options this path takes, each spelling with its field; the defaults are ClassifyCall's.
@@ -188,7 +188,7 @@ def _server_wanted(call: ClassifyCall) -> bool:
 def _open_job(call: ClassifyCall) -> Any:
     """The job accepted by the running server, or None when the click command should run the call."""
     from ..errors import PtmError
-    from ..inputs import expand_inputs
+    from ..images.inputs import expand_inputs
     from ..serve.client import Job, connect, encode_inputs
     from ..serve.protocol import Mismatch, runtime_dir, socket_path
 

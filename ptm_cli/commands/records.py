@@ -33,7 +33,7 @@ def classify_writer(out: IO[str], fmt: str | None) -> Any:
             return [{"input": record["input"], "error": f"{error['type']}: {error['message']}"}]
         return [{"input": record["input"], **p} for p in record["predictions"]]
 
-    from ..output import default_format
+    from ..output.records import default_format
 
     terminal = default_format(out) == "table"  # the stream is a terminal
 
@@ -68,7 +68,7 @@ def write_served_records(
     named: tuple[tuple[str, ...], bool, str | None],
 ) -> int:
     """The records a server made, written as the in-process run writes its own; the exit code."""
-    from ..inputs import count_inputs
+    from ..images.inputs import count_inputs
 
     images, recursive, files_from = named
     failed = count = 0

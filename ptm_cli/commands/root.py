@@ -15,15 +15,15 @@ from .common import CONTEXT
 
 # Each command's module in this package, imported only when that command runs (or help lists them all).
 _LAZY = {
-    "classify": "classify",
-    "translate": "translate",
-    "zebra": "translate",
-    "batch": "batch",
-    "models": "models",
-    "weights": "weights",
-    "hub": "hub",
-    "doctor": "doctor",
-    "serve": "serve",
+    "classify": "cmd_classify",
+    "translate": "cmd_translate",
+    "zebra": "cmd_translate",
+    "batch": "cmd_batch",
+    "models": "cmd_models",
+    "weights": "cmd_weights",
+    "hub": "cmd_hub",
+    "doctor": "cmd_doctor",
+    "serve": "cmd_serve",
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import settings
-from ..inputs import ImageInput
+from ..images.inputs import ImageInput
 from .protocol import (
     Mismatch,
     ProtocolError,

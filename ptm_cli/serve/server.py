@@ -3,8 +3,8 @@
 One process per user, found through a socket in a private folder (see
 :mod:`.protocol`). Each connection is one job on its own thread; a job
 runs the very engines the in-process commands run
-(:func:`~ptm_cli.classify.classify_images`,
-:func:`~ptm_cli.imagejobs.run_image_jobs`) on inputs the client named,
+(:func:`~ptm_cli.tasks.classify.classify_images`,
+:func:`~ptm_cli.output.imagefiles.run_image_jobs`) on inputs the client named,
 and streams each record back as it is made. Classification requests for
 the same model that arrive together share forward passes: a
 :class:`Batcher` per model collects them for a few milliseconds.
@@ -27,9 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import errors, heap
+from .. import errors
 from ..errors import InputError, PtmError, UsageError, first_line
-from ..inputs import ImageInput
+from ..images.inputs import ImageInput
+from ..runtime import tuning as heap
 from ..settings import tuning
 from ..version import __version__
 from .protocol import ProtocolError, differences, identity, peer_uid, receive, runtime_dir, send, socket_path
@@ -228,8 +229,8 @@ class Server:
         send(conn, {"event": "done"})
 
     def _classify(self, message: dict[str, Any], cwd: str, inputs: list[ImageInput]) -> Iterator[dict[str, Any]]:
-        from ..classify import classify_images, to_record
-        from ..loading import plan_classifier
+        from ..tasks.classify import classify_images, to_record
+        from ..tasks.loading import plan_classifier
 
         top_k = _positive(message, "top_k", 100_000)
         batch_size = _positive(message, "batch_size", 4096)
@@ -259,8 +260,8 @@ class Server:
 
     def _translate(self, conn: socket.socket, message: dict[str, Any], cwd: str) -> None:
         """Load the generator, say so, then answer one image at a time until the client closes."""
-        from ..imagejobs import encode_image, image_format_for
-        from ..loading import plan_translator
+        from ..output.imagefiles import encode_image, image_format_for
+        from ..tasks.loading import plan_translator
 
         size: Any = get(message, "size", (int, str))
         if size != "full" and not (isinstance(size, int) and size >= 1):
@@ -330,7 +331,7 @@ def _positive(message: dict[str, Any], name: str, limit: int) -> int:
 
 def _model_options(raw: dict[str, Any], cwd: str, *, classify: bool) -> tuple[Any, str]:
     """The client's model options, with a local weights file made absolute; and ``-w`` as the client wrote it."""
-    from ..loading import ModelOptions, local_weights_file_spelling
+    from ..tasks.loading import ModelOptions, local_weights_file_spelling
 
     def optional(name: str) -> int | None:
         value: int | None = get(raw, name, (int, type(None)), None)

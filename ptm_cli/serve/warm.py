@@ -23,8 +23,8 @@ from ..errors import NonFiniteOutput, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from ..catalog import Catalog
-    from ..classify import Classifier, Prediction
+    from ..cache.catalog import Catalog
+    from ..tasks.classify import Classifier, Prediction
 
 
 @dataclass
@@ -57,7 +57,7 @@ class WarmCatalog:
         self._catalog: Catalog | None = None
 
     def get(self) -> Catalog:
-        from ..catalog import Catalog, catalog_files
+        from ..cache.catalog import Catalog, catalog_files
 
         key = _files_key(catalog_files())
         with self._lock:

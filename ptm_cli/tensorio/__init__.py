@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .formats import FORMATS, SUFFIXES, detect_format, has_weights_suffix
+from .filetypes import FORMATS, SUFFIXES, detect_format, has_weights_suffix
 
 if TYPE_CHECKING:
-    from .loading import load_state_dict
+    from .reading import load_state_dict
 
 # The readers load on first use: naming a weights file (``-w x.pth``) needs only the suffix table.
-_LAZY = {"load_state_dict": "loading"}
+_LAZY = {"load_state_dict": "reading"}
 
 __all__ = ["FORMATS", "SUFFIXES", "detect_format", "has_weights_suffix", "load_state_dict"]
 

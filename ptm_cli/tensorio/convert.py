@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import fsutil
 from ..errors import EXIT_USAGE, OutputError, PtmError, UsageError, WeightsError, first_line
+from ..runtime import fsutil
 from . import h5, safetensors_io
-from .formats import (
+from .filetypes import (
     SUPPORTED_DTYPES,
     cast_target,
     detect_format,
@@ -37,7 +37,7 @@ from .formats import (
     torch_dtype,
 )
 from .inspection import sharing
-from .loading import load_state_dict
+from .reading import load_state_dict
 
 if TYPE_CHECKING:
     import torch

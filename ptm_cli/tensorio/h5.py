@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IncompatibleWeights, UnsafeWeights, WeightsError
-from .formats import SUPPORTED_DTYPES, cannot_read, damaged, dtype_name, import_h5py, product, torch_dtype
+from .filetypes import SUPPORTED_DTYPES, cannot_read, damaged, dtype_name, import_h5py, product, torch_dtype
 
 if TYPE_CHECKING:
     import numpy as np

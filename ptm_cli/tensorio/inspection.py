@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import IncompatibleWeights, UsageError, WeightsError
 from . import h5, safetensors_io, torchfile
-from .formats import (
+from .filetypes import (
     ITEMSIZE,
     contiguous_strides,
     damaged,

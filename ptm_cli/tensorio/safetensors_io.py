@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import WeightsError, first_line
-from .formats import cannot_read, damaged, import_safetensors
+from .filetypes import cannot_read, damaged, import_safetensors
 
 if TYPE_CHECKING:
     import torch

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IncompatibleWeights, UnsafeWeights, WeightsError, first_line
-from .formats import cannot_read, damaged
+from .filetypes import cannot_read, damaged
 
 if TYPE_CHECKING:
     import torch

@@ -1,0 +1,1 @@
+"""The catalog of models and weights, downloads, pins, and the weights cache."""

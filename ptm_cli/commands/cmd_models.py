@@ -1,0 +1,42 @@
+"""``ptm models``: what the catalog offers, without importing torch."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import EXIT_OK
+from .common import CONTEXT, stdout_is_data, writer
+from .options import format_option
+
+
+@click.command(context_settings=CONTEXT)
+@click.option("-t", "--task", type=click.Choice(("classify", "translate")), help="Only models for this task.")
+@format_option
+def models(task: str | None, fmt: str | None) -> int:
+    """List the models and weights ptm knows (without importing torch).
+
+    \b
+    Examples:
+      ptm models
+      ptm models -t classify -f csv | sort -t, -k7 -n
+    """
+    from ..cache.catalog import Catalog
+    from ..cache.weights import is_cached
+
+    columns = ["model", "weights", "task", "default", "params", "size_mib", "acc1", "acc5", "cached"]
+    with stdout_is_data() as out, writer(out, fmt, columns=columns) as records:
+        for entry in Catalog.load().entries(task):
+            records.write(
+                {
+                    "model": entry.model,
+                    "weights": entry.weights,
+                    "task": entry.task,
+                    "default": entry.is_default,
+                    "params": entry.num_params,
+                    "size_mib": entry.size_mb,
+                    "acc1": entry.acc1,
+                    "acc5": entry.acc5,
+                    "cached": is_cached(entry),
+                }
+            )
+    return EXIT_OK

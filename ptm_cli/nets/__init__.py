@@ -1,0 +1,1 @@
+"""Networks: ptm's own builds of the classic ones, the CycleGAN generator, devices and precision."""

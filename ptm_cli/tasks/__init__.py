@@ -1,0 +1,1 @@
+"""What ptm does with a model: one module per task."""
