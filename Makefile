@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ptm-installed
 
-.PHONY: demo test test-long fuzz lint clean catalog bench
+.PHONY: demo test test-long fuzz lint clean catalog bench asan
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml setup.py ptm_cli/images/_resample.c | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/ptm classify data/chelsea.png
 
-# Lint and type-check first (seconds), then the whole suite.
+# Lint and type-check first (seconds), then the whole suite, then the C kernel under the sanitizers.
 test: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
 	$(BIN)/mypy ptm_cli
 	$(BIN)/python -m pytest -q
+	$(BIN)/python scripts/asan.py --examples 500
 
 # Soak and load tests (thousands of images): minutes, still offline.
 test-long: $(STAMP)
@@ -55,3 +56,8 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 # for just the pipeline rows).
 bench: $(BENCH_STAMP)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# The C kernel under AddressSanitizer and UndefinedBehaviorSanitizer: its tests and a fuzz of its entry
+# point (skipped, saying so, where the compiler has no sanitizers).
+asan: $(STAMP)
+	$(BIN)/python scripts/asan.py $(ASAN_ARGS)

@@ -9,6 +9,10 @@ torch, torchvision and Pillow load only when a function that needs them runs.
     classifier = load_classifier(ModelOptions("resnet101"))
     for result in classify_images([ImageInput("dog.jpg", path=Path("dog.jpg"))], classifier):
         print(result.predictions[0].label)
+
+Every task the command line runs is in :mod:`ptm_cli.tasks` (``tasks.get("classify")``).
+A program that runs many models in one process may call :func:`tune_process`
+first, as the ``ptm`` command does (see :mod:`ptm_cli.runtime.tuning`).
 """
 
 from __future__ import annotations
@@ -20,20 +24,23 @@ from .version import __version__
 _LAZY = {
     "Catalog": "cache.catalog",
     "Entry": "cache.catalog",
-    "ModelOptions": "tasks.loading",
-    "load_classifier": "tasks.loading",
-    "load_translator": "tasks.loading",
+    "ModelOptions": "tasks.base",
+    "Plan": "tasks.base",
+    "Task": "tasks.base",
+    "load_classifier": "tasks.classify",
     "Classifier": "tasks.classify",
     "Classification": "tasks.classify",
     "Prediction": "tasks.classify",
     "classify_images": "tasks.classify",
-    "ImageInput": "images.inputs",
+    "load_translator": "tasks.translate",
     "Translator": "tasks.translate",
+    "ImageInput": "images.inputs",
     "load_image": "images.decode",
     "Preprocess": "images.transforms",
     "preprocess": "images.transforms",
-    "ensure_weights": "tasks.loading",
+    "ensure_weights": "nets.architectures",
     "load_state_dict": "tensorio",
+    "tune_process": "runtime.tuning",
     "PtmError": "errors",
 }
 
@@ -42,19 +49,22 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "Catalog",
     "Entry",
     "ModelOptions",
+    "Plan",
+    "Task",
     "load_classifier",
-    "load_translator",
     "Classifier",
     "Classification",
     "Prediction",
     "classify_images",
-    "ImageInput",
+    "load_translator",
     "Translator",
+    "ImageInput",
     "load_image",
     "Preprocess",
     "preprocess",
     "ensure_weights",
     "load_state_dict",
+    "tune_process",
     "PtmError",
 ]
 
@@ -64,9 +74,11 @@ if TYPE_CHECKING:
     from .images.decode import load_image
     from .images.inputs import ImageInput
     from .images.transforms import Preprocess, preprocess
-    from .tasks.classify import Classification, Classifier, Prediction, classify_images
-    from .tasks.loading import ModelOptions, ensure_weights, load_classifier, load_translator
-    from .tasks.translate import Translator
+    from .nets.architectures import ensure_weights
+    from .runtime.tuning import tune_process
+    from .tasks.base import ModelOptions, Plan, Task
+    from .tasks.classify import Classification, Classifier, Prediction, classify_images, load_classifier
+    from .tasks.translate import Translator, load_translator
     from .tensorio import load_state_dict
 
 

@@ -1,31 +1,21 @@
-"""The ``ptm`` command line: the entry point, and the one place where errors become exit codes.
+"""The ``ptm`` command: its entry point.
 
-The group and its commands live in :mod:`ptm_cli.commands` (each command's
-module imported when it runs), so ``ptm --help`` stays instant. Nothing here
-imports click at start-up: a one-file ``ptm classify --server auto`` is
-answered by :mod:`ptm_cli.commands.quick` without it, and everything else
-goes through click exactly as before. Library errors (``PtmError``) become
-one-line messages and exit codes in :func:`run`.
+A call that asks for a warm server (``--server auto``, or ``PTM_SERVER=auto``)
+is first handed, as typed, to a server that is already running: the server
+parses it with the same click command and runs it with this process's
+standard streams, working folder and umask (see :mod:`ptm_cli.serve`). This
+path imports neither click nor torch, which is most of a one-file call's
+cost. Everything else, and every call the server sends back, runs here
+through :mod:`ptm_cli.commands.main`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from typing import Any
 
 from . import settings
-from .commands.common import GuardedStream, ReaderGone, note
-from .errors import (
-    EXIT_BROKEN_PIPE,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    ConfigError,
-    PtmError,
-    StdoutUnwritable,
-    first_line,
-)
+from .errors import ConfigError
 
 
 def __getattr__(name: str) -> Any:
@@ -43,93 +33,54 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    settings.prepare_openmp()
+    """``ptm ARGV``'s exit code (``sys.argv[1:]`` by default)."""
+    from .runtime.tuning import tune_process
+
+    tune_process()  # the ptm command tunes its own process; library calls leave that to their caller
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
         debug = settings.debug()
     except ConfigError as exc:
-        return _report(exc)
-    real_stdout = sys.stdout
-    sys.stdout = GuardedStream(real_stdout)  # type: ignore[assignment]
+        from .commands.running import report
+
+        return report(exc)
+    handed: Any = None
+    if not debug and _asks_for_a_server(args):
+        from .errors import PtmError
+        from .serve.client import forward
+
+        try:
+            handed = forward(args, start=False)
+        except PtmError as exc:  # the server stopped part-way through the command
+            from .commands.running import report
+
+            return report(exc)
+        if handed.code is not None:
+            return int(handed.code)
+    from .commands.main import run_here
+
+    return run_here(args, debug=debug, handed=handed)
+
+
+def _asks_for_a_server(args: list[str]) -> bool:
+    """Whether ``args`` may want a warm server: a command and ``--server auto`` (or PTM_SERVER=auto).
+
+    Read without parsing: a server that is asked parses the call itself and
+    sends back whatever it should not run.
+    """
+    if not args or args[0].startswith("-") or settings.completing():
+        return False
+    choice = None
+    for position, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--server" and position + 1 < len(args):
+            choice = args[position + 1]
+        elif arg.startswith("--server="):
+            choice = arg.partition("=")[2]
+    if choice is not None:
+        return choice == "auto"
     try:
-        return _run(argv, debug)
-    finally:
-        if isinstance(sys.stdout, GuardedStream):
-            sys.stdout = real_stdout
-
-
-def _run(argv: list[str] | None, debug: bool) -> int:
-    try:
-        code = _dispatch(sys.argv[1:] if argv is None else list(argv))
-        _flush_stdout()
-        return int(code or 0)
-    except KeyboardInterrupt:
-        return _interrupted()
-    except StdoutUnwritable as exc:
-        _silence_stdout()  # what is still buffered cannot be written either; exit quietly
-        return _report(exc)
-    except PtmError as exc:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        return _report(exc)
-    except (ReaderGone, BrokenPipeError):
-        _silence_stdout()
-        return EXIT_BROKEN_PIPE
-    except Exception as exc:
-        if debug:
-            raise
-        with contextlib.suppress(OSError):
-            detail = f": {first_line(exc, 300)}" if str(exc).strip() else ""
-            note(f"internal error: {type(exc).__name__}{detail}")
-            note("this is a bug in ptm; run again with PTM_DEBUG=1 for the traceback and report it")
-        return EXIT_INTERNAL
-
-
-def _dispatch(argv: list[str]) -> Any:
-    """The command's exit code: through the quick path when it takes the call, else through click."""
-    if argv[:1] == ["classify"]:
-        from .commands.quick import quick_classify
-
-        code = quick_classify(argv)
-        if code is not None:
-            return code
-    import click
-
-    from .commands.root import cli
-
-    try:
-        return cli.main(args=argv, prog_name="ptm", standalone_mode=False)
-    except click.exceptions.Abort:
-        return _interrupted()
-    except click.ClickException as exc:
-        with contextlib.suppress(OSError):
-            exc.show()
-        return exc.exit_code
-
-
-def _report(exc: PtmError) -> int:
-    with contextlib.suppress(OSError):
-        note(f"error: {exc}")
-    return exc.exit_code
-
-
-def _flush_stdout() -> None:
-    """Flush now, so a reader that left (``| head``) is noticed here and not at interpreter exit."""
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise ReaderGone from None
-
-
-def _interrupted() -> int:
-    with contextlib.suppress(OSError):
-        note("interrupted")
-    return EXIT_INTERRUPTED
-
-
-def _silence_stdout() -> None:
-    """The reader went away (``| head``): drop what is still buffered, quietly."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        return settings.server_mode() == "auto"
+    except ConfigError:
+        return False  # the command reports it

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -239,25 +238,17 @@ def runtime_dir() -> Path:
 
 
 # What a warm server must share with its client for its answers to be the client's own: the
-# variables that choose weights, catalogs, limits and devices. Not PTM_DEBUG (how errors are
-# shown is the client's business) nor the server's own settings.
+# variables that choose weights, catalogs, formats, limits and devices, and those that change how
+# output looks on a terminal (rich and click read them). Not PTM_DEBUG (a client with it set runs
+# its command itself, for the traceback) nor the server's own settings.
 _RESULT_VARIABLES = (
     "PTM_CACHE_DIR", "PTM_CATALOG", "PTM_OFFLINE", "PTM_WEIGHTS_MIRROR", "PTM_DOWNLOAD_TIMEOUT",
-    "PTM_DOWNLOAD_RETRIES", "PTM_MAX_PIXELS", "TORCH_HOME", "XDG_CACHE_HOME", "HOME", "HTTPS_PROXY",
-    "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "GITHUB_TOKEN", "CUDA_VISIBLE_DEVICES",
-    "TMPDIR",
+    "PTM_DOWNLOAD_RETRIES", "PTM_MAX_PIXELS", "PTM_EXTRA_FORMATS", "TORCH_HOME", "XDG_CACHE_HOME", "HOME",
+    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "GITHUB_TOKEN",
+    "CUDA_VISIBLE_DEVICES", "TMPDIR", "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE", "CLICOLOR", "CLICOLOR_FORCE", "LANG", "LC_ALL", "LC_CTYPE",
+    "PYTHONIOENCODING",
 )  # fmt: skip
-
-
-def prepare_openmp() -> None:
-    """Set ``GOMP_SPINCOUNT`` to :data:`OPENMP_SPIN_COUNT` for this process and its children.
-
-    Only before torch is imported (libgomp reads it once, when it loads),
-    and only when the user has chosen neither it nor ``OMP_WAIT_POLICY``.
-    """
-    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPIN_COUNT)
 
 
 def result_environment() -> dict[str, str]:
@@ -311,6 +302,7 @@ class Tuning:
     max_stream_bytes: int = 1 << 30  # the most stdin or a pipe may send for one image
     serve_max_message: int = 64 << 20  # the largest JSON message a server or client accepts
     serve_start_wait: float = 120.0  # how long `ptm serve start` waits for a new server to answer
+    serve_interrupt_wait: float = 10.0  # how long a client's Ctrl-C waits for the server to stop its command
     # A download must average this many bytes a second over each PTM_DOWNLOAD_TIMEOUT window.
     download_min_rate: float = 1024.0
     # A download may be this many times its catalog size_mb (plus download_size_slack) at most...
@@ -328,7 +320,7 @@ class Tuning:
     # (see ptm_cli.runtime.tuning): a forward pass then reuses its pages instead of faulting in fresh ones.
     reuse_heap: bool = True
     heap_keep: int = 1 << 30
-    # ...and a warm server idle this many seconds gives back what the last run kept (heap.release).
+    # ...and a warm server idle this many seconds gives back what the last run kept (tuning.release).
     heap_release_idle: float = 10.0
 
 

@@ -62,10 +62,12 @@ print(len(images) / (time.perf_counter() - start))
 PTM_SCRIPT = """
 import json, sys, time
 from pathlib import Path
+from ptm_cli import tune_process
+tune_process()  # as the ptm command does
 from ptm_cli.cache.catalog import Catalog
 from ptm_cli.tasks.classify import classify_images
 from ptm_cli.images.inputs import ImageInput
-from ptm_cli.tasks.loading import build_classifier
+from ptm_cli.tasks.classify import build_classifier
 weights, device, precision, batch, compile_model, predictions = sys.argv[1:7]
 images = [ImageInput(p, path=Path(p)) for p in sys.argv[7:]]
 batch = int(batch)
@@ -361,14 +363,16 @@ def use_this_checkout() -> None:
     does: with PYTHONDONTWRITEBYTECODE set, every call would otherwise
     compile ptm's modules again (about 17 ms here), which no installed copy
     pays. And every process runs under the OpenMP spin count that the ptm
-    command sets for itself (``settings.prepare_openmp``): the network alone
-    and the timm-style loop as much as ptm.
+    command sets for itself (``runtime.tuning.prepare_openmp``): the network
+    alone and the timm-style loop as much as ptm. The scripts that call
+    ptm's library tune their process first, as the ptm command does
+    (``ptm_cli.tune_process``).
     """
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     # Every process, ptm's and the ones it is compared with, waits at OpenMP barriers as the ptm command does.
-    from ptm_cli import settings
+    from ptm_cli.runtime.tuning import prepare_openmp
 
-    settings.prepare_openmp()
+    prepare_openmp()
     subprocess.run([PYTHON, "-m", "compileall", "-q", str(ROOT / "ptm_cli")], check=True, capture_output=True)
 
 

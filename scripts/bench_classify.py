@@ -41,9 +41,11 @@ from benchkit import cpu_model, run_json
 NETWORK_SCRIPT = """
 import json, sys, time
 from pathlib import Path
+from ptm_cli import tune_process
+tune_process()  # the reused heap below is the one the pipeline runs in
 import torch
 from ptm_cli.cache.catalog import Catalog
-from ptm_cli.tasks.loading import build_classifier
+from ptm_cli.tasks.classify import build_classifier
 from ptm_cli.images.transforms import preprocess
 from ptm_cli.images.decode import load_image
 weights, device, precision, batch, teams = sys.argv[1:6]

@@ -27,6 +27,8 @@ from benchkit import ROOT, run_json
 
 GENERATOR_SCRIPT = """
 import json, resource, sys, time
+from ptm_cli import tune_process
+tune_process()  # the reused heap below (when asked for) is ptm's
 import torch
 from ptm_cli.nets.cyclegan import build_generator
 from ptm_cli.runtime.tuning import reused_heap
@@ -49,9 +51,11 @@ print(json.dumps({"s_per_mp": seconds / passes, "peak_mib": resource.getrusage(r
 
 PTM_SCRIPT = """
 import json, resource, sys, time
+from ptm_cli import tune_process
+tune_process()  # as the ptm command does
 from PIL import Image
 from ptm_cli.cache.catalog import Catalog
-from ptm_cli.tasks.loading import build_translator
+from ptm_cli.tasks.translate import build_translator
 weights, precision, photo = sys.argv[1:4]
 entry = Catalog.load().resolve("horse2zebra", task="translate")
 translator = build_translator(entry, weights_file=weights, device="cpu", precision=precision, progress=False)

@@ -56,6 +56,9 @@ def synthetic_photo(width: int, height: int, seed: int) -> Any:
 
 
 def run_one(args: argparse.Namespace, tile: int) -> dict[str, Any]:
+    from ptm_cli import tune_process
+
+    tune_process()  # as `ptm translate` runs: in the reused heap
     import torch
 
     from ptm_cli.cache.catalog import Entry

@@ -180,3 +180,53 @@ def save_generator(path: Path, seed: int = 7, **builder_kwargs: Any) -> Path:
     torch.manual_seed(seed)
     torch.save(build_generator(**builder_kwargs).state_dict(), path)
     return path
+
+
+# A local torch.hub repository's hubconf.py: a tiny classifier, and entries that are not models.
+HUB_WEIGHTS_URL = "https://example.invalid/tiny-0123abcd.pth"
+TINY_HUBCONF = '''
+"""A tiny hub repository for ptm's tests."""
+import torch
+from torch import nn
+
+dependencies = ["torch"]
+
+
+def _build(num_classes, scale=1.0):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+    with torch.no_grad():
+        model[-1].weight.mul_(40.0 * scale)
+    return model
+
+
+def tiny(num_classes=1000, scale=1.0):
+    """A tiny classifier: one conv, global pooling, a linear layer.
+
+    num_classes: how many logits; scale: multiplies the last layer.
+    """
+    print("hubconf says hello")
+    return _build(num_classes, scale)
+
+
+def not_a_model():
+    """Returns a string, not a model."""
+    return "nope"
+
+
+def sequence_model():
+    """Returns a model whose output is not a [N, C] tensor."""
+    return nn.Conv2d(3, 4, 3)
+
+
+def broken():
+    raise KeyError("boom inside hubconf")
+
+
+def needs_weights(url="__URL__"):
+    """Downloads its weights with torch.hub.load_state_dict_from_url, default arguments."""
+    model = _build(1000)
+    state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+    model.load_state_dict(state)
+    return model
+'''.replace("__URL__", HUB_WEIGHTS_URL)

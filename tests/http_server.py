@@ -197,6 +197,6 @@ def race_worker(cache: str, url: str, sha256: str | None, locking: bool, barrier
         model="race", weights="V1", task="classify", architecture="resnet18", url=url, sha256=sha256, file_name=name
     )
     barrier.wait(timeout=30)
-    path = weights.ensure_weights(entry, progress=False)
+    path = weights.fetch(entry, progress=False)
     if not path.is_file():
         raise SystemExit(3)

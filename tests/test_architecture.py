@@ -64,6 +64,20 @@ def test_the_package_root_holds_only_entry_points_and_the_public_api() -> None:
     assert at_root <= ROOT_MODULES, f"move these into a subpackage: {sorted(at_root - ROOT_MODULES)}"
 
 
+def test_no_two_modules_share_a_name() -> None:
+    """One ``loading``, one ``formats``: a name says which module it is without its package."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for module in sorted(GRAPH):
+        leaf = _short(module).rpartition(".")[2]
+        if leaf in ("", "__init__", "__main__"):
+            continue
+        if leaf in seen:
+            clashes.append(f"{seen[leaf]} and {_short(module)}")
+        seen[leaf] = _short(module)
+    assert not clashes, f"modules that share a name: {clashes}"
+
+
 def test_there_are_no_import_cycles() -> None:
     assert cycles(GRAPH) == []
 
@@ -82,8 +96,9 @@ def test_imports_only_go_down() -> None:
 
 def test_the_graph_sees_imports_in_functions_and_importlib(tmp_path: pytest.TempPathFactory) -> None:
     """The walker itself: a function-level import and the package's lazy table both count."""
-    assert f"{PACKAGE}.tasks.classify" in GRAPH[f"{PACKAGE}.commands.cmd_classify"]  # inside the command body
-    assert f"{PACKAGE}.tasks.loading" in GRAPH[PACKAGE]  # through importlib, from the _LAZY table
+    assert f"{PACKAGE}.tasks" in GRAPH[f"{PACKAGE}.commands.cmd_tasks"]  # inside the command's function
+    assert f"{PACKAGE}.tasks.classify" in GRAPH[PACKAGE]  # through importlib, from the _LAZY table
+    assert f"{PACKAGE}.tasks.translate" in GRAPH[f"{PACKAGE}.tasks"]  # every module of the task registry
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / PACKAGE).rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))

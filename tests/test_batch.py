@@ -18,7 +18,7 @@ from helpers import ROOT, ptm_process, run_ptm, write_tiny_model
 from ptm_cli.batch.job import Request, plan_job, split
 from ptm_cli.batch.run import run_job
 from ptm_cli.errors import HashMismatch
-from ptm_cli.tasks.loading import ModelOptions
+from ptm_cli.tasks.base import ModelOptions
 
 
 @pytest.fixture(scope="module")

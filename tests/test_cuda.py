@@ -19,7 +19,8 @@ from PIL import Image
 from ptm_cli.cache.catalog import Catalog, Entry
 from ptm_cli.images.inputs import ImageInput
 from ptm_cli.nets.cyclegan import build_generator
-from ptm_cli.tasks.loading import build_classifier, build_translator
+from ptm_cli.tasks.classify import build_classifier
+from ptm_cli.tasks.translate import build_translator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -22,6 +22,7 @@ import torch
 from ptm_cli.runtime import tuning as heap
 from ptm_cli.settings import tuning
 
+heap.tune_process()  # as the ptm command does: without it a library call leaves the allocator alone
 MIB = 1 << 20
 tuning.reuse_heap = sys.argv[1] == "reuse"
 if sys.argv[2] == "over the keep":  # as if more were free at the end than tuning.heap_keep allows
@@ -50,10 +51,10 @@ figures = {}
 with heap.reused_heap():
     with heap.reused_heap():  # nested: leaving the inner block keeps the outer one's setting
         pass
-    figures["active inside"] = heap.active()
+    figures["active inside"] = heap.heap_active()
     figures["faults inside"] = allocate_twice()
     figures["rss inside"] = rss()
-figures["active after"] = heap.active()
+figures["active after"] = heap.heap_active()
 figures["rss after"] = rss()
 figures["faults after"] = allocate_twice()
 print(json.dumps(figures))
@@ -96,6 +97,7 @@ import torch
 from ptm_cli.runtime import tuning as heap
 from ptm_cli.settings import tuning
 
+heap.tune_process()
 tuning.heap_keep = int(sys.argv[1]) << 20
 torch.manual_seed(0)
 conv = torch.nn.Conv2d
@@ -150,7 +152,13 @@ def test_turned_off_every_large_block_faults_in_fresh_pages() -> None:
     assert min(figures["faults inside"]) > PAGES * 0.9  # type: ignore[call-overload]
 
 
-def test_concurrent_blocks_share_one_setting_undone_by_the_last() -> None:
+@pytest.fixture
+def tuned() -> None:
+    """This process tuned as the ptm command tunes its own (the suite's CLI runs have done it too)."""
+    heap.tune_process()
+
+
+def test_concurrent_blocks_share_one_setting_undone_by_the_last(tuned: None) -> None:
     entered, release = threading.Event(), threading.Event()
     seen: list[bool] = []
 
@@ -158,28 +166,28 @@ def test_concurrent_blocks_share_one_setting_undone_by_the_last() -> None:
         with heap.reused_heap():
             entered.set()
             release.wait(10)
-        seen.append(heap.active())
+        seen.append(heap.heap_active())
 
     thread = threading.Thread(target=other)
     with heap.reused_heap():
         thread.start()
         assert entered.wait(10)
-    assert heap.active()  # the other thread's block still runs
+    assert heap.heap_active()  # the other thread's block still runs
     release.set()
     thread.join(10)
-    assert seen == [False] and not heap.active()
+    assert seen == [False] and not heap.heap_active()
 
 
-def test_elsewhere_than_glibc_it_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_elsewhere_than_glibc_it_changes_nothing(tuned: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "glibc", lambda: None)
     with heap.reused_heap():
-        assert not heap.active()
+        assert not heap.heap_active()
 
 
-def test_turned_off_by_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_turned_off_by_tuning(tuned: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tuning, "reuse_heap", False)
     with heap.reused_heap():
-        assert not heap.active()
+        assert not heap.heap_active()
 
 
 def test_an_idle_server_gives_back_what_the_runs_kept() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 import torch.hub
+from helpers import TINY_HUBCONF
 from torch import nn
 
 from ptm_cli import hub
@@ -26,58 +27,11 @@ from ptm_cli.errors import (
     UnsafeWeights,
     UsageError,
 )
-from ptm_cli.tasks.classify import Classifier
-from ptm_cli.tasks.hubclassifier import hub_classifier
+from ptm_cli.hub.repos import parse_model_spec
+from ptm_cli.tasks.base import ModelOptions
+from ptm_cli.tasks.classify import Classifier, load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
-WEIGHTS_URL = "https://example.invalid/tiny-0123abcd.pth"
-
-TINY_HUBCONF = '''
-"""A tiny hub repository for ptm's tests."""
-import torch
-from torch import nn
-
-dependencies = ["torch"]
-
-
-def _build(num_classes, scale=1.0):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
-    with torch.no_grad():
-        model[-1].weight.mul_(40.0 * scale)
-    return model
-
-
-def tiny(num_classes=1000, scale=1.0):
-    """A tiny classifier: one conv, global pooling, a linear layer.
-
-    num_classes: how many logits; scale: multiplies the last layer.
-    """
-    print("hubconf says hello")
-    return _build(num_classes, scale)
-
-
-def not_a_model():
-    """Returns a string, not a model."""
-    return "nope"
-
-
-def sequence_model():
-    """Returns a model whose output is not a [N, C] tensor."""
-    return nn.Conv2d(3, 4, 3)
-
-
-def broken():
-    raise KeyError("boom inside hubconf")
-
-
-def needs_weights(url="__URL__"):
-    """Downloads its weights with torch.hub.load_state_dict_from_url, default arguments."""
-    model = _build(1000)
-    state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
-    model.load_state_dict(state)
-    return model
-'''.replace("__URL__", WEIGHTS_URL)
 
 
 def marker_hubconf(marker: Path) -> str:
@@ -503,6 +457,14 @@ def test_hub_weights_download_failure(local_repo: Path, capsys: pytest.CaptureFi
 # --- classification ----------------------------------------------------------------------------------------
 
 
+def hub_classifier(spec: str, *, labels_file: Path | None = None, kwargs: dict[str, Any] | None = None,
+                   device: str = "cpu") -> Classifier:  # fmt: skip
+    """A classifier for ``-m hub:...`` as ``ptm classify`` loads it, with ``--arg KEY=VALUE`` for ``kwargs``."""
+    arguments = tuple(f"{key}={value}" for key, value in (kwargs or {}).items())
+    labels = None if labels_file is None else str(labels_file)
+    return load_classifier(ModelOptions(spec, device=device, labels_file=labels, hub_args=arguments))
+
+
 def test_hub_classifier_local(local_repo: Path) -> None:
     spec = f"hub:{local_repo}/tiny"
     classifier = hub_classifier(spec, device="cpu")
@@ -535,7 +497,7 @@ def test_hub_classifier_refuses_non_classifiers(local_repo: Path) -> None:
     with pytest.raises(UsageError, match="class scores"):
         hub_classifier(f"hub:{local_repo}/sequence_model", device="cpu")
     with pytest.raises(UsageError, match="hub:"):
-        hub_classifier("resnet101", device="cpu")
+        parse_model_spec("resnet101")
 
 
 def test_hub_classifier_needs_trust(cached_untrusted: Path, marker: Path) -> None:

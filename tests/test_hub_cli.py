@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import DATA, run_ptm
-from test_hub import TINY_HUBCONF
+from helpers import DATA, TINY_HUBCONF, run_ptm
 
 MARKER_HUBCONF = '''
 """Writes a marker file when imported: proves whether repository code ran."""

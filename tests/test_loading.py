@@ -10,8 +10,11 @@ import torch
 from helpers import DATA, informative_state_dict, run_ptm, write_tiny_model
 
 from ptm_cli.cache import weights
+from ptm_cli.cache.naming import local_weights_file
 from ptm_cli.errors import UsageError
-from ptm_cli.tasks.loading import ModelOptions, load_classifier, local_weights_file, plan_classifier
+from ptm_cli.tasks.base import ModelOptions
+from ptm_cli.tasks.classify import TASK as CLASSIFY
+from ptm_cli.tasks.classify import load_classifier
 
 PHOTO = str(DATA / "coffee.png")
 
@@ -41,7 +44,7 @@ def test_a_bare_name_that_is_only_a_file_gets_both_readings(tiny: Path, monkeypa
     (tiny / "finetuned").write_bytes((tiny / "tiny.pth").read_bytes())
     readings = r"-w finetuned is neither a weights variant of tiny nor a path.*-w \./finetuned"
     with pytest.raises(UsageError, match=readings):
-        plan_classifier(ModelOptions("tiny", weights="finetuned"))
+        CLASSIFY.plan(ModelOptions("tiny", weights="finetuned"))
 
 
 @pytest.mark.parametrize("value", ["model.pth", "x/model", "MODEL.SAFETENSORS", "w.H5"])

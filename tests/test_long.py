@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_ptm
+from corpus import png_claiming
+from helpers import TINY_TOML, informative_state_dict, run_ptm
 from PIL import Image
-from test_reliability import LABELS, TINY_TOML, informative_state_dict, png_claiming
+
+LABELS = ("apple", "banana", "cherry", "date")
 
 pytestmark = [
     pytest.mark.long,

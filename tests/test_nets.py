@@ -17,7 +17,7 @@ from ptm_cli.errors import ConfigError
 from ptm_cli.nets import classic as nets
 from ptm_cli.nets.architectures import factory as architecture_factory
 from ptm_cli.nets.modeling import skip_init
-from ptm_cli.tasks.loading import build_classifier
+from ptm_cli.tasks.classify import build_classifier
 
 NATIVE_ENTRIES = sorted(
     (e.architecture, e.ref)
@@ -127,7 +127,7 @@ def test_classifier_loads_resnet_without_importing_torchvision(tmp_path: Path) -
         from ptm_cli.cache.catalog import Catalog
         from ptm_cli.tasks.classify import classify_images
         from ptm_cli.images.inputs import ImageInput
-        from ptm_cli.tasks.loading import build_classifier
+        from ptm_cli.tasks.classify import build_classifier
         entry = Catalog.load().resolve("r18")
         classifier = build_classifier(entry, weights_file=Path({str(weights)!r}), device="cpu")
         [result] = classify_images([ImageInput("cat", path=Path({str(ROOT / "data" / "chelsea.png")!r}))], classifier)

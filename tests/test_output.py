@@ -114,29 +114,29 @@ class Terminal(io.StringIO):
 
 
 def test_classify_table_on_a_terminal_has_bars_and_an_error_column_only_when_needed() -> None:
-    from ptm_cli.commands.records import classify_writer, probability_bar
+    from ptm_cli.tasks.classify import TASK, probability_bar
 
     record = {"input": "a.jpg", "predictions": [{"rank": 1, "index": 3, "label": "tabby, tabby cat",
                                                  "probability": 0.625}]}  # fmt: skip
     screen = Terminal()
-    with classify_writer(screen, "table") as writer:
+    with TASK.writer(screen, "table") as writer:
         writer.write(record)
     drawn = screen.getvalue()
     assert "██████▎     62.50%" in drawn and "error" not in drawn  # 6.25 cells of 10, then the percentage
     assert probability_bar(0.0) == " " * 10 and probability_bar(1.0) == "█" * 10
     assert probability_bar(0.0625) == "▋" + " " * 9  # five eighths of a cell
     screen = Terminal()
-    with classify_writer(screen, "table") as writer:
+    with TASK.writer(screen, "table") as writer:
         writer.write(record)
         writer.write({"input": "b.jpg", "error": {"type": "UnreadableImage", "message": "broken"}})
     assert "error" in screen.getvalue() and "UnreadableImage" in screen.getvalue()  # folded to the width
 
 
 def test_classify_table_in_a_pipe_is_unchanged() -> None:
-    from ptm_cli.commands.records import classify_writer
+    from ptm_cli.tasks.classify import TASK
 
     piped = io.StringIO()
-    with classify_writer(piped, "table") as writer:
+    with TASK.writer(piped, "table") as writer:
         writer.write({"input": "a.jpg", "predictions": [{"rank": 1, "index": 3, "label": "cat", "probability": 0.625}]})
     lines = piped.getvalue().splitlines()
     assert lines[0].split() == ["input", "rank", "label", "index", "probability", "error"]

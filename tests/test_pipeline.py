@@ -17,8 +17,9 @@ from ptm_cli.cache.catalog import Entry
 from ptm_cli.images.inputs import ImageInput
 from ptm_cli.images.transforms import Preprocess, preprocess, to_tensor, to_tensor_without_torch
 from ptm_cli.nets.device import Precision, place_classifier
-from ptm_cli.tasks import classify
-from ptm_cli.tasks.classify import Classifier, OpenMPPace, classify_images
+from ptm_cli.runtime.tuning import OpenMPPace, tune_process
+from ptm_cli.tasks import _pipeline
+from ptm_cli.tasks.classify import Classifier, SharedClassifier, classify_images
 
 RECIPE = Preprocess(resize=40, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -79,7 +80,7 @@ def schedule(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Both ways the pipeline schedules decoding: between forward passes (the model's threads have every
     core) and alongside them (a GPU, or fewer torch threads than cores)."""
     turns = request.param == "taking turns"
-    monkeypatch.setattr(classify, "_takes_turns", lambda classifier: turns)
+    monkeypatch.setattr(_pipeline, "takes_turns", lambda device: turns)
     return str(request.param)
 
 
@@ -183,7 +184,8 @@ def test_the_model_runs_only_between_decoding_turns_while_its_threads_spin(
     photos: list[Path], monkeypatch: pytest.MonkeyPatch, spinning: bool
 ) -> None:
     """Taking turns, no image is being decoded while a forward pass runs; asleep (a busy machine) they overlap."""
-    monkeypatch.setattr(classify, "_takes_turns", lambda classifier: True)
+    tune_process()  # the pace keeper, which knows whether the threads sleep, runs only in a tuned process
+    monkeypatch.setattr(_pipeline, "takes_turns", lambda device: True)
     decoding = 0
     lock = threading.Lock()
     overlaps: list[int] = []
@@ -217,22 +219,23 @@ def test_the_model_runs_only_between_decoding_turns_while_its_threads_spin(
 
 
 def test_a_cpu_model_with_a_thread_per_core_takes_turns(monkeypatch: pytest.MonkeyPatch) -> None:
-    classifier = classifier_for(TinyNet())
+    cpu = torch.device("cpu")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert classify._takes_turns(classifier)
-    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # cores left for decoding
-    assert not classify._takes_turns(classifier)
+    monkeypatch.setattr(_pipeline.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert _pipeline.takes_turns(cpu)
+    monkeypatch.setattr(_pipeline.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})  # cores left for decoding
+    assert not _pipeline.takes_turns(cpu)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one thread: no barrier to stall
-    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0})
-    assert not classify._takes_turns(classifier)
+    monkeypatch.setattr(_pipeline.os, "sched_getaffinity", lambda pid: {0})
+    assert not _pipeline.takes_turns(cpu)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(classify.os, "sched_getaffinity", lambda pid: {0, 1})
-    classifier.device = torch.device("meta")  # not a CPU (as a GPU): decoding overlaps
-    assert not classify._takes_turns(classifier)
+    monkeypatch.setattr(_pipeline.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not _pipeline.takes_turns(torch.device("meta"))  # not a CPU (as a GPU): decoding overlaps
+    assert not _pipeline.takes_turns(None)  # a warm server's shared model: its passes are not this run's
 
 
 def test_a_classifier_starts_its_next_run_the_way_its_last_pass_left_the_threads(photos: list[Path]) -> None:
+    tune_process()
     classifier = classifier_for(TinyNet())
     assert classifier.openmp_spinning is False  # the first run starts asleep
     pace = OpenMPPace(cores=2, spinning=True)
@@ -266,10 +269,8 @@ def test_decoding_threads_run_torch_only_for_the_warm_servers_shared_classifier(
     list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], classifier, batch_size=2))
     assert seen == [True, True]  # a model of its own (CPU here; a GPU alike): numpy and the fused kernel
 
-    class Shared:  # the warm server's classifier: forward passes shared with other clients, no device said
-        def __init__(self, inner: Classifier) -> None:
-            self.preprocess, self.predict_each = inner.preprocess, inner.predict_each
-
+    # The warm server's classifier: forward passes shared with other clients.
+    shared = SharedClassifier(classifier, classifier.predict_each, "seeded")
     seen.clear()
-    list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], Shared(classifier), batch_size=2))  # type: ignore[arg-type]
+    list(classify_images([ImageInput(p.name, path=p) for p in photos[:2]], shared, batch_size=2))
     assert seen == [False, False]

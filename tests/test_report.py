@@ -13,6 +13,7 @@ import torch
 from helpers import DATA, run_ptm, write_tiny_model
 from PIL import Image, ImageStat
 
+from ptm_cli import tasks
 from ptm_cli.output.report import Report
 
 HOSTILE = "<img src=x onerror=alert(1)>.png"
@@ -125,7 +126,7 @@ def test_translate_report_shows_input_and_output_side_by_side(photos: Path, tmp_
 
 @needs_chromium
 def test_large_reports_show_one_page_at_a_time(tmp_path: Path) -> None:
-    report = Report("classify", {"model": "tiny"})
+    report = Report(tasks.get("classify"), {"model": "tiny"})
     thumb = Image.new("RGB", (64, 48), (200, 120, 40))
     for i in range(250):
         name = f"photo-{i:04}.jpg"

@@ -1,199 +1,30 @@
 """``ptm serve`` and ``--server auto``: real server processes, real client processes.
 
-Every server a test starts is stopped by the test (``Servers``), even when the
-test fails: by a stop request, then by the pid its lock file names. Waits
-are bounded. Each test has its own short runtime folder (XDG_RUNTIME_DIR).
+Every server a test starts is stopped by the test (``serverkit.Servers``, through
+the fixtures in conftest), even when the test fails. Waits are bounded. Each
+test has its own short runtime folder (XDG_RUNTIME_DIR).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm
-from PIL import Image
-from test_reliability import write_corpus
-
-LABELS = ("cat", "cup", "rocket", "other")
-PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-class Servers:
-    """Starts ``ptm serve run`` processes and guarantees they are gone at the end."""
-
-    def __init__(self, runtime: Path):
-        self.runtime = runtime
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.cwd = Path.cwd()
-
-    @property
-    def folder(self) -> Path:
-        return self.runtime / "ptm"
-
-    def start(self, *args: str, env: dict[str, str] | None = None, clean: bool = False) -> subprocess.Popen[bytes]:
-        """``ptm serve run ARGS``; ``clean``: in the environment conftest gives each test, plus ``env``."""
-        base = dict(os.environ)
-        if clean:
-            base = {k: v for k, v in base.items() if not k.startswith("PTM_") and k.lower() not in PROXIES}
-            base.update(NO_PROXY="127.0.0.1,localhost")
-            base.pop("XDG_CACHE_HOME", None)
-        log = open(self.runtime / f"server-{len(self.processes)}.log", "wb")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ptm_cli", "serve", "run", "--idle-timeout", "300", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env={**base, **(env or {})},
-        )  # fmt: skip
-        log.close()
-        self.processes.append(process)
-        self.wait_until_answering(process)
-        return process
-
-    def wait_until_answering(self, process: subprocess.Popen[bytes] | None = None, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise AssertionError(f"the server exited {process.returncode}: {self.logs()}")
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
-                probe.connect(str(self.folder / "server.sock"))
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no server answered within {timeout} s: {self.logs()}")
-
-    def logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.runtime.glob("server-*.log")))
-
-    def status(self) -> dict[str, Any]:
-        env = {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime)}
-        out = subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "status", "-f", "jsonl"], capture_output=True,
-                             timeout=60, check=True, env=env)  # fmt: skip
-        record: dict[str, Any] = json.loads(out.stdout)
-        return record
-
-    def lock_holder(self) -> int | None:
-        """The pid of the server that holds the folder's lock now; None when no live server holds it."""
-        import fcntl
-
-        try:
-            fd = os.open(self.folder / "server.lock", os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return None  # nobody holds it: whatever pid it names is gone (and may be reused)
-        except BlockingIOError:
-            return int(os.read(fd, 64).decode().strip())
-        finally:
-            os.close(fd)
-
-    def stop_all(self, env: dict[str, str] | None = None) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "stop"], capture_output=True, timeout=30,
-                           env={**os.environ, **(env or {}), "XDG_RUNTIME_DIR": str(self.runtime)})  # fmt: skip
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        pid = self.lock_holder()  # a server a client started (--server auto) is not our child
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Servers]:
-    # A short folder of its own: a socket path must fit in 104 bytes.
-    runtime = Path(tempfile.mkdtemp(prefix="ptm-serve-"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.delenv("PTM_SERVER", raising=False)
-    group = Servers(runtime)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-        shutil.rmtree(runtime, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def shared_server(
-    model_folder: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Servers, dict[str, str]]]:
-    """One server for the tests that only use it (starting one costs seconds); they see its counters move."""
-    runtime = Path(tempfile.mkdtemp(prefix="ptm-serve-"))
-    home = tmp_path_factory.mktemp("home")
-    env = {"XDG_RUNTIME_DIR": str(runtime), "HOME": str(home), "TORCH_HOME": str(home / "torch"),
-           "PTM_CATALOG": str(model_folder / "tiny.toml")}  # fmt: skip
-    group = Servers(runtime)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, runtime, ignore_errors=True)
-        cleanup.callback(group.stop_all, env)
-        group.start(env=env, clean=True)
-        yield group, env
-
-
-@pytest.fixture
-def warm(shared_server: tuple[Servers, dict[str, str]], model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Servers:
-    """The shared server, with this test's environment made the one it was started in."""
-    group, env = shared_server
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("PTM_SERVER", raising=False)
-    monkeypatch.chdir(model_folder)
-    group.cwd = model_folder
-    return group
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
-    (folder / "tiny.toml").write_text(TINY_TOML)
-    for i, name in enumerate(("chelsea.png", "coffee.png", "rocket.jpg")):
-        image = Image.open(DATA / name).convert("RGB")
-        image.resize((image.width // 4, image.height // 4)).save(folder / f"photo{i}.png")
-        image.resize((90, 70)).save(folder / f"small{i}.jpg", quality=90)
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 40)
-    (folder / "album").mkdir()
-    shutil.copy(folder / "photo1.png", folder / "album" / "a.png")
-    (folder / "album" / "b.jpg").write_bytes(b"not a picture")
-    torch.manual_seed(0)
-    from ptm_cli.nets.cyclegan import build_generator
-
-    torch.save(build_generator().state_dict(), folder / "generator.pth")
-    return folder
-
-
-@pytest.fixture
-def tiny(model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PTM_CATALOG", str(model_folder / "tiny.toml"))
-    monkeypatch.chdir(model_folder)
-    return model_folder
-
-
-def ptm(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None, timeout: float = 120) -> Any:
-    return subprocess.run([sys.executable, "-m", "ptm_cli", *args], input=stdin, capture_output=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
-
-
-CLASSIFY = ("classify", "-m", "tiny", "-w", "./tiny.pth")
-
+from corpus import write_corpus
+from helpers import run_ptm
+from serverkit import CLASSIFY, Servers, ptm
 
 # --- same output as in-process ------------------------------------------------------------------
 
@@ -287,27 +118,7 @@ def test_a_client_through_the_server_imports_no_torch(warm: Servers) -> None:
     assert warm.status()["requests"] == before + 1
 
 
-def test_a_mismatched_server_is_not_used_and_the_client_says_so(warm: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = warm.status()["requests"]
-    args = [*CLASSIFY, "-f", "jsonl", "photo0.png"]
-    alone = run_ptm(args)
-    monkeypatch.setenv("PTM_MAX_PIXELS", "1000000")  # changes which images are refused: a result-changing setting
-    served = run_ptm([*args, "--server", "auto"])  # this process already has torch: falling back costs nothing
-    assert served.code == 0 and served.stdout == alone.stdout
-    assert served.stderr == "ptm: not using the server: the running server differs in $PTM_MAX_PIXELS; running here\n"
-    assert warm.status()["requests"] == before
-
-
-def test_options_the_server_does_not_take_run_here_with_the_same_output(warm: Servers, tmp_path: Path) -> None:
-    before = warm.status()["requests"]
-    report = tmp_path / "page.html"
-    alone = run_ptm([*CLASSIFY, "-f", "jsonl", "photo0.png"])
-    served = run_ptm([*CLASSIFY, "-f", "jsonl", "photo0.png", "--report", str(report), "--server", "auto"])
-    assert served.code == 0 and served.stdout == alone.stdout and report.is_file()
-    assert warm.status()["requests"] == before
-
-
-def test_auto_starts_one_server_for_clients_that_arrive_together(servers: Servers, tiny: Path) -> None:
+def test_auto_starts_one_server_for_clients_that_arrive_together(servers: Servers, served_models: Path) -> None:
     clients = [subprocess.Popen([sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl",
                                  f"small{i}.jpg"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for i in range(3)]  # fmt: skip
@@ -324,7 +135,7 @@ def test_auto_starts_one_server_for_clients_that_arrive_together(servers: Server
 
 
 def test_eight_concurrent_clients_share_a_forward_pass_and_get_their_own_answers(
-    servers: Servers, tiny: Path
+    servers: Servers, served_models: Path
 ) -> None:
     servers.start("--batch-window", "3000")  # long enough for 8 processes to start on 2 busy cores
     names = [f"{kind}{i}.{ext}" for kind, ext in (("photo", "png"), ("small", "jpg")) for i in range(3)]
@@ -375,11 +186,15 @@ def test_a_client_that_leaves_mid_stream_does_not_disturb_the_next(warm: Servers
 # --- hostile requests ---------------------------------------------------------------------------
 
 
-def _exchange(path: Path, raw: bytes) -> dict[str, Any]:
+def _exchange(path: Path, raw: bytes, fds: list[int] | None = None) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(30)
         sock.connect(str(path))
-        sock.sendall(raw)
+        if fds:
+            sent = socket.send_fds(sock, [raw], fds)
+            sock.sendall(raw[sent:])
+        else:
+            sock.sendall(raw)
         head = sock.recv(8, socket.MSG_WAITALL)
         size, _ = struct.unpack("!II", head)
         reply: dict[str, Any] = json.loads(sock.recv(size, socket.MSG_WAITALL))
@@ -391,32 +206,35 @@ def _frame(message: Any) -> bytes:
     return struct.pack("!II", len(body), 0) + body
 
 
-def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_on(warm: Servers) -> None:
+def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_on(
+    warm: Servers, tmp_path: Path
+) -> None:
     from ptm_cli.serve.protocol import identity
 
     before = warm.status()
     path = warm.folder / "server.sock"
-    tiny = warm.cwd
-    good = {"op": "classify", "identity": identity(), "cwd": str(tiny), "top_k": 3, "batch_size": 2, "workers": 1,
-            "options": {"model": "tiny", "weights": "./tiny.pth", "device": "cpu", "precision": "fp32"},
-            "inputs": [{"name": "photo0.png", "path": str(tiny / "photo0.png")}]}  # fmt: skip
+    good = {"op": "run", "identity": identity(), "argv": [*CLASSIFY, "-f", "jsonl", "photo0.png"], "umask": 0o022,
+            "columns": 80, "console_width": 80, "streams": [["utf-8", "strict"]] * 3}  # fmt: skip
+    deep = b"[" * 200_000 + b"]" * 200_000
     hostile = {
         "a 4 GiB length prefix": struct.pack("!II", 0xFFFFFFFF, 0),
         "a 4 GiB payload": struct.pack("!II", 2, 0xFFFFFFF0) + b"{}",
         "not JSON": struct.pack("!II", 5, 0) + b"{nope",
         "not UTF-8": struct.pack("!II", 4, 0) + b"\xff\xfe{}",
         "a JSON list": _frame([1, 2, 3]),
+        "nested 200,000 deep": struct.pack("!II", len(deep), 0) + deep,
         "no op": _frame({"hello": 1}),
         "an unknown op": _frame({"op": "rm -rf"}),
-        "a path that is a number": _frame({**good, "inputs": [{"name": "x", "path": 7}]}),
-        "a relative path": _frame({**good, "inputs": [{"name": "x", "path": "photo0.png"}]}),
-        "a name that is a list": _frame({**good, "inputs": [{"name": ["x"], "path": "/x"}]}),
-        "top_k as text": _frame({**good, "top_k": "5"}),
-        "top_k as true": _frame({**good, "top_k": True}),
-        "a huge batch": _frame({**good, "batch_size": 10**9}),
-        "options that are a string": _frame({**good, "options": "resnet101"}),
-        "a relative cwd": _frame({**good, "cwd": "tmp"}),
-        "stdin twice": _frame({**good, "inputs": [{"name": "-", "stdin": True}] * 2}),
+        "no descriptors": _frame(good),
+        "argv that is a string": _frame({**good, "argv": "classify photo0.png"}),
+        "argv with a number": _frame({**good, "argv": ["classify", 7]}),
+        "argv with a NUL": _frame({**good, "argv": ["classify", "photo0.png\0"]}),
+        "an empty argv": _frame({**good, "argv": []}),
+        "a umask as text": _frame({**good, "umask": "022"}),
+        "a umask out of range": _frame({**good, "umask": 0o7777}),
+        "a huge terminal": _frame({**good, "columns": 10**9}),
+        "streams that are not three": _frame({**good, "streams": []}),
+        "identity that is a list": _frame({**good, "identity": []}),
     }
     for what, raw in hostile.items():
         reply = _exchange(path, raw)
@@ -426,8 +244,15 @@ def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_o
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(path))
         sock.sendall(truncated)
-    reply = _exchange(path, _frame(good))
-    assert reply["event"] == "record" and reply["record"]["input"] == "photo0.png"
+    out = tmp_path / "out.jsonl"
+    with open(out, "wb") as stdout, open(os.devnull, "rb") as stdin, open(tmp_path / "err", "wb") as stderr:
+        folder = os.open(warm.cwd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            reply = _exchange(path, _frame(good), [folder, stdin.fileno(), stdout.fileno(), stderr.fileno()])
+        finally:
+            os.close(folder)
+    assert reply == {"event": "exit", "code": 0}
+    assert out.read_bytes().startswith(b'{"input": "photo0.png"')
     assert warm.processes[0].poll() is None
     status = warm.status()
     assert status["requests"] == before["requests"] + 1 and status["refused"] == before["refused"]
@@ -436,7 +261,7 @@ def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_o
 # --- the private folder and the socket -----------------------------------------------------------
 
 
-def test_the_folder_is_private_and_the_socket_is_the_users_only(servers: Servers, tiny: Path) -> None:
+def test_the_folder_is_private_and_the_socket_is_the_users_only(servers: Servers, served_models: Path) -> None:
     assert ptm("serve", "start").returncode == 0
     for name, mode in (("", 0o700), ("server.sock", 0o600), ("server.lock", 0o600), ("start.lock", 0o600),
                        ("server.log", 0o600)):  # fmt: skip
@@ -444,7 +269,7 @@ def test_the_folder_is_private_and_the_socket_is_the_users_only(servers: Servers
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
-def test_another_user_is_refused(servers: Servers, tiny: Path) -> None:
+def test_another_user_is_refused(servers: Servers, served_models: Path) -> None:
     servers.start()
     nobody = pwd.getpwnam("nobody").pw_uid
     socket_file = str(servers.folder / "server.sock")
@@ -491,7 +316,7 @@ def test_another_user_is_refused(servers: Servers, tiny: Path) -> None:
 
 
 @pytest.mark.parametrize("unsafe", ["group-writable", "symlink", "other-owner"])
-def test_an_unsafe_folder_is_refused_and_clients_run_here(servers: Servers, tiny: Path, unsafe: str) -> None:
+def test_an_unsafe_folder_is_refused_and_clients_run_here(servers: Servers, served_models: Path, unsafe: str) -> None:
     if unsafe == "group-writable":
         servers.folder.mkdir(mode=0o700)
         os.chmod(servers.folder, 0o770)
@@ -517,7 +342,7 @@ def test_an_unsafe_folder_is_refused_and_clients_run_here(servers: Servers, tiny
 # --- lifetime ------------------------------------------------------------------------------------
 
 
-def test_start_status_stop(servers: Servers, tiny: Path) -> None:
+def test_start_status_stop(servers: Servers, served_models: Path) -> None:
     started = ptm("serve", "start", "--keep-alive", "60")
     assert started.returncode == 0 and started.stderr.decode().startswith("ptm: started a server (pid ")
     again = ptm("serve", "start")
@@ -535,7 +360,7 @@ def test_start_status_stop(servers: Servers, tiny: Path) -> None:
     assert none.returncode == 1 and none.stderr.decode() == "ptm: no server is running; `ptm serve start` starts one\n"
 
 
-def test_the_server_exits_when_idle_and_unloads_unused_models(servers: Servers, tiny: Path) -> None:
+def test_the_server_exits_when_idle_and_unloads_unused_models(servers: Servers, served_models: Path) -> None:
     process = servers.start("--idle-timeout", "2", "--keep-alive", "0.5")
     ptm(*CLASSIFY, "photo0.png", "--server", "auto")
     process.wait(timeout=30)  # fails the test if the server outlives its idle time by far
@@ -545,7 +370,7 @@ def test_the_server_exits_when_idle_and_unloads_unused_models(servers: Servers, 
     assert "unloaded tiny (keep-alive over)" in log and "idle for 2 s; exiting" in log
 
 
-def test_a_stale_socket_of_a_killed_server_is_replaced(servers: Servers, tiny: Path) -> None:
+def test_a_stale_socket_of_a_killed_server_is_replaced(servers: Servers, served_models: Path) -> None:
     killed = servers.start()
     killed.kill()
     killed.wait(timeout=10)
@@ -567,14 +392,13 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
 
     from ptm_cli.serve.warm import Batcher
 
-    class Model:
-        def predict_each(self, batch: torch.Tensor, top_k: int) -> list[str]:
-            return [f"row {i}" for i in range(len(batch))]
+    def forward(batch: torch.Tensor, top_k: int) -> list[str]:
+        return [f"row {i}" for i in range(len(batch))]
 
     passes: list[int] = []
-    alone = Batcher(Model(), window=3600.0, max_batch=64, on_pass=passes.append, clients=lambda: 1)  # type: ignore[arg-type]
+    alone = Batcher(forward, window=3600.0, max_batch=64, on_pass=passes.append, clients=lambda: 1)
     answer: list[object] = []
-    worker = threading.Thread(target=lambda: answer.append(alone.predict_each(torch.zeros(2, 3, 4, 4), 1)))
+    worker = threading.Thread(target=lambda: answer.append(alone.run(torch.zeros(2, 3, 4, 4), 1)))
     worker.start()
     worker.join(timeout=60)  # an hour's window would hold it far longer
     alone.close()

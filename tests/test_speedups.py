@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance
 
 from ptm_cli.cache.catalog import Catalog
 from ptm_cli.images.inputs import ImageInput
-from ptm_cli.tasks.loading import build_classifier
+from ptm_cli.tasks.classify import build_classifier
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
 

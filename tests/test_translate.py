@@ -25,9 +25,9 @@ from ptm_cli.errors import ConfigError, IncompatibleWeights, UsageError
 from ptm_cli.images.decode import load_image
 from ptm_cli.nets import architectures
 from ptm_cli.nets.cyclegan import build_generator
+from ptm_cli.tasks import _tiles as tiles
 from ptm_cli.tasks import translate
-from ptm_cli.tasks.loading import build_translator
-from ptm_cli.tasks.translate import Translator
+from ptm_cli.tasks.translate import Translator, build_translator
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -329,12 +329,12 @@ def test_bad_settings_are_usage_errors(tiny: Translator, kwargs: dict[str, objec
 def test_tiles_cover_on_the_stride_grid_and_weights_sum_to_one(length: int, tile: int, overlap: int) -> None:
     overlap = min(overlap, tile - 4)
     tile = min(tile, length)
-    starts = translate._tile_starts(length, tile, overlap)
+    starts = tiles.tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == length
     assert all(s % 4 == 0 for s in starts)
     assert all(b - a <= tile - overlap + 4 for a, b in itertools.pairwise(starts))
     total = torch.zeros(length, dtype=torch.float64)
-    for start, weight in zip(starts, translate._blend_weights(length, tile, starts), strict=True):
+    for start, weight in zip(starts, tiles.blend_weights(length, tile, starts), strict=True):
         assert weight.min() >= 0
         total[start : start + tile] += weight
     assert torch.allclose(total, torch.ones(length, dtype=torch.float64), atol=1e-6)
@@ -354,7 +354,7 @@ def tiling_runs(mid_weights: Path) -> dict[str, np.ndarray]:
     calls: list[tuple[int, int]] = []
     tiled = translator.run_at(image, "full", tile=128, on_tile=lambda done, total: calls.append((done, total)))
     stats = translator._whole_image_statistics(image)
-    overlap = min(translate.DEFAULT_OVERLAP, 64)
+    overlap = min(tiles.DEFAULT_OVERLAP, 64)
     again = translator._run_tiled(np.array(image), stats, 128, overlap, None)
     tile_local = translator._run_tiled(np.array(image), None, 128, overlap, None)
     return {
@@ -384,13 +384,13 @@ def test_whole_image_statistics_are_what_makes_tiles_agree(tiling_runs: dict[str
 
 
 def tile_edges(length: int, tile: int, overlap: int) -> list[int]:
-    starts = translate._tile_starts(length, tile, overlap)
+    starts = tiles.tile_starts(length, tile, overlap)
     return sorted({s for s in starts[1:]} | {s + tile for s in starts[:-1]})
 
 
 def test_no_seams_where_tiles_meet(tiling_runs: dict[str, np.ndarray]) -> None:
     tiled, whole = tiling_runs["tiled"], tiling_runs["whole"]
-    overlap = min(translate.DEFAULT_OVERLAP, 64)
+    overlap = min(tiles.DEFAULT_OVERLAP, 64)
     columns = tile_edges(300, 128, overlap)
     rows = tile_edges(200, 128, overlap)
     # A seam is a jump between neighbouring pixels that the one-pass output does not have.
@@ -424,7 +424,7 @@ def test_progress_is_reported_per_tile(tiling_runs: dict[str, np.ndarray], tiny:
 def test_batching_tiles_does_not_change_the_result(tiny: Translator, monkeypatch: pytest.MonkeyPatch) -> None:
     image = photo(300, 180)
     batched = tiny.run_at(image, "full", tile=96)
-    monkeypatch.setattr(translate, "TILE_BATCH_PIXELS", 1)  # one tile per forward pass
+    monkeypatch.setattr(tiles, "TILE_BATCH_PIXELS", 1)  # one tile per forward pass
     single = tiny.run_at(image, "full", tile=96)
     assert abs_diff(batched, single).max() <= 1
 
@@ -516,9 +516,9 @@ def test_full_size_runs_in_one_pass_when_it_fits_the_memory_budget(
 def test_fitted_tiles_cover_with_as_few_tiles_and_little_more_overlap(length: int, tile: int, overlap: int) -> None:
     """Without --tile, tiles shrink to cover the image with the same number of them, overlapping by about
     the minimum instead of by whatever spreading the largest tiles evenly leaves (365 rows for 3000 in 1024s)."""
-    fitted = translate._fitted_tile(length, tile, overlap)
+    fitted = tiles.fitted_tile(length, tile, overlap)
     assert fitted % 4 == 0 and fitted <= tile
-    wide, snug = translate._tile_starts(length, tile, overlap), translate._tile_starts(length, fitted, overlap)
+    wide, snug = tiles.tile_starts(length, tile, overlap), tiles.tile_starts(length, fitted, overlap)
     assert len(snug) == len(wide)
     gaps = [b - a for a, b in itertools.pairwise(snug)]
     assert all(fitted - gap >= overlap - 4 for gap in gaps)  # neighbours still overlap by the minimum
@@ -527,10 +527,10 @@ def test_fitted_tiles_cover_with_as_few_tiles_and_little_more_overlap(length: in
 
 def test_tiles_count_only_from_the_margin_inside_their_inner_edges() -> None:
     """The default overlap and ramp leave 24 pixels at each inner edge out, where reflected padding reaches."""
-    margin = round(translate.DEFAULT_OVERLAP * (1 - translate.RAMP_FRACTION) / 2)
+    margin = round(tiles.DEFAULT_OVERLAP * (1 - tiles.RAMP_FRACTION) / 2)
     assert margin == 24
-    starts = translate._tile_starts(2000, 512, translate.DEFAULT_OVERLAP)
-    weights = translate._blend_weights(2000, 512, starts)
+    starts = tiles.tile_starts(2000, 512, tiles.DEFAULT_OVERLAP)
+    weights = tiles.blend_weights(2000, 512, starts)
     for i, window in enumerate(weights):
         if i > 0:
             assert float(window[:margin].abs().max()) == 0.0

@@ -141,7 +141,7 @@ def test_download_with_full_hash_then_cached_load_skips_network_and_hashing(
 ) -> None:
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data), sha(data))
-    path = weights.ensure_weights(entry, progress=False)
+    path = weights.fetch(entry, progress=False)
     assert path == cache / "x.pth"
     assert path.read_bytes() == data
     assert path.stat().st_mode & 0o777 == fsutil.new_file_mode()  # as open() would make it: the umask decides
@@ -153,7 +153,7 @@ def test_download_with_full_hash_then_cached_load_skips_network_and_hashing(
         raise AssertionError("a stamped file must not be re-hashed")
 
     monkeypatch.setattr(weights, "_hash_file", no_hashing)
-    assert weights.ensure_weights(entry, progress=False) == path
+    assert weights.fetch(entry, progress=False) == path
     assert server.requests("/x.pth") == 1
     assert part_files(cache) == []
 
@@ -162,7 +162,7 @@ def test_download_with_prefix_pins_the_full_digest(server: FixtureServer, cache:
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data), sha(data)[:8])
     assert weights.expected_digest(entry) == (None, sha(data)[:8])
-    weights.ensure_weights(entry, progress=False)
+    weights.fetch(entry, progress=False)
     assert weights.expected_digest(entry) == (sha(data), sha(data)[:8])
     assert pins_file(cache)["pins"][entry.url]["sha256"] == sha(data)
     assert weights.verify(entry).status == "ok"
@@ -172,7 +172,7 @@ def test_prefix_mismatch_is_refused(server: FixtureServer, cache: Path) -> None:
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data), "deadbeef")
     with pytest.raises(HashMismatch, match=r"sent x\.pth with sha256 \w+ but the catalog expects deadbeef"):
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
     assert weight_files(cache) == [] and part_files(cache) == []
     assert server.requests("/x.pth") == 1  # a mismatch is not retried
 
@@ -181,13 +181,13 @@ def test_unhashed_entry_is_pinned_and_a_changed_upstream_file_refused(server: Fi
     first, second = tiny_weights(0), tiny_weights(1)
     entry = make_entry(server.serve("/x.pth", first))
     assert weights.verify(entry).status == "missing"
-    weights.ensure_weights(entry, progress=False)
+    weights.fetch(entry, progress=False)
     assert weights.expected_digest(entry) == (sha(first), "")
 
     assert weights.remove(entry)
     server.serve("/x.pth", second)
     with pytest.raises(HashMismatch, match=f"pinned at its first download was {sha(first)[:12]}"):
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
     assert weight_files(cache) == [] and part_files(cache) == []
 
 
@@ -201,7 +201,7 @@ def test_broken_transfers_leave_nothing_behind(
     data = tiny_weights(features=64)  # several TCP segments, so "half the body" is real
     entry = make_entry(server.serve("/x.pth", data, mode), sha(data))
     with pytest.raises(error) as caught:
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
     assert weight_files(cache) == []
     assert part_files(cache) == []
     assert server.requests("/x.pth") == requests
@@ -214,7 +214,7 @@ def test_short_body_reason_names_byte_counts(server: FixtureServer, cache: Path)
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data, "short"), sha(data))
     with pytest.raises(DownloadError, match=f"closed after {len(data) // 2:,} of {len(data):,} bytes"):
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
 
 
 def test_stalled_server_times_out_then_retry_succeeds(
@@ -224,7 +224,7 @@ def test_stalled_server_times_out_then_retry_succeeds(
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data, "stall", times=1, stall=2.0), sha(data))
     started = time.monotonic()
-    assert weights.ensure_weights(entry, progress=False).read_bytes() == data
+    assert weights.fetch(entry, progress=False).read_bytes() == data
     assert time.monotonic() - started < 1.5
     assert server.requests("/x.pth") == 2
 
@@ -232,7 +232,7 @@ def test_stalled_server_times_out_then_retry_succeeds(
 def test_server_errors_are_retried_then_succeed(server: FixtureServer, cache: Path) -> None:
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data, "error", times=2), sha(data))
-    assert weights.ensure_weights(entry, progress=False).read_bytes() == data
+    assert weights.fetch(entry, progress=False).read_bytes() == data
     assert server.requests("/x.pth") == 3
 
 
@@ -242,7 +242,7 @@ def test_persistent_server_error_gives_an_actionable_message(
     monkeypatch.setenv("PTM_DOWNLOAD_RETRIES", "2")
     url = server.serve("/x.pth", b"", "error")
     with pytest.raises(DownloadError) as caught:
-        weights.ensure_weights(make_entry(url, "ab" * 32), progress=True)
+        weights.fetch(make_entry(url, "ab" * 32), progress=True)
     message = str(caught.value)
     assert message.startswith(f"cannot download x.pth from {url}: HTTP 500")
     assert "`ptm weights import tiny:V1 FILE`" in message and "PTM_WEIGHTS_MIRROR" in message
@@ -253,7 +253,7 @@ def test_persistent_server_error_gives_an_actionable_message(
 def test_not_found_is_not_retried(server: FixtureServer, cache: Path) -> None:
     url = server.serve("/x.pth", b"", "missing")
     with pytest.raises(DownloadError, match="HTTP 404"):
-        weights.ensure_weights(make_entry(url, "ab" * 32), progress=False)
+        weights.fetch(make_entry(url, "ab" * 32), progress=False)
     assert server.requests("/x.pth") == 1
     assert weight_files(cache) == []
 
@@ -276,7 +276,7 @@ def test_unknown_host_fails_fast(cache: Path, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     with pytest.raises(DownloadError, match="cannot resolve the host name"):
-        weights.ensure_weights(make_entry("https://weights.example/x.pth", "ab" * 32), progress=False)
+        weights.fetch(make_entry("https://weights.example/x.pth", "ab" * 32), progress=False)
     assert calls == ["weights.example"]  # not retried: an offline machine gets its answer at once
 
 
@@ -284,7 +284,7 @@ def test_unknown_host_fails_fast(cache: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_bad_download_settings_are_config_errors(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
-        weights.ensure_weights(make_entry("http://127.0.0.1:9/x.pth"), progress=False)
+        weights.fetch(make_entry("http://127.0.0.1:9/x.pth"), progress=False)
 
 
 @pytest.mark.parametrize("value", ["1", "true", "YES"])
@@ -294,7 +294,7 @@ def test_offline_makes_no_request(
     monkeypatch.setenv("PTM_OFFLINE", value)
     entry = make_entry(server.serve("/x.pth", tiny_weights()))
     with pytest.raises(OfflineError) as caught:
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
     message = str(caught.value)
     assert "x.pth" in message and str(cache / "x.pth") in message
     assert "`ptm weights import tiny:V1 FILE`" in message and "unset PTM_OFFLINE" in message
@@ -304,15 +304,15 @@ def test_offline_makes_no_request(
 def test_offline_with_a_nonsense_value_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTM_OFFLINE", "maybe")
     with pytest.raises(ConfigError, match="PTM_OFFLINE"):
-        weights.ensure_weights(make_entry("http://127.0.0.1:9/x.pth"), progress=False)
+        weights.fetch(make_entry("http://127.0.0.1:9/x.pth"), progress=False)
 
 
 def test_offline_still_serves_cached_files(server: FixtureServer, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tiny_weights()
     entry = make_entry(server.serve("/x.pth", data), sha(data))
-    weights.ensure_weights(entry, progress=False)
+    weights.fetch(entry, progress=False)
     monkeypatch.setenv("PTM_OFFLINE", "1")
-    assert weights.ensure_weights(entry, progress=False).read_bytes() == data
+    assert weights.fetch(entry, progress=False).read_bytes() == data
 
 
 def test_mirror_replaces_the_catalog_url(server: FixtureServer, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,7 +320,7 @@ def test_mirror_replaces_the_catalog_url(server: FixtureServer, cache: Path, mon
     server.serve("/mirror/x.pth", data)
     monkeypatch.setenv("PTM_WEIGHTS_MIRROR", server.url + "/mirror/")
     entry = make_entry(server.url + "/upstream/x.pth", sha(data))
-    assert weights.ensure_weights(entry, progress=False).read_bytes() == data
+    assert weights.fetch(entry, progress=False).read_bytes() == data
     assert server.requests("/mirror/x.pth") == 1
     assert server.requests("/upstream/x.pth") == 0
 
@@ -332,9 +332,9 @@ def test_a_folder_mirror_works_even_offline(tmp_path: Path, cache: Path, monkeyp
     monkeypatch.setenv("PTM_OFFLINE", "1")
     monkeypatch.setenv("PTM_WEIGHTS_MIRROR", (tmp_path / "share").as_uri())
     entry = make_entry("https://download.example/x.pth", sha(data)[:8])
-    assert weights.ensure_weights(entry, progress=False).read_bytes() == data
+    assert weights.fetch(entry, progress=False).read_bytes() == data
     with pytest.raises(DownloadError, match=r"y\.pth: there is no such file"):
-        weights.ensure_weights(make_entry("https://download.example/y.pth", file_name="y.pth"), progress=False)
+        weights.fetch(make_entry("https://download.example/y.pth", file_name="y.pth"), progress=False)
 
 
 def test_mirror_with_the_wrong_file_is_refused(
@@ -343,16 +343,16 @@ def test_mirror_with_the_wrong_file_is_refused(
     server.serve("/mirror/x.pth", tiny_weights(1))
     monkeypatch.setenv("PTM_WEIGHTS_MIRROR", server.url + "/mirror")
     with pytest.raises(HashMismatch, match="PTM_WEIGHTS_MIRROR"):
-        weights.ensure_weights(make_entry("https://example.invalid/x.pth", sha(tiny_weights(0))), progress=False)
+        weights.fetch(make_entry("https://example.invalid/x.pth", sha(tiny_weights(0))), progress=False)
     assert weight_files(cache) == []
     server.serve("/mirror/x.pth", b"", "missing")
     with pytest.raises(DownloadError, match="check that PTM_WEIGHTS_MIRROR points to a server that has it"):
-        weights.ensure_weights(make_entry("https://example.invalid/x.pth"), progress=False)
+        weights.fetch(make_entry("https://example.invalid/x.pth"), progress=False)
 
 
 def test_entry_without_url_asks_for_an_import(cache: Path) -> None:
     with pytest.raises(WeightsError, match="no download url; run `ptm weights import tiny:V1 FILE`"):
-        weights.ensure_weights(make_entry(None), progress=False)
+        weights.fetch(make_entry(None), progress=False)
 
 
 def test_progress_goes_to_stderr_only(
@@ -360,7 +360,7 @@ def test_progress_goes_to_stderr_only(
 ) -> None:
     data = tiny_weights()
     url = server.serve("/x.pth", data)
-    weights.ensure_weights(make_entry(url, sha(data)), progress=True)
+    weights.fetch(make_entry(url, sha(data)), progress=True)
     out, err = capsys.readouterr()
     size = f"{len(data) / 1024:.1f} kB"
     assert out == ""
@@ -369,13 +369,13 @@ def test_progress_goes_to_stderr_only(
     # On a terminal the rich bar replaces the line, still on stderr.
     monkeypatch.setattr(download, "stderr_is_tty", lambda: True)
     weights.remove(make_entry(url, sha(data)))
-    weights.ensure_weights(make_entry(url, sha(data)), progress=True)
+    weights.fetch(make_entry(url, sha(data)), progress=True)
     out, err = capsys.readouterr()
     assert out == ""
     assert "x.pth" in err and "downloading" not in err
 
     weights.remove(make_entry(url, sha(data)))
-    weights.ensure_weights(make_entry(url, sha(data)), progress=False)
+    weights.fetch(make_entry(url, sha(data)), progress=False)
     assert capsys.readouterr() == ("", "")
 
 
@@ -397,7 +397,7 @@ def test_interrupt_mid_download_removes_the_temporary_file(
 
     monkeypatch.setattr(download, "_write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
     assert not written[0].exists()
     assert part_files(cache) == [] and weight_files(cache) == []
 
@@ -411,7 +411,7 @@ def test_unwritable_cache_dir_names_the_folder(
     monkeypatch.setenv("PTM_CACHE_DIR", str(blocker / "cache"))
     data = tiny_weights()
     with pytest.raises(WeightsError) as caught:
-        weights.ensure_weights(make_entry(server.serve("/x.pth", data), sha(data)), progress=False)
+        weights.fetch(make_entry(server.serve("/x.pth", data), sha(data)), progress=False)
     assert str(blocker / "cache") in str(caught.value) and "PTM_CACHE_DIR" in str(caught.value)
     assert server.requests() == 0
 
@@ -428,7 +428,7 @@ def test_waiting_for_the_lock_announces_itself_and_rechecks(
     held = os.open(cache / "x.pth.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)  # "another process" is downloading
     result: dict[str, Path] = {}
-    waiter = threading.Thread(target=lambda: result.update(path=weights.ensure_weights(entry, progress=False)))
+    waiter = threading.Thread(target=lambda: result.update(path=weights.fetch(entry, progress=False)))
     waiter.start()
     time.sleep(0.3)
     assert waiter.is_alive()
@@ -472,7 +472,7 @@ def downloaded(server: FixtureServer, sha256: str | None = "full") -> tuple[Entr
     data = tiny_weights()
     digest = sha(data) if sha256 == "full" else sha256
     entry = make_entry(server.serve("/x.pth", data), digest)
-    return entry, weights.ensure_weights(entry, progress=False), data
+    return entry, weights.fetch(entry, progress=False), data
 
 
 def flip_a_byte(path: Path, *, keep_mtime: bool) -> None:
@@ -488,7 +488,7 @@ def test_corrupted_cached_file_is_refused_not_deleted(server: FixtureServer, cac
     entry, path, data = downloaded(server)
     flip_a_byte(path, keep_mtime=False)
     with pytest.raises(HashMismatch) as caught:
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
     message = str(caught.value)
     assert str(path) in message and sha(data)[:12] in message and "`ptm weights rm tiny:V1`" in message
     assert path.exists()
@@ -500,10 +500,10 @@ def test_corrupted_cached_file_is_refused_not_deleted(server: FixtureServer, cac
 def test_stamp_is_trusted_until_verify_rehashes(server: FixtureServer, cache: Path) -> None:
     entry, path, _ = downloaded(server)
     flip_a_byte(path, keep_mtime=True)  # same size, mtime and inode: the stamp cannot tell
-    assert weights.ensure_weights(entry, progress=False) == path
+    assert weights.fetch(entry, progress=False) == path
     assert weights.verify(entry).status == "mismatch"  # verify re-hashes and drops the stamp
     with pytest.raises(HashMismatch):
-        weights.ensure_weights(entry, progress=False)
+        weights.fetch(entry, progress=False)
 
 
 def test_verify_reports_unpinned_for_files_with_no_known_hash(cache: Path) -> None:
@@ -513,7 +513,7 @@ def test_verify_reports_unpinned_for_files_with_no_known_hash(cache: Path) -> No
     result = weights.verify(entry)
     assert (result.status, result.digest, result.expected) == ("unpinned", sha(tiny_weights()), None)
     # Loading it pins it (trust on first use); from then on verify has something to compare with.
-    weights.ensure_weights(entry, progress=False)
+    weights.fetch(entry, progress=False)
     assert weights.verify(entry).status == "ok"
 
 

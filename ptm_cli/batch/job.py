@@ -3,14 +3,15 @@
 The output folder holds:
 
 * ``_JOB.json`` - the job: task, model, the weights verified on the driver
-  (label and sha256), the options that change results, and the inputs as
-  given; ``--resume`` refuses to continue a folder made with other ones;
+  (label and sha256), the options that change results (the task's own among
+  them), and the inputs as given; ``--resume`` refuses to continue a folder
+  made with other ones;
 * ``_MANIFEST.jsonl`` - every input, one JSON string a line, in the order
   ``ptm classify`` would take them, written once;
 * ``shards/shard-NNNNN.jsonl`` (or ``.parquet``) - the records of manifest
   lines ``[N * shard_size, (N + 1) * shard_size)``, each file written whole
   or not at all;
-* ``images/`` - translated images (``ptm batch translate``);
+* ``images/`` - the images a task writes (``ptm batch translate``);
 * ``_SUMMARY.json`` - counts, errors by type, model, weights, engine, wall
   time and images/s of the last run.
 
@@ -24,17 +25,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..cache import weights
+from .. import tasks
 from ..cache.catalog import Entry
 from ..errors import MissingDependency, UsageError
 from ..images.inputs import ImageInput, expand_inputs
 from ..runtime import fsutil
-from ..tasks.loading import ModelOptions, plan_classifier, plan_translator
+from ..tasks.base import ModelOptions, Plan
 
 JOB_FILE = "_JOB.json"
 MANIFEST_FILE = "_MANIFEST.jsonl"
@@ -43,13 +44,12 @@ SHARDS_DIR = "shards"
 IMAGES_DIR = "images"
 ENGINES = ("local", "ray", "spark")
 RECORD_FORMATS = ("jsonl", "parquet")
-TASKS = ("classify", "translate")
 JOB_VERSION = 1
 
 
 @dataclass(frozen=True)
 class Request:
-    """A batch job as the command line asks for it."""
+    """A batch job as the command line asks for it: ``params`` holds the task's own options."""
 
     task: str
     options: ModelOptions
@@ -59,12 +59,8 @@ class Request:
     files_from: str | None = None
     record_format: str = "jsonl"
     shard_size: int = 1000
-    top_k: int = 5
     batch_size: int = 8
-    size: int | str = 256  # translate: short side the generator runs at, or "full"
-    tile: int | None = None
-    suffix: str = ""
-    image_format: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,19 +76,14 @@ class Spec:
     precision: str
     resize: int | None
     crop: int | None
-    top_k: int
-    batch_size: int
-    size: int | str
-    tile: int | None
-    suffix: str
-    image_format: str | None
+    params: dict[str, Any]  # the task's own options, batch_size among them
     cwd: str  # relative input names are opened from here
     folder: str  # the output folder, absolute
     folder_as_written: str
     record_format: str
     resume: bool = False
     threads: int | None = None  # torch threads per worker, set by an engine that runs several workers per machine
-    # Translate: manifest position -> the earlier input whose output file has the same name.
+    # A task that writes images: manifest position -> the earlier input whose output file has the same name.
     taken: dict[int, str] = field(default_factory=dict)
 
     def shard_path(self, index: int) -> Path:
@@ -103,6 +94,12 @@ class Spec:
         """What identifies the loaded model, so a worker builds it once for all the shards it runs."""
         return (self.task, self.entry.ref, self.weights_path, self.weights_sha256, self.device, self.precision,
                 self.resize, self.crop)  # fmt: skip
+
+    def plan(self, weights_path: Path) -> Plan:
+        """The plan a worker builds its model from: the driver's entry, the file it verified, the user's label."""
+        options = ModelOptions(model=self.entry.model, weights=self.weights_label, device=self.device,
+                               precision=self.precision, resize=self.resize, crop=self.crop)  # fmt: skip
+        return Plan(tasks.get(self.task), options, self.entry, weights_path)
 
 
 @dataclass(frozen=True)
@@ -170,8 +167,7 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     Nothing runs on a worker before the weights are verified: a bad file or
     a hash mismatch fails here, once, with the cache's own message.
     """
-    if request.task not in TASKS:
-        raise UsageError(f"unknown batch task {request.task!r}")
+    task = tasks.get(request.task)
     if request.record_format not in RECORD_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(RECORD_FORMATS)}")
     if request.record_format == "parquet":
@@ -186,10 +182,11 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     if request.options.is_hub:
         raise UsageError(
             "ptm batch runs catalog models and local weights files; hub: models would run repository code on "
-            "every worker, so use `ptm classify` for them"
+            "every worker, so run them with the task's own command"
         )
-    planner = plan_classifier if request.task == "classify" else plan_translator
-    plan = planner(request.options)
+    params = _task_params(task, request)
+    task.check(params)
+    plan = task.plan(request.options)
     assert plan.entry is not None
     folder = Path(request.output)
     if folder.exists() and not folder.is_dir():
@@ -202,17 +199,16 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
         raise UsageError(
             f"--output {request.output} is not empty; add --resume to finish the job in it, or give a new folder"
         )
-    weights_path, label = _verified_weights(plan)
+    weights_path = _verified_weights(plan)
     digest = hash_file(weights_path)
     spec = Spec(
-        task=request.task, entry=plan.entry, weights_path=str(weights_path), weights_sha256=digest,
-        weights_label=label, device=request.options.device, precision=request.options.precision,
-        resize=request.options.resize, crop=request.options.crop, top_k=request.top_k,
-        batch_size=request.batch_size, size=request.size, tile=request.tile, suffix=request.suffix,
-        image_format=_image_format(request.image_format), cwd=os.getcwd(), folder=str(folder.absolute()),
-        folder_as_written=request.output, record_format=request.record_format, resume=resume,
+        task=task.name, entry=plan.entry, weights_path=str(weights_path), weights_sha256=digest,
+        weights_label=plan.weights_label, device=request.options.device, precision=request.options.precision,
+        resize=request.options.resize, crop=request.options.crop, params=params, cwd=os.getcwd(),
+        folder=str(folder.absolute()), folder_as_written=request.output, record_format=request.record_format,
+        resume=resume,
     )  # fmt: skip
-    facts = _fingerprint(request, spec)
+    facts = _fingerprint(request, spec, task)
     if stored is not None:
         _check_same_job(request.output, stored, facts)
         names = read_manifest(folder)
@@ -225,20 +221,40 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     return Job(_with_taken(spec, names), names, request.shard_size)
 
 
-def _verified_weights(plan: Any) -> tuple[Path, str]:
-    """The weights file every worker will load, verified here, and the label records give it."""
+def _task_params(task: Any, request: Request) -> dict[str, Any]:
+    """The task's options as workers get them: defaults filled in, an image format in Pillow's spelling."""
+    params: dict[str, Any] = {
+        option.name: option.default for option in task.options if option.stage == "run" and option.batch_flags
+    }
+    params.update(request.params)
+    params["batch_size"] = request.batch_size
+    if params.get("image_format"):
+        from ..output.imagefiles import image_format_for
+
+        params["image_format"] = image_format_for("", params["image_format"])
+    if params.get("size") not in (None, "full"):
+        params["size"] = int(params["size"])
+    return params
+
+
+def _verified_weights(plan: Plan) -> Path:
+    """The weights file every worker will load, verified here."""
     if plan.weights_file is not None:
-        return Path(plan.weights_file).absolute(), plan.options.weights
-    return weights.ensure_weights(plan.entry).absolute(), plan.entry.weights
+        return Path(plan.weights_file).absolute()
+    assert plan.entry is not None
+    from ..nets.architectures import ensure_weights
+
+    return ensure_weights(plan.entry).absolute()
 
 
-def _fingerprint(request: Request, spec: Spec) -> dict[str, Any]:
+def _fingerprint(request: Request, spec: Spec, task: Any) -> dict[str, Any]:
     """What makes two runs the same job: the options that change the records, and the inputs as given."""
+    own = {option.name: spec.params.get(option.name) for option in task.options
+           if option.stage == "run" and option.records and option.batch_flags}  # fmt: skip
     return {
         "ptm_batch_job": JOB_VERSION, "task": spec.task, "model": spec.entry.ref, "weights": spec.weights_label,
-        "weights_sha256": spec.weights_sha256, "top_k": spec.top_k, "resize": spec.resize, "crop": spec.crop,
-        "precision": spec.precision, "size": spec.size, "tile": spec.tile, "suffix": spec.suffix,
-        "image_format": spec.image_format, "format": spec.record_format, "shard_size": request.shard_size,
+        "weights_sha256": spec.weights_sha256, "resize": spec.resize, "crop": spec.crop,
+        "precision": spec.precision, **own, "format": spec.record_format, "shard_size": request.shard_size,
         "inputs": list(request.inputs), "recursive": request.recursive, "files_from": request.files_from,
         "cwd": spec.cwd,
     }  # fmt: skip
@@ -296,24 +312,30 @@ def read_manifest(folder: Path) -> list[str]:
         raise UsageError(f"cannot read {path} ({exc}); the job folder is damaged, start a new one") from None
 
 
-def _with_taken(spec: Spec, names: list[str]) -> Spec:
-    """Translate: the later of two inputs whose outputs would share a name (a/x.jpg, b/x.jpg) gets an error.
+def destination(spec: Spec, folder: Path) -> Any:
+    """Where a task that writes images puts them in a job: ``folder``/images, names kept, nothing replaced."""
+    from ..output.imagefiles import Destination
 
-    ``ptm translate --output-dir`` refuses the second one in a run; across
-    shards the order the workers finish in must not decide which one wins,
-    so the first in the manifest keeps the name, always.
+    return Destination(directory=folder / IMAGES_DIR, suffix=str(spec.params.get("suffix") or ""),
+                       image_format=spec.params.get("image_format"))  # fmt: skip
+
+
+def _with_taken(spec: Spec, names: list[str]) -> Spec:
+    """The later of two inputs whose outputs would share a name (a/x.jpg, b/x.jpg) gets an error.
+
+    A task's own command refuses the second one in a run; across shards the
+    order the workers finish in must not decide which one wins, so the first
+    in the manifest keeps the name, always.
     """
-    if spec.task != "translate":
+    if not tasks.get(spec.task).image_outputs:
         return spec
     from dataclasses import replace
 
-    from ..output.imagefiles import Destination
-
-    destination = Destination(directory=Path(IMAGES_DIR), suffix=spec.suffix, image_format=spec.image_format)
+    place = destination(spec, Path("."))
     first: dict[str, str] = {}
     taken: dict[int, str] = {}
     for position, name in enumerate(names):
-        path = output_name(destination, name)
+        path = output_name(place, name)
         if path in first:
             taken[position] = first[path]
         else:
@@ -322,18 +344,10 @@ def _with_taken(spec: Spec, names: list[str]) -> Spec:
 
 
 def output_name(destination: Any, name: str) -> str:
-    """The file name ``ptm translate --output-dir`` gives the output of input ``name``."""
+    """The file name the task's own command gives the output of input ``name`` in a folder."""
     path = destination.path_for(ImageInput(name=name))
     assert path is not None  # a directory destination always names a file
     return str(path.name)
-
-
-def _image_format(image_format: str | None) -> str | None:
-    if not image_format:
-        return None
-    from ..output.imagefiles import image_format_for
-
-    return image_format_for("", image_format)
 
 
 def stale_parts(folder: Path) -> Iterator[Path]:

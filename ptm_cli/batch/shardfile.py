@@ -1,9 +1,10 @@
 """Shard files: a shard's records as JSON Lines or as Parquet with a nested schema, written whole or not at all.
 
-The records are exactly the ones ``ptm classify -f jsonl`` and ``ptm
-translate -f jsonl`` print. In Parquet, predictions are a list of structs
-and an error is a struct; reading a file back gives the same records (the
-fields a record does not have are null in Parquet and left out again).
+The records are exactly the ones the task's own command prints with ``-f
+jsonl``. In Parquet, the columns are the task's (nested ones as lists of
+structs) and an error is a struct; reading a file back gives the same
+records (the fields a record does not have are null in Parquet and left out
+again).
 """
 
 from __future__ import annotations
@@ -48,20 +49,13 @@ def read_shard(path: Path) -> list[Record] | None:
 
 
 def _schema(task: str) -> Any:
+    """A task's records as Parquet columns (the task declares them), with the error struct last."""
     import pyarrow as pa
 
+    from .. import tasks
+
     error = pa.struct([("type", pa.string()), ("message", pa.string())])
-    if task == "classify":
-        prediction = pa.struct(
-            [("rank", pa.int32()), ("index", pa.int32()), ("label", pa.string()), ("probability", pa.float64())]
-        )
-        fields = [("input", pa.string()), ("model", pa.string()), ("weights", pa.string()),
-                  ("predictions", pa.list_(prediction)), ("error", error)]  # fmt: skip
-    else:
-        fields = [("input", pa.string()), ("output", pa.string()), ("size", pa.list_(pa.int32())),
-                  ("skipped", pa.bool_()), ("model", pa.string()), ("weights", pa.string()),
-                  ("seconds", pa.float64()), ("error", error)]  # fmt: skip
-    return pa.schema(fields)
+    return pa.schema([*tasks.get(task).parquet_fields(), ("error", error)])
 
 
 def _table(records: list[Record], task: str) -> Any:

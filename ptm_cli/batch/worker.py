@@ -2,9 +2,9 @@
 
 Workers never download: they load the file the driver resolved and
 verified, after checking its sha256 again (a worker may see another copy,
-on another machine's disk or a shared folder that changed). The model comes
-from :mod:`ptm_cli.tasks.loading`, as for ``ptm classify``, and the records from
-the same functions the CLI uses, so a shard's records are the CLI's records.
+on another machine's disk or a shared folder that changed). The model is
+built by the task, as for its own command, and the records come from the
+task's own run, so a shard's records are the command's records.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import HashMismatch, InputError, OutputError, PtmError, WeightsError, first_line
 from ..images.inputs import ImageInput
-from .job import IMAGES_DIR, Shard, Spec, absolute, output_name
+from .job import IMAGES_DIR, Shard, Spec, absolute, destination, output_name
 from .shardfile import Record, write_shard
 
 # One model per worker process, kept between shards (an engine sends a process many shards).
@@ -50,12 +50,13 @@ def check_weights(spec: Spec) -> Path:
 
 
 def model_for(spec: Spec) -> Any:
-    """The ready classifier or translator for ``spec``, built on this process's first shard."""
+    """The ready model for ``spec``, built on this process's first shard."""
     model = _MODEL.get(spec.model_key)
     if model is not None:
         return model
-    from ..tasks.loading import build_classifier, build_translator
+    from ..runtime.tuning import tune_process
 
+    tune_process()  # a worker is a ptm process: it tunes its memory and threads as the command does
     path = check_weights(spec)
     if spec.threads is not None and not spec.device.startswith("cuda"):
         import torch
@@ -63,13 +64,8 @@ def model_for(spec: Spec) -> Any:
         # Several workers share a machine's cores: one that took them all would slow every other one down.
         torch.set_num_threads(spec.threads)
     _MODEL.clear()  # one model at a time: a worker that switches jobs frees the last one
-    if spec.task == "classify":
-        model = build_classifier(spec.entry, weights_file=path, device=spec.device, precision=spec.precision,
-                                 resize=spec.resize, crop=spec.crop, progress=False)  # fmt: skip
-    else:
-        model = build_translator(spec.entry, weights_file=path, device=spec.device, precision=spec.precision,
-                                 progress=False)  # fmt: skip
-    model.weights_label = spec.weights_label  # records name the weights as the user did, not the path here
+    plan = spec.plan(path)
+    model = plan.task.build(plan, progress=False)
     _MODEL[spec.model_key] = model
     return model
 
@@ -81,50 +77,35 @@ def forget_model() -> None:
 
 def run_shard(spec: Spec, shard: Shard) -> list[Record]:
     """One record per input of ``shard``, in manifest order."""
+    from .. import tasks
+    from ..tasks.base import RunContext
+
+    task = tasks.get(spec.task)
     model = model_for(spec)
-    if spec.task == "classify":
-        return _classify(spec, shard, model)
-    return _translate(spec, shard, model)
-
-
-def _classify(spec: Spec, shard: Shard, classifier: Any) -> list[Record]:
-    from ..tasks.classify import classify_images, to_record
-
-    inputs = [ImageInput(name, path=absolute(spec.cwd, name)) for name in shard.names]
-    results = classify_images(inputs, classifier, top_k=spec.top_k, batch_size=spec.batch_size)
-    return [to_record(result, classifier) for result in results]
-
-
-def _translate(spec: Spec, shard: Shard, translator: Any) -> list[Record]:
-    from ..output.imagefiles import Destination, run_image_jobs
-
-    folder = Path(spec.folder) / IMAGES_DIR
-    shown = Path(spec.folder_as_written) / IMAGES_DIR
-    destination = Destination(directory=folder, suffix=spec.suffix, image_format=spec.image_format)
-
-    def transform(image: Any) -> Any:
-        return translator.translate(image, size=spec.size, tile=spec.tile)
-
-    def describe() -> dict[str, Any]:
-        return {"model": translator.entry.model, "weights": translator.weights_label}
-
-    records = []
+    context = RunContext()
+    shown = Path(spec.folder_as_written)
+    if task.image_outputs:
+        # A shard redone by --resume may find the images its first attempt wrote: they are whole (atomic).
+        context = RunContext(destination=destination(spec, Path(spec.folder)), skip_existing=spec.resume)
+    records: dict[int, Record] = {}
+    runnable = []
     for position, name in enumerate(shard.names, start=shard.start):
         if position in spec.taken:
-            path = shown / output_name(destination, name)
+            path = shown / IMAGES_DIR / output_name(destination(spec, Path(".")), name)
             error = OutputError(
                 f"{path} was already written for {spec.taken[position]} in this run (same file name in another "
                 "folder); translate them in separate runs or output directories"
             )
-            records.append({"input": name, "error": error.record()})
-            continue
-        item = ImageInput(name, path=absolute(spec.cwd, name))
-        # A shard redone by --resume may find the images its first attempt wrote: they are whole (atomic).
-        for record in run_image_jobs([item], transform, destination, skip_existing=spec.resume, describe=describe):
-            if "output" in record:
-                record["output"] = str(shown / Path(record["output"]).name)
-            records.append(record)
-    return records
+            records[position] = {"input": name, "error": error.record()}
+        else:
+            runnable.append((position, ImageInput(name, path=absolute(spec.cwd, name))))
+    results = task.run(model, [item for _, item in runnable], spec.params, context)
+    for (position, _), result in zip(runnable, results, strict=True):
+        record = result.record
+        if "output" in record:
+            record["output"] = str(shown / IMAGES_DIR / Path(record["output"]).name)
+        records[position] = record
+    return [records[position] for position in range(shard.start, shard.start + len(shard.names))]
 
 
 def run_shard_to_file(spec: Spec, shard: Shard) -> dict[str, Any]:

@@ -17,7 +17,10 @@ instant.
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -283,24 +286,64 @@ def catalog_files(extra: Iterable[Path] | None = None) -> list[Path]:
     return shipped + (list(extra) if extra is not None else user_catalog_paths())
 
 
+# A catalog file changed less than this long ago is read again every time: a second write within
+# the file system's timestamp granularity (a few milliseconds) would not change its mtime.
+SETTLED_S = 2.0
+_LOADED: dict[tuple[Any, ...], Catalog] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _files_key(paths: list[Path]) -> tuple[Any, ...] | None:
+    """The files as they are now (path, device, inode, size, mtime); None when one is missing or too fresh.
+
+    A long-lived process (the warm server) asks for the catalog on every
+    request; a ``stat`` of each file is enough to know it is unchanged.
+    """
+    now = time.time_ns()
+    key = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        if now - info.st_mtime_ns < SETTLED_S * 1e9:
+            return None
+        key.append((str(path.absolute()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(key)
+
+
 class Catalog:
     """All known entries, looked up by model name and weights name."""
 
     def __init__(self, entries: Iterable[Entry]):
         self._by_model: dict[str, dict[str, Entry]] = {}
         for entry in entries:
-            self._by_model.setdefault(entry.model, {})[entry.weights] = entry
+            variants = self._by_model.setdefault(entry.model, {})
+            variants.pop(entry.weights, None)  # a later file's entry also comes later: its default wins
+            variants[entry.weights] = entry
 
     @classmethod
     def load(cls, extra: Iterable[Path] | None = None) -> Catalog:
+        """The catalog its files hold now; parsed again only when one of them changed (see :func:`_files_key`)."""
+        paths = catalog_files(extra)
+        key = _files_key(paths)
+        with _LOADED_LOCK:
+            known = _LOADED.get(key) if key is not None else None
+        if known is not None:
+            return known
         entries: list[Entry] = []
-        for path in catalog_files(extra):
+        for path in paths:
             if not path.is_file():
                 raise ConfigError(f"catalog file {path} does not exist (check PTM_CATALOG)")
             records = _records_from_json(path) if path.suffix == ".json" else _records_from_toml(path)
             source = path.name if path.parent == CATALOG_DIR else str(path)
             entries.extend(entry_from_mapping(r, source=source, base_dir=path.parent) for r in records)
-        return cls(entries)
+        catalog = cls(entries)
+        if key is not None:
+            with _LOADED_LOCK:
+                _LOADED.clear()  # one catalog at a time: a changed file leaves nothing stale behind
+                _LOADED[key] = catalog
+        return catalog
 
     def models(self, task: str | None = None) -> list[str]:
         return sorted(m for m, ws in self._by_model.items() if task is None or next(iter(ws.values())).task == task)

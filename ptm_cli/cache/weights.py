@@ -305,13 +305,13 @@ Validator = Callable[[Path], None]
 """Raises a ``PtmError`` when a file is not usable weights for the entry (see ``ensure_weights``)."""
 
 
-def ensure_weights(entry: Entry, *, progress: bool = True, validate: Validator | None = None) -> Path:
+def fetch(entry: Entry, *, progress: bool = True, validate: Validator | None = None) -> Path:
     """The verified local file for ``entry``, downloading it first if it is not cached.
 
     When no full sha256 is known for the entry (neither in the catalog nor
     pinned), ``validate(path)`` sees a download before it is saved and pinned,
     so a first download that is an error page or a cut file cannot be pinned
-    for good. The cache cannot build models itself; :mod:`ptm_cli.tasks.loading`
+    for good. The cache cannot build models itself; :mod:`ptm_cli.nets.architectures`
     passes a validator that checks the file's keys and shapes against the
     entry's architecture.
     """
@@ -357,7 +357,7 @@ def load_weights(
     entry: Entry, *, progress: bool = True, validate: Validator | None = None
 ) -> dict[str, torch.Tensor]:
     """``entry``'s tensors from its verified cached file (downloaded first if needed)."""
-    path = ensure_weights(entry, progress=progress, validate=validate)
+    path = fetch(entry, progress=progress, validate=validate)
     try:
         return load_state_dict(path)
     except WeightsError as exc:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from .. import tasks
 from ..errors import EXIT_OK
 from .common import CONTEXT, stdout_is_data, writer
 from .options import format_option
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-t", "--task", type=click.Choice(("classify", "translate")), help="Only models for this task.")
+@click.option("-t", "--task", type=click.Choice(tasks.names()), help="Only models for this task.")
 @format_option
 def models(task: str | None, fmt: str | None) -> int:
     """List the models and weights ptm knows (without importing torch).

@@ -60,9 +60,16 @@ def serve() -> None:
 @server_settings
 def run(**settings_: Any) -> int:
     """Run the server in this terminal, with its log on stderr (Ctrl-C stops it)."""
+    from .. import tasks
     from ..serve.server import run as run_server
+    from .running import run_for_client
 
-    run_server(_arguments(**settings_))
+    group = click.get_current_context().find_root().command  # the ptm group: every client's call goes through it
+
+    def execute(argv: list[str], client: Any, columns: int | None) -> int:
+        return run_for_client(group, argv, client, terminal_width=columns)
+
+    run_server(_arguments(**settings_), execute=execute, runs=lambda command: tasks.find(command) is not None)
     return EXIT_OK
 
 

@@ -24,7 +24,7 @@ def weights() -> None:
 
 
 def _entry(name: str, weights_name: str | None) -> Any:
-    from ..tasks.loading import catalog_entry
+    from ..cache.naming import catalog_entry
 
     return catalog_entry(name, weights_name)
 
@@ -61,7 +61,7 @@ def weights_list(fmt: str | None) -> int:
 @weights_option
 def weights_download(name: str, weights_name: str | None) -> int:
     """Download and verify NAME's weights; print the file's path."""
-    from ..tasks.loading import ensure_weights
+    from ..nets.architectures import ensure_weights
 
     entry = _entry(name, weights_name)
     with stdout_is_data() as out:
@@ -103,7 +103,7 @@ def weights_verify(name: str | None, weights_name: str | None, fmt: str | None) 
 @weights_option
 def weights_import(name: str, file: Path, weights_name: str | None) -> int:
     """Check FILE against NAME's hash and copy it into the cache (for offline machines)."""
-    from ..tasks.loading import import_weights
+    from ..nets.architectures import import_weights
 
     entry = _entry(name, weights_name)
     with stdout_is_data() as out:
@@ -215,9 +215,9 @@ def weights_inspect(target: str, fmt: str | None) -> int:
       ptm weights inspect model.pth -f jsonl | jq '.stride[0]'
     """
     from ..cache.catalog import Catalog
+    from ..cache.naming import weights_file_or_cached
     from ..nets.architectures import match_architecture
     from ..output.records import default_format
-    from ..tasks.loading import weights_file_or_cached
     from ..tensorio.inspection import inspect_file
 
     inspection = inspect_file(weights_file_or_cached(target))

@@ -1,34 +1,63 @@
-"""What every command shares: messages on stderr, stdout kept for data, the record writer, exit codes.
+"""What every command shares: messages on stderr, stdout kept for data, exit codes, the inputs it names.
 
-Click is imported only by the functions that use it: the quick path of
-``ptm classify --server auto`` (:mod:`.quick`) writes through this module
-without loading click at all.
+Commands write through the current standard streams
+(:mod:`ptm_cli.runtime.streams`): the process's own, or, in a warm server,
+the client's. Nothing here imports click at start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 from ..errors import EXIT_INPUT_FAILED, EXIT_OK, StdoutUnwritable
+from ..runtime import streams
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+MAX_CONTENT_WIDTH = 100  # help and usage lines stay this narrow on wide terminals
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": MAX_CONTENT_WIDTH}
+
+# The command line being run in this context, as typed (a command hands it to a warm server unchanged),
+# and what a server already said of it (the entry point asks a running one before click is imported).
+_call: contextvars.ContextVar[tuple[tuple[str, ...], Any]] = contextvars.ContextVar("ptm_call", default=((), None))
+
+
+def current_argv() -> list[str]:
+    return list(_call.get()[0])
+
+
+def handed_over() -> Any:
+    """The server's answer to this command line when one was asked before click ran (else None)."""
+    return _call.get()[1]
+
+
+def bind_argv(argv: list[str], handed: Any = None) -> contextvars.Token[tuple[tuple[str, ...], Any]]:
+    return _call.set((tuple(argv), handed))
+
+
+def unbind_argv(token: contextvars.Token[tuple[tuple[str, ...], Any]]) -> None:
+    _call.reset(token)
+
+
+def printable(message: str) -> str:
+    """``message`` with control characters shown as escapes (``\\x1b``), so a name cannot forge a line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
 
 
 def note(message: str) -> None:
     """One line for people, on stderr, prefixed so it is clear who speaks.
 
     Messages quote file names, URLs and tensor names, which may hold newlines
-    or terminal escape sequences; those are shown as escapes (``\\x1b``), so
-    a name can neither forge another line nor drive the terminal.
+    or terminal escape sequences; those are shown as escapes, so a name can
+    neither forge another line nor drive the terminal.
     """
-    if not message.isprintable():
-        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
-    import click
-
-    click.echo(f"ptm: {message}", err=True)
+    stream = streams.stderr()
+    stream.write(f"ptm: {printable(message)}\n")
+    stream.flush()
 
 
 class ReaderGone(Exception):
@@ -88,7 +117,7 @@ class GuardedStream:
 
 
 @contextlib.contextmanager
-def stdout_is_data() -> Iterator[IO[str]]:
+def stdout_is_data() -> Iterator[Any]:
     """Yield the real stdout for records; anything else printed goes to stderr.
 
     torch.hub and some model code print progress with ``print()``; inside
@@ -96,15 +125,20 @@ def stdout_is_data() -> Iterator[IO[str]]:
     pipe is turned into `ReaderGone` here so that click, which would exit 1
     for it, never sees it.
     """
-    data = sys.stdout
+    here = streams.current()
+    data = here.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield data
+        if streams.routed():  # a warm server: sys.stdout follows this command's streams
+            with streams.bound(streams.Streams(here.stdin, here.stderr, here.stderr, here.console_width)):
+                yield data
+        else:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield data
     except BrokenPipeError:
         raise ReaderGone from None
 
 
-def writer(stream: IO[str], fmt: str | None, **kwargs: Any) -> Any:
+def writer(stream: Any, fmt: str | None, **kwargs: Any) -> Any:
     """A :class:`~ptm_cli.output.records.RecordWriter`; use it in a ``with`` block so ``-f json`` is always closed."""
     from ..output.records import RecordWriter, default_format
 
@@ -130,10 +164,11 @@ def image_inputs(images: tuple[str, ...], recursive: bool, files_from: str | Non
         import click
 
         raise click.UsageError("give at least one image, directory, '-' or --files-from")
+    stdin = streams.stdin()
     return expand_inputs(
         images,
         recursive=recursive,
         files_from=files_from,
-        stdin=sys.stdin.buffer if "-" in images else None,
-        stdin_list=sys.stdin.buffer if files_from == "-" else None,
+        stdin=stdin.buffer if "-" in images else None,
+        stdin_list=stdin.buffer if files_from == "-" else None,
     )

@@ -1,25 +1,46 @@
-"""Options several commands share, declared once (click decorators)."""
+"""Options several commands share, declared once, and a task's own options turned into click's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..output.records import FORMATS
-from ..settings import PRECISIONS
+from ..settings import PRECISIONS, SERVER_MODES
+from . import completion
+
+if TYPE_CHECKING:
+    from ..tasks.base import Option
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def _stack(*decorators: Decorator) -> Decorator:
+def stack(*decorators: Decorator) -> Decorator:
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
         for decorator in reversed(decorators):
             f = decorator(f)
         return f
 
     return apply
+
+
+class SizeParam(click.ParamType):
+    """A number of pixels, or ``full``."""
+
+    name = "N|full"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int) or value == "full":
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of pixels nor 'full'", param, ctx)
+        if number < 1:
+            self.fail("the size must be at least 1 pixel", param, ctx)
+        return number
 
 
 format_option = click.option(
@@ -32,18 +53,15 @@ format_option = click.option(
 
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Float type for the model. fp32 matches the reference results exactly; auto picks bf16 where native.",
+)
 
-def precision_option(what: str) -> Decorator:
-    return click.option(
-        "--precision",
-        type=click.Choice(PRECISIONS),
-        default="fp32",
-        show_default=True,
-        help=f"Float type for {what}. fp32 matches the reference results exactly; auto picks bf16 where native.",
-    )
-
-
-input_options = _stack(
+input_options = stack(
     # A path type only for the shell's sake: completion offers files; any text (and '-') is still accepted.
     click.argument("images", nargs=-1, type=click.Path(allow_dash=True)),
     click.option("-r", "--recursive", is_flag=True, help="Descend into sub-directories."),
@@ -61,3 +79,53 @@ report_option = click.option(
     type=click.Path(dir_okay=False, allow_dash=False),
     help="Also write a self-contained HTML page of the results with thumbnails (no network needed to view it).",
 )
+
+server_option = click.option(
+    "--server",
+    type=click.Choice(SERVER_MODES),
+    help="auto: run the model in a warm `ptm serve` server (started if none runs); never: in this process. "
+    "Default: $PTM_SERVER, else never.",
+)
+
+
+def model_option(task: str, *, default: str | None, help: str) -> Decorator:
+    return click.option(
+        "-m", "--model", default=default, required=default is None, show_default=default is not None,
+        shell_complete=completion.models(task), help=help,
+    )  # fmt: skip
+
+
+def weights_option(help: str) -> Decorator:
+    return click.option(
+        "-w", "--weights", default="DEFAULT", show_default=True, shell_complete=completion.weights, help=help
+    )
+
+
+def click_option(option: Option, flags: tuple[str, ...]) -> Decorator:
+    """The click option for a task's :class:`~ptm_cli.tasks.base.Option`, under ``flags``."""
+    extra: dict[str, Any] = {}
+    if option.kind == "flag":
+        extra["is_flag"] = True
+    elif option.kind == "int":
+        if option.minimum is not None or option.maximum is not None:
+            extra["type"] = click.IntRange(option.minimum, option.maximum)
+        else:
+            extra["type"] = int
+    elif option.kind == "float":
+        extra["type"] = float
+    elif option.kind == "size":
+        extra["type"] = SizeParam()
+    elif option.kind == "choice":
+        extra["type"] = click.Choice(option.choices)
+    elif option.kind == "multiple":
+        extra["multiple"] = True
+    elif option.kind == "dir":
+        from pathlib import Path
+
+        extra["type"] = click.Path(file_okay=False, path_type=Path)
+    if option.default is not None and option.kind != "flag":
+        extra["default"] = option.default
+    if option.completion == "weights":
+        extra["shell_complete"] = completion.weights
+    return click.option(*flags, option.name, metavar=option.metavar, show_default=option.show_default,
+                        help=option.help, **extra)  # fmt: skip

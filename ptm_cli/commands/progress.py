@@ -9,16 +9,16 @@ Translation adds a tile bar for the image in progress under the same display.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from .common import note
+from ..runtime import streams
+from .common import printable
 
 
 def stderr_is_terminal() -> bool:
     try:
-        return sys.stderr.isatty()
+        return bool(streams.stderr().isatty())
     except (AttributeError, ValueError):
         return False
 
@@ -27,6 +27,8 @@ class RunProgress:
     """A context manager; every method is a no-op when the display is off."""
 
     def __init__(self, *, quiet: bool = False, what: str = "images") -> None:
+        # Kept here: decoding threads report through it, and they have the process's streams, not the command's.
+        self.stderr = streams.stderr()
         self.enabled = not quiet and stderr_is_terminal()
         self.what = what
         self._bar: Any = None
@@ -48,7 +50,7 @@ class RunProgress:
             TimeElapsedColumn(),
             TextColumn("{task.fields[eta]}"),
             TextColumn("{task.fields[failures]}", style="red"),
-            console=Console(stderr=True),
+            console=Console(file=self.stderr, width=streams.console_width()),
             transient=True,
             redirect_stdout=False,
             redirect_stderr=False,
@@ -73,11 +75,12 @@ class RunProgress:
         return {"count": count, "rate": rate, "eta": eta, "failures": ""}
 
     def note(self, message: str) -> None:
-        """A message for people: above the bar while it is drawn, else a plain line on stderr."""
+        """A message for people: above the bar while it is drawn, else a plain line on stderr (any thread)."""
         if self._bar is not None:
             self._bar.console.print(f"ptm: {message}", markup=False, highlight=False)
             return
-        note(message)
+        self.stderr.write(f"ptm: {printable(message)}\n")
+        self.stderr.flush()
 
     def count_in_background(self, count: Callable[[], int | None]) -> None:
         """Learn the total from ``count()`` in a daemon thread (a folder walk), when the display is on."""

@@ -1,26 +1,18 @@
-"""``--server auto|never``: running a command's model work in the user's warm server.
+"""``--server auto|never``: handing a command to the user's warm server, or taking it back.
 
-The command checks its options and reads its inputs as always; this module
-opens the job on the server (starting one when none runs). When the server
-cannot give this client's own answers (another version, environment, user)
-or cannot be reached, the command runs in its own process after one note on
-stderr: a server never changes what a command prints.
+A command calls :func:`hand_over` once its options are checked and before it
+reads any input or writes anything. In a ``ptm`` process that wants a server,
+the command line goes to the server (one is started if none runs), which runs
+it with this process's streams and folder; the exit code comes back. When the
+server cannot give this client's own answers (another version, environment,
+user) or cannot be reached, the command runs here after one note on stderr: a
+server never changes what a command prints. In the server, a call that needs
+the client's own process is sent back.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import click
-
-from .common import note
-
-server_option = click.option(
-    "--server",
-    type=click.Choice(("auto", "never")),
-    help="auto: run the model in a warm `ptm serve` server (started if none runs); never: in this process. "
-    "Default: $PTM_SERVER, else never.",
-)
+from .common import current_argv, handed_over, note
 
 
 def wanted(choice: str | None) -> bool:
@@ -29,28 +21,23 @@ def wanted(choice: str | None) -> bool:
     return (choice or settings.server_mode()) == "auto"
 
 
-def model_fields(options: Any) -> dict[str, Any]:
-    return {"model": options.model, "weights": options.weights, "device": options.device,
-            "precision": options.precision, "resize": options.resize, "crop": options.crop}  # fmt: skip
+def hand_over(choice: str | None, *, servable: bool) -> int | None:
+    """The exit code of this command run by a warm server, or None to run it here (go on)."""
+    from ..serve.protocol import RunHere, serving
 
-
-def open_job(op: str, request: dict[str, Any], payload: bytes = b"") -> Any:
-    """A :class:`~ptm_cli.serve.client.Job` accepted by the server, or None (after a note) to run here."""
-    from ..errors import ConfigError
-    from ..serve.client import Job, open_server
-    from ..serve.protocol import Mismatch, ServerUnavailable
-
-    try:
-        sock = open_server(start=True)
-    except (ServerUnavailable, ConfigError, OSError) as exc:
-        note(f"not using a server ({exc}); running here")
+    if serving():
+        if not servable:
+            raise RunHere
         return None
-    try:
-        return Job(sock, op, request, payload)
-    except (Mismatch, ServerUnavailable) as exc:  # nothing was written yet: running here changes nothing
-        sock.close()
-        note(f"not using the server: {exc}; running here")
+    if not servable or not wanted(choice):
         return None
-    except BaseException:
-        sock.close()
-        raise
+    handed = handed_over()
+    if handed is None or not handed.asked:  # no server was running when the call began: start one
+        from ..serve.client import forward
+
+        handed = forward(current_argv(), start=True)
+        if handed.code is not None:
+            return int(handed.code)
+    if handed.reason:
+        note(handed.reason)
+    return None

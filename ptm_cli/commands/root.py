@@ -1,7 +1,8 @@
-"""The ``ptm`` group itself: its commands, each imported from its module on first use.
+"""The ``ptm`` group itself: a command per task, and the tool commands, each imported on first use.
 
-A one-file ``ptm classify`` through a warm server should not pay for
-``ptm batch``'s imports, and ``ptm --help`` should stay instant.
+A one-file ``ptm classify`` should not pay for ``ptm batch``'s imports, and
+``ptm --help`` should stay instant. The task commands are made from the task
+modules' declarations (:mod:`.cmd_tasks`); the others live in their modules.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import click
 from ..version import __version__
 from .common import CONTEXT
 
-# Each command's module in this package, imported only when that command runs (or help lists them all).
+# The tool commands, each in its module of this package (imported only when that command runs).
 _LAZY = {
-    "classify": "cmd_classify",
-    "translate": "cmd_translate",
-    "zebra": "cmd_translate",
     "batch": "cmd_batch",
     "models": "cmd_models",
     "weights": "cmd_weights",
@@ -28,18 +26,22 @@ _LAZY = {
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported from their modules on first use."""
+    """A group whose subcommands are imported from their modules on first use; every task is one."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_LAZY})
+        from .. import tasks
+
+        return sorted({*super().list_commands(ctx), *_LAZY, *tasks.names(), *tasks.aliases()})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         module = _LAZY.get(name)
         if module is None:
-            return super().get_command(ctx, name)
-        command = getattr(importlib.import_module(f".{module}", __package__), name)
-        assert isinstance(command, click.Command)
-        return command
+            from .cmd_tasks import command
+
+            return command(name) or super().get_command(ctx, name)
+        command_ = getattr(importlib.import_module(f".{module}", __package__), name)
+        assert isinstance(command_, click.Command)
+        return command_
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT)

@@ -11,13 +11,16 @@ Three sources, tried in this order:
 :func:`factory` gives a no-argument constructor for an entry, :func:`build`
 fills it with a state dict (strictly, without initialising first), and
 :func:`match_architecture` names the catalog architecture a weights file fits.
-Classification, translation and ``ptm weights inspect`` all go through here.
+:func:`ensure_weights` and :func:`import_weights` put a file in the cache
+only once it loads and fits its entry's architecture (when no full sha256 is
+known to check it against). Every task and ``ptm weights`` go through here.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..cache.catalog import Catalog, Entry
+    from ..cache.weights import Validator
     from ..tensorio.inspection import Inspection
 
 # Floating buffers torchvision models keep in their state dicts (model.parameters() does not count them).
@@ -114,6 +118,48 @@ def check_fits(entry: Entry, state_dict: Mapping[str, torch.Tensor]) -> None:
         with skip_init():
             model = make()
     check_compatible(model, state_dict, what=f"{entry.architecture} ({entry.ref})")
+
+
+# --- weights for an entry ---------------------------------------------------------------------------
+
+
+def weights_validator(entry: Entry) -> Validator:
+    """A check for a file that has no full sha256 to be verified against: it must load, and fit ``entry``.
+
+    The cache runs it before it keeps (and pins) a download or an import.
+    """
+
+    def validate(path: Path) -> None:
+        from ..tensorio import load_state_dict
+
+        check_fits(entry, load_state_dict(path))
+
+    return validate
+
+
+def ensure_weights(entry: Entry, *, progress: bool = True) -> Path:
+    """The verified local file for ``entry`` (downloaded first if needed); a first download must fit the entry."""
+    from ..cache import weights
+
+    return weights.fetch(entry, progress=progress, validate=weights_validator(entry))
+
+
+def import_weights(entry: Entry, src: Path) -> Path:
+    """Copy a weights file into the cache after checking its hash (and, with no full hash known, its fit)."""
+    from ..cache import weights
+
+    return weights.import_weights(entry, src, validate=weights_validator(entry))
+
+
+def load_weights(entry: Entry, weights_file: Path | str | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """``entry``'s tensors: from ``weights_file`` when given, else from its verified cached file."""
+    if weights_file is not None:
+        from ..tensorio import load_state_dict
+
+        return load_state_dict(Path(weights_file))
+    from ..cache import weights
+
+    return weights.load_weights(entry, progress=progress, validate=weights_validator(entry))
 
 
 # --- which architecture does a file fit? ---------------------------------------------------------

@@ -1,28 +1,21 @@
-"""Running an image-to-image model over many inputs, one output file each.
+"""Image files ptm writes: where each output goes, its format, and writing it whole or not at all.
 
-Owns what happens around the model: where each result goes, the rules for
-existing files (never overwritten without ``force``; skipped with
-``skip_existing``, so an interrupted run can be resumed), atomic writes, and
-one record per input in input order. A failed input leaves no file behind
-and does not stop the others.
+:class:`Destination` says where a task's image for each input goes (one
+named file, stdout, a folder, or beside the input); :func:`write_output`
+never replaces an existing file without ``force`` and never leaves a partial
+one. :func:`encode_image` embeds the sRGB profile where the format holds one.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, OutputError, UsageError
+from ..errors import OutputError, UsageError
 from ..images.inputs import ImageInput
 from ..runtime import fsutil
-
-Transform = Callable[[Any], Any]  # PIL image in, PIL image of the same size out
-# An input and a Pillow format in; the encoded result and its size out (decoding and the model elsewhere).
-Render = Callable[[ImageInput, str], tuple[bytes, tuple[int, int]]]
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
                  ".tiff": "TIFF"}  # fmt: skip
@@ -159,79 +152,3 @@ def make_destination(
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file, not a directory")
     return Destination(directory=output_dir, suffix=suffix, image_format=fmt)
-
-
-def run_image_jobs(
-    inputs: Iterable[ImageInput],
-    transform: Transform,
-    destination: Destination,
-    *,
-    force: bool = False,
-    skip_existing: bool = False,
-    describe: Callable[[], dict[str, Any]] | None = None,
-    emit_bytes: Callable[[bytes], None] | None = None,
-    on_note: Callable[[str], None] | None = None,
-    render: Render | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Transform each input and write it; yield one record per input, in order.
-
-    ``describe()`` adds fields (model, weights) to successful records;
-    ``emit_bytes`` receives the encoded image when the destination is stdout;
-    ``on_note`` hears about inputs that load with a caveat (a damaged colour profile).
-    ``render``, when given, does the decoding, ``transform`` and encoding in
-    one step elsewhere (a warm server); where results go is still decided here.
-    """
-    written: dict[Path, str] = {}  # outputs of this run, so two inputs never share one
-    for item in inputs:
-        started = time.perf_counter()
-        try:
-            path = destination.path_for(item)
-            if path is not None and path.resolve() in written:
-                raise OutputError(
-                    f"{path} was already written for {written[path.resolve()]} in this run "
-                    "(same file name in another folder); translate them in separate runs or output directories"
-                )
-            if path is not None:
-                if skip_existing and path.exists() and not fsutil.is_stream_target(path):
-                    written[path.resolve()] = item.name
-                    yield {"input": item.name, "output": str(path), "skipped": True}
-                    continue
-                _check_writable(item, path, force)
-            if render is not None:
-                data, size = render(item, destination.format_for(path))
-            else:
-                result = transform(item.open(on_note=on_note))
-                data, size = encode_image(result, destination.format_for(path)), result.size
-            if path is None:
-                if emit_bytes is None:
-                    raise UsageError("stdout output needs a byte sink")
-                emit_bytes(data)
-            else:
-                if path.parent and not path.parent.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                write_output(path, data, force=force)
-                written[path.resolve()] = item.name
-        except InputError as exc:
-            yield {"input": item.name, "error": exc.record()}
-            continue
-        except BrokenPipeError:
-            raise  # stdout's reader left: the whole run ends, quietly (141)
-        except OSError as exc:
-            error = OutputError(f"{item.name}: {exc.strerror or exc}")
-            yield {"input": item.name, "error": error.record()}
-            continue
-        record: dict[str, Any] = {"input": item.name, "output": "-" if path is None else str(path),
-                                  "size": list(size)}  # fmt: skip
-        record.update(describe() if describe else {})
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        yield record
-
-
-def _check_writable(item: ImageInput, path: Path, force: bool) -> None:
-    """Refuse before any work: an existing output, or the input itself as output."""
-    if item.path is not None and path.exists() and path.resolve() == item.path.resolve():
-        raise OutputError(f"{path} is the input itself; choose another --output-dir or a --suffix")
-    if fsutil.is_stream_target(path):
-        return  # a device or FIFO is written through: `-o /dev/null` needs no --force
-    if os.path.lexists(path) and not force:
-        raise OutputError(f"{path} already exists; use --force to overwrite it or --skip-existing to keep it")

@@ -28,6 +28,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
+from ..runtime import streams
+
 FORMATS = ("table", "jsonl", "json", "csv", "tsv")
 # Tables with more rows than this are drawn line by line without rich, which measures
 # every cell of the whole table at once (100,000 rows took 50 s and 630 MB; now ~ jsonl's cost).
@@ -173,7 +175,7 @@ class RecordWriter:
         # On a terminal the table fits its width, folding long cells rather than
         # cutting them; written to a file or pipe it is as wide as its content.
         isatty = getattr(self.stream, "isatty", None)
-        width = None if isatty is not None and isatty() else 10_000
+        width = streams.console_width() if isatty is not None and isatty() else 10_000
         console = Console(file=self.stream, soft_wrap=False, width=width)
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for column in columns:

@@ -66,12 +66,15 @@ def thumbnail(image: Any, side: int = THUMB_SIDE) -> str:
 
 
 class Report:
-    """Entries in input order for one run; :meth:`html` renders the page."""
+    """Entries in input order for one run of ``task``; :meth:`html` renders the page.
 
-    def __init__(self, kind: str, header: Mapping[str, Any]):
-        if kind not in ("classify", "translate"):
-            raise ValueError(f"unknown report kind {kind!r}")
-        self.kind = kind
+    The task says how its records look (``report_view``: bars and lines of
+    text) and what it is called (``title``); the page's script draws any of
+    them the same way, so a new task needs nothing here.
+    """
+
+    def __init__(self, task: Any, header: Mapping[str, Any]):
+        self.task = task
         self.header = {**header, "ptm": __version__}
         self.entries: list[dict[str, Any]] = []
         self._thumbs: dict[str, str] = {}
@@ -89,7 +92,9 @@ class Report:
         """One record, with the thumbnail kept for its input (and the output's, for translation)."""
         with self._lock:
             thumb = self._thumbs.pop(str(record.get("input")), None)
-        entry = {"record": dict(record), "thumb": thumb}
+        entry: dict[str, Any] = {"record": dict(record), "thumb": thumb}
+        if "error" not in record:
+            entry["view"] = self.task.report_view(record)
         if output_image is not None:
             entry["output_thumb"] = thumbnail(output_image)
         self.entries.append(entry)
@@ -102,7 +107,7 @@ class Report:
         return {"inputs": len(self.entries), "failed": failed, "skipped": skipped}
 
     def html(self) -> str:
-        data = {"kind": self.kind, "header": self.header, "counts": self.counts(), "page_size": PAGE_SIZE,
+        data = {"title": self.task.title, "header": self.header, "counts": self.counts(), "page_size": PAGE_SIZE,
                 "entries": self.entries}  # fmt: skip
         payload = _script_safe_json(data)
         script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode("utf-8")).digest()).decode("ascii")
@@ -110,7 +115,7 @@ class Report:
             "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
             f"script-src 'sha256-{script_hash}'; base-uri 'none'; form-action 'none'"
         )
-        title = f"ptm {self.kind}: {self.header.get('model', '')}"
+        title = f"ptm {self.task.name}: {self.header.get('model', '')}"
         return _PAGE.format(
             policy=html.escape(policy, quote=True),
             title=html.escape(title),
@@ -203,8 +208,7 @@ _SCRIPT = """
   }
   function header() {
     var h = document.getElementById("header");
-    var title = data.kind === "classify" ? "Classification" : "Translation";
-    h.appendChild(el("h1", "", "ptm " + title + ": " + (data.header.model || "")));
+    h.appendChild(el("h1", "", "ptm " + data.title + ": " + (data.header.model || "")));
     var dl = el("dl");
     var rows = Object.keys(data.header).map(function (k) { return [k, data.header[k]]; });
     rows.push(["inputs", data.counts.inputs], ["failed", data.counts.failed]);
@@ -218,31 +222,27 @@ _SCRIPT = """
   }
   function entry(item) {
     var r = item.record;
+    var view = item.view || {};
     var box = el("article", "entry" + (r.error ? " failed" : ""));
     box.appendChild(image(item.thumb, r.input));
-    if (data.kind === "translate" && !r.error) box.appendChild(image(item.output_thumb, r.output || ""));
+    if (view.output) box.appendChild(image(item.output_thumb, r.output || ""));
     var body = el("div", "body");
     body.appendChild(el("div", "name", r.input));
     if (r.error) {
       body.appendChild(el("div", "error", r.error.type + ": " + r.error.message));
-    } else if (data.kind === "classify") {
-      (r.predictions || []).forEach(function (p) {
-        var row = el("div", "pred");
-        row.appendChild(el("span", "label", p.label === null ? "#" + p.index : p.label));
-        var bar = el("div", "bar");
-        var fill = el("span");
-        fill.style.width = Math.max(0, Math.min(100, 100 * p.probability)).toFixed(1) + "%";
-        bar.appendChild(fill);
-        row.appendChild(bar);
-        row.appendChild(el("span", "pct", (100 * p.probability).toFixed(2) + "%"));
-        body.appendChild(row);
-      });
-    } else {
-      var what = r.skipped ? "skipped: " + r.output + " exists" :
-        "-> " + r.output + (r.size ? "  " + r.size[0] + "x" + r.size[1] : "") +
-        (r.seconds !== undefined ? "  " + r.seconds + " s" : "");
-      body.appendChild(el("div", "meta", what));
     }
+    (view.bars || []).forEach(function (b) {
+      var row = el("div", "pred");
+      row.appendChild(el("span", "label", b.label));
+      var bar = el("div", "bar");
+      var fill = el("span");
+      fill.style.width = Math.max(0, Math.min(100, 100 * b.value)).toFixed(1) + "%";
+      bar.appendChild(fill);
+      row.appendChild(bar);
+      row.appendChild(el("span", "pct", b.text));
+      body.appendChild(row);
+    });
+    (view.lines || []).forEach(function (line) { body.appendChild(el("div", "meta", line)); });
     box.appendChild(body);
     return box;
   }

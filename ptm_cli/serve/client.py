@@ -1,11 +1,12 @@
-"""The client half of ``ptm serve``: find (or start) the user's server and stream a job through it.
+"""The client half of ``ptm serve``: find (or start) the user's server and hand it a command line.
 
-This is what ``ptm classify --server auto`` runs instead of loading a model,
-so it imports no torch, no Pillow, no numpy. The command has already
-checked its options and expanded its inputs; here they become one request
-(paths made absolute against this process's working directory, stdin's
-bytes as the payload), and the server's records come back one by one for
-the command to write with its usual writer.
+A call with ``--server auto`` is sent as typed, with this process's working
+folder and standard streams (their file descriptors, over the socket), its
+umask, the width of its terminal and its identity (see
+:func:`~.protocol.identity`). The server parses it with the same click
+command and runs it as if in this process: records, images and messages go
+straight to this process's stdout, stderr and files, and the exit code comes
+back. So this module imports no torch, no Pillow, no numpy and no click.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import settings
-from ..images.inputs import ImageInput
+from ..errors import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, ConfigError
 from .protocol import (
-    Mismatch,
     ProtocolError,
     RemoteError,
     ServerUnavailable,
@@ -99,7 +99,8 @@ def start_server(folder: Path, arguments: list[str]) -> int:
     log = os.open(folder / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ptm_cli", "serve", "run", *arguments],
+            # -P: nothing from the folder it starts in (or a client's) is ever importable.
+            [sys.executable, "-P", "-m", "ptm_cli", "serve", "run", *arguments],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd="/", start_new_session=True,
         )  # fmt: skip
     finally:
@@ -156,91 +157,165 @@ def _remote_error(message: dict[str, Any]) -> RemoteError:
     )
 
 
-def encode_inputs(inputs: Iterable[ImageInput]) -> tuple[list[dict[str, Any]], bytes]:
-    """Inputs as the server takes them: names as given, paths absolute against this cwd, stdin as the payload."""
-    cwd = os.getcwd()
-    encoded: list[dict[str, Any]] = []
-    payload = b""
-    for item in inputs:
-        if item.error is not None:
-            encoded.append({"name": item.name, "error": item.error.record()})
-        elif item.data is not None:
-            encoded.append({"name": item.name, "stdin": True})
-            payload = item.data
-        else:
-            path = item.path if item.path is not None else Path(item.name)
-            # Joined, not normalised: the kernel resolves "a/../b" exactly as it would here.
-            encoded.append({"name": item.name, "path": os.path.join(cwd, os.fspath(path))})
-    return encoded, payload
+# --- handing a command line to the server ---------------------------------------------------------
 
 
-class Job:
-    """A job the server accepted: its first answer is already in (so a mismatch or a load error shows at once)."""
+class Forwarded(NamedTuple):
+    """What became of a command line handed to a server: its exit code, or why it runs here."""
 
-    def __init__(self, sock: socket.socket, op: str, request: dict[str, Any], payload: bytes = b""):
-        self.sock = sock
+    code: int | None  # the command's exit code; None: run it here
+    asked: bool  # a server answered (so a second try in this process would get the same answer)
+    reason: str = ""  # for the one note a command prints when it runs here after all ("" for none)
+
+
+def forward(argv: list[str], *, start: bool) -> Forwarded:
+    """Run ``ptm ARGV`` in the user's warm server as if in this process.
+
+    The exit code is None (run it here) when no server runs (and ``start`` is
+    false), when this process's streams cannot be handed over (a closed
+    descriptor, or streams that are not files), or when the server sent the
+    call back: it differs from this client (``reason`` says so), or the call
+    is one it does not run. With ``start``, a server is started when none runs.
+    """
+    try:
+        sock = open_server(start=True) if start else _running()
+        if sock is None:
+            return Forwarded(None, False)
+    except (ServerUnavailable, ConfigError, OSError) as exc:
+        return Forwarded(None, start, f"not using a server ({exc}); running here" if start else "")
+    fds = _own_descriptors()
+    if fds is None:
+        sock.close()
+        return Forwarded(None, False)
+    with sock:
         try:
-            send(sock, {"op": op, "identity": identity(), "cwd": os.getcwd(), **request}, payload)
+            send(sock, _request(argv), fds=fds)
         except (ProtocolError, OSError) as exc:
-            raise ServerUnavailable(f"the request could not be sent ({exc}); run with --server never") from None
-        self._first: tuple[dict[str, Any], bytes] | None = self._answer()
+            return Forwarded(None, True, f"not using the server: the request could not be sent ({exc}); running here")
+        finally:
+            os.close(fds[0])
+        return _outcome(sock)
 
-    def __enter__(self) -> Job:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
+def _running() -> socket.socket | None:
+    """A connection to a server that runs now (none is started), or None."""
+    folder = runtime_dir(create=False)
+    return connect(socket_path(folder))
 
-    def _answer(self) -> tuple[dict[str, Any], bytes]:
-        message, data = _next(self.sock)
-        event = message.get("event")
-        if event == "mismatch":
-            differ = message.get("differences")
-            words = ", ".join(str(d) for d in differ) if isinstance(differ, list) and differ else "identity"
-            raise Mismatch(f"the running server differs in {words}")
-        if event == "error":
-            raise _remote_error(message)
-        return message, data
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """The job's records as the server makes them, until it says it is done."""
-        while True:
-            if self._first is not None:
-                (message, _), self._first = self._first, None
-            else:
-                message, _ = self._answer()
-            event = message.get("event")
-            if event == "done":
-                return
-            record = message.get("record")
-            if event != "record" or not isinstance(record, dict):
-                raise ServerUnavailable(f"the server sent an unexpected {event!r}; run with --server never")
-            yield record
-
-    def ready(self) -> dict[str, Any]:
-        """The first answer of a translation job: the model and weights it loaded."""
-        assert self._first is not None
-        message, _ = self._first
-        if message.get("event") != "ready":
-            raise ServerUnavailable(f"the server sent an unexpected {message.get('event')!r}")
-        return message
-
-    def render(self, item: ImageInput, fmt: str) -> tuple[bytes, tuple[int, int]]:
-        """One image through the server's generator: the encoded result and its size (see imagejobs.Render)."""
-        from .. import errors
-
-        (encoded,), payload = encode_inputs([item])
+def _own_descriptors() -> list[int] | None:
+    """This process's working folder (opened now) and standard streams, or None when they cannot be handed over."""
+    for stream, fd in ((sys.stdin, 0), (sys.stdout, 1), (sys.stderr, 2)):
         try:
-            send(self.sock, {"input": encoded, "format": fmt}, payload)
-        except (ProtocolError, OSError) as exc:
-            raise ServerUnavailable(f"the server connection failed ({exc}); run with --server never") from None
-        message, data = self._answer()
-        if message.get("event") == "failed":
-            error: dict[str, Any] = message["error"] if isinstance(message.get("error"), dict) else {}
-            kind = getattr(errors, str(error.get("type")), None)
-            cls = kind if isinstance(kind, type) and issubclass(kind, errors.InputError) else errors.InputError
-            raise cls(str(error.get("message", "")))
-        size = message.get("size")
-        if message.get("event") != "image" or not (isinstance(size, list) and len(size) == 2):
-            raise ServerUnavailable(f"the server sent an unexpected {message.get('event')!r}")
-        return data, (int(size[0]), int(size[1]))
+            if stream is None or stream.fileno() != fd:
+                return None  # replaced streams (a test harness, a redirect in Python): they are this process's own
+            os.fstat(fd)
+        except (AttributeError, ValueError, OSError):
+            return None  # closed, or not a file: the command runs here and reports it as usual
+    try:
+        folder = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    return [folder, 0, 1, 2]
+
+
+def _request(argv: list[str]) -> dict[str, Any]:
+    mask = os.umask(0o022)  # read by setting it: this process has one thread here
+    os.umask(mask)
+    streams = [[getattr(s, "encoding", None), getattr(s, "errors", None)] for s in (sys.stdin, sys.stdout, sys.stderr)]
+    return {"op": "run", "identity": identity(), "argv": argv, "umask": mask, "columns": _terminal_columns(),
+            "console_width": _console_width(), "streams": streams, "pid": os.getpid()}  # fmt: skip
+
+
+def _terminal_columns() -> int:
+    """The width click formats help for, found as it finds it (``COLUMNS``, else stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+def _console_width() -> int:
+    """The width rich gives a terminal in this process: the first of stdin, stdout, stderr that is one; COLUMNS wins."""
+    width = 0
+    for fd in (0, 1, 2):
+        try:
+            width = os.get_terminal_size(fd).columns
+        except (AttributeError, ValueError, OSError):
+            continue
+        break
+    columns = os.environ.get("COLUMNS")
+    if columns is not None and columns.isdigit():
+        width = int(columns)
+    return width or 80
+
+
+def _outcome(sock: socket.socket) -> Forwarded:
+    """Wait for the server's answer: the command's exit code, or why to run it here."""
+    try:
+        message = _reply(sock)
+    except KeyboardInterrupt:
+        return Forwarded(_interrupted(sock), True)
+    event = message.get("event")
+    if event == "exit":
+        return Forwarded(_exit_code(message), True)
+    if event == "mismatch":
+        differ = message.get("differences")
+        words = ", ".join(str(d) for d in differ) if isinstance(differ, list) and differ else "identity"
+        return Forwarded(None, True, f"not using the server: the running server differs in {words}; running here")
+    if event == "local":
+        return Forwarded(None, True)
+    if event == "error" and message.get("before_run"):
+        return Forwarded(None, True, f"not using the server: {message.get('message')}; running here")
+    if event == "error":
+        raise _remote_error(message)
+    raise ServerUnavailable(f"the server sent an unexpected {event!r}; run with --server never")
+
+
+def _reply(sock: socket.socket) -> dict[str, Any]:
+    try:
+        reply = receive(sock)
+    except (ProtocolError, OSError) as exc:
+        raise _stopped(f"the connection failed ({exc})") from None
+    if reply is None:
+        raise _stopped("the server closed the connection before the command finished")
+    return reply[0]
+
+
+def _stopped(what: str) -> RemoteError:
+    return RemoteError(
+        f"{what}; what it wrote so far stands and the rest is missing (see {LOG_NAME} in the server's folder); "
+        "run again, or with --server never",
+        kind="ServerUnavailable",
+        exit_code=EXIT_INPUT_FAILED,
+    )
+
+
+def _exit_code(message: dict[str, Any]) -> int:
+    code = message.get("code")
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < 256:
+        raise ServerUnavailable(f"the server sent an exit code of {code!r}; run with --server never")
+    return code
+
+
+def _interrupted(sock: socket.socket) -> int:
+    """Ctrl-C while the server works: it stops the command (which says so) and its exit code comes back."""
+    with contextlib.suppress(ProtocolError, OSError):
+        send(sock, {"op": "interrupt"})
+    deadline = time.monotonic() + settings.tuning.serve_interrupt_wait
+    with contextlib.suppress(ProtocolError, OSError, KeyboardInterrupt, TimeoutError):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        reply = receive(sock)
+        if reply is not None and reply[0].get("event") == "exit":
+            return _exit_code(reply[0])
+    # The server did not answer in time: say it here, as the command would have.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write("\nptm: interrupted\n")
+        sys.stderr.flush()
+    return EXIT_INTERRUPTED

@@ -1,11 +1,18 @@
 """What a ptm server and its clients agree on: framing, the private folder, and the handshake facts.
 
 A message is a header of two big-endian 32-bit lengths, then that many
-bytes of UTF-8 JSON (an object) and that many bytes of binary payload (an
-image from stdin, or an encoded output image). Both lengths are checked
-against caps before a byte is read, so a hostile length prefix costs
-nothing. Every malformed message is a :class:`ProtocolError`, which a
-server answers with an error reply on that connection only.
+bytes of UTF-8 JSON (an object) and that many bytes of binary payload. Both
+lengths are checked against caps before a byte is read, so a hostile length
+prefix costs nothing. Every malformed message is a :class:`ProtocolError`,
+which a server answers with an error reply on that connection only. A
+client's ``run`` request carries file descriptors with its first byte
+(``SCM_RIGHTS``): its working folder and its three standard streams.
+
+The handshake (:func:`identity`) holds everything that decides a command's
+answers and that a client can know without importing torch: the ptm and
+Python it runs, the catalog files, the variables that change results or how
+they are shown, and the credentials and file system view files are opened
+with. A server whose facts differ sends the client back to run by itself.
 
 Standard library only: a client imports this module and never torch.
 """
@@ -13,6 +20,7 @@ Standard library only: a client imports this module and never torch.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -20,6 +28,7 @@ import socket
 import stat
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +38,32 @@ from ..version import __version__
 
 HEADER = struct.Struct("!II")
 SOCKET_NAME = "server.sock"
-PROTOCOL = 1
+PROTOCOL = 2
+MAX_FDS = 4  # a run request's working folder, stdin, stdout and stderr
+
+
+class RunHere(BaseException):
+    """Raised inside a command a server runs for a client: this call must run in the client's own process.
+
+    A BaseException, as KeyboardInterrupt is: no handler of the command's own takes it for an error.
+    """
+
+
+_serving: contextvars.ContextVar[bool] = contextvars.ContextVar("ptm_serving", default=False)
+
+
+def serving() -> bool:
+    """Whether the code running now is a command a server runs for a client."""
+    return _serving.get()
+
+
+@contextlib.contextmanager
+def serving_a_client() -> Iterator[None]:
+    token = _serving.set(True)
+    try:
+        yield
+    finally:
+        _serving.reset(token)
 
 
 class ProtocolError(Exception):
@@ -69,13 +103,19 @@ def max_payload() -> int:
     return settings.tuning.max_stream_bytes + 1
 
 
-def send(sock: socket.socket, message: dict[str, Any], payload: bytes = b"") -> None:
+def send(sock: socket.socket, message: dict[str, Any], payload: bytes = b"", *, fds: list[int] | None = None) -> None:
+    """One message; ``fds`` travel with its first byte (``SCM_RIGHTS``)."""
     # ensure_ascii keeps file names that are not UTF-8 (lone surrogates) intact through json.loads.
     body = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     if len(body) > settings.tuning.serve_max_message or len(payload) > max_payload():
         raise ProtocolError(f"message too large ({len(body)} + {len(payload)} bytes)")
     flags = getattr(socket, "MSG_NOSIGNAL", 0)
-    sock.sendall(HEADER.pack(len(body), len(payload)) + body, flags)
+    data = HEADER.pack(len(body), len(payload)) + body
+    if fds:
+        sent = socket.send_fds(sock, [data], fds, flags)
+        data = data[sent:]
+    if data:
+        sock.sendall(data, flags)
     if payload:
         sock.sendall(payload, flags)
 
@@ -85,6 +125,30 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
     head = _read_exactly(sock, HEADER.size, allow_eof=True)
     if head is None:
         return None
+    return _rest(sock, head)
+
+
+def receive_with_fds(sock: socket.socket) -> tuple[dict[str, Any], bytes, list[int]] | None:
+    """The next message and the descriptors that came with it (at most MAX_FDS; the caller closes them)."""
+    first, fds, flags, _ = socket.recv_fds(sock, HEADER.size, MAX_FDS)
+    try:
+        if flags & getattr(socket, "MSG_CTRUNC", 0):
+            raise ProtocolError(f"more than {MAX_FDS} file descriptors came with the message")
+        if not first:
+            if fds:
+                raise ProtocolError("file descriptors came without a message")
+            return None
+        rest = _read_exactly(sock, HEADER.size - len(first)) if len(first) < HEADER.size else b""
+        message, payload = _rest(sock, first + (rest or b""))
+    except BaseException:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        raise
+    return message, payload, list(fds)
+
+
+def _rest(sock: socket.socket, head: bytes) -> tuple[dict[str, Any], bytes]:
     size, payload_size = HEADER.unpack(head)
     if size > settings.tuning.serve_max_message:
         raise ProtocolError(f"a message of {size} bytes is over the limit of {settings.tuning.serve_max_message}")
@@ -96,6 +160,8 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
         message = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"the message is not JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("the message is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("the message is not a JSON object")
     payload = _read_exactly(sock, payload_size) if payload_size else b""
@@ -195,26 +261,47 @@ def identity() -> dict[str, Any]:
         "protocol": PROTOCOL,
         "ptm": __version__,
         "source": str(Path(__file__).resolve().parent.parent),
-        "python": sys.executable + " " + sys.version.split()[0],
+        "python": os.path.realpath(sys.executable) + " " + sys.version.split()[0],
         "torch": _torch_installation(),
         "catalogs": _catalog_files(),
         "environment": {name: _digest(value) for name, value in settings.result_environment().items()},
         "uid": os.getuid(),
+        "credentials": _credentials(),
+        "filesystem": _filesystem_view(),
     }
 
 
 def differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     """What differs between two identities, in words (values of variables are never shown)."""
     found = []
-    for key in ("protocol", "ptm", "source", "python", "torch", "catalogs", "uid"):
+    names = {"ptm": "ptm version", "catalogs": "catalog files", "credentials": "groups",
+             "filesystem": "file system view"}  # fmt: skip
+    for key in ("protocol", "ptm", "source", "python", "torch", "catalogs", "uid", "credentials", "filesystem"):
         if ours.get(key) != theirs.get(key):
-            found.append({"ptm": "ptm version", "catalogs": "catalog files"}.get(key, key))
+            found.append(names.get(key, key))
     mine, other = ours.get("environment") or {}, theirs.get("environment") or {}
     if isinstance(other, dict):
         found += [f"${name}" for name in sorted(set(mine) | set(other)) if mine.get(name) != other.get(name)]
     else:
         found.append("environment")
     return found
+
+
+def _credentials() -> list[Any]:
+    """The ids files are opened with: a client with other groups must not read through a server that has them."""
+    return [os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())]
+
+
+def _filesystem_view() -> list[Any]:
+    """Which files a path names: the mount namespace and the root folder (a container or chroot sees others)."""
+    view: list[Any] = []
+    for path in ("/proc/self/ns/mnt", "/"):
+        try:
+            info = os.stat(path)
+            view.append([info.st_dev, info.st_ino])
+        except OSError:
+            view.append(None)
+    return view
 
 
 def _digest(value: str) -> str:

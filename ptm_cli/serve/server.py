@@ -1,54 +1,84 @@
-"""The server half of ``ptm serve``: models kept warm, clients served at once, forward passes shared.
+"""The server half of ``ptm serve``: models kept warm, clients' commands run at once, forward passes shared.
 
 One process per user, found through a socket in a private folder (see
-:mod:`.protocol`). Each connection is one job on its own thread; a job
-runs the very engines the in-process commands run
-(:func:`~ptm_cli.tasks.classify.classify_images`,
-:func:`~ptm_cli.output.imagefiles.run_image_jobs`) on inputs the client named,
-and streams each record back as it is made. Classification requests for
-the same model that arrive together share forward passes: a
-:class:`Batcher` per model collects them for a few milliseconds.
+:mod:`.protocol`). A client sends its command line as typed, with its working
+folder and standard streams (their file descriptors), its umask and its
+identity. Each connection gets a thread of its own, with a working folder and
+umask of its own (Linux lets a thread leave the process's with
+``unshare(CLONE_FS)``), and runs the command through the very click command
+the client would have run (:func:`~ptm_cli.commands.main.run_for_client`,
+given to :func:`run` by the ``ptm serve`` command), writing to the client's
+own stdout, stderr and files; then the exit code goes back. Relative paths,
+``--files-from -``, ``-o -``, a terminal's table width and a reader that
+leaves (``| head``) all behave as they do in the client's process. A client
+whose identity differs (versions, variables that change results, groups, the
+file system it sees) is sent back to run by itself, and so is a call the
+command says needs the client's own process (a hub model, ``--compile``).
 
-Models stay loaded while they are used and for ``keep_alive`` seconds
-after (at most ``max_models``, least recently used first out); the server
-exits after ``idle_timeout`` seconds with nothing to do.
+Models load through a cache (:class:`~.warm.ModelCache`): loaded once however
+many clients ask, kept while used and for ``keep_alive`` seconds after (at
+most ``max_models``, least recently used first out). Requests for a model
+whose task can share forward passes go through one :class:`~.warm.Batcher`
+per model. The server exits after ``idle_timeout`` seconds with nothing to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import io
 import os
 import signal
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .. import errors
-from ..errors import InputError, PtmError, UsageError, first_line
-from ..images.inputs import ImageInput
+from ..errors import PtmError, UsageError, first_line
+from ..runtime import streams
 from ..runtime import tuning as heap
 from ..settings import tuning
 from ..version import __version__
-from .protocol import ProtocolError, differences, identity, peer_uid, receive, runtime_dir, send, socket_path
+from .protocol import (
+    ProtocolError,
+    RunHere,
+    differences,
+    identity,
+    peer_uid,
+    receive,
+    receive_with_fds,
+    runtime_dir,
+    send,
+    serving_a_client,
+    socket_path,
+)
 from .protocol import field as get
-from .warm import ModelCache, ServeOptions, WarmCatalog, log, shared
+from .warm import ModelCache, ServeOptions, log
+
+# A client's command line through the one click command: argv, the client's streams, its terminal width.
+Execute = Callable[[list[str], streams.Streams, "int | None"], int]
+# Whether a command name is one the server runs for clients (a task, or another name for one).
+Runs = Callable[[str], bool]
+
+CLONE_FS = 0x200  # unshare(2): this thread's working folder, root and umask become its own
+
 
 # --- the server ---------------------------------------------------------------------------------
 
 
 class Server:
-    def __init__(self, options: ServeOptions):
+    def __init__(self, options: ServeOptions, execute: Execute | None = None, runs: Runs | None = None):
         self.options = options
+        self.execute = execute
+        self.runs = runs or (lambda command: False)
         self.folder = runtime_dir(create=True)
         self.path = socket_path(self.folder)
         self.started = time.time()
         self.stopping = threading.Event()
         self.models = ModelCache(options, self._count_pass)
-        self.catalog = WarmCatalog()
         self.forward_passes = 0
         self.images = 0
         self.requests = 0
@@ -165,11 +195,12 @@ class Server:
             send(conn, _error(UsageError(f"this ptm server serves uid {os.getuid()} only, not uid {uid}")))
             return
         conn.settimeout(30.0)  # a client that connects and says nothing does not hold a thread for ever
+        fds: list[int] = []
         try:
-            received = receive(conn)
+            received = receive_with_fds(conn)
             if received is None:
                 return
-            message, payload = received
+            message, _, fds = received
             conn.settimeout(None)
             op = get(message, "op", str)
             if op == "status":
@@ -178,15 +209,19 @@ class Server:
                 send(conn, {"event": "stopping", "pid": os.getpid()})
                 log("stop requested")
                 self.stopping.set()
-            elif op in ("classify", "translate"):
-                self._job(conn, op, message, payload)
+            elif op == "run":
+                self._run_for_client(conn, message, fds)
             else:
                 raise ProtocolError(f"unknown op {op!r}")
         except ProtocolError as exc:
             log(f"bad request: {exc}")
-            send(conn, _error(UsageError(f"the server could not read the request: {exc}")))
+            send(conn, {**_error(UsageError(f"the server could not read the request: {exc}")), "before_run": True})
         except TimeoutError:
             log("a client sent no request within 30 s")
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def status(self) -> dict[str, Any]:
         import torch
@@ -198,174 +233,165 @@ class Server:
                 "uptime_s": round(time.time() - self.started, 1), "models": self.models.describe(), **counts,
                 "idle_timeout_s": self.options.idle_timeout, "keep_alive_s": self.options.keep_alive}  # fmt: skip
 
-    def _job(self, conn: socket.socket, op: str, message: dict[str, Any], payload: bytes) -> None:
-        theirs = get(message, "identity", dict)
-        found = differences(identity(), theirs)
+    def _run_for_client(self, conn: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+        """Run the client's command line in this thread, as if in the client's process; send its exit code."""
+        argv = get(message, "argv", list)
+        if not argv or not all(isinstance(arg, str) and "\0" not in arg for arg in argv):
+            raise ProtocolError("'argv' must be a list of strings, the command first")
+        if len(fds) != 4:
+            raise ProtocolError("a run needs the client's working folder and its three standard streams")
+        umask = get(message, "umask", int)
+        columns = get(message, "columns", int)
+        width = get(message, "console_width", int)
+        encodings = get(message, "streams", list)
+        if not 0 <= umask <= 0o777 or not 1 <= columns <= 100_000 or not 1 <= width <= 100_000 or len(encodings) != 3:
+            raise ProtocolError("'umask', 'columns', 'console_width' or 'streams' is out of range")
+        if self.execute is None or not self.runs(argv[0]) or not _own_working_folder():
+            send(conn, {"event": "local"})
+            return
+        try:
+            os.fchdir(fds[0])
+        except OSError as exc:
+            raise ProtocolError(f"the working folder cannot be entered ({exc.strerror})") from None
+        os.umask(umask)
+        found = differences(identity(), get(message, "identity", dict))  # computed in the client's folder
         if found:
             log(f"a client differs in {', '.join(found)}; it will run by itself")
             send(conn, {"event": "mismatch", "differences": found})
             return
-        cwd = get(message, "cwd", str)
-        if not os.path.isabs(cwd):
-            raise ProtocolError("'cwd' must be an absolute path")
+        client = _client_streams(fds[1:], encodings, width)
+        self._count_request()
+        code = self._execute(conn, argv, client, columns)
+        _close(client)
+        if code is None:
+            send(conn, {"event": "local"})
+        else:
+            send(conn, {"event": "exit", "code": code})
+
+    def _execute(self, conn: socket.socket, argv: list[str], client: streams.Streams, columns: int) -> int | None:
+        """The command's exit code, or None when it belongs in the client's own process (nothing was written)."""
+        assert self.execute is not None
+        interrupt = _Interrupter(conn, threading.get_ident())
         try:
-            if op == "classify":
-                for record in self._classify(message, cwd, _inputs(get(message, "inputs", list), payload)):
-                    send(conn, {"event": "record", "record": record})
-            else:
-                self._translate(conn, message, cwd)
-                return  # it ends when the client closes the connection
-        except PtmError as exc:
-            send(conn, _error(exc))
-            return
-        except (OSError, ProtocolError):
-            raise
-        except Exception as exc:  # a bug: this client hears of it, the server and other clients go on
-            log("internal error:\n" + traceback.format_exc())
-            detail = f"internal error in the server: {type(exc).__name__}: {first_line(exc, 300)}"
-            send(conn, {"event": "error", "type": type(exc).__name__, "exit_code": errors.EXIT_INTERNAL,
-                        "message": detail})  # fmt: skip
-            return
-        send(conn, {"event": "done"})
-
-    def _classify(self, message: dict[str, Any], cwd: str, inputs: list[ImageInput]) -> Iterator[dict[str, Any]]:
-        from ..tasks.classify import classify_images, to_record
-        from ..tasks.loading import plan_classifier
-
-        top_k = _positive(message, "top_k", 100_000)
-        batch_size = _positive(message, "batch_size", 4096)
-        workers = _positive(message, "workers", 64)
-        full_decode = get(message, "full_decode", bool, False)
-        options, written = _model_options(get(message, "options", dict), cwd, classify=True)
-        plan = plan_classifier(options, catalog=self.catalog.get())
-        self._count_request()
-        if options.is_hub:
-            raise UsageError("hub: models run in the client's own process, not in a server")
-        assert plan.entry is not None
-        key = ("classify", repr(plan.entry), _file_key(plan.weights_file), options.device, options.precision,
-               options.resize, options.crop)  # fmt: skip
-        label = written if plan.weights_file is not None else plan.entry.weights
-        description = {"task": "classify", "model": plan.entry.model, "weights": label, "device": options.device,
-                       "precision": options.precision}  # fmt: skip
-        with self.models.use(key, description, lambda: plan.load(progress=False)) as slot:
-            assert slot.batcher is not None
-            classifier = shared(slot.model, slot.batcher, label)
-            results = classify_images(inputs, classifier, top_k=top_k, batch_size=batch_size, workers=workers,
-                                      full_decode=full_decode)  # fmt: skip
-            try:
-                for result in results:
-                    yield to_record(result, classifier)
-            finally:
-                getattr(results, "close", lambda: None)()  # a client that left stops its own decoding threads
-
-    def _translate(self, conn: socket.socket, message: dict[str, Any], cwd: str) -> None:
-        """Load the generator, say so, then answer one image at a time until the client closes."""
-        from ..output.imagefiles import encode_image, image_format_for
-        from ..tasks.loading import plan_translator
-
-        size: Any = get(message, "size", (int, str))
-        if size != "full" and not (isinstance(size, int) and size >= 1):
-            raise ProtocolError("'size' must be a positive number or 'full'")
-        tile = None if message.get("tile") is None else _positive(message, "tile", 1 << 16)
-        options, written = _model_options(get(message, "options", dict), cwd, classify=False)
-        plan = plan_translator(options, catalog=self.catalog.get())
-        self._count_request()
-        assert plan.entry is not None
-        key = ("translate", repr(plan.entry), _file_key(plan.weights_file), options.device, options.precision)
-        label = written if plan.weights_file is not None else plan.entry.weights
-        description = {"task": "translate", "model": plan.entry.model, "weights": label, "device": options.device,
-                       "precision": options.precision}  # fmt: skip
-        with self.models.use(key, description, lambda: plan.load(progress=False)) as slot:
-            send(conn, {"event": "ready", "model": plan.entry.model, "weights": label})
-            while (received := receive(conn)) is not None:
-                request, payload = received
-                fmt = image_format_for("", get(request, "format", str))
-                (item,) = _inputs([get(request, "input", dict)], payload)
+            with serving_a_client(), self.models.request():
+                interrupt.start()
                 try:
-                    image = item.open()
-                    with slot.busy:
-                        result = slot.model.translate(image, size=size, tile=tile)
-                    data = encode_image(result, fmt)
-                except InputError as exc:
-                    send(conn, {"event": "failed", "error": exc.record()})
-                    continue
-                send(conn, {"event": "image", "size": list(result.size)}, data)
+                    return self.execute(argv, client, columns)
+                finally:
+                    interrupt.stop()
+        except RunHere:
+            return None
+        except KeyboardInterrupt:  # the client's Ctrl-C arrived just after the command ended
+            return errors.EXIT_INTERRUPTED
+        except Exception as exc:  # a bug outside the command's own error handling
+            log("internal error:\n" + traceback.format_exc())
+            with contextlib.suppress(OSError, ValueError):
+                detail = f"{type(exc).__name__}: {first_line(exc, 300)}"
+                client.stderr.write(f"ptm: internal error in the server: {detail}\n")
+            return errors.EXIT_INTERNAL
+
+
+
+class _Interrupter:
+    """Watches a client's connection while its command runs: Ctrl-C there (or the client gone) stops the command.
+
+    The command's thread gets a ``KeyboardInterrupt``, as the client's own
+    process would have: the command stops at its next step (after the forward
+    pass in progress), says so on the client's stderr, and exits 130.
+    """
+
+    def __init__(self, conn: socket.socket, thread: int):
+        self.conn = conn
+        self.thread = thread
+        self._lock = threading.Lock()
+        self._running = False
+        self._watcher = threading.Thread(target=self._watch, name="ptm-interrupt", daemon=True)
+
+    def start(self) -> None:
+        with self._lock:
+            self._running = True
+        self._watcher.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+
+    def _watch(self) -> None:
+        try:
+            message = receive(self.conn)
+        except (ProtocolError, OSError):
+            message = None
+        if message is not None and message[0].get("op") != "interrupt":
+            log("a client sent something else while its command ran; stopping it")
+        with self._lock:
+            if self._running:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread),
+                                                           ctypes.py_object(KeyboardInterrupt))  # fmt: skip
+                self._running = False
+
+
+def _own_working_folder() -> bool:
+    """Give this thread a working folder and umask of its own (Linux); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.unshare(CLONE_FS) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _client_streams(fds: list[int], encodings: list[Any], width: int) -> streams.Streams:
+    """Text streams over the client's stdin, stdout and stderr, encoded as the client's Python encodes them."""
+    opened: list[io.TextIOWrapper] = []
+    for position, fd in enumerate(fds):
+        pair = encodings[position] if isinstance(encodings[position], list) else [None, None]
+        encoding = pair[0] if isinstance(pair[0], str) else "utf-8"
+        errors_ = pair[1] if isinstance(pair[1], str) else "strict"
+        mode = "rb" if position == 0 else "wb"
+        try:
+            raw = io.FileIO(os.dup(fd), mode, closefd=True)
+            interactive = raw.isatty()
+            buffered: Any = io.BufferedReader(raw) if position == 0 else io.BufferedWriter(raw)
+            text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors_, newline="\n",
+                                    line_buffering=interactive or position == 2)  # fmt: skip
+        except (OSError, LookupError, ValueError) as exc:
+            for stream in opened:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+            raise ProtocolError(f"the client's standard streams cannot be used ({exc})") from None
+        opened.append(text)
+    return streams.Streams(opened[0], opened[1], opened[2], console_width=width)
+
+
+def _close(client: streams.Streams) -> None:
+    """Flush and close the server's copies of the client's streams before it is told to exit (readers see EOF)."""
+    for stream in (client.stdout, client.stderr, client.stdin):
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()
 
 
 def _error(exc: PtmError) -> dict[str, Any]:
     return {"event": "error", "type": exc.kind, "message": str(exc), "exit_code": exc.exit_code}
 
 
-def _inputs(items: list[Any], payload: bytes) -> list[ImageInput]:
-    """The client's inputs, checked: every name and path a string, paths absolute, stdin at most once."""
-    inputs = []
-    used_payload = False
-    for item in items:
-        if not isinstance(item, dict):
-            raise ProtocolError("each input must be an object")
-        name = get(item, "name", str)
-        if "error" in item:
-            error = get(item, "error", dict)
-            kind = getattr(errors, str(error.get("type")), None)
-            cls = kind if isinstance(kind, type) and issubclass(kind, InputError) else InputError
-            inputs.append(ImageInput(name=name, error=cls(str(error.get("message", "")))))
-        elif get(item, "stdin", bool, False):
-            if used_payload:
-                raise ProtocolError("only one input can be stdin")
-            used_payload = True
-            inputs.append(ImageInput(name=name, data=payload))
-        else:
-            path = get(item, "path", str)
-            if not os.path.isabs(path) or "\0" in path:
-                raise ProtocolError(f"input paths must be absolute: {path!r}")
-            inputs.append(ImageInput(name=name, path=Path(path)))
-    return inputs
+def run(options: ServeOptions, *, execute: Execute | None = None, runs: Runs | None = None) -> None:
+    """Run a server in this process until it is stopped, idle for too long, or sent SIGTERM/SIGINT.
 
-
-def _positive(message: dict[str, Any], name: str, limit: int) -> int:
-    value: int = get(message, name, int)
-    if not 1 <= value <= limit:
-        raise ProtocolError(f"{name!r} must be between 1 and {limit}")
-    return value
-
-
-def _model_options(raw: dict[str, Any], cwd: str, *, classify: bool) -> tuple[Any, str]:
-    """The client's model options, with a local weights file made absolute; and ``-w`` as the client wrote it."""
-    from ..tasks.loading import ModelOptions, local_weights_file_spelling
-
-    def optional(name: str) -> int | None:
-        value: int | None = get(raw, name, (int, type(None)), None)
-        if value is not None and value < 1:
-            raise ProtocolError(f"{name!r} must be positive")
-        return value
-
-    weights = get(raw, "weights", str)
-    absolute = os.path.join(cwd, os.path.expanduser(weights)) if local_weights_file_spelling(weights) else weights
-    options = ModelOptions(
-        model=get(raw, "model", str), weights=absolute, device=get(raw, "device", str),
-        precision=get(raw, "precision", str),
-        resize=optional("resize") if classify else None, crop=optional("crop") if classify else None,
-    )  # fmt: skip
-    return options, weights
-
-
-def _file_key(path: Path | None) -> tuple[Any, ...] | None:
-    """A local weights file by identity and version: a replaced or edited file is loaded afresh."""
-    if path is None:
-        return None
-    info = os.stat(path)
-    return (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def run(options: ServeOptions) -> None:
-    """Run a server in this process until it is stopped, idle for too long, or sent SIGTERM/SIGINT."""
+    ``execute`` runs a client's command line (the ``ptm serve`` command gives
+    it the one click command's runner); ``runs`` says which commands it takes.
+    """
     # Paid once, before the socket answers, so that `serve start` returns a warm server.
     import torch  # noqa: F401
 
     with contextlib.suppress(ImportError):
         import torchvision  # noqa: F401
 
-    server = Server(options)
+    from ..runtime.tuning import tune_process
+    from ..tasks.base import use_model_cache
+
+    tune_process()
+    streams.route_process_streams()  # click, rich and print reach the client whose command runs
+    server = Server(options, execute, runs)
+    use_model_cache(server.models.load)
     server.bind()
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     server.serve_forever()

@@ -1,30 +1,33 @@
-"""What a server keeps warm: loaded models (LRU with a keep-alive), the batcher that shares forward passes,
-and the parsed catalog.
+"""What a server keeps warm: loaded models (LRU with a keep-alive), and the batchers that share forward passes.
 
-Requests for the same classifier that arrive together share forward
-passes: a :class:`Batcher` per model collects them for a few milliseconds
-and gives each caller back its own rows.
+Every model a client's command loads comes through :meth:`ModelCache.load`
+(installed with :func:`~ptm_cli.tasks.base.use_model_cache`): one load per
+model however many clients ask, keyed by what the model is made of (the
+catalog entry, the weights and labels files as they are now, device,
+precision, preprocessing). A task that can share forward passes gets one
+:class:`Batcher` per model: requests that arrive together go through the
+model in one pass, and each caller gets back its own rows.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import sys
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from ..errors import NonFiniteOutput, UsageError
+from ..errors import UsageError
+from ..runtime import streams
 
 if TYPE_CHECKING:
     import torch
 
-    from ..cache.catalog import Catalog
-    from ..tasks.classify import Classifier, Prediction
+    from ..tasks.base import Plan
 
 
 @dataclass
@@ -36,59 +39,12 @@ class ServeOptions:
     max_batch: int = 64  # images in one shared forward pass
 
 
-# A catalog file changed less than this long ago is read again on every request: a second write
-# within the file system's timestamp granularity (a few milliseconds) would not change its mtime.
-SETTLED_S = 2.0
-
-
-class WarmCatalog:
-    """The catalog, parsed once and again only when one of its files changes.
-
-    Parsing it costs a few milliseconds per request; a request asks for the
-    files' ``stat`` instead. A file is known by its path, device, inode,
-    size and mtime, and one that changed within :data:`SETTLED_S` is not
-    trusted to stay known: every request reads the files again until they
-    have settled. A missing file is never cached over: loading says so.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._key: tuple[Any, ...] | None = None
-        self._catalog: Catalog | None = None
-
-    def get(self) -> Catalog:
-        from ..cache.catalog import Catalog, catalog_files
-
-        key = _files_key(catalog_files())
-        with self._lock:
-            if key is not None and key == self._key and self._catalog is not None:
-                return self._catalog
-        catalog = Catalog.load()
-        with self._lock:
-            self._key, self._catalog = key, catalog
-        return catalog
-
-
-def _files_key(paths: list[Any]) -> tuple[Any, ...] | None:
-    """The files as they are now; None when one is missing or changed too recently to be trusted."""
-    import os
-
-    now = time.time_ns()
-    key = []
-    for path in paths:
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        if now - info.st_mtime_ns < SETTLED_S * 1e9:
-            return None
-        key.append((str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
-    return tuple(key)
-
-
 def log(message: str) -> None:
+    """One line in the server's log (its own stderr, whatever client's command runs now)."""
     with contextlib.suppress(OSError, ValueError):
-        print(f"{time.strftime('%H:%M:%S')} ptm serve: {message}", file=sys.stderr, flush=True)
+        stream = streams.process_stderr()
+        stream.write(f"{time.strftime('%H:%M:%S')} ptm serve: {message}\n")
+        stream.flush()
 
 
 # --- shared forward passes ----------------------------------------------------------------------
@@ -97,30 +53,30 @@ def log(message: str) -> None:
 @dataclass
 class _Job:
     batch: torch.Tensor
-    top_k: int
-    future: Future[list[list[Prediction] | NonFiniteOutput]] = field(default_factory=Future)
+    args: tuple[Any, ...]
+    future: Future[list[Any]] = field(default_factory=Future)
 
 
 class Batcher:
-    """One thread that runs a classifier's forward passes, merging the batches that arrive together.
+    """One thread that runs a model's forward passes, merging the batches that arrive together.
 
-    The first waiting batch opens a window of ``window`` seconds; batches
-    of the same image size and top-k that come within it (up to
-    ``max_batch`` images) go through the model with it, and each caller
-    gets back its own rows.
+    ``forward(batch, *args)`` gives one row per image of ``batch``. The first
+    waiting batch opens a window of ``window`` seconds; batches of the same
+    image size and arguments that come within it (up to ``max_batch``
+    images) go through the model with it, and each caller gets back its own
+    rows. A lone client does not wait for company.
     """
 
     def __init__(
         self,
-        classifier: Classifier,
+        forward: Callable[..., list[Any]],
         window: float,
         max_batch: int,
         on_pass: Callable[[int], None],
         clients: Callable[[], int] = lambda: 2,
     ):
-        self.classifier = classifier
+        self.forward = forward
         self.window = window
-        # How many clients use this model now: alone, a request does not wait for company.
         self.clients = clients
         self.max_batch = max_batch
         self.on_pass = on_pass
@@ -130,9 +86,9 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="ptm-batcher", daemon=True)
         self._thread.start()
 
-    def predict_each(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction] | NonFiniteOutput]:
-        """Per image: its predictions, or ``NonFiniteOutput``, from a forward pass shared with other callers."""
-        job = _Job(batch, top_k)
+    def run(self, batch: torch.Tensor, *args: Any) -> list[Any]:
+        """``forward(batch, *args)``, from a pass shared with other callers."""
+        job = _Job(batch, args)
         with self._ready:
             if self._closed:
                 raise UsageError("the model was unloaded; run again")
@@ -156,7 +112,7 @@ class Batcher:
             deadline = time.monotonic() + (self.window if self.clients() > 1 else 0.0)
             while count < self.max_batch:
                 for job in list(self._queue):
-                    fits = job.top_k == first.top_k and job.batch.shape[1:] == first.batch.shape[1:]
+                    fits = job.args == first.args and job.batch.shape[1:] == first.batch.shape[1:]
                     if fits and count + len(job.batch) <= self.max_batch:
                         self._queue.remove(job)
                         taken.append(job)
@@ -173,7 +129,7 @@ class Batcher:
         while (jobs := self._take()) is not None:
             try:
                 batch = torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch
-                rows = self.classifier.predict_each(batch, jobs[0].top_k)
+                rows = self.forward(batch, *jobs[0].args)
                 self.on_pass(len(batch))
             except BaseException as exc:  # every waiting client hears of it; the thread goes on
                 for job in jobs:
@@ -183,19 +139,6 @@ class Batcher:
             for job in jobs:
                 job.future.set_result(rows[start : start + len(job.batch)])
                 start += len(job.batch)
-
-
-class SharedClassifier:
-    """What :func:`classify_images` needs of a classifier, with forward passes through a :class:`Batcher`."""
-
-    def __init__(self, classifier: Classifier, batcher: Batcher, weights_label: str):
-        self.entry = classifier.entry
-        self.preprocess = classifier.preprocess
-        self.weights_label = weights_label
-        self._batcher = batcher
-
-    def predict_each(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction] | NonFiniteOutput]:
-        return self._batcher.predict_each(batch, top_k)
 
 
 # --- the models kept warm --------------------------------------------------------------------------
@@ -210,15 +153,14 @@ class Slot:
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
     loading: threading.Lock = field(default_factory=threading.Lock)
-    busy: threading.Lock = field(default_factory=threading.Lock)  # translations: one image at a time per model
 
 
-def _users_of(slot: Slot) -> Callable[[], int]:
-    return lambda: slot.users
+# The slots the command running in this context has taken (released when its request ends).
+_taken: contextvars.ContextVar[list[Slot] | None] = contextvars.ContextVar("ptm_slots", default=None)
 
 
 class ModelCache:
-    """Loaded models by key: loaded once however many clients ask, evicted when unused for long."""
+    """Loaded models by what they are made of: loaded once however many clients ask, evicted when unused."""
 
     def __init__(self, options: ServeOptions, on_pass: Callable[[int], None]):
         self.options = options
@@ -227,31 +169,51 @@ class ModelCache:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def use(self, key: tuple[Any, ...], description: dict[str, Any], load: Callable[[], Any]) -> Iterator[Slot]:
+    def request(self) -> Iterator[None]:
+        """One client's command: the models it loads stay in use (never evicted) until it ends."""
+        taken: list[Slot] = []
+        token = _taken.set(taken)
+        try:
+            yield
+        finally:
+            _taken.reset(token)
+            with self._lock:
+                for slot in taken:
+                    slot.users -= 1
+                    slot.last_used = time.monotonic()
+                    if slot.model is None and slot.users == 0:
+                        self._slots.pop(slot.key, None)  # its load failed: nothing to keep
+
+    def load(self, plan: Plan, build: Callable[[], Any]) -> Any:
+        """``plan``'s model, as records of this call name it; built now only if no client built it before."""
+        key = plan.identity()
+        task = plan.task
+        assert plan.entry is not None
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
+                description = {"task": task.name, "model": plan.entry.model, "weights": plan.weights_label,
+                               "device": plan.options.device, "precision": plan.options.precision}  # fmt: skip
                 slot = self._slots[key] = Slot(key, description)
             self._slots.move_to_end(key)
             slot.users += 1
-        try:
-            with slot.loading:
-                if slot.model is None:
-                    started = time.monotonic()
-                    slot.model = load()
-                    if key[0] == "classify":
-                        slot.batcher = Batcher(slot.model, self.options.batch_window, self.options.max_batch,
-                                               self.on_pass, clients=_users_of(slot))  # fmt: skip
-                    log(f"loaded {description['model']} ({description['weights']}) in "
-                        f"{time.monotonic() - started:.1f} s")  # fmt: skip
-            self.evict(keep=self.options.max_models)
-            yield slot
-        finally:
-            with self._lock:
-                slot.users -= 1
-                slot.last_used = time.monotonic()
-                if slot.model is None and slot.users == 0:
-                    self._slots.pop(key, None)  # its load failed: nothing to keep
+        taken = _taken.get()
+        if taken is not None:
+            taken.append(slot)
+        with slot.loading:
+            if slot.model is None:
+                started = time.monotonic()
+                slot.model = build()
+                if task.shares_forward_passes:
+                    forward = task.batch_forward(slot.model)
+                    slot.batcher = Batcher(forward, self.options.batch_window, self.options.max_batch, self.on_pass,
+                                           clients=lambda: slot.users)  # fmt: skip
+                log(f"loaded {slot.description['model']} ({slot.description['weights']}) in "
+                    f"{time.monotonic() - started:.1f} s")  # fmt: skip
+        self.evict(keep=self.options.max_models)
+        if slot.batcher is not None:
+            return task.shared(slot.model, slot.batcher.run, plan.weights_label)
+        return task.relabel(slot.model, plan.weights_label)
 
     def evict(self, *, keep: int | None = None, idle: float | None = None) -> None:
         """Unload models nobody uses: beyond the ``keep`` most recent, or unused for ``idle`` seconds."""
@@ -274,8 +236,3 @@ class ModelCache:
         with self._lock:
             return [{**s.description, "idle_s": round(now - s.last_used, 1) if not s.users else 0.0, "users": s.users}
                     for s in self._slots.values() if s.model is not None]  # fmt: skip
-
-
-def shared(classifier: Classifier, batcher: Batcher, weights_label: str) -> Classifier:
-    """A :class:`SharedClassifier` in the place of a classifier (it has what the engine uses)."""
-    return cast("Classifier", SharedClassifier(classifier, batcher, weights_label))

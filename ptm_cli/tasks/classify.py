@@ -1,38 +1,33 @@
-"""Image classification: a catalog entry in, ranked labels out, batch by batch.
+"""Image classification: ranked labels with softmax probabilities, from any catalog classifier or hub model.
 
-`Classifier` holds one model ready to run (weights verified and loaded,
-device and precision chosen, preprocessing fixed); a ready one comes from
-:func:`ptm_cli.tasks.loading.load_classifier`. `classify_images` feeds
-it: worker threads decode and preprocess the next images, between forward
-passes where the model's threads need every core (see `_takes_turns`) and
-while the model runs elsewhere (on a CPU, choosing how torch's OpenMP
-threads wait: see `OpenMPPace`), and results come back in input order, one
+:class:`Classifier` holds one model ready to run (weights verified and
+loaded, device and precision chosen, preprocessing fixed); a ready one comes
+from :func:`load_classifier`. :func:`classify_images` feeds it through the
+shared pipeline (:mod:`._pipeline`): results come back in input order, one
 per input, with failed inputs carrying their error instead of predictions
-(never another image's prediction).
+(never another image's prediction). :data:`TASK` is ``ptm classify``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import CompileFailed, ConfigError, InputError, NonFiniteOutput, PtmError, UsageError, first_line
-from ..images.inputs import ImageInput
+from .base import ModelOptions, Option, Outcome, Plan, RunContext, Task
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from ..cache.catalog import Entry
+    from ..images.inputs import ImageInput
     from ..images.transforms import Preprocess
     from ..nets.device import Precision
+    from ..output.records import RecordWriter
 
 
 @dataclass(frozen=True)
@@ -79,7 +74,7 @@ class Classifier:
         self.precision = precision
         self._forward: Callable[[torch.Tensor], torch.Tensor] = model
         self._compiled_batch: int | None = None  # the batch size the compiled graph was built for
-        self.openmp_spinning = False  # how torch's OpenMP threads waited at the end of the last run (OpenMPPace)
+        self.openmp_spinning = False  # how torch's OpenMP threads waited at the end of the last run
 
     @property
     def compiled(self) -> bool:
@@ -196,72 +191,29 @@ def _output_count(model: nn.Module) -> int | None:
     return last.out_features if last is not None else None
 
 
-class OpenMPPace:
-    """How torch's OpenMP threads wait at their barriers during this run: spinning, or asleep.
+class SharedClassifier:
+    """What :func:`classify_images` needs of a classifier, with its batches run by another caller's ``forward``.
 
-    libgomp (torch's OpenMP on Linux) lets a thread that reaches a barrier
-    spin while the process holds no more OpenMP threads than there are cores,
-    and sleep almost at once when it holds more. Spinning is faster on an
-    idle machine (ResNet101 on 2 cores: 6 % in fp32, 11 to 17 % in bf16), and
-    a collapse when other processes compete for the cores, since a spinning
-    thread burns the time slice its partner needs (measured 2.5 to 7 times
-    slower). A classifier's first run starts asleep, with one idle thread
-    holding an OpenMP team (the decoding threads run no torch operations, so
-    they hold none); its later runs start the way its last pass left them
-    (``spinning``). After each forward pass the keeper looks at the share of
-    the cores the process got: at least ``SPIN_FROM`` lets the threads spin
-    (the holder ends), under ``SLEEP_BELOW`` puts them back to sleep. The
-    answers are the same either way.
+    A warm server's: clients' batches that arrive together go through the
+    model in one pass (``shared``). Its decoding threads preprocess with
+    torch, whose OpenMP teams keep the shared passes' threads asleep, as
+    several clients at once want them; where the passes run is not this
+    run's to tune.
     """
 
-    SPIN_FROM = 0.8  # idle machine, threads asleep: 0.86 to 0.89 measured
-    SLEEP_BELOW = 0.7  # busy machine: 0.3 to 0.5 measured, spinning or not
-    MIN_WALL_S = 0.05  # shorter passes are mostly Python and timer noise: not judged
+    shared = True
 
-    def __init__(self, cores: int, *, spinning: bool = False):
-        self.cores = cores
-        self._holder: threading.Thread | None = None
-        self._release = threading.Event()
-        if not spinning:
-            self._sleep()
+    def __init__(self, classifier: Classifier, forward: Callable[..., Any], weights_label: str):
+        self.entry = classifier.entry
+        self.preprocess = classifier.preprocess
+        self.device = classifier.device
+        self.precision = classifier.precision
+        self.weights_label = weights_label
+        self._forward = forward
 
-    @property
-    def spinning(self) -> bool:
-        return self._holder is None
-
-    def judge(self, cpu_s: float, wall_s: float) -> None:
-        """Record one forward pass: CPU seconds of the whole process against its wall seconds."""
-        if wall_s < self.MIN_WALL_S:
-            return
-        share = cpu_s / (self.cores * wall_s)
-        if self.spinning and share < self.SLEEP_BELOW:
-            self._sleep()
-        elif not self.spinning and share >= self.SPIN_FROM:
-            self.close()
-
-    def close(self) -> None:
-        """End the holder thread (and with it its OpenMP team): back to libgomp's own way of waiting."""
-        if self._holder is not None:
-            self._release.set()
-            self._holder.join()
-            self._holder = None
-
-    def _sleep(self) -> None:
-        import torch
-
-        def hold(ready: threading.Event, release: threading.Event) -> None:
-            try:
-                torch.ones(1 << 17).add_(1)  # large enough to run on OpenMP threads: this thread's team
-            finally:
-                ready.set()
-            release.wait()
-
-        ready = threading.Event()
-        self._release = threading.Event()
-        self._holder = threading.Thread(target=hold, args=(ready, self._release), name="ptm-openmp-team",
-                                        daemon=True)  # fmt: skip
-        self._holder.start()
-        ready.wait()
+    def predict_each(self, batch: torch.Tensor, top_k: int) -> list[list[Prediction] | NonFiniteOutput]:
+        result: list[list[Prediction] | NonFiniteOutput] = self._forward(batch, top_k)
+        return result
 
 
 # A JPEG may be decoded at reduced DCT scale while its shorter side stays at
@@ -272,7 +224,7 @@ DRAFT_MARGIN = 2
 
 def classify_images(
     inputs: Iterable[ImageInput],
-    classifier: Classifier,
+    classifier: Classifier | SharedClassifier,
     *,
     top_k: int = 5,
     batch_size: int = 8,
@@ -289,19 +241,16 @@ def classify_images(
     ``on_note(message)`` hears about images that load with a caveat (a damaged
     colour profile); it may be called from the decoding threads.
     """
+    from ._pipeline import run_batched
+
     if top_k < 1:
         raise UsageError("--top-k must be at least 1")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     preprocess = classifier.preprocess
     short_side = preprocess.resize or preprocess.crop
     min_short_side = None if full_decode or short_side is None else DRAFT_MARGIN * short_side
-    pace: OpenMPPace | None = None
     # The decoding threads run no torch operation (so they hold no OpenMP team) and take the fused
-    # resize-and-crop, except for the warm server's shared classifier, which says no device: there
-    # torch's own preprocessing gives every decoding thread a team, and that keeps the shared forward
-    # passes' threads asleep, as several clients at once want them.
-    without_torch = getattr(classifier, "device", None) is not None
+    # resize-and-crop, except for a shared classifier (see SharedClassifier).
+    without_torch = not getattr(classifier, "shared", False)
 
     def load(item: ImageInput) -> Any:
         from ..images.transforms import preprocess as run_preprocess
@@ -317,152 +266,17 @@ def classify_images(
         except InputError as exc:
             return exc
 
-    from ..runtime.tuning import reused_heap
+    def forward(batch: torch.Tensor) -> list[Any]:
+        return classifier.predict_each(batch, top_k)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ptm-decode")
-    try:
-        pace = _pace_for(classifier)
-        with reused_heap():  # decoded images and activations reuse pages instead of faulting in new ones
-            turns = _takes_turns(classifier)
-            yield from _batched(inputs, pool, load, classifier, top_k, batch_size, batch_size + workers, pace, turns)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if pace is not None:
-            classifier.openmp_spinning = pace.spinning
-            pace.close()
-
-
-def _batched(
-    inputs: Iterable[ImageInput],
-    pool: ThreadPoolExecutor,
-    load: Callable[[ImageInput], Any],
-    classifier: Classifier,
-    top_k: int,
-    batch_size: int,
-    lookahead: int,
-    pace: OpenMPPace | None,
-    turns: bool,
-) -> Iterator[Classification]:
-    """Decode and run batch after batch.
-
-    Overlapping, ``lookahead`` images are always being decoded ahead while
-    the model runs (the model does not run on the cores the decoding needs:
-    a GPU, or fewer torch threads than cores; or its OpenMP threads sleep at
-    their barriers, on a busy machine). Taking ``turns``, the decoding
-    threads fill the next batch and then the model runs with every core to
-    itself (see `_takes_turns`), for as long as the threads spin.
-    """
-    queue: collections.deque[tuple[ImageInput, Future[Any]]] = collections.deque()
-    pending: list[tuple[ImageInput, Any]] = []
-    source = iter(inputs)
-
-    def refill(count: int) -> None:
-        while len(queue) < count:
-            item = next(source, None)
-            if item is None:
-                return
-            queue.append((item, pool.submit(load, item)))
-
-    def decoded() -> int:
-        return sum(1 for _, value in pending if not isinstance(value, PtmError))
-
-    def overlapping() -> bool:
-        return not turns or (pace is not None and not pace.spinning)
-
-    refill(lookahead if overlapping() else batch_size)
-    while queue:
-        item, future = queue.popleft()
-        if overlapping():
-            refill(lookahead)
-        pending.append((item, future.result()))
-        if decoded() >= batch_size:
-            yield from _run_pending(pending, classifier, top_k, pace)
-            pending = []
-        if not queue:  # taking turns: this turn's images are in; the next turn, or the rest of a batch
-            refill(lookahead if overlapping() else batch_size - decoded())
-    yield from _run_pending(pending, classifier, top_k, pace)
-
-
-def _takes_turns(classifier: Classifier) -> bool:
-    """Whether decoding and the model should take turns instead of overlapping.
-
-    They should where the model's OpenMP threads cover every core the
-    process may use and spin at their barriers. A decoding thread would then
-    take a core from one of them in the middle of a forward pass, and the
-    others wait for it at the next barrier. Taking turns, decoding runs on
-    all the cores at once, and so does the model. Measured on 2 cores
-    (ResNet101 on 1280x720 photos, 4 alternating rounds): 41.9 against 41.6
-    images/s in bf16, 24.6 against 24.5 in fp32: a small gain, and no loss.
-    While the threads sleep (a busy machine: see `OpenMPPace`) a waiting
-    thread gives its core away, and `_batched` overlaps again. Cores here
-    are the logical CPUs the process may run on: where torch keeps to the
-    physical cores of a machine with two threads per core, the decoding
-    runs on the spare hardware threads without taking any of torch's, and
-    overlapping stays. With a single torch thread there is no barrier to
-    stall, and overlapping keeps file reads under the forward passes.
-    """
-    threads = _openmp_threads(classifier)
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU counts
-    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-    return threads is not None and threads >= cores
-
-
-def _openmp_threads(classifier: Classifier) -> int | None:
-    """How many OpenMP threads the model runs on: a CPU with more than one torch thread; else None.
-
-    A classifier whose forward passes are shared with other callers (the warm
-    server's) does not say where they run: None.
-    """
-    import torch
-
-    device = getattr(classifier, "device", None)
-    if device is None or device.type != "cpu" or torch.get_num_threads() < 2:
-        return None
-    return torch.get_num_threads()
-
-
-def _pace_for(classifier: Classifier) -> OpenMPPace | None:
-    """A pace keeper where the model runs on OpenMP threads; else None.
-
-    The warm server's shared classifier keeps the threads asleep: its
-    decoding threads preprocess with torch, whose OpenMP teams see to that.
-    """
-    threads = _openmp_threads(classifier)
-    return None if threads is None else OpenMPPace(threads, spinning=classifier.openmp_spinning)
-
-
-def _run_pending(
-    pending: list[tuple[ImageInput, Any]], classifier: Classifier, top_k: int, pace: OpenMPPace | None
-) -> Iterator[Classification]:
-    """Run the model on the decoded images in ``pending``; keep the order."""
-    import torch
-
-    results: dict[int, list[Prediction] | NonFiniteOutput] = {}
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for position, (_, value) in enumerate(pending):
-        if not isinstance(value, PtmError):
-            by_shape.setdefault(tuple(value.shape), []).append(position)
-    # Without a crop, images keep their own sizes: one forward pass per size.
-    for positions in by_shape.values():
-        batch = torch.stack([pending[p][1] for p in positions])
-        wall, cpu = time.perf_counter(), time.process_time()
-        outcomes = classifier.predict_each(batch, top_k)
-        if pace is not None:
-            pace.judge(time.process_time() - cpu, time.perf_counter() - wall)
-        for position, predictions in zip(positions, outcomes, strict=True):
-            results[position] = predictions
-    for position, (item, value) in enumerate(pending):
-        if isinstance(value, PtmError):
-            yield Classification(item.name, error=value)
-            continue
-        result = results[position]
-        if isinstance(result, NonFiniteOutput):
-            yield Classification(item.name, error=result)
+    for item, outcome in run_batched(inputs, load, forward, model=classifier, batch_size=batch_size, workers=workers):
+        if isinstance(outcome, PtmError):
+            yield Classification(item.name, error=outcome)
         else:
-            yield Classification(item.name, predictions=result)
+            yield Classification(item.name, predictions=outcome)
 
 
-def to_record(result: Classification, classifier: Classifier) -> dict[str, Any]:
+def to_record(result: Classification, classifier: Classifier | SharedClassifier) -> dict[str, Any]:
     """The JSON record ptm writes for one input."""
     from ..output.records import round_float
 
@@ -477,3 +291,232 @@ def to_record(result: Classification, classifier: Classifier) -> dict[str, Any]:
             for p in result.predictions or []
         ],
     }
+
+
+# --- building classifiers -------------------------------------------------------------------------
+
+
+def _with_overrides(preprocess: Preprocess, resize: int | None, crop: int | None) -> Preprocess:
+    if resize is None and crop is None:
+        return preprocess
+    return replace(preprocess, resize=resize or preprocess.resize, crop=crop or preprocess.crop)
+
+
+def build_classifier(
+    entry: Entry,
+    *,
+    weights_file: Path | str | None = None,
+    weights_label: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    resize: int | None = None,
+    crop: int | None = None,
+    progress: bool = True,
+) -> Classifier:
+    """A ready classifier for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    from ..cache.catalog import load_labels
+    from ..nets import architectures
+    from ..nets.device import check_device_spec, choose_device, choose_precision, place_classifier
+
+    check_device_spec(device)
+    preprocess = _with_overrides(entry.preprocess(), resize, crop)
+    labels = load_labels(entry)
+    architectures.factory(entry)  # a catalog mistake fails before any download
+    # Weights before devices: a missing file should fail before torch is even imported.
+    state_dict = architectures.load_weights(entry, weights_file, progress=progress)
+    torch_device = choose_device(device)
+    chosen = choose_precision(precision, torch_device)
+    model = place_classifier(architectures.build(entry, state_dict), torch_device)
+    label = weights_label or (str(weights_file) if weights_file is not None else entry.weights)
+    classifier = Classifier(
+        entry, model, weights_label=label, labels=labels, preprocess=preprocess, device=torch_device, precision=chosen
+    )
+    classifier.check_labels()
+    return classifier
+
+
+def load_classifier(options: ModelOptions, *, progress: bool = True) -> Classifier:
+    """A ready :class:`Classifier` for ``options``, exactly as ``ptm classify`` builds it."""
+    classifier: Classifier = TASK.plan(options).load(progress=progress)
+    return classifier
+
+
+# --- the task ------------------------------------------------------------------------------------------
+
+BAR_CELLS = 10
+
+
+def probability_bar(probability: float) -> str:
+    """A bar of BAR_CELLS cells for a terminal table, eighths of a cell included: ``█████▍    ``."""
+    eighths = max(0, min(BAR_CELLS * 8, round(probability * BAR_CELLS * 8)))
+    full, part = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[part] if full < BAR_CELLS else ""
+    return ("█" * full + partial).ljust(BAR_CELLS)
+
+
+def _rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if "error" in record:
+        error = record["error"]
+        return [{"input": record["input"], "error": f"{error['type']}: {error['message']}"}]
+    return [{"input": record["input"], **p} for p in record["predictions"]]
+
+
+class ClassifyTask(Task):
+    name = "classify"
+    title = "Classification"
+    summary = "Classify IMAGES with an ImageNet model: ranked labels with probabilities."
+    help = """Classify IMAGES (files, directories, or - for stdin) with an ImageNet model.
+
+    \b
+    Examples:
+      ptm classify dog.jpg
+      ptm classify -m alexnet -k 3 photos/
+      ptm classify -w IMAGENET1K_V1 --resize 256 --crop 224 dog.jpg
+      find . -name '*.jpg' | ptm classify --files-from - -f csv > labels.csv
+      ptm classify -m hub:pytorch/vision:v0.10.0/resnet18 --arg pretrained=true dog.jpg
+      ptm classify --server auto dog.jpg      # a warm server answers in a fraction of a second
+    """
+    batch_help = """Classify IMAGES (files, folders, --files-from) into shard files under --output DIR.
+
+    \b
+    Examples:
+      ptm batch classify -r photos/ --output run1
+      ptm batch classify -m alexnet --shard-size 500 --format parquet -r photos/ --output run2 --engine spark
+    """
+    default_model = "resnet101"
+    model_help = (
+        "Model name (see `ptm models`), or hub:OWNER/NAME[:REF]/ENTRY or hub:./DIR/ENTRY for a torch.hub model."
+    )
+    weights_help = "Weights variant (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), or the path of a local weights file."
+    options = (
+        Option("top_k", ("-k", "--top-k"), "Labels per image.", kind="int", default=5, minimum=1, show_default=True),
+        Option("batch_size", ("--batch-size",), "Images per forward pass.", kind="int", default=8, minimum=1,
+               maximum=1024, show_default=True, batch=(), records=False),
+        Option("workers", ("--workers",), "Image decoding threads.", kind="int", default=2, minimum=1, maximum=64,
+               show_default=True, batch=(), records=False),
+        Option("resize", ("--resize",), "Resize the shorter side to N before cropping.", kind="int", minimum=1,
+               stage="model"),
+        Option("crop", ("--crop",), "Centre crop of N x N pixels.", kind="int", minimum=1, stage="model"),
+        Option("full_decode", ("--full-decode",), kind="flag", batch=(),
+               help="Decode large JPEGs at full size instead of a reduced scale that still covers --resize twice "
+                    "over."),
+        Option("compile_model", ("--compile",), kind="flag", batch=(), records=False,
+               help="Compile the model with torch.compile: a minute or more at start, then faster batches "
+                    "(see README)."),
+        Option("labels_file", ("--labels",), "Class names for a hub: model, one per line.", metavar="FILE",
+               stage="model", batch=()),
+        Option("trust_repo", ("--trust-repo",), "Run a hub: model's repository code without it being trusted first.",
+               kind="flag", stage="model", batch=()),
+        Option("hub_args", ("--arg",), "Argument for a hub: entry point.", kind="multiple", metavar="KEY=VALUE",
+               stage="model", batch=()),
+    )  # fmt: skip
+    hub_models = True
+    shares_forward_passes = True
+    flush_every = "batch_size"
+    columns = ("input", "rank", "index", "label", "probability", "error")
+
+    def plan_hub(self, options: ModelOptions) -> Plan:
+        from ..hub import parse_kwargs, parse_model_spec
+
+        parse_model_spec(options.model)
+        parse_kwargs(options.hub_args)
+        if options.weights.upper() != "DEFAULT":
+            raise UsageError("-w/--weights does not apply to hub: models; pass entry-point arguments with --arg")
+        return Plan(self, options, None, None)
+
+    def servable(self, params: Mapping[str, Any], options: ModelOptions) -> bool:
+        # A compiled model is this call's own; a hub model runs repository code trusted for this call only.
+        return not (options.is_hub or params.get("compile_model"))
+
+    def build(self, plan: Plan, *, progress: bool) -> Classifier:
+        options = plan.options
+        if plan.entry is None:
+            from ._hub import hub_classifier
+
+            classifier = hub_classifier(plan.options, build=Classifier)
+            classifier.preprocess = _with_overrides(classifier.preprocess, options.resize, options.crop)
+            return classifier
+        return build_classifier(
+            plan.entry, weights_file=plan.weights_file, weights_label=plan.weights_label, device=options.device,
+            precision=options.precision, resize=options.resize, crop=options.crop, progress=progress,
+        )  # fmt: skip
+
+    def prepare(self, model: Any, params: Mapping[str, Any]) -> None:
+        if params.get("compile_model"):
+            model.compile()
+
+    def batch_forward(self, model: Any) -> Callable[..., Any]:
+        forward: Callable[..., Any] = model.predict_each
+        return forward
+
+    def shared(self, model: Any, forward: Callable[..., Any], weights_label: str) -> Any:
+        return SharedClassifier(model, forward, weights_label)
+
+    def run(
+        self, model: Any, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
+    ) -> Iterator[Outcome]:
+        on_image = context.on_image
+        results = classify_images(
+            inputs, model, top_k=params.get("top_k", 5), batch_size=params.get("batch_size", 8),
+            workers=params.get("workers", 2), full_decode=bool(params.get("full_decode")),
+            on_image=None if on_image is None else lambda item, image: on_image(item.name, image),
+            on_note=context.on_note,
+        )  # fmt: skip
+        try:
+            for result in results:
+                yield Outcome(to_record(result, model))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # a caller that stops early stops the decoding threads now
+
+    def writer(self, stream: IO[str], fmt: str | None) -> RecordWriter:
+        """One row per prediction in csv/tsv/table; on a terminal, probabilities with bars."""
+        from ..output.records import RecordWriter, default_format
+
+        terminal = default_format(stream) == "table"  # the stream is a terminal
+        chosen = fmt or default_format(stream)
+
+        def table_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+            result = _rows(record)
+            for i, row in enumerate(result):
+                if "probability" in row:
+                    percent = f"{100 * row['probability']:.2f}%"
+                    row["probability"] = f"{probability_bar(row['probability'])} {percent:>7}" if terminal else percent
+                if i:
+                    row["input"] = ""
+            return result
+
+        if chosen == "table":
+            return RecordWriter(stream, chosen, columns=["input", "rank", "label", "index", "probability", "error"],
+                                flatten=table_rows, table_style=lambda row: "red" if row.get("error") else None,
+                                optional=["error"])  # fmt: skip
+        return RecordWriter(stream, chosen, columns=list(self.columns), flatten=_rows)
+
+    def parquet_fields(self) -> list[tuple[str, Any]]:
+        import pyarrow as pa
+
+        prediction = pa.struct(
+            [("rank", pa.int32()), ("index", pa.int32()), ("label", pa.string()), ("probability", pa.float64())]
+        )
+        return [("input", pa.string()), ("model", pa.string()), ("weights", pa.string()),
+                ("predictions", pa.list_(prediction))]  # fmt: skip
+
+    def report_header(self, model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        p = model.preprocess
+        steps = [f"resize {p.resize}" if p.resize else "", f"crop {p.crop}" if p.crop else "", p.interpolation]
+        return {"model": model.entry.model, "weights": model.weights_label,
+                "preprocessing": ", ".join(x for x in steps if x), "top-k": params.get("top_k", 5),
+                "device": str(model.device), "precision": model.precision.name}  # fmt: skip
+
+    def batch_report_header(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().batch_report_header(job), "resize": job.get("resize"), "crop": job.get("crop"),
+                "top-k": job.get("top_k")}  # fmt: skip
+
+    def report_view(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        bars = [{"label": p["label"] if p["label"] is not None else f"#{p['index']}", "value": p["probability"],
+                 "text": f"{100 * p['probability']:.2f}%"} for p in record.get("predictions") or []]  # fmt: skip
+        return {"bars": bars}
+
+
+TASK = ClassifyTask()

@@ -1,9 +1,9 @@
 """Image-to-image translation: :class:`Translator` runs a CycleGAN generator on images of any size.
 
 The network itself is in :mod:`ptm_cli.nets.cyclegan`; a ready Translator comes
-from :func:`ptm_cli.tasks.loading.load_translator`. A translated image always has
-exactly its input's size. Importing this module imports neither torch nor
-torchvision.
+from :func:`load_translator`. A translated image always has exactly its
+input's size. :data:`TASK` is ``ptm translate`` (and ``ptm zebra``).
+Importing this module imports neither torch nor torchvision.
 
 How an image is run
 -------------------
@@ -31,13 +31,7 @@ Bounded memory: tiles with whole-image statistics
 
 Any run whose image has more pixels than one tile (``tile * tile``) is done in
 overlapping square tiles, several per forward pass, so the activations never
-exceed those of a few tiles. Tiles start on multiples of 4 pixels, so every
-tile sees the same sampling grid through the two stride-2 layers as the whole
-image would. Overlapping tiles are blended with raised-cosine (sin^2/cos^2)
-ramps that span each overlap; the 1-D weights of each axis are normalised to
-sum to 1, so the 2-D weights (their products) do too. Output rows are final
-once the next row of tiles has begun, so only one band of rows is kept in
-float32; finished rows go straight to the 8-bit result.
+exceed those of a few tiles (where they go and how they blend: :mod:`._tiles`).
 
 The generator's 23 InstanceNorm layers are the catch: each normalises by the
 mean and variance of whatever it sees, so a tile normalised by its own
@@ -58,12 +52,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import NonFiniteOutput, UsageError
 from ..nets.cyclegan import generator_kwargs, norm_layers
+from . import _tiles as tiles
+from .base import IMAGE_OUTPUT_OPTIONS, Alias, ModelOptions, Option, Outcome, Plan, RunContext, Task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,7 +69,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..cache.catalog import Entry
+    from ..images.inputs import ImageInput
     from ..nets.device import Precision
+    from ..output.records import RecordWriter
 
 DEFAULT_SIZE = 256
 """Short side the generator runs at when neither caller nor catalog says otherwise (the book's)."""
@@ -81,138 +80,17 @@ MAX_AUTO_TILE = 1024
 """Largest tile side chosen without --tile: one 1024-pixel tile per pass keeps a 12 MP run under 2 GiB."""
 ACTIVATION_BYTES_PER_PIXEL = 944
 """Peak memory of one fp32 forward pass of the 64-filter generator, per input pixel (measured: 0.88 GiB/MP)."""
-DEFAULT_OVERLAP = 64
-"""Minimum overlap between neighbouring tiles; chosen from measured seam errors (see the tests).
-
-With :data:`RAMP_FRACTION` 0.25 a tile's pixels count only from 24 pixels
-inside its edge, as with the former 96-pixel overlap and 0.5 ramp, for a third
-less overlap: measured against the one-pass output with seeded generators
-(64 filters, 600x400, 256-pixel tiles), max 1 level of 255 for both, where a
-48-pixel overlap (18-pixel margin) let 18 levels through.
-"""
 STATS_MAX_SIDE = 1024
 """Long side of the image the whole-image InstanceNorm statistics are taken from."""
 MAX_ENLARGE = 4
 """Enlarging a small image stops once its long side reaches this many times the run size."""
 MIN_RUN_SIDE = 16
 """Smaller images are enlarged to this short side; the generator needs at least 8."""
-MIN_TILE = 32
-TILE_BATCH_PIXELS = 1024 * 1024
-"""Tiles per forward pass are bounded so that their pixels add up to at most this."""
-RAMP_FRACTION = 0.25
-"""Share of each overlap over which two tiles' weights cross-fade (the rest is margin)."""
-_MULTIPLE = 4  # two stride-2 layers: the generator maps n to 4 * ceil(n / 4)
-
 Size = int | Literal["full"]
 TileCallback = Callable[[int, int], None]
 
 
-# --- geometry ----------------------------------------------------------------------
-
-
-def _round_up(n: int, multiple: int = _MULTIPLE) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` covering ``length`` (both multiples of 4).
-
-    Tiles are spread evenly, each start is a multiple of 4 (so every tile is
-    on the whole image's stride-4 grid) and the last tile ends at ``length``.
-    Neighbours overlap by at least ``overlap`` minus the rounding (< 4 px).
-    """
-    if length <= tile:
-        return [0]
-    count = 1 + math.ceil((length - tile) / (tile - overlap))
-    span = length - tile
-    return [_MULTIPLE * round(i * span / (count - 1) / _MULTIPLE) for i in range(count)]
-
-
-def _fitted_tile(length: int, tile: int, overlap: int) -> int:
-    """The shortest tile side (a multiple of 4, at most ``tile``) that covers ``length`` with as few tiles.
-
-    Spreading ``n`` tiles of the largest side over a length they only just
-    exceed makes neighbours overlap far more than needed (3000 rows in 1024-pixel
-    tiles: 4 tiles overlapping by 365 rows, 37 % more work than the image);
-    tiles of the fitted side overlap by about ``overlap`` and do the same job.
-    """
-    if length <= tile:
-        return length
-    count = 1 + math.ceil((length - tile) / (tile - overlap))
-    fitted = _round_up(math.ceil((length + (count - 1) * overlap) / count))
-    return min(tile, fitted)
-
-
-def _blend_weights(length: int, tile: int, starts: list[int]) -> list[torch.Tensor]:
-    """1-D blending weights per tile (float32, length ``tile``) that sum to 1 at every position.
-
-    In the overlap of two neighbours, the weight passes from one to the other
-    with complementary sin^2/cos^2 ramps across the middle ``RAMP_FRACTION``
-    of the overlap. Outside the ramp a tile either counts fully or not at all:
-    pixels near a tile's inner edge, whose receptive field reaches past the
-    tile into reflected padding, never count. Normalising the sum also covers
-    places where three tiles overlap.
-    """
-    import torch
-
-    windows = []
-    for i, start in enumerate(starts):
-        window = torch.ones(tile, dtype=torch.float64)
-        if i > 0:
-            window[: starts[i - 1] + tile - start] = _ramp(starts[i - 1] + tile - start)
-        if i + 1 < len(starts):
-            overlap = start + tile - starts[i + 1]
-            window[tile - overlap :] = torch.minimum(window[tile - overlap :], _ramp(overlap).flip(0))
-        windows.append(window)
-    total = torch.zeros(length, dtype=torch.float64)
-    for start, window in zip(starts, windows, strict=True):
-        total[start : start + tile] += window
-    return [(window / total[start : start + tile]).float() for start, window in zip(starts, windows, strict=True)]
-
-
-def _ramp(overlap: int) -> torch.Tensor:
-    """Weight 0 -> 1 across an overlap of ``overlap`` pixels, rising over its middle part."""
-    import torch
-
-    width = max(1.0, overlap * RAMP_FRACTION)
-    t = ((torch.arange(overlap, dtype=torch.float64) + 0.5 - (overlap - width) / 2) / width).clamp(0, 1)
-    return torch.sin(t * (math.pi / 2)) ** 2
-
-
-# --- pixels <-> tensors ---------------------------------------------------------------
-
-
-def _unit_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """[3, H, W] float32 of ``pixels / 255`` from an [H, W, 3] uint8 array (as ToTensor computes it)."""
-    import torch
-
-    source = torch.from_numpy(pixels)
-    out = torch.empty((3, pixels.shape[0], pixels.shape[1]), dtype=torch.float32)
-    out.copy_(source.permute(2, 0, 1))
-    return out.div_(255)
-
-
-def _reflect_pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pad a [N, 3, h, w] batch at the bottom and right to (height, width) by reflection."""
-    import torch.nn.functional as F
-
-    bottom, right = height - x.shape[-2], width - x.shape[-1]
-    if bottom == 0 and right == 0:
-        return x
-    return F.pad(x, (0, right, 0, bottom), mode="reflect")
-
-
-def _to_pixels(y: torch.Tensor) -> np.ndarray:
-    """[3, H, W] generator output in [-1, 1] to [H, W, 3] uint8.
-
-    Rounded, where the book's ``ToPILImage`` truncates (which darkens by half
-    a level on average): the two differ by at most 1.
-    """
-    import torch
-
-    scaled = (y.float() + 1.0) / 2.0
-    scaled = scaled.clamp_(0.0, 1.0).mul_(255.0).round_()
-    return scaled.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+# --- resizing -----------------------------------------------------------------------------------
 
 
 def _resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
@@ -295,11 +173,11 @@ class Translator:
         """The translation at the resolution it is computed at (before :meth:`translate` resizes back)."""
         from ..images.colour import to_srgb
 
-        chosen, overlap = _check_tiling(self._auto_tile() if tile is None else tile, overlap)
+        chosen, overlap = tiles.check_tiling(self._auto_tile() if tile is None else tile, overlap)
         rgb = to_srgb(image)  # a no-op for images from load_image, which are sRGB already
         run_image = self._run_image(rgb, self._capped_short_side(rgb, self._resolve_size(size)))
         if tile is None and self._fits_one_pass(run_image.width * run_image.height):
-            chosen = max(chosen, _round_up(max(run_image.size)))  # one tile: the whole image
+            chosen = max(chosen, tiles.round_up(max(run_image.size)))  # one tile: the whole image
         with self._lock:
             return self._run(run_image, chosen, overlap, on_tile, fit=tile is None)
 
@@ -316,7 +194,7 @@ class Translator:
     def _auto_tile(self) -> int:
         """Tiles as large as the memory budget allows (fewer overlaps), between DEFAULT_TILE and MAX_AUTO_TILE."""
         side = math.isqrt(self.one_pass_pixels())
-        return max(DEFAULT_TILE, min(MAX_AUTO_TILE, side - side % _MULTIPLE))
+        return max(DEFAULT_TILE, min(MAX_AUTO_TILE, side - side % tiles.MULTIPLE))
 
     # -- steps -------------------------------------------------------------------
 
@@ -395,9 +273,9 @@ class Translator:
     def _run_whole(self, pixels: np.ndarray) -> np.ndarray:
         """One forward pass over the whole (padded) image; uint8 [H, W, 3] out."""
         height, width = pixels.shape[:2]
-        x = _reflect_pad(_unit_tensor(pixels).unsqueeze(0), _round_up(height), _round_up(width))
+        x = tiles.reflect_pad(tiles.unit_tensor(pixels).unsqueeze(0), tiles.round_up(height), tiles.round_up(width))
         y = self._forward(x)[0, :, :height, :width]
-        return _to_pixels(y)
+        return tiles.to_pixels(y)
 
     def _whole_image_statistics(self, image: Image.Image) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every InstanceNorm's per-channel (mean, var) over the whole image, at most STATS_MAX_SIDE long."""
@@ -427,25 +305,25 @@ class Translator:
         ``stats=None`` lets every tile normalise by its own statistics (only
         for showing why whole-image statistics are needed). ``fit`` shrinks
         the tiles to the shortest side that covers the image with as few of
-        them (see :func:`_fitted_tile`); an explicit ``--tile`` keeps its size.
+        them (see :func:`._tiles.fitted_tile`); an explicit ``--tile`` keeps its size.
         """
         import numpy as np
 
         height, width = pixels.shape[:2]
-        padded_h, padded_w = _round_up(height), _round_up(width)
+        padded_h, padded_w = tiles.round_up(height), tiles.round_up(width)
         if fit:
-            tile_h, tile_w = _fitted_tile(padded_h, tile, overlap), _fitted_tile(padded_w, tile, overlap)
+            tile_h, tile_w = tiles.fitted_tile(padded_h, tile, overlap), tiles.fitted_tile(padded_w, tile, overlap)
         else:
             tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
-        ys, xs = _tile_starts(padded_h, tile_h, overlap), _tile_starts(padded_w, tile_w, overlap)
-        weights_y, weights_x = _blend_weights(padded_h, tile_h, ys), _blend_weights(padded_w, tile_w, xs)
+        ys, xs = tiles.tile_starts(padded_h, tile_h, overlap), tiles.tile_starts(padded_w, tile_w, overlap)
+        weights_y, weights_x = tiles.blend_weights(padded_h, tile_h, ys), tiles.blend_weights(padded_w, tile_w, xs)
         grid = [(row, col) for row in range(len(ys)) for col in range(len(xs))]
-        per_batch = max(1, TILE_BATCH_PIXELS // (tile_h * tile_w))
+        per_batch = max(1, tiles.TILE_BATCH_PIXELS // (tile_h * tile_w))
         out = np.empty((height, width, 3), dtype=np.uint8)
-        band = _Band(out, padded_w, tile_h)
+        band = tiles.Band(out, padded_w, tile_h)
         done = 0
         with _frozen(norm_layers(self.model), stats):
-            for batch in _chunks(grid, per_batch):
+            for batch in tiles.chunks(grid, per_batch):
                 inputs = [self._tile_input(pixels, ys[r], xs[c], tile_h, tile_w) for r, c in batch]
                 outputs = self._forward(_stack(inputs))
                 for (row, col), y in zip(batch, outputs, strict=True):
@@ -462,59 +340,15 @@ class Translator:
     def _tile_input(pixels: np.ndarray, top: int, left: int, tile_h: int, tile_w: int) -> torch.Tensor:
         """The [3, tile_h, tile_w] input of one tile, reflect-padded where it passes the image's edge."""
         crop = pixels[top : top + tile_h, left : left + tile_w]
-        x = _unit_tensor(crop).unsqueeze(0)
+        x = tiles.unit_tensor(crop).unsqueeze(0)
         # Past the bottom/right edge the padded image is the image's reflection, as in the one-pass run.
-        return _reflect_pad(x, tile_h, tile_w)[0]
-
-
-class _Band:
-    """The float32 accumulator for one row of tiles; finished rows go to the uint8 output.
-
-    Holds rows [top, top + height) of the padded image. Moving to a later tile
-    row finalises every row above the new top (no later tile reaches them)
-    and keeps the overlap.
-    """
-
-    def __init__(self, out: np.ndarray, padded_width: int, height: int):
-        import torch
-
-        self.out = out
-        self.top = 0
-        self.height = height
-        self.acc = torch.zeros((3, height, padded_width), dtype=torch.float32)
-
-    def add(self, weighted: torch.Tensor, left: int) -> None:
-        self.acc[:, :, left : left + weighted.shape[-1]] += weighted
-
-    def move_to(self, top: int) -> None:
-        if top == self.top:
-            return
-        shift = top - self.top
-        self._emit(self.top, shift)
-        kept = self.acc[:, shift:].clone()
-        self.acc.zero_()
-        self.acc[:, : kept.shape[1]] = kept
-        self.top = top
-
-    def finish(self) -> None:
-        self._emit(self.top, self.height)
-
-    def _emit(self, top: int, rows: int) -> None:
-        rows = min(rows, self.out.shape[0] - top)  # rows past the image are reflection padding
-        if rows > 0:
-            width = self.out.shape[1]
-            self.out[top : top + rows] = _to_pixels(self.acc[:, :rows, :width])
+        return tiles.reflect_pad(x, tile_h, tile_w)[0]
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     import torch
 
     return torch.stack(tensors)
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @contextmanager
@@ -542,13 +376,163 @@ def _frozen(norms: list[Any], stats: list[tuple[torch.Tensor, torch.Tensor]] | N
             norm.frozen = None
 
 
-def _check_tiling(tile: int, overlap: int | None) -> tuple[int, int]:
-    """Validate ``tile``/``overlap``; the tile is rounded down to a multiple of 4."""
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:
-        raise UsageError(f"tile must be a whole number of pixels, at least {MIN_TILE}, not {tile!r}")
-    tile -= tile % _MULTIPLE
-    if overlap is None:
-        return tile, min(DEFAULT_OVERLAP, tile // 2)
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise UsageError(f"overlap must be a whole number of pixels from 0 to {tile - 1}, not {overlap!r}")
-    return tile, overlap
+
+
+# --- building translators ------------------------------------------------------------------------
+
+
+def build_translator(
+    entry: Entry,
+    *,
+    weights_file: Path | str | None = None,
+    weights_label: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    progress: bool = True,
+) -> Translator:
+    """A ready translator for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    from ..nets import architectures
+    from ..nets.device import check_device_spec, choose_device, choose_precision
+
+    check_device_spec(device)
+    architectures.factory(entry)  # the architecture and its arguments, before any download
+    state_dict = architectures.load_weights(entry, weights_file, progress=progress)
+    torch_device = choose_device(device)
+    chosen = choose_precision(precision, torch_device)
+    model = architectures.build(entry, state_dict).to(torch_device)
+    label = weights_label or (str(weights_file) if weights_file is not None else entry.weights)
+    return Translator(entry, model, weights_label=label, device=torch_device, precision=chosen)
+
+
+def load_translator(options: ModelOptions, *, progress: bool = True) -> Translator:
+    """A ready :class:`Translator` for ``options``, exactly as ``ptm translate`` builds it."""
+    translator: Translator = TASK.plan(options).load(progress=progress)
+    return translator
+
+
+# --- the task ------------------------------------------------------------------------------------------
+
+
+def _rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if "error" in record:
+        return [{"input": record["input"], "error": f"{record['error']['type']}: {record['error']['message']}"}]
+    size = record.get("size")
+    return [{**record, "size": f"{size[0]}x{size[1]}" if size else "skipped"}]
+
+
+class TranslateTask(Task):
+    name = "translate"
+    title = "Translation"
+    summary = "Turn IMAGES into new images with a CycleGAN generator, at the input's size."
+    help = """Turn IMAGES into new images with a CycleGAN generator, at the input's size.
+
+    \b
+    Examples:
+      ptm translate -m style_monet photo.jpg -o monet.png
+      ptm translate -m summer2winter_yosemite --output-dir winter/ --suffix _winter summer/*.jpg
+      ptm translate -m apple2orange --size full --tile 384 apples.jpg -o oranges.png
+    """
+    batch_help = """Translate IMAGES into DIR/images/ (names keep the input's stem; nothing is overwritten).
+
+    \b
+    Examples:
+      ptm batch translate -m horse2zebra -r horses/ --output zebras --suffix _zebra
+    """
+    model_help = "A translation model (see `ptm models --task translate`)."
+    weights_help = "Weights variant, or the path of a local .pth/.safetensors/.h5 generator file."
+    options = (
+        *IMAGE_OUTPUT_OPTIONS,
+        Option("size", ("--size",), kind="size", default="256", show_default=True,
+               help="Short side the generator runs at (the result is scaled back), or 'full' for the image's own "
+                    "resolution in tiles."),
+        Option("tile", ("--tile",), kind="int", minimum=64,
+               help="Tile side for --size full (bounds memory); default: one pass when the image fits the memory "
+                    "budget, else 512-pixel tiles."),
+    )  # fmt: skip
+    aliases = (
+        Alias(
+            "zebra",
+            model="horse2zebra",
+            tag="zebra",
+            summary="Horses into zebras: the book's CycleGAN generator (ptm translate -m horse2zebra).",
+            help="""Horses into zebras: the book's CycleGAN generator (ptm translate -m horse2zebra).
+
+    \b
+    Examples:
+      ptm zebra horse.jpg -o zebra.png
+      cat horse.jpg | ptm zebra - -o - > zebra.png
+      ptm zebra --size full big-horse.jpg -o big-zebra.png
+      ptm zebra --output-dir zebras/ --skip-existing horses/
+    """,
+        ),
+    )
+    image_outputs = True
+    record_formats = False
+    columns = ("input", "output", "size", "seconds", "error")
+
+    def check(self, params: Mapping[str, Any]) -> None:
+        from ..settings import check_side_pixels
+
+        if params.get("tile") is not None:
+            check_side_pixels("--tile", params["tile"])  # before the model loads
+        size = params.get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            check_side_pixels("--size", size)
+
+    def build(self, plan: Plan, *, progress: bool) -> Translator:
+        assert plan.entry is not None
+        options = plan.options
+        return build_translator(plan.entry, weights_file=plan.weights_file, weights_label=plan.weights_label,
+                                device=options.device, precision=options.precision, progress=progress)  # fmt: skip
+
+    def run(
+        self, model: Any, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
+    ) -> Iterator[Outcome]:
+        from ._imagejobs import run_image_jobs
+
+        size, tile = params.get("size"), params.get("tile")
+
+        def transform(image: Any) -> Any:
+            return model.translate(image, size=size, tile=tile, on_tile=context.on_tile)
+
+        def describe() -> dict[str, Any]:
+            return {"model": model.entry.model, "weights": model.weights_label}
+
+        assert context.destination is not None
+        jobs = run_image_jobs(inputs, transform, context.destination, force=context.force,
+                              skip_existing=context.skip_existing, describe=describe, emit_bytes=context.emit_bytes,
+                              on_note=context.on_note, on_image=context.on_image)  # fmt: skip
+        for record, result in jobs:
+            yield Outcome(record, result if context.keep_images else None)
+
+    def writer(self, stream: Any, fmt: str | None) -> RecordWriter:
+        from ..output.records import RecordWriter, default_format
+
+        return RecordWriter(stream, fmt or default_format(stream), columns=list(self.columns), flatten=_rows)
+
+    def parquet_fields(self) -> list[tuple[str, Any]]:
+        import pyarrow as pa
+
+        return [("input", pa.string()), ("output", pa.string()), ("size", pa.list_(pa.int32())),
+                ("skipped", pa.bool_()), ("model", pa.string()), ("weights", pa.string()),
+                ("seconds", pa.float64())]  # fmt: skip
+
+    def report_header(self, model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        size = params.get("size")
+        return {"model": model.entry.model, "weights": model.weights_label, "size": str(size),
+                "tile": params.get("tile") if size == "full" else None, "device": str(model.device),
+                "precision": model.precision.name}  # fmt: skip
+
+    def report_view(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        if record.get("skipped"):
+            return {"lines": [f"skipped: {record.get('output')} exists"], "output": False}
+        size = record.get("size")
+        parts = [f"-> {record.get('output')}"]
+        if size:
+            parts.append(f"{size[0]}x{size[1]}")
+        if record.get("seconds") is not None:
+            parts.append(f"{record['seconds']} s")
+        return {"lines": ["  ".join(parts)], "output": True}
+
+
+TASK = TranslateTask()

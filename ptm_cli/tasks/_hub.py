@@ -1,24 +1,19 @@
-"""Classifying with a torch.hub model: ``-m hub:OWNER/NAME[:REF]/ENTRY`` as a ready :class:`Classifier`."""
+"""Classifying with a torch.hub model: ``-m hub:OWNER/NAME[:REF]/ENTRY`` as a ready classifier."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UsageError, first_line
-from ..hub.repos import parse_model_spec
-from ..hub.sandbox import load_model
-from .classify import Classifier
 
 if TYPE_CHECKING:
-
     from ..cache.catalog import Entry
+    from .base import ModelOptions
 
 
-def _classify_entry(spec: str, labels_file: str | os.PathLike[str] | None) -> Entry:
+def _classify_entry(spec: str, labels_file: str | None) -> Entry:
     """A catalog entry for a hub model: ImageNet preprocessing (the book's), ImageNet or the user's labels."""
     from ..cache.catalog import IMAGENET_MEAN, IMAGENET_STD, Entry
 
@@ -37,7 +32,7 @@ def _classify_entry(spec: str, labels_file: str | os.PathLike[str] | None) -> En
     )
 
 
-def _output_classes(classifier: Classifier, crop: int) -> int:
+def _output_classes(classifier: Any, crop: int) -> int:
     """Run one blank image through the model as ``predict`` would, and count its outputs."""
     import torch
 
@@ -63,29 +58,24 @@ def _output_classes(classifier: Classifier, crop: int) -> int:
     return int(out.shape[1])
 
 
-def hub_classifier(
-    spec: str,
-    *,
-    labels_file: str | os.PathLike[str] | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    trust_repo: bool = False,
-    kwargs: Mapping[str, Any] | None = None,
-) -> Classifier:
-    """A ready ``Classifier`` for ``hub:OWNER/NAME[:REF]/ENTRY`` or ``hub:./dir/ENTRY``."""
+def hub_classifier(options: ModelOptions, *, build: Any) -> Any:
+    """A ready classifier (made by ``build``) for ``hub:OWNER/NAME[:REF]/ENTRY`` or ``hub:./dir/ENTRY``."""
     from ..cache.catalog import load_labels
+    from ..hub import load_model, parse_kwargs, parse_model_spec
     from ..nets.device import check_device_spec, choose_device, choose_precision, place_classifier
 
+    spec = options.model
     repo, entry_name = parse_model_spec(spec)
-    check_device_spec(device)
-    entry = _classify_entry(spec.strip(), labels_file)
+    check_device_spec(options.device)
+    entry = _classify_entry(spec.strip(), options.labels_file)
     # Labels, device and precision first: each can fail without running any repository code.
     labels = load_labels(entry)
-    torch_device = choose_device(device)
-    chosen_precision = choose_precision(precision, torch_device)
-    model, info = load_model(repo, entry_name, kwargs=kwargs, trust_repo=trust_repo)
+    torch_device = choose_device(options.device)
+    chosen_precision = choose_precision(options.precision, torch_device)
+    kwargs = parse_kwargs(options.hub_args)
+    model, info = load_model(repo, entry_name, kwargs=kwargs, trust_repo=options.trust_repo)
     entry = replace(entry, num_params=info.num_params, description=info.source)
-    classifier = Classifier(
+    classifier = build(
         entry,
         place_classifier(model, torch_device),
         weights_label="hub",
@@ -101,4 +91,3 @@ def hub_classifier(
             "pass a labels file with one name per output (--labels)"
         )
     return classifier
-

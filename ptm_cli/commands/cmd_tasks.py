@@ -1,0 +1,149 @@
+"""``ptm classify``, ``ptm translate``, ``ptm zebra`` and every other task: one command per task, from its declaration.
+
+Each task module declares its options as data (:class:`~ptm_cli.tasks.base.Option`);
+here they become a click command with the options every task shares
+(inputs, model, weights, device, precision, progress, results page, warm
+server), and one loop runs any task: check, plan, hand over to a warm
+server or load the model, run, write the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..runtime import streams
+from . import remote
+from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data
+from .options import (
+    click_option,
+    device_option,
+    format_option,
+    input_options,
+    model_option,
+    precision_option,
+    quiet_option,
+    report_option,
+    server_option,
+    stack,
+    weights_option,
+)
+from .progress import RunProgress
+
+
+def command(name: str) -> click.Command | None:
+    """The click command for the task (or alias) ``name``; None when there is none."""
+    from .. import tasks
+
+    found = tasks.find(name)
+    if found is None:
+        return None
+    task, alias = found
+    decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [input_options]
+    if alias is None:
+        decorators.append(model_option(task.name, default=task.default_model, help=task.model_help))
+    decorators.append(weights_option(task.weights_help))
+    decorators += [click_option(option, option.flags) for option in task.options]
+    if task.record_formats:
+        decorators.append(format_option)
+    decorators += [device_option, precision_option, quiet_option, report_option, server_option]
+
+    def callback(**params: Any) -> int:
+        return run_task(name, params)
+
+    help_text = task.help if alias is None else alias.help
+    built = click.command(name, context_settings=CONTEXT, help=help_text)(
+        stack(*decorators)(callback)
+    )
+    return built
+
+
+def run_task(name: str, params: dict[str, Any]) -> int:
+    """One task over the inputs the command line names: the records on stdout, the exit code."""
+    from .. import tasks
+    from ..images.inputs import count_inputs
+    from ..tasks.base import ModelOptions, RunContext
+
+    found = tasks.find(name)
+    assert found is not None
+    task, alias = found
+    model_fields = {option.name: params.pop(option.name) for option in task.options if option.stage == "model"}
+    if "hub_args" in model_fields:
+        model_fields["hub_args"] = tuple(model_fields["hub_args"])
+    model = alias.model if alias is not None else params.pop("model")
+    options = ModelOptions(model=model, weights=params.pop("weights"), device=params.pop("device"),
+                           precision=params.pop("precision"), **model_fields)  # fmt: skip
+    images, recursive, files_from = params.pop("images"), params.pop("recursive"), params.pop("files_from")
+    report_path, quiet, fmt = params.pop("report_path"), params.pop("quiet"), params.pop("fmt", None)
+    task.check(params)
+    plan = task.plan(options)
+    inputs = image_inputs(images, recursive, files_from)
+    destination = _destination(task, params, images, files_from, tag=alias.tag if alias else model)
+    if report_path is not None:
+        from ..output.report import check_destination
+
+        check_destination(Path(report_path))
+    code = remote.hand_over(params.pop("server"), servable=task.servable(params, options))
+    if code is not None:
+        return code
+    failed = count = 0
+    report: Any = None
+    to_stdout = destination is not None and destination.stdout
+    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
+        progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
+        loaded = plan.load()
+        task.prepare(loaded, params)
+        if report_path is not None:
+            from ..output.report import Report
+
+            report = Report(task, task.report_header(loaded, params))
+
+        def emit(data: bytes) -> None:
+            out.flush()
+            binary = out.buffer
+            binary.write(data)
+            binary.flush()
+
+        context = RunContext(
+            destination=destination, force=bool(params.get("force")), skip_existing=bool(params.get("skip_existing")),
+            emit_bytes=emit if to_stdout else None, on_image=None if report is None else report.keep_thumbnail,
+            keep_images=report is not None, on_note=progress.note, on_tile=progress.tiles,
+        )  # fmt: skip
+        flush_every = int(params.get(task.flush_every, 1)) if task.flush_every else 1
+        # With the image on stdout, records go to stderr, and only failures: stdout holds nothing else.
+        with task.writer(streams.stderr() if to_stdout else out, fmt) as records:
+            for result in task.run(loaded, inputs, params, context):
+                count += 1
+                failed += not result.ok
+                progress.advance(result.ok)
+                if report is not None:
+                    report.add(result.record, output_image=result.output_image)
+                if to_stdout and result.ok:
+                    continue
+                records.write(result.record)
+                if count % flush_every == 0:
+                    records.flush()
+    if report is not None and report_path is not None:
+        report.write(Path(report_path))
+        note(f"wrote the report {report_path}")
+    return outcome(count, failed)
+
+
+def _destination(
+    task: Any, params: dict[str, Any], images: tuple[str, ...], files_from: str | None, *, tag: str
+) -> Any:
+    """Where a task that writes images puts them (-o, --output-dir, or beside each input); None for the others."""
+    if not task.image_outputs:
+        return None
+    from ..errors import UsageError
+    from ..output.imagefiles import make_destination
+
+    single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
+    destination = make_destination(params["output"], params["output_dir"], params["suffix"], params["image_format"],
+                                   1 if single else 2, beside_tag=tag)  # fmt: skip
+    if destination.beside and "-" in images:
+        raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")
+    return destination
