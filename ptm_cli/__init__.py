@@ -26,7 +26,6 @@ _LAZY = {
     "Entry": "cache.catalog",
     "ModelOptions": "tasks.base",
     "Plan": "tasks.base",
-    "Task": "tasks.base",
     "load_classifier": "tasks.classify",
     "Classifier": "tasks.classify",
     "Classification": "tasks.classify",
@@ -50,7 +49,6 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "Entry",
     "ModelOptions",
     "Plan",
-    "Task",
     "load_classifier",
     "Classifier",
     "Classification",
@@ -76,7 +74,7 @@ if TYPE_CHECKING:
     from .images.transforms import Preprocess, preprocess
     from .nets.architectures import ensure_weights
     from .runtime.tuning import tune_process
-    from .tasks.base import ModelOptions, Plan, Task
+    from .tasks.base import ModelOptions, Plan
     from .tasks.classify import Classification, Classifier, Prediction, classify_images, load_classifier
     from .tasks.translate import Translator, load_translator
     from .tensorio import load_state_dict

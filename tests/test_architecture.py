@@ -7,6 +7,7 @@ TYPE_CHECKING and through importlib all count.
 from __future__ import annotations
 
 import ast
+import inspect
 
 import pytest
 from helpers import ROOT
@@ -142,3 +143,33 @@ def test_only_settings_reads_ptm_variables() -> None:
         if "os.environ" in text and '"PTM_' in text:
             readers.append(str(path.relative_to(ROOT)))
     assert not readers, f"these read PTM_ variables themselves: {readers}"
+
+
+def _annotations_with_any(owner: str, function: object) -> list[str]:
+    signature = inspect.signature(function)  # type: ignore[arg-type]
+    found = [f"{owner}({p.name}: {p.annotation})" for p in signature.parameters.values() if "Any" in str(p.annotation)]
+    if "Any" in str(signature.return_annotation):
+        found.append(f"{owner} -> {signature.return_annotation}")
+    return found
+
+
+def test_the_public_api_says_what_it_takes_and_gives() -> None:
+    """Every name ``ptm_cli`` exports is typed without ``Any``: its functions, and its classes' methods and fields."""
+    import ptm_cli
+
+    loose = []
+    for name in ptm_cli.__all__:
+        value = getattr(ptm_cli, name)
+        if inspect.isfunction(value):
+            loose += _annotations_with_any(name, value)
+        elif inspect.isclass(value):
+            for attribute, member in vars(value).items():
+                if attribute.startswith("_") and attribute != "__init__":
+                    continue
+                if isinstance(member, property) and member.fget is not None:
+                    loose += _annotations_with_any(f"{name}.{attribute}", member.fget)
+                elif inspect.isfunction(member) or isinstance(member, classmethod | staticmethod):
+                    loose += _annotations_with_any(f"{name}.{attribute}", getattr(value, attribute))
+            loose += [f"{name}.{field}: {kind}" for field, kind in getattr(value, "__annotations__", {}).items()
+                      if not field.startswith("_") and "Any" in str(kind)]  # fmt: skip
+    assert not loose, f"typed with Any: {loose}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import ptm_cli
 from ptm_cli import doctor
 
 
@@ -34,7 +35,7 @@ def test_collect_has_every_field(cache: Path) -> None:
     _types(report["python"], {"version": str, "executable": str})
     assert report["python"]["executable"] == sys.executable
     _types(report["platform"], {"system": str, "machine": str, "description": str})
-    assert report["ptm"]["version"] == "0.1.0"
+    assert report["ptm"]["version"] == ptm_cli.__version__
     assert report["ptm"]["fused_resize"] is True  # the C extension is built here (and in CI)
     assert set(report["packages"]) == {"torch", "torchvision", "Pillow", "click", "rich"}
     assert all(isinstance(v, str) for v in report["packages"].values())

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import run_ptm
 from serverkit import CLASSIFY, Servers, ptm
 
 # --- the client --------------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_a_client_imports_neither_click_nor_torch_and_prints_what_the_command_pr
         "print('CODES', out, 'LOADED=' + ','.join(loaded), file=sys.stderr)\n"
     )
     served = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120, check=True)
-    alone = b"".join(ptm(*CLASSIFY, "-f", fmt, "-k", "3", "photo0.png", "album").stdout for fmt in formats)
+    alone = b"".join(run_ptm([*CLASSIFY, "-f", fmt, "-k", "3", "photo0.png", "album"]).stdout_bytes for fmt in formats)
     assert served.stdout == alone
     # album/b.jpg is not a picture: exit 1, and the note that says so comes from the server, on this stderr.
     assert served.stderr.decode().endswith("CODES [1, 1, 1, 1, 1] LOADED=\n")
@@ -71,12 +72,15 @@ def test_a_client_imports_neither_click_nor_torch_and_prints_what_the_command_pr
     ],
     ids=lambda args: " ".join(args[:1] + args[5:]) or "none",
 )
-def test_every_call_prints_through_the_server_what_it_prints_without_one(warm: Servers, args: list[str]) -> None:
+def test_every_call_prints_through_the_server_what_it_prints_without_one(
+    warm: Servers, args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # help is wrapped to the terminal: the same width on both sides
     stdin = (warm.cwd / "photo1.png").read_bytes() if "--files-from" not in args else b"photo0.png\nbroken.jpg\n"
     before = warm.status()["requests"]
     served = ptm(*args, stdin=stdin, env={"PTM_SERVER": "auto"})
-    alone = ptm(*args, stdin=stdin, env={"PTM_SERVER": "never"})
-    assert (served.returncode, served.stdout, served.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    alone = run_ptm(args, stdin=stdin)  # in this process: the command itself, with no server
+    assert (served.returncode, served.stdout, served.stderr.decode()) == (alone.code, alone.stdout_bytes, alone.stderr)
     assert warm.status()["requests"] == before + 1  # the server took it, whatever it printed
 
 
@@ -104,9 +108,9 @@ def test_relative_paths_umask_and_outputs_are_the_clients(warm: Servers, tmp_pat
 def test_a_server_that_differs_is_noted_once_and_the_call_runs_here(warm: Servers) -> None:
     before = warm.status()["requests"]
     args = [*CLASSIFY, "-f", "jsonl", "photo0.png"]
-    alone = ptm(*args)
+    alone = run_ptm(args)
     differs = ptm(*args, "--server", "auto", env={"PTM_MAX_PIXELS": "1000000"})  # a result-changing setting
-    assert differs.returncode == 0 and differs.stdout == alone.stdout
+    assert differs.returncode == 0 and differs.stdout == alone.stdout_bytes
     assert differs.stderr == b"ptm: not using the server: the running server differs in $PTM_MAX_PIXELS; running here\n"
     formats = ptm(*args, "--server", "auto", env={"PTM_EXTRA_FORMATS": "TGA"})  # which files are images at all
     assert formats.stderr == (
@@ -151,8 +155,8 @@ def test_a_results_page_is_written_through_the_server(warm: Servers, tmp_path: P
     before = warm.status()["requests"]
     page = tmp_path / "page.html"
     served = ptm(*CLASSIFY, "-f", "jsonl", "photo0.png", "--report", str(page), "--server", "auto")
-    alone = ptm(*CLASSIFY, "-f", "jsonl", "photo0.png")
-    assert served.returncode == 0 and served.stdout == alone.stdout and page.is_file()
+    alone = run_ptm([*CLASSIFY, "-f", "jsonl", "photo0.png"])
+    assert served.returncode == 0 and served.stdout == alone.stdout_bytes and page.is_file()
     assert b"Classification" in page.read_bytes()
     assert warm.status()["requests"] == before + 1
 

@@ -95,7 +95,7 @@ class Spec:
         return (self.task, self.entry.ref, self.weights_path, self.weights_sha256, self.device, self.precision,
                 self.resize, self.crop)  # fmt: skip
 
-    def plan(self, weights_path: Path) -> Plan:
+    def plan(self, weights_path: Path) -> Plan[Any]:
         """The plan a worker builds its model from: the driver's entry, the file it verified, the user's label."""
         options = ModelOptions(model=self.entry.model, weights=self.weights_label, device=self.device,
                                precision=self.precision, resize=self.resize, crop=self.crop)  # fmt: skip
@@ -237,7 +237,7 @@ def _task_params(task: Any, request: Request) -> dict[str, Any]:
     return params
 
 
-def _verified_weights(plan: Plan) -> Path:
+def _verified_weights(plan: Plan[Any]) -> Path:
     """The weights file every worker will load, verified here."""
     if plan.weights_file is not None:
         return Path(plan.weights_file).absolute()

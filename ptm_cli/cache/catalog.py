@@ -69,7 +69,7 @@ class Entry:
     std: tuple[float, float, float] | None = None
     licence: str | None = None
     description: str | None = None
-    builder_kwargs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    builder_kwargs: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
     source: str = ""
 
     @property
@@ -130,7 +130,7 @@ def _size(value: Any, where: str) -> float | None:
     size = _optional(value, (int, float), "size_mb", where)
     if size is not None and not (0 < size < 1e9):  # also refuses NaN and infinity
         raise ConfigError(f"{where}: size_mb must be a positive number of MiB")
-    return size
+    return None if size is None else float(size)
 
 
 def _check_values(value: Any, key: str, where: str, depth: int = 0) -> None:

@@ -275,7 +275,7 @@ class _Pace:
 def backoff(attempt: int) -> float:
     """Seconds to wait before try number ``attempt + 1`` (``attempt`` counts from 1)."""
     tuning = settings.tuning
-    return min(tuning.backoff_cap, tuning.backoff_base * 2 ** (attempt - 1))
+    return float(min(tuning.backoff_cap, tuning.backoff_base * 2 ** (attempt - 1)))
 
 
 def _default_write_error(directory: Path, exc: OSError) -> PtmError:

@@ -26,7 +26,7 @@ def stack(*decorators: Decorator) -> Decorator:
     return apply
 
 
-class SizeParam(click.ParamType):
+class SizeParam(click.ParamType):  # type: ignore[type-arg]  # click 8.2+ makes ParamType generic; 8.1 does not
     """A number of pixels, or ``full``."""
 
     name = "N|full"

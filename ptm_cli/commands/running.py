@@ -23,7 +23,7 @@ from .common import MAX_CONTENT_WIDTH, GuardedStream, ReaderGone, bind_argv, not
 def run_here(group: Any, argv: list[str], *, debug: bool = False, handed: Any = None) -> int:
     """``ptm ARGV`` in this process; its exit code."""
     real_stdout = sys.stdout
-    sys.stdout = GuardedStream(real_stdout)  # type: ignore[assignment]
+    sys.stdout = GuardedStream(real_stdout)
     token = bind_argv(argv, handed)
     try:
         return _run(group, argv, debug=debug)

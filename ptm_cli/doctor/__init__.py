@@ -205,7 +205,7 @@ def _torch_info() -> dict[str, Any]:
         "version": _probe(lambda: str(torch.__version__)),
         "threads": _probe(torch.get_num_threads),
         "interop_threads": _probe(torch.get_num_interop_threads),
-        "mkldnn": _probe(lambda: bool(torch.backends.mkldnn.is_available())),
+        "mkldnn": _probe(lambda: bool(torch.backends.mkldnn.is_available())),  # type: ignore[no-untyped-call]
         "compiler": _probe(_cxx_compiler),
     }
 

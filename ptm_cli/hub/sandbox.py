@@ -386,7 +386,9 @@ def list_entrypoints(repo: HubRepo | str, *, trust_repo: bool = False) -> list[s
             return _entrypoints(_import_hubconf(ready.origin.directory))
         import torch.hub
 
-        found = torch.hub.list(ready.repo.spec, trust_repo=True, skip_validation=_skip_validation(ready.repo))
+        found = torch.hub.list(  # type: ignore[no-untyped-call]
+            ready.repo.spec, trust_repo=True, skip_validation=_skip_validation(ready.repo)
+        )
         return sorted(found)
 
 
@@ -402,7 +404,9 @@ def entry_help(repo: HubRepo | str, entry: str, *, trust_repo: bool = False) -> 
         else:
             import torch.hub
 
-            doc = torch.hub.help(ready.repo.spec, entry, trust_repo=True, skip_validation=_skip_validation(ready.repo))
+            doc = torch.hub.help(  # type: ignore[no-untyped-call]
+                ready.repo.spec, entry, trust_repo=True, skip_validation=_skip_validation(ready.repo)
+            )
     return inspect.cleandoc(doc) if isinstance(doc, str) else ""
 
 
@@ -437,7 +441,7 @@ def _call_github(repo: HubRepo, entry: str, kwargs: Mapping[str, Any]) -> Any:
         )
     import torch.hub
 
-    return torch.hub.load(
+    return torch.hub.load(  # type: ignore[no-untyped-call]
         repo.spec, entry, source="github", trust_repo=True, skip_validation=_skip_validation(repo), **kwargs
     )
 

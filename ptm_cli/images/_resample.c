@@ -1,6 +1,12 @@
 /*
- * ptm_cli._resample: the classifier's Resize -> CenterCrop -> ToTensor ->
+ * ptm_cli.images._resample: the classifier's Resize -> CenterCrop -> ToTensor ->
  * Normalize in one pass over the pixels the crop keeps.
+ *
+ * It reproduces the resampling algorithm of Pillow (the Python Imaging
+ * Library fork), Copyright (c) 1997-2011 by Secret Labs AB, Copyright (c)
+ * 1995-2011 by Fredrik Lundh and contributors, Copyright (c) 2010 by Jeffrey
+ * A. Clark and contributors, under the MIT-CMU licence: see LICENSES/Pillow.txt
+ * and NOTICE.md.
  *
  * The numbers are Pillow's, bit for bit: the same filter weights computed in
  * double precision over the whole resized image, the same 22-bit fixed-point

@@ -59,7 +59,7 @@ __all__ = [
     "to_rgb",
 ]
 
-ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 """What :func:`load_image` reads: a path, the encoded bytes, or a binary file."""
 
 _ACCEPTED = ", ".join(sorted(ALLOWED_FORMATS - {"MPO"}))
@@ -176,7 +176,7 @@ def _source_name(source: object, name: str | None) -> str:
     return file_name if isinstance(file_name, str) else "<stream>"
 
 
-def _open_path(path: str | os.PathLike, name: str) -> IO[bytes]:
+def _open_path(path: str | os.PathLike[str], name: str) -> IO[bytes]:
     try:
         return open(path, "rb")  # the caller's `with` closes it
     except FileNotFoundError:

@@ -355,7 +355,7 @@ def _raw_in_tiff(head: bytes, stream: IO[bytes]) -> str | None:
         return "Canon CR2"
     first = struct.unpack(endian + "I", head[4:8])[0]
     ifd0 = _tiff_ifd(stream, first, endian)
-    make = bytes(ifd0.get(_TAG_MAKE, b"")).split(b"\x00")[0].decode("latin-1").strip().upper()  # type: ignore[arg-type]
+    make = bytes(ifd0.get(_TAG_MAKE, b"")).split(b"\x00")[0].decode("latin-1").strip().upper()
     if _TAG_DNG_VERSION in ifd0:
         return "DNG"
     subfile = ifd0.get(_TAG_NEW_SUBFILE_TYPE, (0,))

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .. import settings
 from ..errors import InputError, InputNotFound, UsageError
 
+if TYPE_CHECKING:
+    from PIL import Image
 
 class ImageInput(NamedTuple):
     """One image to process: a file, or bytes that came from stdin.
@@ -31,7 +33,9 @@ class ImageInput(NamedTuple):
     data: bytes | None = None
     error: InputError | None = None  # found while reading the input (e.g. stdin too large)
 
-    def open(self, *, min_short_side: int | None = None, on_note: Callable[[str], None] | None = None) -> Any:
+    def open(
+        self, *, min_short_side: int | None = None, on_note: Callable[[str], None] | None = None
+    ) -> Image.Image:
         """The decoded sRGB image (see `imageio.load_image` for ``min_short_side`` and ``on_note``)."""
         from .decode import load_image
 

@@ -54,7 +54,7 @@ INTERPOLATIONS: dict[str, Image.Resampling] = {
 
 def _float32_is_zero(value: float) -> bool:
     """Whether `value` becomes 0 in float32, which is what torch divides by."""
-    return struct.unpack("f", struct.pack("f", value))[0] == 0.0
+    return bool(struct.unpack("f", struct.pack("f", value))[0] == 0.0)
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def _run_fused(
     import numpy as np
     import torch
 
-    from ._resample import resize_crop  # type: ignore[import-not-found]
+    from ._resample import resize_crop  # type: ignore[import-not-found,unused-ignore]
 
     width, height = resized
     top, left = round((height - side) / 2.0), round((width - side) / 2.0)  # torchvision's CenterCrop offsets
@@ -368,7 +368,7 @@ def _find_pass_order() -> Callable[[int, int, int, int], bool] | None:
     import hashlib
 
     try:
-        from ._resample import resize_crop  # type: ignore[import-not-found]  # noqa: F401
+        from ._resample import resize_crop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         return None
     if not hasattr(Image.Image, "__arrow_c_array__"):

@@ -9,8 +9,12 @@ own classes, so a torchvision state dict loads with ``strict=True`` and the
 outputs are bit-identical; ``tests/test_nets.py`` holds them to that.
 
 Anything else in the catalog, and any builder argument this module does not
-know, is built by torchvision (see ``classify.architecture_factory``).
+know, is built by torchvision (see :func:`ptm_cli.nets.architectures.factory`).
 Importing this module imports torch.
+
+The structure of these networks is torchvision's, Copyright (c) Soumith
+Chintala 2016, under the BSD 3-Clause licence: see LICENSES/torchvision.txt
+and NOTICE.md.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         out += shortcut
-        return self.relu(out)
+        result: Tensor = self.relu(out)
+        return result
 
 
 class Bottleneck(nn.Module):
@@ -89,7 +94,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         out += shortcut
-        return self.relu(out)
+        result: Tensor = self.relu(out)
+        return result
 
 
 class ResNet(nn.Module):
@@ -142,7 +148,8 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        logits: Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return logits
 
 
 class AlexNet(nn.Module):
@@ -177,7 +184,8 @@ class AlexNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        logits: Tensor = self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        return logits
 
 
 # Output channels of each 3x3 convolution, "M" for a 2x2 max-pool (configurations A, B, D and E of the paper).
@@ -219,7 +227,8 @@ class VGG(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        logits: Tensor = self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        return logits
 
 
 def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int], **fixed: int) -> Callable[..., nn.Module]:

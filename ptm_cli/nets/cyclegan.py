@@ -103,7 +103,8 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
             )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.conv_block(x)
+            out: torch.Tensor = x + self.conv_block(x)
+            return out
 
     class ResnetGenerator(nn.Module):
         """CycleGAN's resnet_9blocks generator; every layer sits in ``self.model``."""
@@ -137,7 +138,8 @@ def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
             self.model = nn.Sequential(*layers)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model(x)
+            out: torch.Tensor = self.model(x)
+            return out
 
     return FreezableInstanceNorm2d, ResnetBlock, ResnetGenerator
 
@@ -190,8 +192,12 @@ def generator_kwargs(entry: Entry) -> dict[str, int]:
             f"{entry.ref}: builder_kwargs {', '.join(unknown)} are not understood by {ARCHITECTURE}; "
             f"it takes {', '.join(GENERATOR_KWARGS)}"
         )
-    kwargs = {k: entry.builder_kwargs[k] for k in GENERATOR_KWARGS if k in entry.builder_kwargs}
-    for key, value in kwargs.items():
+    kwargs: dict[str, int] = {}
+    for key in GENERATOR_KWARGS:
+        if key not in entry.builder_kwargs:
+            continue
+        value = entry.builder_kwargs[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{entry.ref}: builder_kwargs.{key} must be a positive whole number")
+        kwargs[key] = value
     return kwargs

@@ -65,7 +65,7 @@ def place_classifier(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in channels_last, which lets oneDNN/cuDNN pick their fastest convolution kernels."""
     import torch
 
-    return model.to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model.to(device).to(memory_format=torch.channels_last)
 
 
 def _mps_available() -> bool:

@@ -113,9 +113,9 @@ def route_process_streams() -> None:
     if _process:
         return
     _process.append(Streams(sys.stdin, sys.stdout, sys.stderr))
-    sys.stdin = _Routed("stdin")  # type: ignore[assignment]
-    sys.stdout = _Routed("stdout")  # type: ignore[assignment]
-    sys.stderr = _Routed("stderr")  # type: ignore[assignment]
+    sys.stdin = _Routed("stdin")
+    sys.stdout = _Routed("stdout")
+    sys.stderr = _Routed("stderr")
 
 
 def process_stderr() -> Any:

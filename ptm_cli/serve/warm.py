@@ -184,7 +184,7 @@ class ModelCache:
                     if slot.model is None and slot.users == 0:
                         self._slots.pop(slot.key, None)  # its load failed: nothing to keep
 
-    def load(self, plan: Plan, build: Callable[[], Any]) -> Any:
+    def load(self, plan: Plan[Any], build: Callable[[], Any]) -> Any:
         """``plan``'s model, as records of this call name it; built now only if no client built it before."""
         key = plan.identity()
         task = plan.task

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 
@@ -23,9 +23,9 @@ _NOT_TASKS = frozenset({"base"})
 
 
 @functools.cache
-def registry() -> dict[str, Task]:
+def registry() -> dict[str, Task[Any]]:
     """Every task by its name, in the order of their module names."""
-    found: dict[str, Task] = {}
+    found: dict[str, Task[Any]] = {}
     for module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
         if module.startswith("_") or module in _NOT_TASKS:
             continue
@@ -39,7 +39,7 @@ def names() -> list[str]:
     return list(registry())
 
 
-def get(name: str) -> Task:
+def get(name: str) -> Task[Any]:
     """The task called ``name``; UsageError naming the tasks there are."""
     task = registry().get(name)
     if task is None:
@@ -47,12 +47,12 @@ def get(name: str) -> Task:
     return task
 
 
-def aliases() -> dict[str, tuple[Task, Alias]]:
+def aliases() -> dict[str, tuple[Task[Any], Alias]]:
     """Other command names for tasks with a fixed model (``zebra``), with their task."""
     return {alias.name: (task, alias) for task in registry().values() for alias in task.aliases}
 
 
-def find(command: str) -> tuple[Task, Alias | None] | None:
+def find(command: str) -> tuple[Task[Any], Alias | None] | None:
     """The task a command name runs (a task's own name or an alias), or None."""
     task = registry().get(command)
     if task is not None:

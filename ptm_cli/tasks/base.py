@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..cache.naming import resolve_entry
 from ..errors import UsageError
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..output.records import RecordWriter
 
 HUB_PREFIX = "hub:"
+M = TypeVar("M")  # a task's model: a Classifier, a Translator...
 
 
 # --- what a user says about the model -----------------------------------------------------------
@@ -173,7 +174,7 @@ class RunContext:
 # --- the task --------------------------------------------------------------------------------------
 
 
-class Task:
+class Task(Generic[M]):
     """What every task declares; a task module defines one subclass and ``TASK = ThatTask()``.
 
     Class attributes describe the task (names, help, options); the methods
@@ -203,7 +204,7 @@ class Task:
     def check(self, params: Mapping[str, Any]) -> None:
         """Refuse parameters that cannot work, before any model loads (nothing by default)."""
 
-    def plan(self, options: ModelOptions, *, catalog: Catalog | None = None) -> Plan:
+    def plan(self, options: ModelOptions, *, catalog: Catalog | None = None) -> Plan[M]:
         """Options checked and resolved (no torch, no network); ``.load()`` does the expensive part."""
         from ..nets.device import check_device_spec
         from ..settings import check_side_pixels
@@ -221,7 +222,7 @@ class Task:
         entry, weights_file = resolve_entry(options.model, options.weights, task=self.name, catalog=catalog)
         return Plan(self, options, entry, weights_file)
 
-    def plan_hub(self, options: ModelOptions) -> Plan:
+    def plan_hub(self, options: ModelOptions) -> Plan[M]:
         raise UsageError(f"`ptm {self.name}` does not run hub: models")
 
     def servable(self, params: Mapping[str, Any], options: ModelOptions) -> bool:
@@ -230,33 +231,33 @@ class Task:
 
     # -- the model
 
-    def build(self, plan: Plan, *, progress: bool) -> Any:
+    def build(self, plan: Plan[M], *, progress: bool) -> M:
         """The ready model for ``plan`` (torch is imported here)."""
         raise NotImplementedError
 
-    def prepare(self, model: Any, params: Mapping[str, Any]) -> None:
+    def prepare(self, model: M, params: Mapping[str, Any]) -> None:
         """Last steps before a run that change the model (``--compile``); nothing by default."""
 
-    def relabel(self, model: Any, weights_label: str) -> Any:
+    def relabel(self, model: M, weights_label: str) -> M:
         """``model`` as records of this call name its weights (a warm server shares one model)."""
         import copy
 
         view = copy.copy(model)
-        view.weights_label = weights_label
+        view.weights_label = weights_label  # type: ignore[attr-defined]  # every task's model has one
         return view
 
-    def shared(self, model: Any, forward: Callable[..., Any], weights_label: str) -> Any:
+    def shared(self, model: M, forward: Callable[..., Any], weights_label: str) -> M:
         """``model`` with its batches run by ``forward`` (a warm server's shared passes); see shares_forward_passes."""
         raise NotImplementedError
 
-    def batch_forward(self, model: Any) -> Callable[..., Any]:
+    def batch_forward(self, model: M) -> Callable[..., Any]:
         """The function a warm server shares between clients: a batch tensor and arguments in, rows out."""
         raise NotImplementedError
 
     # -- running
 
     def run(
-        self, model: Any, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
+        self, model: M, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
     ) -> Iterator[Outcome]:
         """One outcome per input, in input order; a failed input is an error record, never a missing one."""
         raise NotImplementedError
@@ -275,10 +276,11 @@ class Task:
 
     # -- the results page
 
-    def report_header(self, model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    def report_header(self, model: M, params: Mapping[str, Any]) -> dict[str, Any]:
         """What the page says about the run, above the entries."""
-        return {"model": model.entry.model, "weights": model.weights_label, "device": str(model.device),
-                "precision": model.precision.name}  # fmt: skip
+        model_: Any = model
+        return {"model": model_.entry.model, "weights": model_.weights_label, "device": str(model_.device),
+                "precision": model_.precision.name}  # fmt: skip
 
     def batch_report_header(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """The page header of a finished batch job, from its job file."""
@@ -293,7 +295,7 @@ class Task:
 
 
 # A warm server's cache: a plan and a way to build its model in, the (shared) model out.
-ModelCache = Callable[["Plan", Callable[[], Any]], Any]
+ModelCache = Callable[["Plan[Any]", Callable[[], Any]], Any]
 _model_cache: list[ModelCache] = []
 
 
@@ -303,10 +305,10 @@ def use_model_cache(cache: ModelCache | None) -> None:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(Generic[M]):
     """A task's model options, checked and resolved; :meth:`load` builds the model."""
 
-    task: Task
+    task: Task[M]
     options: ModelOptions
     entry: Entry | None  # None for hub: models, whose entry comes from the repository
     weights_file: Path | None
@@ -318,13 +320,14 @@ class Plan:
             return self.options.weights
         return "hub" if self.entry is None else self.entry.weights
 
-    def load(self, *, progress: bool = True) -> Any:
+    def load(self, *, progress: bool = True) -> M:
         """The ready model: built now, or taken from the warm server's cache."""
         if _model_cache and self.entry is not None:
-            return _model_cache[0](self, lambda: self.task.build(self, progress=progress))
+            cached: M = _model_cache[0](self, lambda: self.task.build(self, progress=progress))
+            return cached
         return self.task.build(self, progress=progress)
 
-    def identity(self) -> tuple[Any, ...]:
+    def identity(self) -> tuple[object, ...]:
         """What decides the model this plan builds: the entry, the weights file and labels as they are now.
 
         A replaced weights file (``ptm weights rm`` and a new import, an
@@ -341,7 +344,7 @@ class Plan:
                 self.options.device, self.options.precision, self.options.resize, self.options.crop)  # fmt: skip
 
 
-def _file_identity(path: Path | None) -> tuple[Any, ...] | None:
+def _file_identity(path: Path | None) -> tuple[object, ...] | None:
     """A file by path, device, inode, size and mtime (None: no file; ``missing``: not there yet)."""
     if path is None:
         return None

@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from ..errors import CompileFailed, ConfigError, InputError, NonFiniteOutput, PtmError, UsageError, first_line
 from .base import ModelOptions, Option, Outcome, Plan, RunContext, Task
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
     from torch import nn
 
     from ..cache.catalog import Entry
@@ -230,7 +231,7 @@ def classify_images(
     batch_size: int = 8,
     workers: int = 2,
     full_decode: bool = False,
-    on_image: Callable[[ImageInput, Any], None] | None = None,
+    on_image: Callable[[ImageInput, Image.Image], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> Iterator[Classification]:
     """Classify ``inputs`` in batches; one result per input, in input order.
@@ -361,7 +362,7 @@ def _rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"input": record["input"], **p} for p in record["predictions"]]
 
 
-class ClassifyTask(Task):
+class ClassifyTask(Task["Classifier"]):
     name = "classify"
     title = "Classification"
     summary = "Classify IMAGES with an ImageNet model: ranked labels with probabilities."
@@ -415,7 +416,7 @@ class ClassifyTask(Task):
     flush_every = "batch_size"
     columns = ("input", "rank", "index", "label", "probability", "error")
 
-    def plan_hub(self, options: ModelOptions) -> Plan:
+    def plan_hub(self, options: ModelOptions) -> Plan[Classifier]:
         from ..hub import parse_kwargs, parse_model_spec
 
         parse_model_spec(options.model)
@@ -428,12 +429,12 @@ class ClassifyTask(Task):
         # A compiled model is this call's own; a hub model runs repository code trusted for this call only.
         return not (options.is_hub or params.get("compile_model"))
 
-    def build(self, plan: Plan, *, progress: bool) -> Classifier:
+    def build(self, plan: Plan[Classifier], *, progress: bool) -> Classifier:
         options = plan.options
         if plan.entry is None:
             from ._hub import hub_classifier
 
-            classifier = hub_classifier(plan.options, build=Classifier)
+            classifier: Classifier = hub_classifier(plan.options, build=Classifier)
             classifier.preprocess = _with_overrides(classifier.preprocess, options.resize, options.crop)
             return classifier
         return build_classifier(
@@ -441,19 +442,20 @@ class ClassifyTask(Task):
             precision=options.precision, resize=options.resize, crop=options.crop, progress=progress,
         )  # fmt: skip
 
-    def prepare(self, model: Any, params: Mapping[str, Any]) -> None:
+    def prepare(self, model: Classifier, params: Mapping[str, Any]) -> None:
         if params.get("compile_model"):
             model.compile()
 
-    def batch_forward(self, model: Any) -> Callable[..., Any]:
+    def batch_forward(self, model: Classifier) -> Callable[..., Any]:
         forward: Callable[..., Any] = model.predict_each
         return forward
 
-    def shared(self, model: Any, forward: Callable[..., Any], weights_label: str) -> Any:
-        return SharedClassifier(model, forward, weights_label)
+    def shared(self, model: Classifier, forward: Callable[..., Any], weights_label: str) -> Classifier:
+        # It has what classify_images and to_record use of a Classifier; forward passes are another caller's.
+        return cast("Classifier", SharedClassifier(model, forward, weights_label))
 
     def run(
-        self, model: Any, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
+        self, model: Classifier, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
     ) -> Iterator[Outcome]:
         on_image = context.on_image
         results = classify_images(
@@ -502,7 +504,7 @@ class ClassifyTask(Task):
         return [("input", pa.string()), ("model", pa.string()), ("weights", pa.string()),
                 ("predictions", pa.list_(prediction))]  # fmt: skip
 
-    def report_header(self, model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    def report_header(self, model: Classifier, params: Mapping[str, Any]) -> dict[str, Any]:
         p = model.preprocess
         steps = [f"resize {p.resize}" if p.resize else "", f"crop {p.crop}" if p.crop else "", p.interpolation]
         return {"model": model.entry.model, "weights": model.weights_label,

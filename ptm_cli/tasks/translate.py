@@ -268,7 +268,8 @@ class Translator:
                     f"the generator's output holds NaN or infinity ({self.entry.ref}), so no image was written; "
                     "check the weights (`ptm weights inspect`)"
                 )
-            return y.float().cpu()
+            out: torch.Tensor = y.float().cpu()
+            return out
 
     def _run_whole(self, pixels: np.ndarray) -> np.ndarray:
         """One forward pass over the whole (padded) image; uint8 [H, W, 3] out."""
@@ -420,7 +421,7 @@ def _rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{**record, "size": f"{size[0]}x{size[1]}" if size else "skipped"}]
 
 
-class TranslateTask(Task):
+class TranslateTask(Task["Translator"]):
     name = "translate"
     title = "Translation"
     summary = "Turn IMAGES into new images with a CycleGAN generator, at the input's size."
@@ -479,14 +480,14 @@ class TranslateTask(Task):
         if isinstance(size, int) and not isinstance(size, bool):
             check_side_pixels("--size", size)
 
-    def build(self, plan: Plan, *, progress: bool) -> Translator:
+    def build(self, plan: Plan[Translator], *, progress: bool) -> Translator:
         assert plan.entry is not None
         options = plan.options
         return build_translator(plan.entry, weights_file=plan.weights_file, weights_label=plan.weights_label,
                                 device=options.device, precision=options.precision, progress=progress)  # fmt: skip
 
     def run(
-        self, model: Any, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
+        self, model: Translator, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
     ) -> Iterator[Outcome]:
         from ._imagejobs import run_image_jobs
 
@@ -517,7 +518,7 @@ class TranslateTask(Task):
                 ("skipped", pa.bool_()), ("model", pa.string()), ("weights", pa.string()),
                 ("seconds", pa.float64())]  # fmt: skip
 
-    def report_header(self, model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    def report_header(self, model: Translator, params: Mapping[str, Any]) -> dict[str, Any]:
         size = params.get("size")
         return {"model": model.entry.model, "weights": model.weights_label, "size": str(size),
                 "tile": params.get("tile") if size == "full" else None, "device": str(model.device),
