@@ -22,6 +22,7 @@ demo: $(STAMP)
 # Lint and type-check first (seconds), then the whole suite, then the C kernel under the sanitizers.
 test: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
+	$(BIN)/ruff format --check ptm_cli tests scripts
 	$(BIN)/mypy ptm_cli
 	$(BIN)/python -m pytest -q
 	$(BIN)/python scripts/asan.py --examples 500
@@ -36,6 +37,7 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
+	$(BIN)/ruff format --check ptm_cli tests scripts
 	$(BIN)/mypy ptm_cli
 
 # Rebuild models/torchvision.json after upgrading torchvision.

@@ -242,13 +242,39 @@ def runtime_dir() -> Path:
 # output looks on a terminal (rich and click read them). Not PTM_DEBUG (a client with it set runs
 # its command itself, for the traceback) nor the server's own settings.
 _RESULT_VARIABLES = (
-    "PTM_CACHE_DIR", "PTM_CATALOG", "PTM_OFFLINE", "PTM_WEIGHTS_MIRROR", "PTM_DOWNLOAD_TIMEOUT",
-    "PTM_DOWNLOAD_RETRIES", "PTM_MAX_PIXELS", "PTM_EXTRA_FORMATS", "TORCH_HOME", "XDG_CACHE_HOME", "HOME",
-    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "GITHUB_TOKEN",
-    "CUDA_VISIBLE_DEVICES", "TMPDIR", "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE",
-    "TTY_INTERACTIVE", "CLICOLOR", "CLICOLOR_FORCE", "LANG", "LC_ALL", "LC_CTYPE",
+    "PTM_CACHE_DIR",
+    "PTM_CATALOG",
+    "PTM_OFFLINE",
+    "PTM_WEIGHTS_MIRROR",
+    "PTM_DOWNLOAD_TIMEOUT",
+    "PTM_DOWNLOAD_RETRIES",
+    "PTM_MAX_PIXELS",
+    "PTM_EXTRA_FORMATS",
+    "TORCH_HOME",
+    "XDG_CACHE_HOME",
+    "HOME",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "GITHUB_TOKEN",
+    "CUDA_VISIBLE_DEVICES",
+    "TMPDIR",
+    "TERM",
+    "COLORTERM",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "CLICOLOR",
+    "CLICOLOR_FORCE",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
     "PYTHONIOENCODING",
-)  # fmt: skip
+)
 
 
 def result_environment() -> dict[str, str]:
@@ -273,8 +299,17 @@ def check_side_pixels(option: str, side: int) -> None:
 def check_all() -> list[str]:
     """One message per variable whose value is not understood (for ``ptm doctor``)."""
     problems = []
-    for check in (debug, offline, max_pixels, download_timeout, download_attempts, extra_formats, server_mode,
-                  serve_idle_timeout, serve_keep_alive):  # fmt: skip
+    for check in (
+        debug,
+        offline,
+        max_pixels,
+        download_timeout,
+        download_attempts,
+        extra_formats,
+        server_mode,
+        serve_idle_timeout,
+        serve_keep_alive,
+    ):
         try:
             check()
         except ConfigError as exc:

@@ -158,13 +158,15 @@ def drift(fp32_file: Path, half_file: Path) -> list[dict[str, float]]:
     rows = []
     for a, b in zip(json.loads(fp32_file.read_text()), json.loads(half_file.read_text()), strict=True):
         top5 = sorted(range(len(a)), key=lambda i: -a[i])[:5]
-        rows.append({
-            "top1_prob": a[top5[0]],
-            "top1_same": float(top5[0] == max(range(len(b)), key=lambda i: b[i])),
-            "top5_same": float(top5 == sorted(range(len(b)), key=lambda i: -b[i])[:5]),
-            "max_prob_drift": max(abs(p - q) for p, q in zip(a, b, strict=True)),
-            "total_variation": sum(abs(p - q) for p, q in zip(a, b, strict=True)) / 2,
-        })  # fmt: skip
+        rows.append(
+            {
+                "top1_prob": a[top5[0]],
+                "top1_same": float(top5[0] == max(range(len(b)), key=lambda i: b[i])),
+                "top5_same": float(top5 == sorted(range(len(b)), key=lambda i: -b[i])[:5]),
+                "max_prob_drift": max(abs(p - q) for p, q in zip(a, b, strict=True)),
+                "total_variation": sum(abs(p - q) for p, q in zip(a, b, strict=True)) / 2,
+            }
+        )
     return rows
 
 
@@ -190,8 +192,9 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, bytes]:
 def timed_together(commands: list[list[str]], env: dict[str, str]) -> tuple[float, list[bytes]]:
     """Wall time from starting all of ``commands`` at once until the last one exits."""
     start = time.perf_counter()
-    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
-                 for c in commands]  # fmt: skip
+    processes = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env) for c in commands
+    ]
     outputs = [p.communicate()[0] for p in processes]
     seconds = time.perf_counter() - start
     failed = [p.returncode for p in processes if p.returncode != 0]
@@ -206,8 +209,22 @@ def serve_rows(folder: Path, weights: str, images: list[str], device: str) -> di
     env = {**os.environ, "XDG_RUNTIME_DIR": str(folder / "run")}
     env.pop("PTM_SERVER", None)
     (folder / "run").mkdir(mode=0o700)
-    classify = [ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
-                "--device", device, "-f", "jsonl"]  # fmt: skip
+    classify = [
+        ptm,
+        "classify",
+        "-m",
+        "resnet101",
+        "-w",
+        weights,
+        "--resize",
+        "256",
+        "--crop",
+        "224",
+        "--device",
+        device,
+        "-f",
+        "jsonl",
+    ]
     one, eight = images[0], images[:8]
     figures: dict[str, Any] = {}
     cold = [timed([*classify, one], env) for _ in range(20)]
@@ -220,13 +237,15 @@ def serve_rows(folder: Path, weights: str, images: list[str], device: str) -> di
         figures["sequential cold median s"] = statistics.median(s for s, _ in cold)
         figures["sequential warm median s"] = statistics.median(s for s, _ in warm)
         figures["sequential speed-up"] = figures["sequential cold median s"] / figures["sequential warm median s"]
-        status = json.loads(subprocess.run([ptm, "serve", "status", "-f", "jsonl"], check=True, env=env,
-                                           capture_output=True).stdout)  # fmt: skip
+        status = json.loads(
+            subprocess.run([ptm, "serve", "status", "-f", "jsonl"], check=True, env=env, capture_output=True).stdout
+        )
         passes = status["forward_passes"]
         clients = [[*classify, "--server", "auto", f] for f in eight]
         figures["8 clients, warm server s"], _ = timed_together(clients, env)
-        status = json.loads(subprocess.run([ptm, "serve", "status", "-f", "jsonl"], check=True, env=env,
-                                           capture_output=True).stdout)  # fmt: skip
+        status = json.loads(
+            subprocess.run([ptm, "serve", "status", "-f", "jsonl"], check=True, env=env, capture_output=True).stdout
+        )
         figures["8 clients, forward passes"] = status["forward_passes"] - passes
     finally:
         subprocess.run([ptm, "serve", "stop"], cwd=ROOT, env=env, capture_output=True)
@@ -241,8 +260,10 @@ def print_serve_rows(figures: dict[str, Any]) -> None:
     print(f"| `--server auto`, warm server | {figures['sequential warm median s']:.3f} |")
     print(f"| speed-up | {figures['sequential speed-up']:.0f}x |")
     print("\n| 8 one-file classifications at once | total wall s |\n|---|---:|")
-    print(f"| 8 clients, `--server auto`, warm server ({figures['8 clients, forward passes']} forward passes) | "
-          f"{figures['8 clients, warm server s']:.2f} |")  # fmt: skip
+    print(
+        f"| 8 clients, `--server auto`, warm server ({figures['8 clients, forward passes']} forward passes) | "
+        f"{figures['8 clients, warm server s']:.2f} |"
+    )
     print(f"| 8 cold processes | {figures['8 cold processes at once s']:.2f} |")
     print(f"| one cold `ptm classify` of the 8 files | {figures['one process, 8 files s']:.2f} |")
 
@@ -268,12 +289,24 @@ def batch_rows(folder: Path, weights: str, count: int, device: str) -> list[tupl
         if pipeline == "ptm classify":
             return [ptm, "classify", *model, "-f", "jsonl", *paths]
         engine = pipeline.rsplit(" ", 1)[-1]
-        return [ptm, "batch", "classify", *model, "--engine", engine, "--shard-size", str(shard), "--output",
-                str(out), *paths]  # fmt: skip
+        return [
+            ptm,
+            "batch",
+            "classify",
+            *model,
+            "--engine",
+            engine,
+            "--shard-size",
+            str(shard),
+            "--output",
+            str(out),
+            *paths,
+        ]
 
     rows = []
-    for n, pipeline in enumerate(("ptm classify", "ptm batch --engine local", "ptm batch --engine ray",
-                                  "ptm batch --engine spark")):  # fmt: skip
+    for n, pipeline in enumerate(
+        ("ptm classify", "ptm batch --engine local", "ptm batch --engine ray", "ptm batch --engine spark")
+    ):
         walls = []
         for paths in (images[:small], images):
             out = folder / f"batch-{n}-{len(paths)}"
@@ -322,14 +355,32 @@ def on_terminal(argv: list[str]) -> float:
 def progress_rows(weights: str, images: list[str], device: str, pairs: int = 3) -> dict[str, float]:
     """`ptm classify` over the same images with the progress display drawn (stderr a terminal) and without."""
     ptm = str(Path(PYTHON).parent / "ptm")
-    argv = [ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
-            "--device", device, "-f", "jsonl", *images]  # fmt: skip
+    argv = [
+        ptm,
+        "classify",
+        "-m",
+        "resnet101",
+        "-w",
+        weights,
+        "--resize",
+        "256",
+        "--crop",
+        "224",
+        "--device",
+        device,
+        "-f",
+        "jsonl",
+        *images,
+    ]
     shown, plain = [], []
     for _ in range(pairs):  # alternating, so drift in the machine's speed hits both alike
         shown.append(on_terminal(argv))
         plain.append(timed(argv, dict(os.environ))[0])
-    return {"with display s": statistics.median(shown), "without s": statistics.median(plain),
-            "ratio": statistics.median(shown) / statistics.median(plain)}  # fmt: skip
+    return {
+        "with display s": statistics.median(shown),
+        "without s": statistics.median(plain),
+        "ratio": statistics.median(shown) / statistics.median(plain),
+    }
 
 
 def print_progress_rows(figures: dict[str, float], count: int) -> None:
@@ -444,8 +495,10 @@ def main() -> None:
             folder = Path(tmp)
             figures = serve_rows(folder, make_weights(folder), make_images(folder, 8, (1280, 720)), args.device)
         load = os.getloadavg()[0]
-        print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at the end; python {sys.version.split()[0]}; "
-              f"{describe(args.device)}; ResNet101 at 224x224")  # fmt: skip
+        print(
+            f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at the end; python {sys.version.split()[0]}; "
+            f"{describe(args.device)}; ResNet101 at 224x224"
+        )
         print_serve_rows(figures)
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1))
@@ -508,8 +561,26 @@ def main() -> None:
 
         one = sets[next(iter(sets))][0]
         book_cold = wall([PYTHON, "-c", BOOK_SCRIPT, weights, device, one], runs=3)
-        ptm_cold = wall([ptm, "classify", "-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224",
-                         "--device", device, "-f", "jsonl", one], runs=3)  # fmt: skip
+        ptm_cold = wall(
+            [
+                ptm,
+                "classify",
+                "-m",
+                "resnet101",
+                "-w",
+                weights,
+                "--resize",
+                "256",
+                "--crop",
+                "224",
+                "--device",
+                device,
+                "-f",
+                "jsonl",
+                one,
+            ],
+            runs=3,
+        )
         help_wall = wall([ptm, "--help"], runs=5)
         figures.update({"book cold": book_cold, "ptm cold": ptm_cold, "ptm --help": help_wall})
 

@@ -181,14 +181,20 @@ def print_rows(rows: list[dict[str, Any]], batch: int) -> None:
 
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
     rounds = rows[0]["rounds"] if rows else 0
-    print(f"\nResNet101, batch {batch}, {os.cpu_count()} CPUs ({cpu_model()}, {bf16}); images/s after model load, "
-          f"median of {rounds} rounds (min-max); ratios are medians of per-round ratios")  # fmt: skip
-    print("\n| images | precision | network alone | network, OpenMP asleep | ptm pipeline | ptm / network "
-          "| ptm / network asleep | timm-style loop | ptm / timm |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"\nResNet101, batch {batch}, {os.cpu_count()} CPUs ({cpu_model()}, {bf16}); images/s after model load, "
+        f"median of {rounds} rounds (min-max); ratios are medians of per-round ratios"
+    )
+    print(
+        "\n| images | precision | network alone | network, OpenMP asleep | ptm pipeline | ptm / network "
+        "| ptm / network asleep | timm-style loop | ptm / timm |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
     for row in rows:
         timm_ratio = f"{row['ptm / timm']:.2f}x" if "ptm / timm" in row else "-"
-        print(f"| {row['images']} | {row['precision']} | {_cell(row, 'network')} | {_cell(row, 'network, teams')} | "
-              f"{_cell(row, 'ptm')} | {row['ptm / network']:.2f} | {row['ptm / network, teams']:.2f} | "
-              f"{_cell(row, 'timm')} | {timm_ratio} |")  # fmt: skip
+        print(
+            f"| {row['images']} | {row['precision']} | {_cell(row, 'network')} | {_cell(row, 'network, teams')} | "
+            f"{_cell(row, 'ptm')} | {row['ptm / network']:.2f} | {row['ptm / network, teams']:.2f} | "
+            f"{_cell(row, 'timm')} | {timm_ratio} |"
+        )
     if not timm_available():
         print("\n(timm is not installed, so the timm-style rows are left out: pip install -e '.[bench]')")

@@ -109,17 +109,24 @@ def print_translate_rows(figures: dict[str, Any]) -> None:
             continue
         base = row["generator heap"]["s_per_mp"]
         plain = row["generator plain"]["s_per_mp"]
-        print(f"| generator alone, plain loop, 1000x1000 | {precision} | {plain:.2f} | {plain / base:.2f}x | "
-              f"{row['generator plain']['peak_mib']:.0f} |")  # fmt: skip
-        print(f"| generator alone, reused heap, 1000x1000 | {precision} | {base:.2f} | 1.00x | "
-              f"{row['generator heap']['peak_mib']:.0f} |")  # fmt: skip
+        print(
+            f"| generator alone, plain loop, 1000x1000 | {precision} | {plain:.2f} | {plain / base:.2f}x | "
+            f"{row['generator plain']['peak_mib']:.0f} |"
+        )
+        print(
+            f"| generator alone, reused heap, 1000x1000 | {precision} | {base:.2f} | 1.00x | "
+            f"{row['generator heap']['peak_mib']:.0f} |"
+        )
         for label in ("1 MP", "12 MP"):
             r = row[label]
-            print(f"| ptm, {sizes[label]} photo | {precision} | {r['s_per_mp']:.2f} | "
-                  f"{r['s_per_mp'] / base:.2f}x | {r['peak_mib']:.0f} |")  # fmt: skip
+            print(
+                f"| ptm, {sizes[label]} photo | {precision} | {r['s_per_mp']:.2f} | "
+                f"{r['s_per_mp'] / base:.2f}x | {r['peak_mib']:.0f} |"
+            )
     if "bf16" in figures:
         fp32, bf16 = figures["fp32"], figures["bf16"]
         for label in ("generator heap", "1 MP", "12 MP"):
-            print(f"\nbf16 speed-up over fp32, {label}: {fp32[label]['s_per_mp'] / bf16[label]['s_per_mp']:.2f}x",
-                  end="")  # fmt: skip
+            print(
+                f"\nbf16 speed-up over fp32, {label}: {fp32[label]['s_per_mp'] / bf16[label]['s_per_mp']:.2f}x", end=""
+            )
         print()

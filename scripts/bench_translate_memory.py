@@ -106,8 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args, tiles[0])), flush=True)
         return 0
     for tile in tiles:  # one process per tile size: ru_maxrss is a high-water mark
-        cmd = [sys.executable, __file__, "--tiles", str(tile), "--width", str(args.width), "--height", str(args.height),
-               "--ngf", str(args.ngf), "--precision", args.precision, "--seed", str(args.seed)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--tiles",
+            str(tile),
+            "--width",
+            str(args.width),
+            "--height",
+            str(args.height),
+            "--ngf",
+            str(args.ngf),
+            "--precision",
+            args.precision,
+            "--seed",
+            str(args.seed),
+        ]
         if args.overlap is not None:
             cmd += ["--overlap", str(args.overlap)]
         subprocess.run(cmd, check=True)

@@ -15,8 +15,14 @@ PYTHON = sys.executable
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     """The last line ``python -c code args...`` prints, run from the project root; its stderr if it fails."""
-    out = subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, check=False, cwd=ROOT,
-                         env={**os.environ, **(env or {})})  # fmt: skip
+    out = subprocess.run(
+        [PYTHON, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode != 0:
         raise RuntimeError(f"a benchmark process exited {out.returncode}: {out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]

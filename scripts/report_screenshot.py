@@ -38,15 +38,51 @@ def main() -> None:
         page = folder / "report.html"
         env = {**os.environ, "PTM_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
         # Relative names, as a user in that folder would type them: the page shows what was typed.
-        subprocess.run([sys.executable, "-m", "ptm_cli", "classify", "-m", "resnet18", "-w", "./r18.pth",
-                        "-k", "3", "photos", "--report", "report.html", "-f", "jsonl"], env=env, check=False,
-                       cwd=folder, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ptm_cli",
+                "classify",
+                "-m",
+                "resnet18",
+                "-w",
+                "./r18.pth",
+                "-k",
+                "3",
+                "photos",
+                "--report",
+                "report.html",
+                "-f",
+                "jsonl",
+            ],
+            env=env,
+            check=False,
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+        )
         out = ROOT / "docs" / "report.png"
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--no-first-run",
-                        f"--user-data-dir={folder / 'profile'}", "--virtual-time-budget=5000", "--hide-scrollbars",
-                        "--window-size=1000,860", f"--screenshot={out}", page.as_uri()],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={folder / 'profile'}",
+                "--virtual-time-budget=5000",
+                "--hide-scrollbars",
+                "--window-size=1000,860",
+                f"--screenshot={out}",
+                page.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
     print(f"wrote {out.relative_to(ROOT)}")
 
 

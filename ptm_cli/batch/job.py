@@ -92,13 +92,27 @@ class Spec:
     @property
     def model_key(self) -> tuple[Any, ...]:
         """What identifies the loaded model, so a worker builds it once for all the shards it runs."""
-        return (self.task, self.entry.ref, self.weights_path, self.weights_sha256, self.device, self.precision,
-                self.resize, self.crop)  # fmt: skip
+        return (
+            self.task,
+            self.entry.ref,
+            self.weights_path,
+            self.weights_sha256,
+            self.device,
+            self.precision,
+            self.resize,
+            self.crop,
+        )
 
     def plan(self, weights_path: Path) -> Plan[Any]:
         """The plan a worker builds its model from: the driver's entry, the file it verified, the user's label."""
-        options = ModelOptions(model=self.entry.model, weights=self.weights_label, device=self.device,
-                               precision=self.precision, resize=self.resize, crop=self.crop)  # fmt: skip
+        options = ModelOptions(
+            model=self.entry.model,
+            weights=self.weights_label,
+            device=self.device,
+            precision=self.precision,
+            resize=self.resize,
+            crop=self.crop,
+        )
         return Plan(tasks.get(self.task), options, self.entry, weights_path)
 
 
@@ -194,28 +208,41 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     stored = _read_job(folder) if resume else None
     if stored is None and folder.is_dir() and any(folder.iterdir()):
         if resume:
-            raise UsageError(f"--output {request.output} holds no ptm batch job ({JOB_FILE}) and is not empty; "
-                             "give a new or empty folder")  # fmt: skip
+            raise UsageError(
+                f"--output {request.output} holds no ptm batch job ({JOB_FILE}) and is not empty; "
+                "give a new or empty folder"
+            )
         raise UsageError(
             f"--output {request.output} is not empty; add --resume to finish the job in it, or give a new folder"
         )
     weights_path = _verified_weights(plan)
     digest = hash_file(weights_path)
     spec = Spec(
-        task=task.name, entry=plan.entry, weights_path=str(weights_path), weights_sha256=digest,
-        weights_label=plan.weights_label, device=request.options.device, precision=request.options.precision,
-        resize=request.options.resize, crop=request.options.crop, params=params, cwd=os.getcwd(),
-        folder=str(folder.absolute()), folder_as_written=request.output, record_format=request.record_format,
+        task=task.name,
+        entry=plan.entry,
+        weights_path=str(weights_path),
+        weights_sha256=digest,
+        weights_label=plan.weights_label,
+        device=request.options.device,
+        precision=request.options.precision,
+        resize=request.options.resize,
+        crop=request.options.crop,
+        params=params,
+        cwd=os.getcwd(),
+        folder=str(folder.absolute()),
+        folder_as_written=request.output,
+        record_format=request.record_format,
         resume=resume,
-    )  # fmt: skip
+    )
     facts = _fingerprint(request, spec, task)
     if stored is not None:
         _check_same_job(request.output, stored, facts)
         names = read_manifest(folder)
         spec = _with_taken(spec, names)
         return Job(spec, names, request.shard_size)
-    listed = expand_inputs(request.inputs, recursive=request.recursive, files_from=request.files_from,
-                           stdin_list=stdin_list)  # fmt: skip
+    listed = expand_inputs(
+        request.inputs, recursive=request.recursive, files_from=request.files_from, stdin_list=stdin_list
+    )
     names = [item.name for item in listed]
     _write_new_job(folder, facts, names)
     return Job(_with_taken(spec, names), names, request.shard_size)
@@ -249,15 +276,28 @@ def _verified_weights(plan: Plan[Any]) -> Path:
 
 def _fingerprint(request: Request, spec: Spec, task: Any) -> dict[str, Any]:
     """What makes two runs the same job: the options that change the records, and the inputs as given."""
-    own = {option.name: spec.params.get(option.name) for option in task.options
-           if option.stage == "run" and option.records and option.batch_flags}  # fmt: skip
+    own = {
+        option.name: spec.params.get(option.name)
+        for option in task.options
+        if option.stage == "run" and option.records and option.batch_flags
+    }
     return {
-        "ptm_batch_job": JOB_VERSION, "task": spec.task, "model": spec.entry.ref, "weights": spec.weights_label,
-        "weights_sha256": spec.weights_sha256, "resize": spec.resize, "crop": spec.crop,
-        "precision": spec.precision, **own, "format": spec.record_format, "shard_size": request.shard_size,
-        "inputs": list(request.inputs), "recursive": request.recursive, "files_from": request.files_from,
+        "ptm_batch_job": JOB_VERSION,
+        "task": spec.task,
+        "model": spec.entry.ref,
+        "weights": spec.weights_label,
+        "weights_sha256": spec.weights_sha256,
+        "resize": spec.resize,
+        "crop": spec.crop,
+        "precision": spec.precision,
+        **own,
+        "format": spec.record_format,
+        "shard_size": request.shard_size,
+        "inputs": list(request.inputs),
+        "recursive": request.recursive,
+        "files_from": request.files_from,
         "cwd": spec.cwd,
-    }  # fmt: skip
+    }
 
 
 def _check_same_job(output: str, stored: dict[str, Any], facts: dict[str, Any]) -> None:
@@ -316,8 +356,11 @@ def destination(spec: Spec, folder: Path) -> Any:
     """Where a task that writes images puts them in a job: ``folder``/images, names kept, nothing replaced."""
     from ..output.imagefiles import Destination
 
-    return Destination(directory=folder / IMAGES_DIR, suffix=str(spec.params.get("suffix") or ""),
-                       image_format=spec.params.get("image_format"))  # fmt: skip
+    return Destination(
+        directory=folder / IMAGES_DIR,
+        suffix=str(spec.params.get("suffix") or ""),
+        image_format=spec.params.get("image_format"),
+    )
 
 
 def _with_taken(spec: Spec, names: list[str]) -> Spec:

@@ -102,9 +102,12 @@ def _run_on_cluster(ray: Any, spec: Spec, shards: list[Shard]) -> Iterator[dict[
     rows = [{"shard": s.index, "start": s.start, "names": json.dumps(list(s.names))} for s in shards]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     options: dict[str, Any] = dict(
-        fn_constructor_kwargs={"spec": spec}, batch_size=1, batch_format="numpy",
-        compute=ActorPoolStrategy(size=actors), **per_actor,
-    )  # fmt: skip
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=actors),
+        **per_actor,
+    )
     try:
         # Ray retries a lost actor's work forever by default: an input that kills its worker every time (a
         # decoder crash, the OOM killer) would then hang the job. A few tries, then WorkerFailed records.

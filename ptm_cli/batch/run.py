@@ -94,8 +94,14 @@ def run_job(
 
 
 def _drive(
-    run: Callable[..., Iterator[dict[str, Any]]], spec: Spec, todo: list[Shard], *, engine: str,
-    address: str | None, notify: Notify, on_shard: Callable[[int, int], None] | None = None,
+    run: Callable[..., Iterator[dict[str, Any]]],
+    spec: Spec,
+    todo: list[Shard],
+    *,
+    engine: str,
+    address: str | None,
+    notify: Notify,
+    on_shard: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[int, str], str | None]:
     """Run ``todo`` on the engine: the shards that could not be written, and why the engine stopped (if it did)."""
     problems: dict[int, str] = {}
@@ -178,12 +184,22 @@ def summarise(
             ok += 1
     images_run = sum(len(s.names) for s in ran)
     summary: dict[str, Any] = {
-        "task": spec.task, "engine": engine, "model": spec.entry.model, "weights": spec.weights_label,
-        "weights_sha256": spec.weights_sha256, "format": spec.record_format, "inputs": len(job.names), "ok": ok,
-        "failed": sum(errors_by_type.values()), "errors": dict(sorted(errors_by_type.items())),
-        "shards": len(job.shards), "shards_run": len(ran), "images_run": images_run,
-        "wall_seconds": round(wall, 3), "images_per_second": round(images_run / wall, 2) if wall > 0 else None,
-    }  # fmt: skip
+        "task": spec.task,
+        "engine": engine,
+        "model": spec.entry.model,
+        "weights": spec.weights_label,
+        "weights_sha256": spec.weights_sha256,
+        "format": spec.record_format,
+        "inputs": len(job.names),
+        "ok": ok,
+        "failed": sum(errors_by_type.values()),
+        "errors": dict(sorted(errors_by_type.items())),
+        "shards": len(job.shards),
+        "shards_run": len(ran),
+        "images_run": images_run,
+        "wall_seconds": round(wall, 3),
+        "images_per_second": round(images_run / wall, 2) if wall > 0 else None,
+    }
     if stopped:
         summary["stopped"] = stopped
     return summary

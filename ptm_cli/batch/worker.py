@@ -116,8 +116,16 @@ def run_shard_to_file(spec: Spec, shard: Shard) -> dict[str, Any]:
     this shard could not be written; its inputs become ``WorkerFailed``.
     """
     started = time.perf_counter()
-    status: dict[str, Any] = {"shard": shard.index, "count": 0, "failed": 0, "seconds": 0.0, "pid": os.getpid(),
-                              "problem": "", "fatal_type": "", "fatal_message": ""}  # fmt: skip
+    status: dict[str, Any] = {
+        "shard": shard.index,
+        "count": 0,
+        "failed": 0,
+        "seconds": 0.0,
+        "pid": os.getpid(),
+        "problem": "",
+        "fatal_type": "",
+        "fatal_message": "",
+    }
     try:
         records = run_shard(spec, shard)
     except InputError as exc:  # cannot happen per input (those are records), so it is about the shard
@@ -127,14 +135,17 @@ def run_shard_to_file(spec: Spec, shard: Shard) -> dict[str, Any]:
         status.update(fatal_type=exc.kind, fatal_message=str(exc))
         return status
     except Exception as exc:  # a bug: the driver reports it as one, with the worker's traceback
-        status.update(fatal_type="internal", fatal_message=f"{type(exc).__name__}: {first_line(exc, 300)}\n"
-                      + traceback.format_exc())  # fmt: skip
+        status.update(
+            fatal_type="internal",
+            fatal_message=f"{type(exc).__name__}: {first_line(exc, 300)}\n" + traceback.format_exc(),
+        )
         return status
     try:
         write_shard(spec.shard_path(shard.index), records, spec.record_format, spec.task)
     except OSError as exc:
         status["problem"] = f"cannot write {spec.shard_path(shard.index)}: {exc.strerror or exc}"
         return status
-    status.update(count=len(records), failed=sum("error" in r for r in records),
-                  seconds=round(time.perf_counter() - started, 3))  # fmt: skip
+    status.update(
+        count=len(records), failed=sum("error" in r for r in records), seconds=round(time.perf_counter() - started, 3)
+    )
     return status

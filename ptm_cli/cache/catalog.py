@@ -101,7 +101,7 @@ def _entry_file_name(url: str | None, explicit: str | None, where: str) -> str |
     if url:
         name = Path(urlsplit(url).path).name
         if not name:
-            raise ConfigError(f"{where}: cannot take a file name from url {url!r}; add file_name = \"...\"")
+            raise ConfigError(f'{where}: cannot take a file name from url {url!r}; add file_name = "..."')
         return name
     return None
 
@@ -154,11 +154,34 @@ def _optional(value: Any, kind: type | tuple[type, ...], key: str, where: str) -
 
 
 _KNOWN_KEYS = {
-    "name", "model", "weights", "task", "architecture", "url", "sha256", "file_name", "size_mb",
-    "default", "labels", "num_classes", "num_params", "acc1", "acc5", "gflops", "resize", "crop",
-    "interpolation", "mean", "std", "licence", "license", "description", "builder_kwargs",
-    "min_size", "recipe",
-}  # fmt: skip
+    "name",
+    "model",
+    "weights",
+    "task",
+    "architecture",
+    "url",
+    "sha256",
+    "file_name",
+    "size_mb",
+    "default",
+    "labels",
+    "num_classes",
+    "num_params",
+    "acc1",
+    "acc5",
+    "gflops",
+    "resize",
+    "crop",
+    "interpolation",
+    "mean",
+    "std",
+    "licence",
+    "license",
+    "description",
+    "builder_kwargs",
+    "min_size",
+    "recipe",
+}
 
 
 def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | None = None) -> Entry:
@@ -390,9 +413,7 @@ class Catalog:
         for key, entry in variants.items():
             if key.upper() == wanted:
                 return entry
-        raise UnknownModel(
-            f"model {name!r} has no weights {weights!r}; it has {', '.join(variants)} (or DEFAULT)"
-        )
+        raise UnknownModel(f"model {name!r} has no weights {weights!r}; it has {', '.join(variants)} (or DEFAULT)")
 
 
 def load_labels(entry: Entry) -> list[str] | None:

@@ -103,9 +103,7 @@ def cached_path(entry: Entry) -> Path:
         raise WeightsError(f"{entry.ref} has neither a url nor a file_name in its catalog entry; add one of them")
     problem = file_name_problem(name)
     if problem:
-        raise WeightsError(
-            f"{entry.ref}: its file name {name!r} {problem}; give its catalog entry another file_name"
-        )
+        raise WeightsError(f"{entry.ref}: its file name {name!r} {problem}; give its catalog entry another file_name")
     return cache_dir() / name
 
 
@@ -353,9 +351,7 @@ def fetch(entry: Entry, *, progress: bool = True, validate: Validator | None = N
     return path
 
 
-def load_weights(
-    entry: Entry, *, progress: bool = True, validate: Validator | None = None
-) -> dict[str, torch.Tensor]:
+def load_weights(entry: Entry, *, progress: bool = True, validate: Validator | None = None) -> dict[str, torch.Tensor]:
     """``entry``'s tensors from its verified cached file (downloaded first if needed)."""
     path = fetch(entry, progress=progress, validate=validate)
     try:
@@ -610,4 +606,3 @@ def prune(max_age: float = ORPHAN_AGE) -> list[Path]:
             raise WeightsError(f"cannot delete {path} ({exc.strerror}); check the folder's permissions") from None
         removed.append(path)
     return removed
-

@@ -25,24 +25,54 @@ from .progress import RunProgress
 
 job_options = stack(
     input_options,
-    click.option("--output", "output", required=True, metavar="DIR",
-                 help="Folder for the job: manifest, shard files, summary (and images/ for tasks that write images)."),
-    click.option("--engine", type=click.Choice(["local", "ray", "spark"]), default="local", show_default=True,
-                 help="Where shards run: this process, a Ray cluster, or Spark."),
-    click.option("--format", "record_format", type=click.Choice(["jsonl", "parquet"]), default="jsonl",
-                 show_default=True, help="Format of the shard files (parquet needs pyarrow)."),
-    click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
-                 help="Inputs per shard: the unit of work, retry and --resume."),
-    click.option("--resume", is_flag=True,
-                 help="Finish the job in DIR: keep the shards whose files are complete, run the rest."),
-    click.option("--address", metavar="ADDRESS",
-                 help="Ray cluster (auto, ray://HOST:PORT) or Spark master (spark://HOST:PORT); default: here."),
+    click.option(
+        "--output",
+        "output",
+        required=True,
+        metavar="DIR",
+        help="Folder for the job: manifest, shard files, summary (and images/ for tasks that write images).",
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(["local", "ray", "spark"]),
+        default="local",
+        show_default=True,
+        help="Where shards run: this process, a Ray cluster, or Spark.",
+    ),
+    click.option(
+        "--format",
+        "record_format",
+        type=click.Choice(["jsonl", "parquet"]),
+        default="jsonl",
+        show_default=True,
+        help="Format of the shard files (parquet needs pyarrow).",
+    ),
+    click.option(
+        "--shard-size",
+        default=1000,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Inputs per shard: the unit of work, retry and --resume.",
+    ),
+    click.option(
+        "--resume", is_flag=True, help="Finish the job in DIR: keep the shards whose files are complete, run the rest."
+    ),
+    click.option(
+        "--address",
+        metavar="ADDRESS",
+        help="Ray cluster (auto, ray://HOST:PORT) or Spark master (spark://HOST:PORT); default: here.",
+    ),
     device_option,
     precision_option,
-    click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-                 help="Images per forward pass on each worker."),
+    click.option(
+        "--batch-size",
+        default=8,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Images per forward pass on each worker.",
+    ),
     quiet_option,
-)  # fmt: skip
+)
 
 
 class TaskGroup(click.Group):
@@ -61,13 +91,23 @@ class TaskGroup(click.Group):
             return super().get_command(ctx, name)
         decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
             job_options,
-            click.option("-m", "--model", default=task.default_model, required=task.default_model is None,
-                         show_default=task.default_model is not None,
-                         help=f"Model name (see `ptm models --task {task.name}`)."),
-            click.option("-w", "--weights", default="DEFAULT", show_default=True,
-                         help="Weights variant, or the path of a local weights file (every worker must see it)."),
+            click.option(
+                "-m",
+                "--model",
+                default=task.default_model,
+                required=task.default_model is None,
+                show_default=task.default_model is not None,
+                help=f"Model name (see `ptm models --task {task.name}`).",
+            ),
+            click.option(
+                "-w",
+                "--weights",
+                default="DEFAULT",
+                show_default=True,
+                help="Weights variant, or the path of a local weights file (every worker must see it).",
+            ),
             *(click_option(option, option.batch_flags) for option in task.options if option.batch_flags),
-        ]  # fmt: skip
+        ]
 
         def callback(**params: Any) -> int:
             return _run(task, params)
@@ -98,24 +138,43 @@ def _run(task: Any, params: dict[str, Any]) -> int:
         raise click.UsageError("give at least one image, directory or --files-from")
     engine, output, quiet = params.pop("engine"), params.pop("output"), params.pop("quiet")
     engine_runner(engine)  # a missing engine fails before the job folder is made
-    model_fields = {option.name: params.pop(option.name) for option in task.options
-                    if option.stage == "model" and option.name in params}  # fmt: skip
-    options = ModelOptions(model=params.pop("model"), weights=params.pop("weights"), device=params.pop("device"),
-                           precision=params.pop("precision"), **model_fields)  # fmt: skip
-    request = Request(task=task.name, options=options, inputs=images, output=output, recursive=params.pop("recursive"),
-                      files_from=files_from, record_format=params.pop("record_format"),
-                      shard_size=params.pop("shard_size"), batch_size=params.pop("batch_size"),
-                      params={k: v for k, v in params.items() if k not in ("resume", "address")})  # fmt: skip
+    model_fields = {
+        option.name: params.pop(option.name)
+        for option in task.options
+        if option.stage == "model" and option.name in params
+    }
+    options = ModelOptions(
+        model=params.pop("model"),
+        weights=params.pop("weights"),
+        device=params.pop("device"),
+        precision=params.pop("precision"),
+        **model_fields,
+    )
+    request = Request(
+        task=task.name,
+        options=options,
+        inputs=images,
+        output=output,
+        recursive=params.pop("recursive"),
+        files_from=files_from,
+        record_format=params.pop("record_format"),
+        shard_size=params.pop("shard_size"),
+        batch_size=params.pop("batch_size"),
+        params={k: v for k, v in params.items() if k not in ("resume", "address")},
+    )
     stdin = streams.stdin()
     job = plan_job(request, resume=params["resume"], stdin_list=stdin.buffer if files_from == "-" else None)
     with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
         progress.set_total(sum(len(s.names) for s in job.shards))
-        summary = run_job(job, engine=engine, address=params["address"], notify=progress.note,
-                          on_shard=progress.advance_by)  # fmt: skip
+        summary = run_job(
+            job, engine=engine, address=params["address"], notify=progress.note, on_shard=progress.advance_by
+        )
         out.write(json.dumps(summary) + "\n")
     if summary["inputs"]:
-        note(f"{summary['ok']} of {summary['inputs']} inputs done in {summary['wall_seconds']:.1f} s; "
-             f"`ptm batch merge {output}` prints the records")  # fmt: skip
+        note(
+            f"{summary['ok']} of {summary['inputs']} inputs done in {summary['wall_seconds']:.1f} s; "
+            f"`ptm batch merge {output}` prints the records"
+        )
     return outcome(summary["inputs"], summary["failed"])
 
 

@@ -75,9 +75,15 @@ def hub_load(repo: str, entry: str, args: tuple[str, ...], trust_repo: bool, fmt
         columns = ["repo", "entry", "class", "params", "source", "trusted_by"]
         with writer(out, fmt, columns=columns) as records:
             records.write(
-                {"repo": info.repo, "entry": info.entry, "class": info.class_name, "params": info.num_params,
-                 "source": info.source, "trusted_by": info.trusted_by}
-            )  # fmt: skip
+                {
+                    "repo": info.repo,
+                    "entry": info.entry,
+                    "class": info.class_name,
+                    "params": info.num_params,
+                    "source": info.source,
+                    "trusted_by": info.trusted_by,
+                }
+            )
     return EXIT_OK
 
 

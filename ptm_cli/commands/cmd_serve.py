@@ -17,15 +17,34 @@ SECONDS = click.FloatRange(min=0, min_open=True)
 
 def server_settings(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--idle-timeout", type=SECONDS, metavar="SECONDS",
-                     help="Exit after this long with no client. Default: $PTM_SERVE_IDLE_TIMEOUT, else 900."),
-        click.option("--keep-alive", type=SECONDS, metavar="SECONDS",
-                     help="Unload a model nobody used for this long. Default: $PTM_SERVE_KEEP_ALIVE, else 300."),
-        click.option("--max-models", type=click.IntRange(min=1), default=3, show_default=True,
-                     help="Models kept loaded at once; the least recently used goes first."),
-        click.option("--batch-window", type=click.FloatRange(min=0), default=5.0, show_default=True,
-                     metavar="MS", help="Milliseconds a forward pass waits for other clients' images to join it."),
-    ]  # fmt: skip
+        click.option(
+            "--idle-timeout",
+            type=SECONDS,
+            metavar="SECONDS",
+            help="Exit after this long with no client. Default: $PTM_SERVE_IDLE_TIMEOUT, else 900.",
+        ),
+        click.option(
+            "--keep-alive",
+            type=SECONDS,
+            metavar="SECONDS",
+            help="Unload a model nobody used for this long. Default: $PTM_SERVE_KEEP_ALIVE, else 300.",
+        ),
+        click.option(
+            "--max-models",
+            type=click.IntRange(min=1),
+            default=3,
+            show_default=True,
+            help="Models kept loaded at once; the least recently used goes first.",
+        ),
+        click.option(
+            "--batch-window",
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            metavar="MS",
+            help="Milliseconds a forward pass waits for other clients' images to join it.",
+        ),
+    ]
     for option in reversed(options):
         f = option(f)
     return f
@@ -89,9 +108,16 @@ def start(**settings_: Any) -> int:
             sock.close()
             note(f"a server is already running on {path}")
             return EXIT_OK
-        arguments = ["--idle-timeout", repr(chosen.idle_timeout), "--keep-alive", repr(chosen.keep_alive),
-                     "--max-models", str(chosen.max_models),
-                     "--batch-window", repr(chosen.batch_window * 1000)]  # fmt: skip
+        arguments = [
+            "--idle-timeout",
+            repr(chosen.idle_timeout),
+            "--keep-alive",
+            repr(chosen.keep_alive),
+            "--max-models",
+            str(chosen.max_models),
+            "--batch-window",
+            repr(chosen.batch_window * 1000),
+        ]
         pid = start_server(folder, arguments)
     note(f"started a server (pid {pid}) on {path}; its log is {folder / LOG_NAME}")
     return EXIT_OK

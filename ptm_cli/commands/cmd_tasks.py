@@ -55,9 +55,7 @@ def command(name: str) -> click.Command | None:
         return run_task(name, params)
 
     help_text = task.help if alias is None else alias.help
-    built = click.command(name, context_settings=CONTEXT, help=help_text)(
-        stack(*decorators)(callback)
-    )
+    built = click.command(name, context_settings=CONTEXT, help=help_text)(stack(*decorators)(callback))
     return built
 
 
@@ -74,8 +72,13 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     if "hub_args" in model_fields:
         model_fields["hub_args"] = tuple(model_fields["hub_args"])
     model = alias.model if alias is not None else params.pop("model")
-    options = ModelOptions(model=model, weights=params.pop("weights"), device=params.pop("device"),
-                           precision=params.pop("precision"), **model_fields)  # fmt: skip
+    options = ModelOptions(
+        model=model,
+        weights=params.pop("weights"),
+        device=params.pop("device"),
+        precision=params.pop("precision"),
+        **model_fields,
+    )
     images, recursive, files_from = params.pop("images"), params.pop("recursive"), params.pop("files_from")
     report_path, quiet, fmt = params.pop("report_path"), params.pop("quiet"), params.pop("fmt", None)
     task.check(params)
@@ -108,10 +111,15 @@ def run_task(name: str, params: dict[str, Any]) -> int:
             binary.flush()
 
         context = RunContext(
-            destination=destination, force=bool(params.get("force")), skip_existing=bool(params.get("skip_existing")),
-            emit_bytes=emit if to_stdout else None, on_image=None if report is None else report.keep_thumbnail,
-            keep_images=report is not None, on_note=progress.note, on_tile=progress.tiles,
-        )  # fmt: skip
+            destination=destination,
+            force=bool(params.get("force")),
+            skip_existing=bool(params.get("skip_existing")),
+            emit_bytes=emit if to_stdout else None,
+            on_image=None if report is None else report.keep_thumbnail,
+            keep_images=report is not None,
+            on_note=progress.note,
+            on_tile=progress.tiles,
+        )
         flush_every = int(params.get(task.flush_every, 1)) if task.flush_every else 1
         # With the image on stdout, records go to stderr, and only failures: stdout holds nothing else.
         with task.writer(streams.stderr() if to_stdout else out, fmt) as records:
@@ -142,8 +150,14 @@ def _destination(
     from ..output.imagefiles import make_destination
 
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
-    destination = make_destination(params["output"], params["output_dir"], params["suffix"], params["image_format"],
-                                   1 if single else 2, beside_tag=tag)  # fmt: skip
+    destination = make_destination(
+        params["output"],
+        params["output_dir"],
+        params["suffix"],
+        params["image_format"],
+        1 if single else 2,
+        beside_tag=tag,
+    )
     if destination.beside and "-" in images:
         raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")
     return destination

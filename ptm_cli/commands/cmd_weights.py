@@ -30,9 +30,12 @@ def _entry(name: str, weights_name: str | None) -> Any:
 
 
 weights_option = click.option(
-    "-w", "--weights", "weights_name", shell_complete=completion.weights,
+    "-w",
+    "--weights",
+    "weights_name",
+    shell_complete=completion.weights,
     help="Weights variant (default: the model's default).",
-)  # fmt: skip
+)
 name_argument = click.argument("name", shell_complete=completion.models())
 
 
@@ -230,8 +233,18 @@ def weights_inspect(target: str, fmt: str | None) -> int:
 
             out.write(json.dumps({**summary, "tensors": rows}, indent=1) + "\n")
         else:
-            columns = ["name", "shape", "dtype", "numel", "bytes", "stride", "offset", "contiguous", "storage",
-                       "shares_with"]  # fmt: skip
+            columns = [
+                "name",
+                "shape",
+                "dtype",
+                "numel",
+                "bytes",
+                "stride",
+                "offset",
+                "contiguous",
+                "storage",
+                "shares_with",
+            ]
             with writer(out, chosen, columns=columns) as records:
                 for row in rows:
                     records.write(row)
@@ -270,10 +283,17 @@ def weights_convert(src: Path, dst: Path, dtype: str | None, force: bool, fmt: s
         report = convert_file(src, dst, dtype=dtype, force=force)
         with writer(out, fmt, columns=columns) as records:
             records.write(
-                {"src": str(report.src), "dst": str(report.dst), "tensors": report.tensors,
-                 "bytes_written": report.bytes_written, "dtype": report.dtype, "cast": len(report.cast),
-                 "made_contiguous": len(report.made_contiguous), "duplicated": len(report.duplicated)}
-            )  # fmt: skip
+                {
+                    "src": str(report.src),
+                    "dst": str(report.dst),
+                    "tensors": report.tensors,
+                    "bytes_written": report.bytes_written,
+                    "dtype": report.dtype,
+                    "cast": len(report.cast),
+                    "made_contiguous": len(report.made_contiguous),
+                    "duplicated": len(report.duplicated),
+                }
+            )
     return EXIT_OK
 
 

@@ -90,9 +90,14 @@ server_option = click.option(
 
 def model_option(task: str, *, default: str | None, help: str) -> Decorator:
     return click.option(
-        "-m", "--model", default=default, required=default is None, show_default=default is not None,
-        shell_complete=completion.models(task), help=help,
-    )  # fmt: skip
+        "-m",
+        "--model",
+        default=default,
+        required=default is None,
+        show_default=default is not None,
+        shell_complete=completion.models(task),
+        help=help,
+    )
 
 
 def weights_option(help: str) -> Decorator:
@@ -127,5 +132,6 @@ def click_option(option: Option, flags: tuple[str, ...]) -> Decorator:
         extra["default"] = option.default
     if option.completion == "weights":
         extra["shell_complete"] = completion.weights
-    return click.option(*flags, option.name, metavar=option.metavar, show_default=option.show_default,
-                        help=option.help, **extra)  # fmt: skip
+    return click.option(
+        *flags, option.name, metavar=option.metavar, show_default=option.show_default, help=option.help, **extra
+    )

@@ -426,9 +426,11 @@ def diagnose(report: dict[str, Any]) -> tuple[list[str], list[str]]:
     if "compiler" in torch_section and torch_section["compiler"] is None:
         warnings.append("no C++ compiler found (install g++ or set CXX): classify --compile cannot run on the CPU")
     if _section(report, "ptm").get("fused_resize") is False:
-        warnings.append("ptm's C extension (the fused resize-and-crop) is not in use: classifiers preprocess through "
-                        "Pillow, with the same results, about 2 ms slower a photo; reinstall ptm where a C compiler "
-                        "is found (e.g. apt install gcc), or check it against this Pillow's version")  # fmt: skip
+        warnings.append(
+            "ptm's C extension (the fused resize-and-crop) is not in use: classifiers preprocess through "
+            "Pillow, with the same results, about 2 ms slower a photo; reinstall ptm where a C compiler "
+            "is found (e.g. apt install gcc), or check it against this Pillow's version"
+        )
     return problems + cache_problems, warnings
 
 

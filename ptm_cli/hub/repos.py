@@ -179,7 +179,6 @@ def cached_repos() -> list[Path]:
     return [child for child in children if child.is_dir() and (child / HUBCONF).is_file()]
 
 
-
 def check_entry_name(entry: str) -> None:
     if not entry.isidentifier() or keyword.iskeyword(entry):
         raise UsageError(f"{entry!r} is not an entry point name; `ptm hub list REPO` lists them")
@@ -195,5 +194,3 @@ def parse_model_spec(spec: str) -> tuple[HubRepo, str]:
         raise UsageError(f"{spec!r} names no entry point; use hub:OWNER/NAME[:REF]/ENTRY or hub:./dir/ENTRY")
     check_entry_name(entry)
     return parse_repo(repo_part), entry
-
-

@@ -516,5 +516,3 @@ def parse_kwargs(items: Iterable[str]) -> dict[str, Any]:
             raise UsageError(f"argument {key} is given twice")
         result[key] = _parse_value(raw.strip())
     return result
-
-

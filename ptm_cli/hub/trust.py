@@ -101,5 +101,3 @@ def authorize(repo: HubRepo, trust_repo: bool) -> str:
         raise _untrusted(repo)
     trust(repo)
     return TRUST_FLAG
-
-

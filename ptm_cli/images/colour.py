@@ -143,9 +143,12 @@ def _apply_profile(
         return rgb
     try:
         transform = ImageCms.buildTransform(
-            source, ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")), in_mode, "RGB",
+            source,
+            ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")),
+            in_mode,
+            "RGB",
             renderingIntent=ImageCms.Intent.PERCEPTUAL,
-        )  # fmt: skip
+        )
         converted = ImageCms.applyTransform(pixels, transform)
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
         _notify(f"{name}: its colour profile is damaged ({_reason(exc)}); its colours are used as sRGB", on_note)

@@ -45,8 +45,17 @@ AVIF plugin (its wheels do).
 
 # Pillow's try order; MPO is reached through the JPEG plugin.
 _DEFAULT_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
-_PLUGIN_MODULES = ("JpegImagePlugin", "MpoImagePlugin", "PngImagePlugin", "WebPImagePlugin", "GifImagePlugin",
-                   "BmpImagePlugin", "TiffImagePlugin", "PpmImagePlugin", "AvifImagePlugin")  # fmt: skip
+_PLUGIN_MODULES = (
+    "JpegImagePlugin",
+    "MpoImagePlugin",
+    "PngImagePlugin",
+    "WebPImagePlugin",
+    "GifImagePlugin",
+    "BmpImagePlugin",
+    "TiffImagePlugin",
+    "PpmImagePlugin",
+    "AvifImagePlugin",
+)
 
 NEVER_OPENED: dict[str, str] = {
     "EPS": "Pillow renders it by running Ghostscript",
@@ -151,8 +160,9 @@ def avif_available() -> bool:
 
 # --- sniffing -------------------------------------------------------------------------------------
 
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1",
-                          b"mif2"})  # fmt: skip
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+)
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
@@ -299,10 +309,21 @@ _RAW_SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
 )
 
 # The maker's name (TIFF tag Make) of RAW files built on TIFF, and what the format is called.
-_RAW_MAKERS = {"NIKON": "Nikon NEF", "SONY": "Sony ARW", "PENTAX": "Pentax PEF", "RICOH": "Pentax PEF",
-               "SAMSUNG": "Samsung SRW", "CANON": "Canon CR2", "HASSELBLAD": "Hasselblad 3FR",
-               "KODAK": "Kodak DCR", "LEAF": "Leaf MOS", "PHASE ONE": "Phase One IIQ",
-               "SEIKO EPSON": "Epson ERF", "MAMIYA": "Mamiya MEF", "LEICA": "Leica RAW"}  # fmt: skip
+_RAW_MAKERS = {
+    "NIKON": "Nikon NEF",
+    "SONY": "Sony ARW",
+    "PENTAX": "Pentax PEF",
+    "RICOH": "Pentax PEF",
+    "SAMSUNG": "Samsung SRW",
+    "CANON": "Canon CR2",
+    "HASSELBLAD": "Hasselblad 3FR",
+    "KODAK": "Kodak DCR",
+    "LEAF": "Leaf MOS",
+    "PHASE ONE": "Phase One IIQ",
+    "SEIKO EPSON": "Epson ERF",
+    "MAMIYA": "Mamiya MEF",
+    "LEICA": "Leica RAW",
+}
 
 _TAG_NEW_SUBFILE_TYPE, _TAG_COMPRESSION, _TAG_PHOTOMETRIC, _TAG_MAKE = 0x00FE, 0x0103, 0x0106, 0x010F
 _TAG_SUB_IFDS, _TAG_DNG_VERSION = 0x014A, 0xC612
@@ -328,8 +349,18 @@ def _tiff_ifd(stream: IO[bytes], offset: int, endian: str) -> dict[int, tuple[in
     for at in range(0, len(table) - 11, 12):
         tag, kind, n = struct.unpack(endian + "HHI", table[at : at + 8])
         size = _TIFF_TYPE_SIZES.get(kind, 0) * n
-        if tag not in (_TAG_NEW_SUBFILE_TYPE, _TAG_COMPRESSION, _TAG_PHOTOMETRIC, _TAG_MAKE, _TAG_SUB_IFDS,
-                       _TAG_DNG_VERSION) or not 0 < size <= 64:  # fmt: skip
+        if (
+            tag
+            not in (
+                _TAG_NEW_SUBFILE_TYPE,
+                _TAG_COMPRESSION,
+                _TAG_PHOTOMETRIC,
+                _TAG_MAKE,
+                _TAG_SUB_IFDS,
+                _TAG_DNG_VERSION,
+            )
+            or not 0 < size <= 64
+        ):
             continue
         raw = (
             table[at + 8 : at + 8 + size]
@@ -411,9 +442,12 @@ def decode_camera_raw(
             sizes = raw.sizes
             check_size((sizes.width, sizes.height))
             pixels = raw.postprocess(
-                use_camera_wb=True, no_auto_bright=True, output_bps=8, gamma=(2.4, 12.92),
+                use_camera_wb=True,
+                no_auto_bright=True,
+                output_bps=8,
+                gamma=(2.4, 12.92),
                 output_color=rawpy.ColorSpace.sRGB,
-            )  # fmt: skip
+            )
     except rawpy.LibRawError as exc:
         detail = exc.args[0] if exc.args else exc
         reason = detail.decode(errors="replace") if isinstance(detail, bytes) else first_line(exc, 120)
@@ -426,6 +460,8 @@ def decode_camera_raw(
     if pixels.ndim == 3 and pixels.shape[2] == 1:  # a monochrome sensor (or a mosaic LibRaw reads as one)
         return Image.fromarray(pixels[:, :, 0]).convert("RGB")
     if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise UnreadableImage(f"{name} is a camera RAW file ({kind}) that LibRaw developed into {pixels.shape} "
-                              "values instead of an RGB picture; it is probably corrupt.")  # fmt: skip
+        raise UnreadableImage(
+            f"{name} is a camera RAW file ({kind}) that LibRaw developed into {pixels.shape} "
+            "values instead of an RGB picture; it is probably corrupt."
+        )
     return Image.fromarray(pixels)

@@ -20,6 +20,7 @@ from ..errors import InputError, InputNotFound, UsageError
 if TYPE_CHECKING:
     from PIL import Image
 
+
 class ImageInput(NamedTuple):
     """One image to process: a file, or bytes that came from stdin.
 
@@ -33,9 +34,7 @@ class ImageInput(NamedTuple):
     data: bytes | None = None
     error: InputError | None = None  # found while reading the input (e.g. stdin too large)
 
-    def open(
-        self, *, min_short_side: int | None = None, on_note: Callable[[str], None] | None = None
-    ) -> Image.Image:
+    def open(self, *, min_short_side: int | None = None, on_note: Callable[[str], None] | None = None) -> Image.Image:
         """The decoded sRGB image (see `imageio.load_image` for ``min_short_side`` and ``on_note``)."""
         from .decode import load_image
 
@@ -52,13 +51,59 @@ class ImageInput(NamedTuple):
 # RAW files are picked up too, so that each gets a record (decoded with the
 # raw extra, an honest UnsupportedFormat without it) instead of vanishing.
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".mpo",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".avif", ".heic", ".heif", ".hif"}
-)  # fmt: skip
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".mpo",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".ico",
+        ".avif",
+        ".heic",
+        ".heif",
+        ".hif",
+    }
+)
 RAW_EXTENSIONS = frozenset(
-    {".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".rwl", ".raf",
-     ".pef", ".srw", ".3fr", ".erf", ".kdc", ".dcr", ".mos", ".mef", ".mrw", ".x3f", ".iiq"}
-)  # fmt: skip
+    {
+        ".dng",
+        ".cr2",
+        ".cr3",
+        ".crw",
+        ".nef",
+        ".nrw",
+        ".arw",
+        ".srf",
+        ".sr2",
+        ".orf",
+        ".rw2",
+        ".rwl",
+        ".raf",
+        ".pef",
+        ".srw",
+        ".3fr",
+        ".erf",
+        ".kdc",
+        ".dcr",
+        ".mos",
+        ".mef",
+        ".mrw",
+        ".x3f",
+        ".iiq",
+    }
+)
 
 
 def iter_directory(directory: Path, recursive: bool) -> Iterator[Path]:

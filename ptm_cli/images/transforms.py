@@ -314,10 +314,22 @@ def _run_fused(
     out = np.empty((side, side, 3), dtype=np.float32)
     try:
         resize_crop(
-            schema, array, image.width, image.height, width, height, left, top, side, side,
-            int(INTERPOLATIONS[p.interpolation]), vertical_first(image.width, image.height, width, height),
-            out, p.mean, p.std,
-        )  # fmt: skip
+            schema,
+            array,
+            image.width,
+            image.height,
+            width,
+            height,
+            left,
+            top,
+            side,
+            side,
+            int(INTERPOLATIONS[p.interpolation]),
+            vertical_first(image.width, image.height, width, height),
+            out,
+            p.mean,
+            p.std,
+        )
     except ValueError:  # an export the kernel does not read (a future Pillow's), a resize beyond it: Pillow's path
         return None
     return torch.from_numpy(out).permute(2, 0, 1)

@@ -32,6 +32,7 @@ ARCHITECTURE = "cyclegan_resnet9"
 GENERATOR_KWARGS = ("ngf", "n_blocks")
 _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
+
 @functools.cache
 def _network_classes() -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
     """Define the generator's module classes (once, and only when torch is wanted)."""

@@ -107,8 +107,13 @@ class Report:
         return {"inputs": len(self.entries), "failed": failed, "skipped": skipped}
 
     def html(self) -> str:
-        data = {"title": self.task.title, "header": self.header, "counts": self.counts(), "page_size": PAGE_SIZE,
-                "entries": self.entries}  # fmt: skip
+        data = {
+            "title": self.task.title,
+            "header": self.header,
+            "counts": self.counts(),
+            "page_size": PAGE_SIZE,
+            "entries": self.entries,
+        }
         payload = _script_safe_json(data)
         script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode("utf-8")).digest()).decode("ascii")
         policy = (

@@ -277,7 +277,6 @@ class OpenMPPace:
 
         ready = threading.Event()
         self._release = threading.Event()
-        self._holder = threading.Thread(target=hold, args=(ready, self._release), name="ptm-openmp-team",
-                                        daemon=True)  # fmt: skip
+        self._holder = threading.Thread(target=hold, args=(ready, self._release), name="ptm-openmp-team", daemon=True)
         self._holder.start()
         ready.wait()

@@ -101,8 +101,12 @@ def start_server(folder: Path, arguments: list[str]) -> int:
         process = subprocess.Popen(
             # -P: nothing from the folder it starts in (or a client's) is ever importable.
             [sys.executable, "-P", "-m", "ptm_cli", "serve", "run", *arguments],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd="/", start_new_session=True,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd="/",
+            start_new_session=True,
+        )
     finally:
         os.close(log)
     _started.append(process)
@@ -116,8 +120,9 @@ def start_server(folder: Path, arguments: list[str]) -> int:
             sock.close()
             return process.pid
         time.sleep(0.05)
-    raise ServerUnavailable(f"the server did not answer within {settings.tuning.serve_start_wait:.0f} s; "
-                            f"see {folder / LOG_NAME}")  # fmt: skip
+    raise ServerUnavailable(
+        f"the server did not answer within {settings.tuning.serve_start_wait:.0f} s; see {folder / LOG_NAME}"
+    )
 
 
 def _last_line(log: Path) -> str:
@@ -223,8 +228,16 @@ def _request(argv: list[str]) -> dict[str, Any]:
     mask = os.umask(0o022)  # read by setting it: this process has one thread here
     os.umask(mask)
     streams = [[getattr(s, "encoding", None), getattr(s, "errors", None)] for s in (sys.stdin, sys.stdout, sys.stderr)]
-    return {"op": "run", "identity": identity(), "argv": argv, "umask": mask, "columns": _terminal_columns(),
-            "console_width": _console_width(), "streams": streams, "pid": os.getpid()}  # fmt: skip
+    return {
+        "op": "run",
+        "identity": identity(),
+        "argv": argv,
+        "umask": mask,
+        "columns": _terminal_columns(),
+        "console_width": _console_width(),
+        "streams": streams,
+        "pid": os.getpid(),
+    }
 
 
 def _terminal_columns() -> int:

@@ -274,8 +274,12 @@ def identity() -> dict[str, Any]:
 def differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     """What differs between two identities, in words (values of variables are never shown)."""
     found = []
-    names = {"ptm": "ptm version", "catalogs": "catalog files", "credentials": "groups",
-             "filesystem": "file system view"}  # fmt: skip
+    names = {
+        "ptm": "ptm version",
+        "catalogs": "catalog files",
+        "credentials": "groups",
+        "filesystem": "file system view",
+    }
     for key in ("protocol", "ptm", "source", "python", "torch", "catalogs", "uid", "credentials", "filesystem"):
         if ours.get(key) != theirs.get(key):
             found.append(names.get(key, key))

@@ -132,8 +132,10 @@ class Server:
 
     def serve_forever(self) -> None:
         assert self._listener is not None
-        log(f"ptm {__version__}, pid {os.getpid()}, listening on {self.path} (idle timeout "
-            f"{self.options.idle_timeout:g} s, keep-alive {self.options.keep_alive:g} s)")  # fmt: skip
+        log(
+            f"ptm {__version__}, pid {os.getpid()}, listening on {self.path} (idle timeout "
+            f"{self.options.idle_timeout:g} s, keep-alive {self.options.keep_alive:g} s)"
+        )
         janitor = threading.Thread(target=self._janitor, name="ptm-janitor", daemon=True)
         janitor.start()
         try:
@@ -227,11 +229,24 @@ class Server:
         import torch
 
         with self._counter:
-            counts = {"requests": self.requests, "forward_passes": self.forward_passes, "images": self.images,
-                      "refused": self.refused, "clients": self.active - 1}  # fmt: skip
-        return {"pid": os.getpid(), "version": __version__, "torch": torch.__version__, "socket": str(self.path),
-                "uptime_s": round(time.time() - self.started, 1), "models": self.models.describe(), **counts,
-                "idle_timeout_s": self.options.idle_timeout, "keep_alive_s": self.options.keep_alive}  # fmt: skip
+            counts = {
+                "requests": self.requests,
+                "forward_passes": self.forward_passes,
+                "images": self.images,
+                "refused": self.refused,
+                "clients": self.active - 1,
+            }
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "torch": torch.__version__,
+            "socket": str(self.path),
+            "uptime_s": round(time.time() - self.started, 1),
+            "models": self.models.describe(),
+            **counts,
+            "idle_timeout_s": self.options.idle_timeout,
+            "keep_alive_s": self.options.keep_alive,
+        }
 
     def _run_for_client(self, conn: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
         """Run the client's command line in this thread, as if in the client's process; send its exit code."""
@@ -291,7 +306,6 @@ class Server:
             return errors.EXIT_INTERNAL
 
 
-
 class _Interrupter:
     """Watches a client's connection while its command runs: Ctrl-C there (or the client gone) stops the command.
 
@@ -325,8 +339,9 @@ class _Interrupter:
             log("a client sent something else while its command ran; stopping it")
         with self._lock:
             if self._running:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread),
-                                                           ctypes.py_object(KeyboardInterrupt))  # fmt: skip
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.thread), ctypes.py_object(KeyboardInterrupt)
+                )
                 self._running = False
 
 
@@ -351,8 +366,9 @@ def _client_streams(fds: list[int], encodings: list[Any], width: int) -> streams
             raw = io.FileIO(os.dup(fd), mode, closefd=True)
             interactive = raw.isatty()
             buffered: Any = io.BufferedReader(raw) if position == 0 else io.BufferedWriter(raw)
-            text = io.TextIOWrapper(buffered, encoding=encoding, errors=errors_, newline="\n",
-                                    line_buffering=interactive or position == 2)  # fmt: skip
+            text = io.TextIOWrapper(
+                buffered, encoding=encoding, errors=errors_, newline="\n", line_buffering=interactive or position == 2
+            )
         except (OSError, LookupError, ValueError) as exc:
             for stream in opened:
                 with contextlib.suppress(OSError, ValueError):

@@ -192,8 +192,13 @@ class ModelCache:
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
-                description = {"task": task.name, "model": plan.entry.model, "weights": plan.weights_label,
-                               "device": plan.options.device, "precision": plan.options.precision}  # fmt: skip
+                description = {
+                    "task": task.name,
+                    "model": plan.entry.model,
+                    "weights": plan.weights_label,
+                    "device": plan.options.device,
+                    "precision": plan.options.precision,
+                }
                 slot = self._slots[key] = Slot(key, description)
             self._slots.move_to_end(key)
             slot.users += 1
@@ -206,10 +211,17 @@ class ModelCache:
                 slot.model = build()
                 if task.shares_forward_passes:
                     forward = task.batch_forward(slot.model)
-                    slot.batcher = Batcher(forward, self.options.batch_window, self.options.max_batch, self.on_pass,
-                                           clients=lambda: slot.users)  # fmt: skip
-                log(f"loaded {slot.description['model']} ({slot.description['weights']}) in "
-                    f"{time.monotonic() - started:.1f} s")  # fmt: skip
+                    slot.batcher = Batcher(
+                        forward,
+                        self.options.batch_window,
+                        self.options.max_batch,
+                        self.on_pass,
+                        clients=lambda: slot.users,
+                    )
+                log(
+                    f"loaded {slot.description['model']} ({slot.description['weights']}) in "
+                    f"{time.monotonic() - started:.1f} s"
+                )
         self.evict(keep=self.options.max_models)
         if slot.batcher is not None:
             return task.shared(slot.model, slot.batcher.run, plan.weights_label)
@@ -234,5 +246,8 @@ class ModelCache:
     def describe(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         with self._lock:
-            return [{**s.description, "idle_s": round(now - s.last_used, 1) if not s.users else 0.0, "users": s.users}
-                    for s in self._slots.values() if s.model is not None]  # fmt: skip
+            return [
+                {**s.description, "idle_s": round(now - s.last_used, 1) if not s.users else 0.0, "users": s.users}
+                for s in self._slots.values()
+                if s.model is not None
+            ]

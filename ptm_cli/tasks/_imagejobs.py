@@ -83,8 +83,7 @@ def run_image_jobs(
             error = OutputError(f"{item.name}: {exc.strerror or exc}")
             yield {"input": item.name, "error": error.record()}, None
             continue
-        record: dict[str, Any] = {"input": item.name, "output": "-" if path is None else str(path),
-                                  "size": list(size)}  # fmt: skip
+        record: dict[str, Any] = {"input": item.name, "output": "-" if path is None else str(path), "size": list(size)}
         record.update(describe() if describe else {})
         record["seconds"] = round(time.perf_counter() - started, 3)
         yield record, result

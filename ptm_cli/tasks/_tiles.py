@@ -194,7 +194,6 @@ def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-
 def check_tiling(tile: int, overlap: int | None) -> tuple[int, int]:
     """Validate ``tile``/``overlap``; the tile is rounded down to a multiple of 4."""
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < MIN_TILE:

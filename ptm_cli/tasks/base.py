@@ -117,19 +117,46 @@ class Alias:
 
 # The options of every task that writes one image per input (ptm translate; later masks and drawings).
 IMAGE_OUTPUT_OPTIONS = (
-    Option("output", ("-o", "--output"), metavar="FILE|-", batch=(), records=False,
-           help="Output file for one input; '-' writes the image to stdout. Without -o or --output-dir, each "
-                "output goes next to its input (horse.jpg -> horse.zebra.png)."),
-    Option("output_dir", ("--output-dir",), kind="dir", batch=(), records=False,
-           help="Directory for the outputs of several inputs (names keep the input's stem)."),
-    Option("suffix", ("--suffix",), default="",
-           help="Added to each output's stem, e.g. _zebra (default next to the input: .zebra or .MODEL)."),
-    Option("image_format", ("--format",), metavar="FORMAT", batch=("--image-format",),
-           help="Image format to write (png, jpeg, webp, bmp, tiff); default: -o's extension, else png."),
+    Option(
+        "output",
+        ("-o", "--output"),
+        metavar="FILE|-",
+        batch=(),
+        records=False,
+        help="Output file for one input; '-' writes the image to stdout. Without -o or --output-dir, each "
+        "output goes next to its input (horse.jpg -> horse.zebra.png).",
+    ),
+    Option(
+        "output_dir",
+        ("--output-dir",),
+        kind="dir",
+        batch=(),
+        records=False,
+        help="Directory for the outputs of several inputs (names keep the input's stem).",
+    ),
+    Option(
+        "suffix",
+        ("--suffix",),
+        default="",
+        help="Added to each output's stem, e.g. _zebra (default next to the input: .zebra or .MODEL).",
+    ),
+    Option(
+        "image_format",
+        ("--format",),
+        metavar="FORMAT",
+        batch=("--image-format",),
+        help="Image format to write (png, jpeg, webp, bmp, tiff); default: -o's extension, else png.",
+    ),
     Option("force", ("--force",), kind="flag", batch=(), records=False, help="Overwrite existing output files."),
-    Option("skip_existing", ("--skip-existing",), kind="flag", batch=(), records=False,
-           help="Skip inputs whose output file already exists."),
-)  # fmt: skip
+    Option(
+        "skip_existing",
+        ("--skip-existing",),
+        kind="flag",
+        batch=(),
+        records=False,
+        help="Skip inputs whose output file already exists.",
+    ),
+)
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -279,8 +306,12 @@ class Task(Generic[M]):
     def report_header(self, model: M, params: Mapping[str, Any]) -> dict[str, Any]:
         """What the page says about the run, above the entries."""
         model_: Any = model
-        return {"model": model_.entry.model, "weights": model_.weights_label, "device": str(model_.device),
-                "precision": model_.precision.name}  # fmt: skip
+        return {
+            "model": model_.entry.model,
+            "weights": model_.weights_label,
+            "device": str(model_.device),
+            "precision": model_.precision.name,
+        }
 
     def batch_report_header(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """The page header of a finished batch job, from its job file."""
@@ -340,8 +371,16 @@ class Plan(Generic[M]):
         weights = self.weights_file if self.weights_file is not None else cached_path(self.entry)
         labels = self.entry.labels
         labels_path = None if labels in (None, "imagenet") else Path(labels)
-        return (self.task.name, repr(self.entry), _file_identity(weights), _file_identity(labels_path),
-                self.options.device, self.options.precision, self.options.resize, self.options.crop)  # fmt: skip
+        return (
+            self.task.name,
+            repr(self.entry),
+            _file_identity(weights),
+            _file_identity(labels_path),
+            self.options.device,
+            self.options.precision,
+            self.options.resize,
+            self.options.crop,
+        )
 
 
 def _file_identity(path: Path | None) -> tuple[object, ...] | None:

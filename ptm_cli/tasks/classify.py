@@ -391,26 +391,80 @@ class ClassifyTask(Task["Classifier"]):
     weights_help = "Weights variant (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), or the path of a local weights file."
     options = (
         Option("top_k", ("-k", "--top-k"), "Labels per image.", kind="int", default=5, minimum=1, show_default=True),
-        Option("batch_size", ("--batch-size",), "Images per forward pass.", kind="int", default=8, minimum=1,
-               maximum=1024, show_default=True, batch=(), records=False),
-        Option("workers", ("--workers",), "Image decoding threads.", kind="int", default=2, minimum=1, maximum=64,
-               show_default=True, batch=(), records=False),
-        Option("resize", ("--resize",), "Resize the shorter side to N before cropping.", kind="int", minimum=1,
-               stage="model"),
+        Option(
+            "batch_size",
+            ("--batch-size",),
+            "Images per forward pass.",
+            kind="int",
+            default=8,
+            minimum=1,
+            maximum=1024,
+            show_default=True,
+            batch=(),
+            records=False,
+        ),
+        Option(
+            "workers",
+            ("--workers",),
+            "Image decoding threads.",
+            kind="int",
+            default=2,
+            minimum=1,
+            maximum=64,
+            show_default=True,
+            batch=(),
+            records=False,
+        ),
+        Option(
+            "resize",
+            ("--resize",),
+            "Resize the shorter side to N before cropping.",
+            kind="int",
+            minimum=1,
+            stage="model",
+        ),
         Option("crop", ("--crop",), "Centre crop of N x N pixels.", kind="int", minimum=1, stage="model"),
-        Option("full_decode", ("--full-decode",), kind="flag", batch=(),
-               help="Decode large JPEGs at full size instead of a reduced scale that still covers --resize twice "
-                    "over."),
-        Option("compile_model", ("--compile",), kind="flag", batch=(), records=False,
-               help="Compile the model with torch.compile: a minute or more at start, then faster batches "
-                    "(see README)."),
-        Option("labels_file", ("--labels",), "Class names for a hub: model, one per line.", metavar="FILE",
-               stage="model", batch=()),
-        Option("trust_repo", ("--trust-repo",), "Run a hub: model's repository code without it being trusted first.",
-               kind="flag", stage="model", batch=()),
-        Option("hub_args", ("--arg",), "Argument for a hub: entry point.", kind="multiple", metavar="KEY=VALUE",
-               stage="model", batch=()),
-    )  # fmt: skip
+        Option(
+            "full_decode",
+            ("--full-decode",),
+            kind="flag",
+            batch=(),
+            help="Decode large JPEGs at full size instead of a reduced scale that still covers --resize twice over.",
+        ),
+        Option(
+            "compile_model",
+            ("--compile",),
+            kind="flag",
+            batch=(),
+            records=False,
+            help="Compile the model with torch.compile: a minute or more at start, then faster batches (see README).",
+        ),
+        Option(
+            "labels_file",
+            ("--labels",),
+            "Class names for a hub: model, one per line.",
+            metavar="FILE",
+            stage="model",
+            batch=(),
+        ),
+        Option(
+            "trust_repo",
+            ("--trust-repo",),
+            "Run a hub: model's repository code without it being trusted first.",
+            kind="flag",
+            stage="model",
+            batch=(),
+        ),
+        Option(
+            "hub_args",
+            ("--arg",),
+            "Argument for a hub: entry point.",
+            kind="multiple",
+            metavar="KEY=VALUE",
+            stage="model",
+            batch=(),
+        ),
+    )
     hub_models = True
     shares_forward_passes = True
     flush_every = "batch_size"
@@ -438,9 +492,15 @@ class ClassifyTask(Task["Classifier"]):
             classifier.preprocess = _with_overrides(classifier.preprocess, options.resize, options.crop)
             return classifier
         return build_classifier(
-            plan.entry, weights_file=plan.weights_file, weights_label=plan.weights_label, device=options.device,
-            precision=options.precision, resize=options.resize, crop=options.crop, progress=progress,
-        )  # fmt: skip
+            plan.entry,
+            weights_file=plan.weights_file,
+            weights_label=plan.weights_label,
+            device=options.device,
+            precision=options.precision,
+            resize=options.resize,
+            crop=options.crop,
+            progress=progress,
+        )
 
     def prepare(self, model: Classifier, params: Mapping[str, Any]) -> None:
         if params.get("compile_model"):
@@ -459,11 +519,15 @@ class ClassifyTask(Task["Classifier"]):
     ) -> Iterator[Outcome]:
         on_image = context.on_image
         results = classify_images(
-            inputs, model, top_k=params.get("top_k", 5), batch_size=params.get("batch_size", 8),
-            workers=params.get("workers", 2), full_decode=bool(params.get("full_decode")),
+            inputs,
+            model,
+            top_k=params.get("top_k", 5),
+            batch_size=params.get("batch_size", 8),
+            workers=params.get("workers", 2),
+            full_decode=bool(params.get("full_decode")),
             on_image=None if on_image is None else lambda item, image: on_image(item.name, image),
             on_note=context.on_note,
-        )  # fmt: skip
+        )
         try:
             for result in results:
                 yield Outcome(to_record(result, model))
@@ -490,9 +554,14 @@ class ClassifyTask(Task["Classifier"]):
             return result
 
         if chosen == "table":
-            return RecordWriter(stream, chosen, columns=["input", "rank", "label", "index", "probability", "error"],
-                                flatten=table_rows, table_style=lambda row: "red" if row.get("error") else None,
-                                optional=["error"])  # fmt: skip
+            return RecordWriter(
+                stream,
+                chosen,
+                columns=["input", "rank", "label", "index", "probability", "error"],
+                flatten=table_rows,
+                table_style=lambda row: "red" if row.get("error") else None,
+                optional=["error"],
+            )
         return RecordWriter(stream, chosen, columns=list(self.columns), flatten=_rows)
 
     def parquet_fields(self) -> list[tuple[str, Any]]:
@@ -501,23 +570,42 @@ class ClassifyTask(Task["Classifier"]):
         prediction = pa.struct(
             [("rank", pa.int32()), ("index", pa.int32()), ("label", pa.string()), ("probability", pa.float64())]
         )
-        return [("input", pa.string()), ("model", pa.string()), ("weights", pa.string()),
-                ("predictions", pa.list_(prediction))]  # fmt: skip
+        return [
+            ("input", pa.string()),
+            ("model", pa.string()),
+            ("weights", pa.string()),
+            ("predictions", pa.list_(prediction)),
+        ]
 
     def report_header(self, model: Classifier, params: Mapping[str, Any]) -> dict[str, Any]:
         p = model.preprocess
         steps = [f"resize {p.resize}" if p.resize else "", f"crop {p.crop}" if p.crop else "", p.interpolation]
-        return {"model": model.entry.model, "weights": model.weights_label,
-                "preprocessing": ", ".join(x for x in steps if x), "top-k": params.get("top_k", 5),
-                "device": str(model.device), "precision": model.precision.name}  # fmt: skip
+        return {
+            "model": model.entry.model,
+            "weights": model.weights_label,
+            "preprocessing": ", ".join(x for x in steps if x),
+            "top-k": params.get("top_k", 5),
+            "device": str(model.device),
+            "precision": model.precision.name,
+        }
 
     def batch_report_header(self, job: Mapping[str, Any]) -> dict[str, Any]:
-        return {**super().batch_report_header(job), "resize": job.get("resize"), "crop": job.get("crop"),
-                "top-k": job.get("top_k")}  # fmt: skip
+        return {
+            **super().batch_report_header(job),
+            "resize": job.get("resize"),
+            "crop": job.get("crop"),
+            "top-k": job.get("top_k"),
+        }
 
     def report_view(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        bars = [{"label": p["label"] if p["label"] is not None else f"#{p['index']}", "value": p["probability"],
-                 "text": f"{100 * p['probability']:.2f}%"} for p in record.get("predictions") or []]  # fmt: skip
+        bars = [
+            {
+                "label": p["label"] if p["label"] is not None else f"#{p['index']}",
+                "value": p["probability"],
+                "text": f"{100 * p['probability']:.2f}%",
+            }
+            for p in record.get("predictions") or []
+        ]
         return {"bars": bars}
 
 

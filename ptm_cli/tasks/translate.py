@@ -377,8 +377,6 @@ def _frozen(norms: list[Any], stats: list[tuple[torch.Tensor, torch.Tensor]] | N
             norm.frozen = None
 
 
-
-
 # --- building translators ------------------------------------------------------------------------
 
 
@@ -443,13 +441,24 @@ class TranslateTask(Task["Translator"]):
     weights_help = "Weights variant, or the path of a local .pth/.safetensors/.h5 generator file."
     options = (
         *IMAGE_OUTPUT_OPTIONS,
-        Option("size", ("--size",), kind="size", default="256", show_default=True,
-               help="Short side the generator runs at (the result is scaled back), or 'full' for the image's own "
-                    "resolution in tiles."),
-        Option("tile", ("--tile",), kind="int", minimum=64,
-               help="Tile side for --size full (bounds memory); default: one pass when the image fits the memory "
-                    "budget, else 512-pixel tiles."),
-    )  # fmt: skip
+        Option(
+            "size",
+            ("--size",),
+            kind="size",
+            default="256",
+            show_default=True,
+            help="Short side the generator runs at (the result is scaled back), or 'full' for the image's own "
+            "resolution in tiles.",
+        ),
+        Option(
+            "tile",
+            ("--tile",),
+            kind="int",
+            minimum=64,
+            help="Tile side for --size full (bounds memory); default: one pass when the image fits the memory "
+            "budget, else 512-pixel tiles.",
+        ),
+    )
     aliases = (
         Alias(
             "zebra",
@@ -483,8 +492,14 @@ class TranslateTask(Task["Translator"]):
     def build(self, plan: Plan[Translator], *, progress: bool) -> Translator:
         assert plan.entry is not None
         options = plan.options
-        return build_translator(plan.entry, weights_file=plan.weights_file, weights_label=plan.weights_label,
-                                device=options.device, precision=options.precision, progress=progress)  # fmt: skip
+        return build_translator(
+            plan.entry,
+            weights_file=plan.weights_file,
+            weights_label=plan.weights_label,
+            device=options.device,
+            precision=options.precision,
+            progress=progress,
+        )
 
     def run(
         self, model: Translator, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
@@ -500,9 +515,17 @@ class TranslateTask(Task["Translator"]):
             return {"model": model.entry.model, "weights": model.weights_label}
 
         assert context.destination is not None
-        jobs = run_image_jobs(inputs, transform, context.destination, force=context.force,
-                              skip_existing=context.skip_existing, describe=describe, emit_bytes=context.emit_bytes,
-                              on_note=context.on_note, on_image=context.on_image)  # fmt: skip
+        jobs = run_image_jobs(
+            inputs,
+            transform,
+            context.destination,
+            force=context.force,
+            skip_existing=context.skip_existing,
+            describe=describe,
+            emit_bytes=context.emit_bytes,
+            on_note=context.on_note,
+            on_image=context.on_image,
+        )
         for record, result in jobs:
             yield Outcome(record, result if context.keep_images else None)
 
@@ -514,15 +537,26 @@ class TranslateTask(Task["Translator"]):
     def parquet_fields(self) -> list[tuple[str, Any]]:
         import pyarrow as pa
 
-        return [("input", pa.string()), ("output", pa.string()), ("size", pa.list_(pa.int32())),
-                ("skipped", pa.bool_()), ("model", pa.string()), ("weights", pa.string()),
-                ("seconds", pa.float64())]  # fmt: skip
+        return [
+            ("input", pa.string()),
+            ("output", pa.string()),
+            ("size", pa.list_(pa.int32())),
+            ("skipped", pa.bool_()),
+            ("model", pa.string()),
+            ("weights", pa.string()),
+            ("seconds", pa.float64()),
+        ]
 
     def report_header(self, model: Translator, params: Mapping[str, Any]) -> dict[str, Any]:
         size = params.get("size")
-        return {"model": model.entry.model, "weights": model.weights_label, "size": str(size),
-                "tile": params.get("tile") if size == "full" else None, "device": str(model.device),
-                "precision": model.precision.name}  # fmt: skip
+        return {
+            "model": model.entry.model,
+            "weights": model.weights_label,
+            "size": str(size),
+            "tile": params.get("tile") if size == "full" else None,
+            "device": str(model.device),
+            "precision": model.precision.name,
+        }
 
     def report_view(self, record: Mapping[str, Any]) -> dict[str, Any]:
         if record.get("skipped"):

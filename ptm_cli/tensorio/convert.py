@@ -170,8 +170,7 @@ def _check_destination(dst: Path, *, force: bool) -> None:
     if not fsutil.is_regular_or_absent(dst):
         # A device, pipe, socket or link: never replaced, and a weights file needs a real file to seek in.
         raise _not_written(
-            f"{dst} is not a regular file (a link, device or pipe), so ptm will not write over it; "
-            "choose another name"
+            f"{dst} is not a regular file (a link, device or pipe), so ptm will not write over it; choose another name"
         )
     if not fsutil.folder_of(dst).is_dir():
         raise _not_written(f"cannot write {dst}: the folder {dst.parent} does not exist")

@@ -208,9 +208,7 @@ def _inspect_safetensors(path: Path) -> Inspection:
         numel = product(shape)
         itemsize = ITEMSIZE[dtype]
         if end - begin != numel * itemsize:
-            raise damaged(
-                path, f"{name!r} takes {end - begin} bytes but its shape and dtype need {numel * itemsize}"
-            )
+            raise damaged(path, f"{name!r} takes {end - begin} bytes but its shape and dtype need {numel * itemsize}")
         data_end = max(data_end, end)
         spans.append((name, begin, end))
         infos.append(
