@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..images.transforms import Preprocess
 
 CATALOG_DIR = Path(__file__).resolve().parent.parent / "models"
-TASKS = ("classify", "translate")
+_TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,9 +195,9 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}")
     for key, value in raw.items():
         _check_values(value, key, where)
-    task = raw.get("task", "classify")
-    if task not in TASKS:
-        raise ConfigError(f"{where}: task must be one of {', '.join(TASKS)}, not {task!r}")
+    task = raw.get("task", "classify")  # entries without one are classifiers, as the first catalogs were
+    if not isinstance(task, str) or not _TASK_NAME.fullmatch(task):
+        raise ConfigError(f"{where}: task must be the name of a ptm command such as classify or translate")
     architecture = raw.get("architecture")
     if not isinstance(architecture, str) or not architecture:
         raise ConfigError(f"{where}: architecture is required (a torchvision builder name or 'cyclegan_resnet9')")

@@ -76,11 +76,6 @@ def factory(entry: Entry) -> Callable[[], nn.Module]:
     if entry.architecture == cyclegan.ARCHITECTURE:
         kwargs = cyclegan.generator_kwargs(entry)
         return lambda: cyclegan.build_generator(**kwargs)
-    if entry.task == "translate":
-        raise ConfigError(
-            f"{entry.ref}: architecture {entry.architecture!r} cannot translate images; "
-            f"translation models use {cyclegan.ARCHITECTURE!r}"
-        )
     return _classifier_factory(entry)
 
 

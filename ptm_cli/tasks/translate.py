@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from torch import nn
 
-    from ..cache.catalog import Entry
+    from ..cache.catalog import Catalog, Entry
     from ..images.inputs import ImageInput
     from ..nets.device import Precision
     from ..output.records import RecordWriter
@@ -394,6 +394,7 @@ def build_translator(
     from ..nets.device import check_device_spec, choose_device, choose_precision
 
     check_device_spec(device)
+    _check_architecture(entry)
     architectures.factory(entry)  # the architecture and its arguments, before any download
     state_dict = architectures.load_weights(entry, weights_file, progress=progress)
     torch_device = choose_device(device)
@@ -401,6 +402,18 @@ def build_translator(
     model = architectures.build(entry, state_dict).to(torch_device)
     label = weights_label or (str(weights_file) if weights_file is not None else entry.weights)
     return Translator(entry, model, weights_label=label, device=torch_device, precision=chosen)
+
+
+def _check_architecture(entry: Entry) -> None:
+    """A catalog mistake, said before anything loads: translation models are CycleGAN generators."""
+    from ..errors import ConfigError
+    from ..nets.cyclegan import ARCHITECTURE
+
+    if entry.architecture != ARCHITECTURE:
+        raise ConfigError(
+            f"{entry.ref}: architecture {entry.architecture!r} cannot translate images; "
+            f"translation models use {ARCHITECTURE!r}"
+        )
 
 
 def load_translator(options: ModelOptions, *, progress: bool = True) -> Translator:
@@ -488,6 +501,12 @@ class TranslateTask(Task["Translator"]):
         size = params.get("size")
         if isinstance(size, int) and not isinstance(size, bool):
             check_side_pixels("--size", size)
+
+    def plan(self, options: ModelOptions, *, catalog: Catalog | None = None) -> Plan[Translator]:
+        planned = super().plan(options, catalog=catalog)
+        assert planned.entry is not None
+        _check_architecture(planned.entry)
+        return planned
 
     def build(self, plan: Plan[Translator], *, progress: bool) -> Translator:
         assert plan.entry is not None
