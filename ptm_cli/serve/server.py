@@ -183,6 +183,8 @@ class Server:
                 self._handle(conn)
         except OSError as exc:  # the client went away (| head, Ctrl-C, killed): its job ends, nothing else
             log(f"client left: {type(exc).__name__}")
+        except KeyboardInterrupt:  # a client's Ctrl-C that came as its command ended: nothing left to stop
+            log("a client's interrupt came after its command ended")
         finally:
             with self._counter:
                 self.active -= 1
@@ -276,8 +278,10 @@ class Server:
             return
         client = _client_streams(fds[1:], encodings, width)
         self._count_request()
-        code = self._execute(conn, argv, client, columns)
-        _close(client)
+        try:
+            code = self._execute(conn, argv, client, columns)
+        finally:
+            _close(client)  # before the exit code: a reader of the client's stdout sees its end with the client's
         if code is None:
             send(conn, {"event": "local"})
         else:
