@@ -87,8 +87,17 @@ def jpeg_claiming(width: int, height: int) -> bytes:
 
 def tiff_claiming(width: int, height: int) -> bytes:
     """A hand-written 8-bit grayscale TIFF header for ``width`` x ``height`` with 64 bytes of data."""
-    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 200),
-               (277, 3, 1), (278, 4, height), (279, 4, (width * height) & 0xFFFFFFFF)]  # fmt: skip
+    entries = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),
+        (259, 3, 1),
+        (262, 3, 1),
+        (273, 4, 200),
+        (277, 3, 1),
+        (278, 4, height),
+        (279, 4, (width * height) & 0xFFFFFFFF),
+    ]
     body = struct.pack("<H", len(entries))
     for tag, kind, value in entries:
         body += struct.pack("<HHI", tag, kind, 1) + (
@@ -166,8 +175,15 @@ def corpus_cases() -> list[tuple[str, bytes | None, str]]:
     }
     if HAS_WEBP:
         encoded["webp"] = encode(base, "WEBP", quality=80)
-    magic = {"jpg": b"\xff\xd8\xff", "png": b"\x89PNG\r\n\x1a\n", "webp": b"RIFF\x00\x01\x00\x00WEBP",
-             "gif": b"GIF89a", "bmp": b"BM", "tif": b"II*\x00", "ppm": b"P6\n"}  # fmt: skip
+    magic = {
+        "jpg": b"\xff\xd8\xff",
+        "png": b"\x89PNG\r\n\x1a\n",
+        "webp": b"RIFF\x00\x01\x00\x00WEBP",
+        "gif": b"GIF89a",
+        "bmp": b"BM",
+        "tif": b"II*\x00",
+        "ppm": b"P6\n",
+    }
     for ext, data in encoded.items():
         add((f"intact.{ext}", data, OK))
         add((f"magic-only.{ext}", magic[ext], "UnreadableImage"))

@@ -1,4 +1,7 @@
-"""Test helpers: run ptm in-process or as a real process, make seeded models."""
+"""Test helpers: run ptm in-process or as a real process, check what it said, make seeded models.
+
+The fixtures that hand these out (the tiny classifier, seeded weights files) are in conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
+# Peak memory is read from /proc (VmHWM), and some tests need its special files: Linux only.
+HAS_PROCFS = Path("/proc/self/status").is_file()
 
 
 @dataclass
@@ -44,6 +50,20 @@ def run_ptm(args: list[str], stdin: bytes = b"") -> Result:
     err.flush()
     raw = out.buffer.getvalue()  # type: ignore[attr-defined]
     return Result(code, raw.decode(errors="replace"), err.buffer.getvalue().decode(), raw)  # type: ignore[attr-defined]
+
+
+def assert_refused(result: object, *words: str) -> None:
+    """Exit 2 with one ``ptm: error:`` line, last, that holds every one of ``words``; no traceback."""
+    code, stderr = result.code, result.stderr  # type: ignore[attr-defined]
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    # One error line, last; a download may have announced itself before it.
+    assert lines and lines[-1].startswith("ptm: error: "), stderr
+    assert all(not line.startswith("ptm: ") for line in lines[:-1]), stderr
+    stderr = lines[-1]
+    assert "Traceback" not in stderr
+    for word in words:
+        assert word in stderr, stderr
 
 
 def ptm_process(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -164,13 +184,39 @@ std = [0.229, 0.224, 0.225]
 """
 
 
-def write_tiny_model(folder: Path) -> tuple[Path, Path]:
-    """The suite's 4-class catalog model in ``folder``: (catalog file, weights file), labels beside them."""
+TINY_LABELS = ("apple", "banana", "cherry", "date")
+
+
+@dataclass(frozen=True)
+class TinyClassifier:
+    """The suite's 4-class catalog model ``tiny``: its catalog, its weights file and its labels."""
+
+    catalog: Path
+    weights: Path
+    labels: tuple[str, ...] = TINY_LABELS
+
+    @property
+    def options(self) -> list[str]:
+        """``-m tiny -w WEIGHTS``: the model options of ``classify`` and ``batch classify``."""
+        return ["-m", "tiny", "-w", str(self.weights)]
+
+    @property
+    def classify(self) -> list[str]:
+        """``classify -m tiny -w WEIGHTS``: a command line that takes a format and inputs next."""
+        return ["classify", *self.options]
+
+    def args(self, *extra: str) -> list[str]:
+        """``classify -m tiny -w WEIGHTS -f jsonl EXTRA``: records a test can read."""
+        return [*self.classify, "-f", "jsonl", *extra]
+
+
+def write_tiny_model(folder: Path) -> TinyClassifier:
+    """The suite's 4-class catalog model in ``folder``: catalog and weights files, labels beside them."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
+    (folder / "labels.txt").write_text("".join(f"{label}\n" for label in TINY_LABELS))
     (folder / "tiny.toml").write_text(TINY_TOML)
-    return folder / "tiny.toml", folder / "tiny.pth"
+    return TinyClassifier(folder / "tiny.toml", folder / "tiny.pth")
 
 
 def save_generator(path: Path, seed: int = 7, **builder_kwargs: Any) -> Path:
@@ -180,6 +226,42 @@ def save_generator(path: Path, seed: int = 7, **builder_kwargs: Any) -> Path:
     torch.manual_seed(seed)
     torch.save(build_generator(**builder_kwargs).state_dict(), path)
     return path
+
+
+class SeededWeights:
+    """Weights files with seeded values, each made once in ``folder`` and then shared (a model costs seconds).
+
+    The same arguments give the same file: a test that changes a file works on a copy.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._made: dict[tuple[object, ...], Path] = {}
+
+    def _file(self, key: tuple[object, ...], make: Callable[[Path], object]) -> Path:
+        if key not in self._made:
+            path = self.folder / f"{len(self._made):02d}-{key[0]}-{key[1]}.pth"
+            make(path)
+            self._made[key] = path
+        return self._made[key]
+
+    def classifier(self, architecture: str, seed: int = 0, **builder_kwargs: Any) -> Path:
+        """A torchvision classifier whose last layer is scaled up (:func:`save_weights`)."""
+        key = ("seeded", architecture, seed, *sorted(builder_kwargs.items()))
+        return self._file(key, lambda path: save_weights(path, architecture, seed, **builder_kwargs))
+
+    def calibrated(self, architecture: str, seed: int = 0, *, logit_std: float = 3.0, **builder_kwargs: Any) -> Path:
+        """A torchvision classifier that acts like a trained one on the sample photos (``calibrated_state_dict``)."""
+
+        def make(path: Path) -> None:
+            torch.save(calibrated_state_dict(architecture, seed, logit_std=logit_std, **builder_kwargs), path)
+
+        return self._file(("calibrated", architecture, seed, logit_std, *sorted(builder_kwargs.items())), make)
+
+    def generator(self, seed: int = 7, **builder_kwargs: Any) -> Path:
+        """A CycleGAN generator (:func:`save_generator`)."""
+        key = ("generator", "cyclegan", seed, *sorted(builder_kwargs.items()))
+        return self._file(key, lambda path: save_generator(path, seed, **builder_kwargs))
 
 
 # A local torch.hub repository's hubconf.py: a tiny classifier, and entries that are not models.

@@ -43,9 +43,13 @@ def _parametric_curve(params: tuple[float, ...]) -> bytes:
 def _description(text: str) -> bytes:
     ascii_text = text.encode("ascii") + b"\x00"
     return (
-        b"desc\x00\x00\x00\x00" + struct.pack(">I", len(ascii_text)) + ascii_text
-        + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\x00" * 67
-    )  # fmt: skip
+        b"desc\x00\x00\x00\x00"
+        + struct.pack(">I", len(ascii_text))
+        + ascii_text
+        + struct.pack(">II", 0, 0)
+        + struct.pack(">HB", 0, 0)
+        + b"\x00" * 67
+    )
 
 
 def icc_profile(space: str, tags: dict[str, bytes]) -> bytes:
@@ -58,10 +62,19 @@ def icc_profile(space: str, tags: dict[str, bytes]) -> bytes:
         data += body + b"\x00" * (-len(body) % 4)
     size = offset + len(data)
     header = (
-        struct.pack(">I", size) + b"\x00" * 4 + struct.pack(">I", 0x02100000) + b"mntr" + space.encode()
-        + b"XYZ " + b"\x00" * 12 + b"acsp" + b"\x00" * 24 + struct.pack(">I", 0)
-        + b"".join(_s15(v) for v in D50) + b"\x00" * 4
-    )  # fmt: skip
+        struct.pack(">I", size)
+        + b"\x00" * 4
+        + struct.pack(">I", 0x02100000)
+        + b"mntr"
+        + space.encode()
+        + b"XYZ "
+        + b"\x00" * 12
+        + b"acsp"
+        + b"\x00" * 24
+        + struct.pack(">I", 0)
+        + b"".join(_s15(v) for v in D50)
+        + b"\x00" * 4
+    )
     header += b"\x00" * (128 - len(header))
     return header + struct.pack(">I", len(tags)) + b"".join(entries) + data
 
@@ -75,9 +88,19 @@ def rgb_profile(
 ) -> bytes:
     """A matrix/TRC RGB profile: sRGB's curve unless ``gamma`` is given."""
     curve = _parametric_curve(SRGB_CURVE) if gamma is None else _gamma_curve(gamma)
-    return icc_profile("RGB ", {"desc": _description(description), "wtpt": _xyz(D50), "rXYZ": _xyz(red),
-                                "gXYZ": _xyz(green), "bXYZ": _xyz(blue), "rTRC": curve, "gTRC": curve,
-                                "bTRC": curve})  # fmt: skip
+    return icc_profile(
+        "RGB ",
+        {
+            "desc": _description(description),
+            "wtpt": _xyz(D50),
+            "rXYZ": _xyz(red),
+            "gXYZ": _xyz(green),
+            "bXYZ": _xyz(blue),
+            "rTRC": curve,
+            "gTRC": curve,
+            "bTRC": curve,
+        },
+    )
 
 
 def gray_profile(description: str, gamma: float) -> bytes:
@@ -173,26 +196,47 @@ def camera_raw(
         rows.append(struct.pack(f"<{width}H", *(even if y % 2 == 0 else odd)))
     mosaic = b"".join(rows)
     raw_ifd: list[Entry] = [
-        (254, LONG, [0]), (256, LONG, [width]), (257, LONG, [height]), (258, SHORT, [16]), (259, SHORT, [1]),
-        (262, SHORT, [32803]), (273, LONG, [("blob", 0)]), (277, SHORT, [1]), (278, LONG, [height]),
-        (279, LONG, [len(mosaic)]), (284, SHORT, [1]), (33421, SHORT, [2, 2]), (33422, BYTE, [0, 1, 1, 2]),
+        (254, LONG, [0]),
+        (256, LONG, [width]),
+        (257, LONG, [height]),
+        (258, SHORT, [16]),
+        (259, SHORT, [1]),
+        (262, SHORT, [32803]),
+        (273, LONG, [("blob", 0)]),
+        (277, SHORT, [1]),
+        (278, LONG, [height]),
+        (279, LONG, [len(mosaic)]),
+        (284, SHORT, [1]),
+        (33421, SHORT, [2, 2]),
+        (33422, BYTE, [0, 1, 1, 2]),
         (50717, LONG, [RAW_WHITE]),
-    ]  # fmt: skip
+    ]
     common: list[Entry] = [(271, ASCII, make), (272, ASCII, "test camera"), (274, SHORT, [orientation])]
     if dng:
         common += [
-            (50706, BYTE, [1, 4, 0, 0]), (50708, ASCII, f"{make} test camera"),
-            (50721, SRATIONAL, XYZ_TO_LINEAR_SRGB), (50778, SHORT, [21]), (50728, RATIONAL, [1, 1, 1]),
-        ]  # fmt: skip
+            (50706, BYTE, [1, 4, 0, 0]),
+            (50708, ASCII, f"{make} test camera"),
+            (50721, SRATIONAL, XYZ_TO_LINEAR_SRGB),
+            (50778, SHORT, [21]),
+            (50728, RATIONAL, [1, 1, 1]),
+        ]
     if thumbnail is None:
         return tiff([raw_ifd + common], [mosaic])
     pixels = thumbnail.tobytes()
     preview: list[Entry] = [
-        (254, LONG, [1]), (256, LONG, [thumbnail.width]), (257, LONG, [thumbnail.height]),
-        (258, SHORT, [8, 8, 8]), (259, SHORT, [1]), (262, SHORT, [2]), (273, LONG, [("blob", 1)]),
-        (277, SHORT, [3]), (278, LONG, [thumbnail.height]), (279, LONG, [len(pixels)]), (284, SHORT, [1]),
+        (254, LONG, [1]),
+        (256, LONG, [thumbnail.width]),
+        (257, LONG, [thumbnail.height]),
+        (258, SHORT, [8, 8, 8]),
+        (259, SHORT, [1]),
+        (262, SHORT, [2]),
+        (273, LONG, [("blob", 1)]),
+        (277, SHORT, [3]),
+        (278, LONG, [thumbnail.height]),
+        (279, LONG, [len(pixels)]),
+        (284, SHORT, [1]),
         (330, LONG, [("ifd", 1)]),
-    ]  # fmt: skip
+    ]
     return tiff([preview + common, raw_ifd], [mosaic, pixels])
 
 
@@ -200,8 +244,17 @@ def camera_tiff(width: int, height: int, make: str) -> bytes:
     """An ordinary RGB TIFF that a camera wrote (Make set, one full-size image): not RAW."""
     pixels = bytes([90, 160, 30]) * (width * height)
     entries: list[Entry] = [
-        (254, LONG, [0]), (256, LONG, [width]), (257, LONG, [height]), (258, SHORT, [8, 8, 8]),
-        (259, SHORT, [1]), (262, SHORT, [2]), (271, ASCII, make), (273, LONG, [("blob", 0)]),
-        (277, SHORT, [3]), (278, LONG, [height]), (279, LONG, [len(pixels)]), (284, SHORT, [1]),
-    ]  # fmt: skip
+        (254, LONG, [0]),
+        (256, LONG, [width]),
+        (257, LONG, [height]),
+        (258, SHORT, [8, 8, 8]),
+        (259, SHORT, [1]),
+        (262, SHORT, [2]),
+        (271, ASCII, make),
+        (273, LONG, [("blob", 0)]),
+        (277, SHORT, [3]),
+        (278, LONG, [height]),
+        (279, LONG, [len(pixels)]),
+        (284, SHORT, [1]),
+    ]
     return tiff([entries], [pixels])

@@ -50,8 +50,11 @@ class Servers:
         log = open(self.runtime / f"server-{len(self.processes)}.log", "wb")  # noqa: SIM115 - closed below
         process = subprocess.Popen(
             [sys.executable, "-m", "ptm_cli", "serve", "run", "--idle-timeout", "300", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env={**base, **(env or {})},
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**base, **(env or {})},
+        )
         log.close()
         self.processes.append(process)
         self.wait_until_answering(process)
@@ -73,8 +76,13 @@ class Servers:
 
     def status(self) -> dict[str, Any]:
         env = {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime)}
-        out = subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "status", "-f", "jsonl"], capture_output=True,
-                             timeout=60, check=True, env=env)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "ptm_cli", "serve", "status", "-f", "jsonl"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+            env=env,
+        )
         record: dict[str, Any] = json.loads(out.stdout)
         return record
 
@@ -96,8 +104,12 @@ class Servers:
 
     def stop_all(self, env: dict[str, str] | None = None) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "stop"], capture_output=True, timeout=30,
-                           env={**os.environ, **(env or {}), "XDG_RUNTIME_DIR": str(self.runtime)})  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "ptm_cli", "serve", "stop"],
+                capture_output=True,
+                timeout=30,
+                env={**os.environ, **(env or {}), "XDG_RUNTIME_DIR": str(self.runtime)},
+            )
         for process in self.processes:
             try:
                 process.wait(timeout=10)
@@ -132,5 +144,10 @@ def write_model_folder(folder: Path) -> Path:
 
 def ptm(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None, timeout: float = 120) -> Any:
     """``python -m ptm_cli ARGS`` as a real process (a client that can hand its streams to a server)."""
-    return subprocess.run([sys.executable, "-m", "ptm_cli", *args], input=stdin, capture_output=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ptm_cli", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -170,6 +170,26 @@ def test_the_public_api_says_what_it_takes_and_gives() -> None:
                     loose += _annotations_with_any(f"{name}.{attribute}", member.fget)
                 elif inspect.isfunction(member) or isinstance(member, classmethod | staticmethod):
                     loose += _annotations_with_any(f"{name}.{attribute}", getattr(value, attribute))
-            loose += [f"{name}.{field}: {kind}" for field, kind in getattr(value, "__annotations__", {}).items()
-                      if not field.startswith("_") and "Any" in str(kind)]  # fmt: skip
+            loose += [
+                f"{name}.{field}: {kind}"
+                for field, kind in getattr(value, "__annotations__", {}).items()
+                if not field.startswith("_") and "Any" in str(kind)
+            ]
     assert not loose, f"typed with Any: {loose}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared code lives in the helper modules and shared fixtures in conftest.py, never in a test module."""
+    tests = ROOT / "tests"
+    modules = {path.stem for path in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):  # from test_x import y, from . import test_x
+                names = [node.module] if node.module else [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{path.name} imports {name}" for name in names if name.split(".")[-1] in modules]
+    assert not found, f"move what these share into a helper module or conftest.py: {found}"

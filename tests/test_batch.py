@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from batchkit import FifoInput, assert_same_records, corpus, photo_bytes, shard_inodes
-from helpers import ROOT, ptm_process, run_ptm, write_tiny_model
+from helpers import ROOT, TinyClassifier, ptm_process, run_ptm
 
 from ptm_cli.batch.job import Request, plan_job, split
 from ptm_cli.batch.run import run_job
@@ -21,20 +21,8 @@ from ptm_cli.errors import HashMismatch
 from ptm_cli.tasks.base import ModelOptions
 
 
-@pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def tiny(tiny_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    catalog, weights = tiny_files
-    monkeypatch.setenv("PTM_CATALOG", str(catalog))
-    return ["-m", "tiny", "-w", str(weights)]
-
-
-def classify_reference(tiny: list[str], inputs: list[str]) -> list[dict[str, object]]:
-    result = run_ptm(["classify", *tiny, "-f", "jsonl", *inputs])
+def classify_reference(tiny: TinyClassifier, inputs: list[str]) -> list[dict[str, object]]:
+    result = run_ptm(tiny.args(*inputs))
     assert result.code == 1, result.stderr  # the corpus has bad files
     return result.records()
 
@@ -45,11 +33,25 @@ def merged(folder: Path, *fmt: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("record_format", ["jsonl", "parquet"])
-def test_batch_classify_gives_the_records_of_ptm_classify(tiny: list[str], tmp_path: Path, record_format: str) -> None:
+def test_batch_classify_gives_the_records_of_ptm_classify(
+    tiny: TinyClassifier, tmp_path: Path, record_format: str
+) -> None:
     inputs = corpus(tmp_path / "photos")
     out = tmp_path / "out"
-    result = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--shard-size", "4",
-                      "--format", record_format])  # fmt: skip
+    result = run_ptm(
+        [
+            "batch",
+            "classify",
+            *tiny.options,
+            *inputs,
+            "--output",
+            str(out),
+            "--shard-size",
+            "4",
+            "--format",
+            record_format,
+        ]
+    )
     assert result.code == 1, result.stderr  # some inputs failed, as with ptm classify
     summary = json.loads(result.stdout)
     assert summary["inputs"] == 11 and summary["ok"] == 7 and summary["failed"] == 4
@@ -62,12 +64,12 @@ def test_batch_classify_gives_the_records_of_ptm_classify(tiny: list[str], tmp_p
     assert summary["errors"] == dict(sorted(Counter(r["error"]["type"] for r in reference if "error" in r).items()))
 
 
-def test_parquet_shards_have_a_nested_schema(tiny: list[str], tmp_path: Path) -> None:
+def test_parquet_shards_have_a_nested_schema(tiny: TinyClassifier, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     inputs = corpus(tmp_path / "photos", photos=2)
     out = tmp_path / "out"
-    assert run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--format", "parquet"]).code == 1
+    assert run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--format", "parquet"]).code == 1
     table = pq.read_table(out / "shards" / "shard-00000.parquet")
     assert str(table.schema.field("predictions").type) == (
         "list<element: struct<rank: int32, index: int32, label: string, probability: double>>"
@@ -78,16 +80,18 @@ def test_parquet_shards_have_a_nested_schema(tiny: list[str], tmp_path: Path) ->
     assert [p["rank"] for p in rows[-2]["predictions"]] == [1, 2, 3, 4]
 
 
-def test_shards_are_consecutive_slices_of_the_manifest(tiny: list[str], tmp_path: Path) -> None:
+def test_shards_are_consecutive_slices_of_the_manifest(tiny: TinyClassifier, tmp_path: Path) -> None:
     names = [f"img{i}.jpg" for i in range(10)]
     shards = split(names, 3)
     assert [(s.index, s.start, s.names) for s in shards] == [
-        (0, 0, ("img0.jpg", "img1.jpg", "img2.jpg")), (1, 3, ("img3.jpg", "img4.jpg", "img5.jpg")),
-        (2, 6, ("img6.jpg", "img7.jpg", "img8.jpg")), (3, 9, ("img9.jpg",)),
-    ]  # fmt: skip
+        (0, 0, ("img0.jpg", "img1.jpg", "img2.jpg")),
+        (1, 3, ("img3.jpg", "img4.jpg", "img5.jpg")),
+        (2, 6, ("img6.jpg", "img7.jpg", "img8.jpg")),
+        (3, 9, ("img9.jpg",)),
+    ]
     inputs = corpus(tmp_path / "photos", photos=3)
     out = tmp_path / "out"
-    assert run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--shard-size", "3"]).code == 1
+    assert run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--shard-size", "3"]).code == 1
     manifest = [json.loads(line) for line in (out / "_MANIFEST.jsonl").read_text().splitlines()]
     assert manifest == [r["input"] for r in classify_reference(tiny, inputs)]
     for shard in split(manifest, 3):
@@ -95,9 +99,9 @@ def test_shards_are_consecutive_slices_of_the_manifest(tiny: list[str], tmp_path
         assert [json.loads(line)["input"] for line in lines] == list(shard.names)
 
 
-def test_resume_after_a_killed_run_redoes_only_unfinished_shards(tiny_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_resume_after_a_killed_run_redoes_only_unfinished_shards(tiny_model: TinyClassifier, tmp_path: Path) -> None:
     """A real process killed with SIGKILL in shard 3 of 4; --resume keeps shards 0-2 and equals an uninterrupted run."""
-    catalog, weights = tiny_files
+    catalog, weights = tiny_model.catalog, tiny_model.weights
     inputs = corpus(tmp_path / "photos")  # 11 inputs: shards 0-2 full, the pipe is the 12th, in shard 3
     pipe = tmp_path / "pipe.jpg"
     args = ["batch", "classify", "-m", "tiny", "-w", str(weights), *inputs, str(pipe), "--shard-size", "3"]
@@ -113,8 +117,12 @@ def test_resume_after_a_killed_run_redoes_only_unfinished_shards(tiny_files: tup
         assert fifo.killed == [process.pid]
         done = shard_inodes(out)
         assert sorted(done) == ["shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
-        resumed = subprocess.run([sys.executable, "-m", "ptm_cli", *args, "--output", str(out), "--resume"],
-                                 env={**os.environ, **env}, capture_output=True, timeout=60)  # fmt: skip
+        resumed = subprocess.run(
+            [sys.executable, "-m", "ptm_cli", *args, "--output", str(out), "--resume"],
+            env={**os.environ, **env},
+            capture_output=True,
+            timeout=60,
+        )
         assert resumed.returncode == 1, resumed.stderr  # the corpus has bad files
         assert b"3 of 4 shards are done already; running 1" in resumed.stderr
         summary = json.loads(resumed.stdout)
@@ -122,17 +130,21 @@ def test_resume_after_a_killed_run_redoes_only_unfinished_shards(tiny_files: tup
         after = shard_inodes(out)
         assert {name: after[name] for name in done} == done  # shards 0-2 untouched
         whole = tmp_path / "whole"
-        uninterrupted = subprocess.run([sys.executable, "-m", "ptm_cli", *args, "--output", str(whole)],
-                                       env={**os.environ, **env}, capture_output=True, timeout=60)  # fmt: skip
+        uninterrupted = subprocess.run(
+            [sys.executable, "-m", "ptm_cli", *args, "--output", str(whole)],
+            env={**os.environ, **env},
+            capture_output=True,
+            timeout=60,
+        )
         assert uninterrupted.returncode == 1, uninterrupted.stderr
     assert merged(out) == merged(whole)
     assert not list((out / "shards").glob(".*.part"))  # the killed run's temporary file is gone
 
 
-def test_a_missing_or_damaged_shard_file_becomes_worker_failed_records(tiny: list[str], tmp_path: Path) -> None:
+def test_a_missing_or_damaged_shard_file_becomes_worker_failed_records(tiny: TinyClassifier, tmp_path: Path) -> None:
     inputs = corpus(tmp_path / "photos", photos=3)
     out = tmp_path / "out"
-    assert run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--shard-size", "2"]).code == 1
+    assert run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--shard-size", "2"]).code == 1
     complete = merged(out)
     (out / "shards" / "shard-00001.jsonl").unlink()
     damaged = out / "shards" / "shard-00002.jsonl"
@@ -144,17 +156,19 @@ def test_a_missing_or_damaged_shard_file_becomes_worker_failed_records(tiny: lis
     failed = [r for r in records if r.get("error", {}).get("type") == "WorkerFailed"]
     assert [r["input"] for r in failed] == [r["input"] for r in complete[2:6]]
     assert "--resume" in failed[0]["error"]["message"]
-    again = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--shard-size", "2", "--resume"])
+    again = run_ptm(
+        ["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--shard-size", "2", "--resume"]
+    )
     assert json.loads(again.stdout)["shards_run"] == 2
     assert merged(out) == complete
 
 
-def test_merge_writes_csv_like_ptm_classify(tiny: list[str], tmp_path: Path) -> None:
+def test_merge_writes_csv_like_ptm_classify(tiny: TinyClassifier, tmp_path: Path) -> None:
     inputs = corpus(tmp_path / "photos", photos=2)
     out = tmp_path / "out"
-    run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "-k", "2"])
+    run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out), "-k", "2"])
     ours = run_ptm(["batch", "merge", str(out), "-f", "csv"])
-    theirs = run_ptm(["classify", *tiny, *inputs, "-k", "2", "-f", "csv"])
+    theirs = run_ptm(["classify", *tiny.options, *inputs, "-k", "2", "-f", "csv"])
     assert ours.code == theirs.code == 1
     assert ours.stdout == theirs.stdout
 
@@ -167,9 +181,9 @@ def test_merge_writes_csv_like_ptm_classify(tiny: list[str], tmp_path: Path) -> 
         (["--engine", "local", "--address", "auto"], "--address names a Ray cluster"),
     ],
 )
-def test_usage_errors(tiny: list[str], tmp_path: Path, extra: list[str], message: str) -> None:
+def test_usage_errors(tiny: TinyClassifier, tmp_path: Path, extra: list[str], message: str) -> None:
     photos = corpus(tmp_path / "photos", photos=1)
-    args = [*tiny, *extra] if extra[0] != "-m" else ["-m", extra[1]]
+    args = [*tiny.options, *extra] if extra[0] != "-m" else ["-m", extra[1]]
     positional = ["-"] if extra == ["-"] else photos
     args = [a for a in args if a != "-"]
     result = run_ptm(["batch", "classify", *args, *positional, "--output", str(tmp_path / "o")])
@@ -178,31 +192,38 @@ def test_usage_errors(tiny: list[str], tmp_path: Path, extra: list[str], message
     assert result.stdout == ""
 
 
-def test_a_used_folder_needs_resume_and_the_same_job(tiny: list[str], tmp_path: Path) -> None:
+def test_a_used_folder_needs_resume_and_the_same_job(tiny: TinyClassifier, tmp_path: Path) -> None:
     inputs = corpus(tmp_path / "photos", photos=2)
     out = tmp_path / "out"
-    assert run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out)]).code == 1
-    again = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out)])
+    assert run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out)]).code == 1
+    again = run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out)])
     assert again.code == 2 and "is not empty; add --resume" in again.stderr
-    other = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--resume", "-k", "2"])
+    other = run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--resume", "-k", "2"])
     assert other.code == 2 and "made with top_k 5, not 2" in other.stderr
-    same = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--resume"])
+    same = run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--resume"])
     assert same.code == 1 and json.loads(same.stdout)["shards_run"] == 0
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    foreign = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(tmp_path / "other"), "--resume"])
+    foreign = run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(tmp_path / "other"), "--resume"])
     assert foreign.code == 2 and "holds no ptm batch job" in foreign.stderr
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     (tmp_path / "afile").write_text("x")
-    assert "is a file" in run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(tmp_path / "afile")]).stderr
+    assert (
+        "is a file"
+        in run_ptm(["batch", "classify", *tiny.options, *inputs, "--output", str(tmp_path / "afile")]).stderr
+    )
 
 
-def test_workers_check_the_weights_hash_again(tiny: list[str], tmp_path: Path, tiny_files: tuple[Path, Path]) -> None:
+def test_workers_check_the_weights_hash_again(tiny: TinyClassifier, tmp_path: Path) -> None:
     """The file changed between the driver's check and a worker's load: the job stops, nothing is recorded."""
     weights = tmp_path / "tiny-copy.pth"
-    weights.write_bytes(tiny_files[1].read_bytes())
-    request = Request("classify", ModelOptions("tiny", weights=str(weights)), tuple(corpus(tmp_path / "p", photos=1)),
-                      str(tmp_path / "out"))  # fmt: skip
+    weights.write_bytes(tiny.weights.read_bytes())
+    request = Request(
+        "classify",
+        ModelOptions("tiny", weights=str(weights)),
+        tuple(corpus(tmp_path / "p", photos=1)),
+        str(tmp_path / "out"),
+    )
     job = plan_job(request)
     torch.save({"not": torch.zeros(1)}, weights)  # swapped after verification
     with pytest.raises(HashMismatch, match="the driver verified"):
@@ -222,36 +243,51 @@ def test_the_core_imports_no_engine() -> None:
 
 
 @pytest.mark.parametrize(("engine", "package"), [("ray", "ray"), ("spark", "pyspark"), ("local", "pyarrow")])
-def test_a_missing_engine_says_what_to_install(tiny_files: tuple[Path, Path], tmp_path: Path, engine: str,
-                                               package: str) -> None:  # fmt: skip
+def test_a_missing_engine_says_what_to_install(
+    tiny_model: TinyClassifier, tmp_path: Path, engine: str, package: str
+) -> None:
     """Run as if the package were not installed (None in sys.modules makes its import fail)."""
-    catalog, weights = tiny_files
-    args = ["batch", "classify", "-m", "tiny", "-w", str(weights), str(tmp_path), "--output", str(tmp_path / "o"),
-            "--engine", engine, *(["--format", "parquet"] if package == "pyarrow" else [])]  # fmt: skip
+    catalog, weights = tiny_model.catalog, tiny_model.weights
+    args = [
+        "batch",
+        "classify",
+        "-m",
+        "tiny",
+        "-w",
+        str(weights),
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "o"),
+        "--engine",
+        engine,
+        *(["--format", "parquet"] if package == "pyarrow" else []),
+    ]
     code = f"import sys; sys.modules[{package!r}] = None\nfrom ptm_cli.cli import main\nmain({args!r})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env={**os.environ, "PTM_CATALOG": str(catalog)})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PTM_CATALOG": str(catalog)},
+    )
     assert out.returncode == 2, out.stderr
     extra = {"ray": "ptm[ray]", "spark": "ptm[spark]", "local": "ptm[parquet]"}[engine]
     assert f"pip install '{extra}'" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_batch_translate_writes_what_ptm_translate_writes(tmp_path: Path) -> None:
-    from ptm_cli.nets.cyclegan import build_generator
-
-    generator = tmp_path / "gen.pth"
-    torch.manual_seed(7)
-    torch.save(build_generator().state_dict(), generator)
+def test_batch_translate_writes_what_ptm_translate_writes(generator_file: Path, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     corpus(photos, photos=3)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "photo00.jpg").write_bytes(photo_bytes(5))  # the same output name as photos/photo00.jpg
     inputs = [str(photos), str(tmp_path / "other" / "photo00.jpg")]
-    common = ["-m", "horse2zebra", "-w", str(generator), "--size", "32"]
+    common = ["-m", "horse2zebra", "-w", str(generator_file), "--size", "32"]
     out = tmp_path / "out"
-    result = run_ptm(["batch", "translate", *common, *inputs, "--output", str(out), "--shard-size", "2",
-                      "--suffix", "_z"])  # fmt: skip
+    result = run_ptm(
+        ["batch", "translate", *common, *inputs, "--output", str(out), "--shard-size", "2", "--suffix", "_z"]
+    )
     assert result.code == 1, result.stderr
     reference_dir = tmp_path / "reference"
     reference = run_ptm(["translate", *common, *inputs, "--output-dir", str(reference_dir), "--suffix", "_z"])
@@ -270,20 +306,24 @@ def test_batch_translate_writes_what_ptm_translate_writes(tmp_path: Path) -> Non
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(p.name for p in reference_dir.iterdir())
 
 
-def test_files_from_stdin_and_a_second_run_on_the_same_folder(tiny: list[str], tmp_path: Path) -> None:
+def test_files_from_stdin_and_a_second_run_on_the_same_folder(tiny: TinyClassifier, tmp_path: Path) -> None:
     from ptm_cli.runtime import fsutil
 
     photos = tmp_path / "photos"
     corpus(photos, photos=2)
     listed = sorted(str(p) for p in photos.iterdir())
     out = tmp_path / "out"
-    result = run_ptm(["batch", "classify", *tiny, "--files-from", "-", "--output", str(out)],
-                     stdin=("\n".join(listed) + "\n").encode())  # fmt: skip
+    result = run_ptm(
+        ["batch", "classify", *tiny.options, "--files-from", "-", "--output", str(out)],
+        stdin=("\n".join(listed) + "\n").encode(),
+    )
     assert result.code == 1, result.stderr
     assert [json.loads(line) for line in (out / "_MANIFEST.jsonl").read_text().splitlines()] == listed
     with fsutil.locked(out / "_JOB.json"):  # as a run in progress holds it
-        busy = run_ptm(["batch", "classify", *tiny, "--files-from", "-", "--output", str(out), "--resume"],
-                       stdin=("\n".join(listed) + "\n").encode())  # fmt: skip
+        busy = run_ptm(
+            ["batch", "classify", *tiny.options, "--files-from", "-", "--output", str(out), "--resume"],
+            stdin=("\n".join(listed) + "\n").encode(),
+        )
     assert busy.code == 2 and "another ptm batch is running" in busy.stderr
 
 
@@ -297,8 +337,23 @@ def test_batch_translate_resume_keeps_the_images_already_written(tmp_path: Path)
     photos.mkdir()
     for i in range(4):
         (photos / f"p{i}.jpg").write_bytes(photo_bytes(i, (40, 30)))
-    args = ["batch", "translate", "-m", "horse2zebra", "-w", str(generator), "--size", "32", str(photos),
-            "--output", str(tmp_path / "out"), "--shard-size", "2", "--image-format", "jpeg"]  # fmt: skip
+    args = [
+        "batch",
+        "translate",
+        "-m",
+        "horse2zebra",
+        "-w",
+        str(generator),
+        "--size",
+        "32",
+        str(photos),
+        "--output",
+        str(tmp_path / "out"),
+        "--shard-size",
+        "2",
+        "--image-format",
+        "jpeg",
+    ]
     assert run_ptm(args).code == 0
     images = tmp_path / "out" / "images"
     before = {p.name: p.stat().st_ino for p in images.iterdir()}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from batchkit import FifoInput, assert_same_records, corpus, environment, photo_bytes, shard_inodes
-from helpers import run_ptm, write_tiny_model
+from helpers import TinyClassifier, run_ptm
 
 pytestmark = pytest.mark.slow
 
@@ -63,47 +63,49 @@ def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def tiny(tiny_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    catalog, weights = tiny_files
-    monkeypatch.setenv("PTM_CATALOG", str(catalog))
-    return ["-m", "tiny", "-w", str(weights)]
-
-
 def merged(folder: Path) -> list[dict[str, Any]]:
     return run_ptm(["batch", "merge", str(folder)]).records()
 
 
-def test_engines_give_the_records_of_ptm_classify(engine: str, tiny: list[str], tmp_path: Path) -> None:
+def test_engines_give_the_records_of_ptm_classify(engine: str, tiny: TinyClassifier, tmp_path: Path) -> None:
     inputs = corpus(tmp_path / "photos")
     out = tmp_path / "out"
     record_format = "parquet" if engine == "ray" else "jsonl"
-    result = run_ptm(["batch", "classify", *tiny, *inputs, "--output", str(out), "--engine", engine,
-                      "--shard-size", "3", "--format", record_format])  # fmt: skip
+    result = run_ptm(
+        [
+            "batch",
+            "classify",
+            *tiny.options,
+            *inputs,
+            "--output",
+            str(out),
+            "--engine",
+            engine,
+            "--shard-size",
+            "3",
+            "--format",
+            record_format,
+        ]
+    )
     assert result.code == 1, result.stderr  # the corpus has bad files
     summary = json.loads(result.stdout)  # stdout holds the summary and nothing else, whatever the engine logs
     assert (summary["engine"], summary["inputs"], summary["ok"], summary["shards"]) == (engine, 11, 7, 4)
-    reference = run_ptm(["classify", *tiny, "-f", "jsonl", *inputs]).records()
+    reference = run_ptm(tiny.args(*inputs)).records()
     assert_same_records(merged(out), reference)
 
 
-def test_a_worker_killed_mid_shard_then_resume(engine: str, tiny: list[str], tmp_path: Path) -> None:
+def test_a_worker_killed_mid_shard_then_resume(engine: str, tiny: TinyClassifier, tmp_path: Path) -> None:
     """SIGKILL the worker that is reading an input; no input may go without a record; --resume completes the job."""
     inputs = [*corpus(tmp_path / "photos"), str(tmp_path / "pipe.jpg")]  # the pipe is the 12th input: shard 3
     out = tmp_path / "out"
-    args = ["batch", "classify", *tiny, *inputs, "--engine", engine, "--shard-size", "3", "--output", str(out)]
+    args = ["batch", "classify", *tiny.options, *inputs, "--engine", engine, "--shard-size", "3", "--output", str(out)]
     with FifoInput(tmp_path / "pipe.jpg", photo_bytes(9), kill_first=True) as pipe:
         first = run_ptm(args)
         assert len(pipe.killed) == 1, "one worker was to be killed"
         assert first.code == 1, first.stderr
         stopped = json.loads(first.stdout).get("stopped")  # an engine may retry the shard, or give up on it
         assert stopped is None or "worker" in stopped.lower(), stopped  # if it gives up, it says why
-        reference = run_ptm(["classify", *tiny, "-f", "jsonl", *inputs]).records()  # the pipe gives its bytes now
+        reference = run_ptm(tiny.args(*inputs)).records()  # the pipe gives its bytes now
         records = merged(out)
         assert [r["input"] for r in records] == inputs_of(reference)  # every input, once, in order
         for mine, theirs in zip(records, reference, strict=True):
@@ -122,13 +124,16 @@ def test_a_worker_killed_mid_shard_then_resume(engine: str, tiny: list[str], tmp
     assert_same_records(merged(out), reference)
 
 
-def test_an_input_that_kills_every_worker_does_not_hang_ray(ray_cluster: Any, tiny: list[str], tmp_path: Path) -> None:
+def test_an_input_that_kills_every_worker_does_not_hang_ray(
+    ray_cluster: Any, tiny: TinyClassifier, tmp_path: Path
+) -> None:
     """Ray would retry a lost actor's shard forever; ptm allows a few tries, then gives WorkerFailed records."""
     inputs = [*corpus(tmp_path / "photos", photos=2), str(tmp_path / "pipe.jpg")]
     out = tmp_path / "out"
     with FifoInput(tmp_path / "pipe.jpg", b"", kill_all=True) as pipe:
-        result = run_ptm(["batch", "classify", *tiny, *inputs, "--engine", "ray", "--shard-size", "3", "--output",
-                          str(out)])  # fmt: skip
+        result = run_ptm(
+            ["batch", "classify", *tiny.options, *inputs, "--engine", "ray", "--shard-size", "3", "--output", str(out)]
+        )
     assert result.code == 1, result.stderr
     assert len(pipe.killed) == 3  # the first try and ptm's two retries, then no more
     summary = json.loads(result.stdout)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import assert_refused, run_ptm
 
 from ptm_cli.cache.catalog import CATALOG_DIR, Catalog, entry_from_mapping, load_labels
 from ptm_cli.errors import ConfigError, UnknownModel
@@ -108,8 +109,11 @@ def test_builder_kwargs_reproduce_torchvisions_pretrained_models() -> None:
     import torchvision.models as tvm
 
     catalog = Catalog.load(extra=[])
-    for model, weights in [("googlenet", "IMAGENET1K_V1"), ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1"),
-                           ("inception_v3", "IMAGENET1K_V1")]:  # fmt: skip
+    for model, weights in [
+        ("googlenet", "IMAGENET1K_V1"),
+        ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1"),
+        ("inception_v3", "IMAGENET1K_V1"),
+    ]:
         entry = catalog.resolve(model, weights)
         with torch.device("meta"):
             ours = tvm.get_model(model, weights=None, **entry.builder_kwargs)
@@ -179,7 +183,7 @@ def test_ptm_catalog_env_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     [
         ('[[model]]\nname = "x"\n', "architecture is required"),
         ('[[model]]\nname = "x"\narchitecture = "resnet18"\nsha256 = "zz"\n', "sha256 must be"),
-        ('[[model]]\nname = "x"\narchitecture = "resnet18"\ntask = "detect"\n', "task must be"),
+        ('[[model]]\nname = "x"\narchitecture = "resnet18"\ntask = "Detect me"\n', "task must be"),
         ('[[model]]\nname = "x"\narchitecture = "resnet18"\nmean = [1, 2]\n', "mean must be"),
         ('[[model]]\nname = "x"\narchitecture = "resnet18"\ncrop = -3\n', "crop must be"),
         ('[[model]]\nname = "x"\narchitecture = "resnet18"\nsurprise = 1\n', "unknown keys surprise"),
@@ -236,3 +240,66 @@ def test_a_users_default_beats_the_shipped_one_and_dotted_names_work(tmp_path: P
 def test_malformed_catalog_files_are_config_errors(tmp_path: Path, name: str, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Catalog.load(extra=[write_toml(tmp_path / name, body)])
+
+
+# --- hostile catalog files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("std", "[1e-45, 0.2, 0.2]"), ("std", "[0.0, 0.2, 0.2]"), ("std", "[nan, 0.2, 0.2]"), ("mean", "[inf, 0, 0]")],
+)
+def test_catalog_normalisation_values_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    catalog = tmp_path / "c.toml"
+    catalog.write_text(f'[[model]]\nname = "m"\narchitecture = "resnet18"\n{field} = {value}\n')
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    assert_refused(run_ptm(["models"]), str(catalog), field)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b'[[model]]\nname = "m"\narchitecture = "resnet18"\nx = ' + b"[" * 50_000 + b"]" * 50_000 + b"\n", ()),
+        (
+            b'[[model]]\nname = "m"\narchitecture = "resnet18"\nbuilder_kwargs = {a = '
+            + b"[" * 60
+            + b"]" * 60
+            + b"}\n",
+            ("nested",),
+        ),
+        (b'[[model]]\nname = "m"\n\narchitecture = "r\xffnet"\n', ("line 4", "UTF-8")),
+        (b'\xef\xbb\xbf[[model]]\nname = "\xe9"\n', ("line 2", "UTF-8")),
+        (
+            b'[[model]]\nname = "m"\narchitecture = "resnet18"\nnum_classes = 1180591620717411303424\n',
+            ("num_classes", "64 bits"),
+        ),
+        (b'[[model]]\nname = "m"\narchitecture = "resnet18"\nresize = ' + b"9" * 5000 + b"\n", ()),
+        (b'[[model]]\nname = "m"\narchitecture = "resnet18"\nsize_mb = inf\n', ("size_mb",)),
+        (
+            b'[[model]]\nname = "m"\narchitecture = "resnet18"\nbuilder_kwargs = {n = -99999999999999999999999}\n',
+            ("64 bits",),
+        ),
+    ],
+)
+def test_hostile_catalog_files_are_configuration_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, words: tuple[str, ...]
+) -> None:
+    catalog = tmp_path / "hostile.toml"
+    catalog.write_bytes(content)
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    assert_refused(run_ptm(["models"]), str(catalog), *words)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"models": [' + b"\xff" + b"]}", b'{"models": ' + b"7" * 5000 + b"}"],
+)
+def test_hostile_json_catalogs_are_configuration_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    catalog = tmp_path / "hostile.json"
+    catalog.write_bytes(content)
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    assert_refused(run_ptm(["models"]), str(catalog))

@@ -10,33 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm, save_weights
+from helpers import DATA, TinyClassifier, run_ptm, save_weights
 from PIL import Image
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
-
-
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_weights(tmp_path_factory.mktemp("w") / "resnet18-seeded.pth", "resnet18", seed=1)
-
-
-@pytest.fixture(scope="module")
-def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user catalog with a 4-class MobileNet and its own labels."""
-    folder = tmp_path_factory.mktemp("tiny")
-    # Calibrated, so that different images get different answers and comparisons mean something.
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    toml = folder / "tiny.toml"
-    toml.write_text(TINY_TOML)
-    return toml
-
-
-@pytest.fixture
-def tiny(tiny_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    monkeypatch.setenv("PTM_CATALOG", str(tiny_catalog))
-    return ["classify", "-m", "tiny", "-w", str(tiny_catalog.parent / "tiny.pth")]
 
 
 def in_srgb(img: Image.Image) -> Image.Image:
@@ -91,9 +68,23 @@ def test_rocket_is_tagged_adobe_rgb_and_the_book_would_see_other_colours(resnet1
 
 def test_parity_with_the_books_code_path(resnet18_file: Path) -> None:
     result = run_ptm(
-        ["classify", "-m", "resnet18", "-w", str(resnet18_file), "--resize", "256", "--crop", "224",
-         "--batch-size", "2", "-f", "jsonl", *map(str, PHOTOS)]
-    )  # fmt: skip
+        [
+            "classify",
+            "-m",
+            "resnet18",
+            "-w",
+            str(resnet18_file),
+            "--resize",
+            "256",
+            "--crop",
+            "224",
+            "--batch-size",
+            "2",
+            "-f",
+            "jsonl",
+            *map(str, PHOTOS),
+        ]
+    )
     assert result.code == 0, result.stderr
     records = result.records()
     assert [r["input"] for r in records] == [str(p) for p in PHOTOS]
@@ -120,14 +111,14 @@ def test_labels_and_record_shape(resnet18_file: Path) -> None:
     assert len(record["predictions"]) == 3
 
 
-def test_batches_give_the_same_answers_as_single_images(tiny: list[str], tmp_path: Path) -> None:
+def test_batches_give_the_same_answers_as_single_images(tiny: TinyClassifier, tmp_path: Path) -> None:
     images = []
     for i in range(7):
         path = tmp_path / f"img{i}.png"
         Image.effect_noise((90 + 13 * i, 70 + 7 * i), 40 + 10 * i).convert("RGB").save(path)
         images.append(str(path))
-    one = run_ptm([*tiny, "--batch-size", "1", *images]).records()
-    many = run_ptm([*tiny, "--batch-size", "3", "--workers", "3", *images]).records()
+    one = run_ptm([*tiny.classify, "--batch-size", "1", *images]).records()
+    many = run_ptm([*tiny.classify, "--batch-size", "3", "--workers", "3", *images]).records()
     assert [r["input"] for r in many] == images
     for a, b in zip(one, many, strict=True):
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
@@ -159,9 +150,9 @@ def make_mixed_folder(folder: Path) -> list[tuple[str, str | None]]:
     ]
 
 
-def test_a_folder_of_photos_mixed_with_broken_files(tiny: list[str], tmp_path: Path) -> None:
+def test_a_folder_of_photos_mixed_with_broken_files(tiny: TinyClassifier, tmp_path: Path) -> None:
     expected = make_mixed_folder(tmp_path / "mixed")
-    result = run_ptm([*tiny, "--batch-size", "2", str(tmp_path / "mixed"), str(tmp_path / "missing.jpg")])
+    result = run_ptm([*tiny.classify, "--batch-size", "2", str(tmp_path / "mixed"), str(tmp_path / "missing.jpg")])
     assert result.code == 1
     records = result.records()
     names = [Path(r["input"]).name for r in records]
@@ -177,52 +168,52 @@ def test_a_folder_of_photos_mixed_with_broken_files(tiny: list[str], tmp_path: P
     assert "Traceback" not in result.stderr
 
 
-def test_every_good_image_in_a_mixed_run_matches_its_solo_run(tiny: list[str], tmp_path: Path) -> None:
+def test_every_good_image_in_a_mixed_run_matches_its_solo_run(tiny: TinyClassifier, tmp_path: Path) -> None:
     make_mixed_folder(tmp_path / "mixed")
-    mixed = {r["input"]: r for r in run_ptm([*tiny, "--batch-size", "4", str(tmp_path / "mixed")]).records()}
+    mixed = {r["input"]: r for r in run_ptm([*tiny.classify, "--batch-size", "4", str(tmp_path / "mixed")]).records()}
     for name, record in mixed.items():
         if "predictions" in record:
-            (solo,) = run_ptm([*tiny, name]).records()
+            (solo,) = run_ptm([*tiny.classify, name]).records()
             assert [p["index"] for p in solo["predictions"]] == [p["index"] for p in record["predictions"]]
 
 
-def test_recursive_descends_only_when_asked(tiny: list[str], tmp_path: Path) -> None:
+def test_recursive_descends_only_when_asked(tiny: TinyClassifier, tmp_path: Path) -> None:
     (tmp_path / "top" / "sub").mkdir(parents=True)
     Image.new("RGB", (20, 20), "red").save(tmp_path / "top" / "one.png")
     Image.new("RGB", (20, 20), "blue").save(tmp_path / "top" / "sub" / "two.jpg")
     Image.new("RGB", (20, 20), "blue").save(tmp_path / "top" / ".hidden.png")
-    flat = run_ptm([*tiny, str(tmp_path / "top")]).records()
-    deep = run_ptm([*tiny, "-r", str(tmp_path / "top")]).records()
+    flat = run_ptm([*tiny.classify, str(tmp_path / "top")]).records()
+    deep = run_ptm([*tiny.classify, "-r", str(tmp_path / "top")]).records()
     assert [Path(r["input"]).name for r in flat] == ["one.png"]
     assert [Path(r["input"]).name for r in deep] == ["one.png", "two.jpg"]
 
 
-def test_stdin_image_and_files_from(tiny: list[str], tmp_path: Path) -> None:
+def test_stdin_image_and_files_from(tiny: TinyClassifier, tmp_path: Path) -> None:
     data = (DATA / "rocket.jpg").read_bytes()
-    from_stdin = run_ptm([*tiny, "-"], stdin=data).records()
-    from_file = run_ptm([*tiny, str(DATA / "rocket.jpg")]).records()
+    from_stdin = run_ptm([*tiny.classify, "-"], stdin=data).records()
+    from_file = run_ptm([*tiny.classify, str(DATA / "rocket.jpg")]).records()
     assert from_stdin[0]["input"] == "-"
     assert from_stdin[0]["predictions"] == from_file[0]["predictions"]
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{DATA / 'rocket.jpg'}\n\n{DATA / 'coffee.png'}\n")
-    via_file = run_ptm([*tiny, "--files-from", str(listing)]).records()
-    via_stdin = run_ptm([*tiny, "--files-from", "-"], stdin=listing.read_bytes()).records()
+    via_file = run_ptm([*tiny.classify, "--files-from", str(listing)]).records()
+    via_stdin = run_ptm([*tiny.classify, "--files-from", "-"], stdin=listing.read_bytes()).records()
     assert [r["input"] for r in via_file] == [str(DATA / "rocket.jpg"), str(DATA / "coffee.png")]
     assert via_file == via_stdin
 
 
-def test_csv_tsv_json_and_table(tiny: list[str]) -> None:
+def test_csv_tsv_json_and_table(tiny: TinyClassifier) -> None:
     image = str(DATA / "coffee.png")
-    rows = list(csv.DictReader(io.StringIO(run_ptm([*tiny, "-f", "csv", "-k", "2", image]).stdout)))
+    rows = list(csv.DictReader(io.StringIO(run_ptm([*tiny.classify, "-f", "csv", "-k", "2", image]).stdout)))
     assert [r["rank"] for r in rows] == ["1", "2"]
     assert set(rows[0]) == {"input", "rank", "index", "label", "probability", "error"}
     assert 0 < float(rows[0]["probability"]) <= 1
-    tsv = run_ptm([*tiny, "-f", "tsv", "-k", "2", image]).stdout.splitlines()
+    tsv = run_ptm([*tiny.classify, "-f", "tsv", "-k", "2", image]).stdout.splitlines()
     assert tsv[0].split("\t") == ["input", "rank", "index", "label", "probability", "error"]
-    as_json = json.loads(run_ptm([*tiny, "-f", "json", image, image]).stdout)
+    as_json = json.loads(run_ptm([*tiny.classify, "-f", "json", image, image]).stdout)
     assert len(as_json) == 2 and as_json[0]["input"] == image
-    table = run_ptm([*tiny, "-f", "table", "-k", "1", image]).stdout
+    table = run_ptm([*tiny.classify, "-f", "table", "-k", "1", image]).stdout
     assert "%" in table and "coffee.png" in table
 
 
@@ -246,9 +237,9 @@ def test_usage_errors_exit_2_without_traceback(args: list[str], message: str) ->
     assert result.stdout == ""
 
 
-def test_absent_cuda_is_a_usage_error(tiny: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_absent_cuda_is_a_usage_error(tiny: TinyClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    result = run_ptm([*tiny, "--device", "cuda", str(PHOTOS[0])])
+    result = run_ptm([*tiny.classify, "--device", "cuda", str(PHOTOS[0])])
     assert result.code == 2
     assert "--device cpu" in result.stderr
 
@@ -304,12 +295,14 @@ def test_reduced_scale_jpeg_decoding_stays_within_its_bound(resnet18_file: Path,
     (reduced,) = run_ptm(base).records()
     (full,) = run_ptm([*base, "--full-decode"]).records()
     assert [p["index"] for p in reduced["predictions"]][:3] == [p["index"] for p in full["predictions"]][:3]
-    drift = max(abs(a["probability"] - b["probability"])
-                for a, b in zip(reduced["predictions"], full["predictions"], strict=True))  # fmt: skip
+    drift = max(
+        abs(a["probability"] - b["probability"])
+        for a, b in zip(reduced["predictions"], full["predictions"], strict=True)
+    )
     assert drift < 0.02  # measured 0.0020 here (0.0002-0.0020 over the three sample photos)
 
 
-def test_a_pipe_named_as_a_path_is_read(tiny: list[str], tmp_path: Path) -> None:
+def test_a_pipe_named_as_a_path_is_read(tiny: TinyClassifier, tmp_path: Path) -> None:
     """What `ptm classify <(curl ...)` hands over: a FIFO that cannot seek."""
     import os
     import threading
@@ -319,20 +312,20 @@ def test_a_pipe_named_as_a_path_is_read(tiny: list[str], tmp_path: Path) -> None
     data = (DATA / "rocket.jpg").read_bytes()
     writer = threading.Thread(target=fifo.write_bytes, args=(data,))
     writer.start()
-    result = run_ptm([*tiny, str(fifo)])
+    result = run_ptm([*tiny.classify, str(fifo)])
     writer.join(timeout=30)
     assert result.code == 0, result.stderr
-    (expected,) = run_ptm([*tiny, str(DATA / "rocket.jpg")]).records()
+    (expected,) = run_ptm([*tiny.classify, str(DATA / "rocket.jpg")]).records()
     assert result.records()[0]["predictions"] == expected["predictions"]
 
 
 def test_stdin_larger_than_any_image_is_refused_not_buffered(
-    tiny: list[str], monkeypatch: pytest.MonkeyPatch
+    tiny: TinyClassifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ptm_cli import settings
 
     monkeypatch.setattr(settings.tuning, "max_stream_bytes", 1000)
-    result = run_ptm([*tiny, "-"], stdin=(DATA / "rocket.jpg").read_bytes())
+    result = run_ptm([*tiny.classify, "-"], stdin=(DATA / "rocket.jpg").read_bytes())
     assert result.code == 1
     assert result.records()[0]["error"]["type"] == "ImageTooLarge"
 
@@ -354,18 +347,18 @@ def test_model_colon_weights_names_the_weights(monkeypatch: pytest.MonkeyPatch) 
     assert clash.code == 2 and "already names its weights" in clash.stderr
 
 
-def test_file_names_that_are_not_utf8(tiny: list[str], tmp_path: Path) -> None:
+def test_file_names_that_are_not_utf8(tiny: TinyClassifier, tmp_path: Path) -> None:
     import os
 
     folder = tmp_path / "latin"
     folder.mkdir()
     raw = os.fsencode(str(folder)) + b"/caf\xe9.png"
     Image.new("RGB", (30, 20), "red").save(os.fsdecode(raw))
-    result = run_ptm([*tiny, str(folder)])
+    result = run_ptm([*tiny.classify, str(folder)])
     assert result.code == 0, result.stderr
     (record,) = result.records()
     assert os.fsencode(record["input"]) == raw  # the exact bytes come back
-    assert "caf\\xe9.png" in run_ptm([*tiny, "-f", "csv", str(folder)]).stdout
+    assert "caf\\xe9.png" in run_ptm([*tiny.classify, "-f", "csv", str(folder)]).stdout
 
 
 def test_a_bug_is_one_line_and_exit_70_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import DATA, calibrated_state_dict, probability_table, run_ptm
+from helpers import DATA, probability_table, run_ptm
 from PIL import Image
 
 from ptm_cli.cache.catalog import Catalog, Entry
@@ -25,13 +25,6 @@ from ptm_cli.tasks.translate import build_translator
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 PHOTOS = [DATA / "chelsea.png", DATA / "coffee.png", DATA / "rocket.jpg"]
-
-
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("w") / "resnet18-calibrated.pth"
-    torch.save(calibrated_state_dict("resnet18", logit_std=6.0), path)
-    return path
 
 
 def probabilities(weights: Path, device: str, precision: str = "fp32", compile_model: bool = False) -> torch.Tensor:
@@ -48,34 +41,37 @@ def total_variation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs().sum(dim=1) / 2).max())
 
 
-def test_fp32_on_cuda_gives_the_cpu_answers(resnet18_file: Path) -> None:
-    cpu, cuda = probabilities(resnet18_file, "cpu"), probabilities(resnet18_file, "cuda")
+def test_fp32_on_cuda_gives_the_cpu_answers(calibrated_resnet18_file: Path) -> None:
+    cpu, cuda = probabilities(calibrated_resnet18_file, "cpu"), probabilities(calibrated_resnet18_file, "cuda")
     assert torch.equal(cpu.argmax(dim=1), cuda.argmax(dim=1))
     assert total_variation(cpu, cuda) < 0.02
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "auto"])
-def test_half_precisions_on_cuda_stay_close(resnet18_file: Path, precision: str) -> None:
+def test_half_precisions_on_cuda_stay_close(calibrated_resnet18_file: Path, precision: str) -> None:
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    cpu, cuda = probabilities(resnet18_file, "cpu"), probabilities(resnet18_file, "cuda", precision)
+    cpu, cuda = (
+        probabilities(calibrated_resnet18_file, "cpu"),
+        probabilities(calibrated_resnet18_file, "cuda", precision),
+    )
     assert torch.equal(cpu.argmax(dim=1), cuda.argmax(dim=1))
     assert total_variation(cpu, cuda) < 0.1
 
 
-def test_auto_precision_on_cuda_computes_in_a_half_type(resnet18_file: Path) -> None:
+def test_auto_precision_on_cuda_computes_in_a_half_type(calibrated_resnet18_file: Path) -> None:
     """What auto picks is observed where it matters: the dtype the network really computes in."""
     entry = Catalog.load().resolve("resnet18", "IMAGENET1K_V1")
-    classifier = build_classifier(entry, weights_file=resnet18_file, device="cuda", precision="auto")
+    classifier = build_classifier(entry, weights_file=calibrated_resnet18_file, device="cuda", precision="auto")
     seen: list[torch.dtype] = []
     classifier.model.fc.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     classifier.predict(torch.zeros(1, 3, 224, 224), top_k=1)
     assert seen and seen[0] in (torch.float16, torch.bfloat16)
 
 
-def test_compile_on_cuda_gives_the_eager_answers(resnet18_file: Path) -> None:
-    eager = probabilities(resnet18_file, "cuda")
-    compiled = probabilities(resnet18_file, "cuda", compile_model=True)
+def test_compile_on_cuda_gives_the_eager_answers(calibrated_resnet18_file: Path) -> None:
+    eager = probabilities(calibrated_resnet18_file, "cuda")
+    compiled = probabilities(calibrated_resnet18_file, "cuda", compile_model=True)
     assert torch.equal(eager.argmax(dim=1), compiled.argmax(dim=1))
     assert total_variation(eager, compiled) < 0.02
 
@@ -84,8 +80,15 @@ def test_translate_on_cuda_matches_the_cpu(tmp_path: Path) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "gen.pth"
     torch.save(build_generator(ngf=8).state_dict(), weights)
-    entry = Entry(model="tiny-gan", weights="TEST", task="translate", architecture="cyclegan_resnet9",
-                  labels=None, resize=256, builder_kwargs={"ngf": 8})  # fmt: skip
+    entry = Entry(
+        model="tiny-gan",
+        weights="TEST",
+        task="translate",
+        architecture="cyclegan_resnet9",
+        labels=None,
+        resize=256,
+        builder_kwargs={"ngf": 8},
+    )
     image = Image.open(PHOTOS[0]).convert("RGB").resize((300, 200))
     outputs = {}
     for device in ("cpu", "cuda"):
@@ -95,8 +98,8 @@ def test_translate_on_cuda_matches_the_cpu(tmp_path: Path) -> None:
     assert (outputs["cpu"] - outputs["cuda"]).abs().max() <= 8
 
 
-def test_cli_on_cuda(resnet18_file: Path) -> None:
-    args = ["classify", "-m", "resnet18", "-w", str(resnet18_file), "-f", "jsonl", *map(str, PHOTOS)]
+def test_cli_on_cuda(calibrated_resnet18_file: Path) -> None:
+    args = ["classify", "-m", "resnet18", "-w", str(calibrated_resnet18_file), "-f", "jsonl", *map(str, PHOTOS)]
     cpu = run_ptm([*args, "--device", "cpu"])
     cuda = run_ptm([*args, "--device", "cuda", "--precision", "auto"])
     assert cpu.code == 0 and cuda.code == 0, cuda.stderr

@@ -89,6 +89,9 @@ def test_every_test_reliability_md_names_exists() -> None:
     text = (ROOT / "RELIABILITY.md").read_text(encoding="utf-8")
     named = set(re.findall(r"tests/(\w+\.py)::(\w+)", text))
     assert len(named) > 40
-    missing = [f"{f}::{name}" for f, name in sorted(named)
-               if f"def {name}(" not in (ROOT / "tests" / f).read_text(encoding="utf-8")]  # fmt: skip
+    missing = [
+        f"{f}::{name}"
+        for f, name in sorted(named)
+        if f"def {name}(" not in (ROOT / "tests" / f).read_text(encoding="utf-8")
+    ]
     assert not missing, f"RELIABILITY.md names tests that do not exist: {missing}"

@@ -14,13 +14,6 @@ import ptm_cli
 from ptm_cli import doctor
 
 
-@pytest.fixture
-def cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("PTM_CACHE_DIR", str(folder))
-    return folder
-
-
 def _types(section: dict[str, Any], expected: dict[str, type | tuple[type, ...]]) -> None:
     for key, kind in expected.items():
         assert key in section, key

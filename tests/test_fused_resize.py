@@ -223,5 +223,4 @@ def test_the_kernel_refuses_capsules_another_reader_has_consumed() -> None:
     pa.Array._import_from_c_capsule(schema, array)  # moves the array out: the capsules now hold released structs
     out = np.empty((16, 16, 3), np.float32)
     with pytest.raises(ValueError, match="consumed"):
-        resize_crop(schema, array, 40, 30, 21, 16, 0, 0, 16, 16, int(INTERPOLATIONS["bilinear"]), False, out, MEAN,
-                    STD)  # fmt: skip
+        resize_crop(schema, array, 40, 30, 21, 16, 0, 0, 16, 16, int(INTERPOLATIONS["bilinear"]), False, out, MEAN, STD)

@@ -104,10 +104,34 @@ def seeds() -> tuple[bytes, ...]:
 
 
 # Values that break parsers: zero, all ones, sign bits, the largest 16- and 32-bit numbers.
-INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00", b"\xff\xff", b"\x7f\xff", b"\x80\x00",
-               b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00"]  # fmt: skip
-MAGICS = [b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"GIF87a", b"BM", b"II*\x00", b"MM\x00*",
-          b"P6\n", b"P5\n", b"P4\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"RIFF\x00\x00\x00\x00WEBPVP8L"]  # fmt: skip
+INTERESTING = [
+    b"\x00",
+    b"\xff",
+    b"\x7f",
+    b"\x80",
+    b"\x00\x00",
+    b"\xff\xff",
+    b"\x7f\xff",
+    b"\x80\x00",
+    b"\x00\x00\x00\x00",
+    b"\xff\xff\xff\xff",
+    b"\x7f\xff\xff\xff",
+    b"\x80\x00\x00\x00",
+]
+MAGICS = [
+    b"\xff\xd8\xff\xe0",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"GIF87a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"P6\n",
+    b"P5\n",
+    b"P4\n",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"RIFF\x00\x00\x00\x00WEBPVP8L",
+]
 
 position = st.integers(min_value=0, max_value=2**16)
 mutation = st.one_of(
@@ -171,8 +195,6 @@ def test_every_seed_loads() -> None:
     """The mutations start from images ptm reads: a seed that fails would make the fuzzing pointless."""
     for data in seeds():
         assert load_image(data).mode == "RGB"
-
-
 
 
 @FUZZ

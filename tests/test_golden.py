@@ -158,8 +158,9 @@ def test_classify_records(inside: Path, fmt: str) -> None:
 
 def test_classify_from_a_list_and_stdin(inside: Path) -> None:
     listing = "".join(f"{name}\n" for name in ("in/gradient.jpg", "in/empty.jpg", "in/sub/nested.png", "nowhere"))
-    result = run_ptm(["classify", "-m", "tiny", "-w", "tiny.pth", "--files-from", "-", "-f", "jsonl"],
-                     stdin=listing.encode())  # fmt: skip
+    result = run_ptm(
+        ["classify", "-m", "tiny", "-w", "tiny.pth", "--files-from", "-", "-f", "jsonl"], stdin=listing.encode()
+    )
     check("classify-files-from.jsonl", result.stdout)
     photo = (inside / "in" / "coffee.png").read_bytes()
     result = run_ptm(["classify", "-m", "tiny", "-w", "tiny.pth", "-", "-f", "jsonl", "-k", "4"], stdin=photo)
@@ -176,13 +177,34 @@ def _without_seconds(text: str) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
-TRANSLATE_INPUTS = ["in/gradient.jpg", "in/cmyk.jpg", "in/notes.png", "in/one-pixel.png", "in/tall-strip.png",
-                    "in/exif-rotated.jpg", "in/palette-alpha.png", "in/chelsea.png"]  # fmt: skip
+TRANSLATE_INPUTS = [
+    "in/gradient.jpg",
+    "in/cmyk.jpg",
+    "in/notes.png",
+    "in/one-pixel.png",
+    "in/tall-strip.png",
+    "in/exif-rotated.jpg",
+    "in/palette-alpha.png",
+    "in/chelsea.png",
+]
 
 
 def test_translate_records_and_images(inside: Path) -> None:
-    result = run_ptm(["translate", "-m", "tinygen", "-w", "tinygen.pth", "--size", "32", "--output-dir", "out",
-                      "-q", *TRANSLATE_INPUTS])  # fmt: skip
+    result = run_ptm(
+        [
+            "translate",
+            "-m",
+            "tinygen",
+            "-w",
+            "tinygen.pth",
+            "--size",
+            "32",
+            "--output-dir",
+            "out",
+            "-q",
+            *TRANSLATE_INPUTS,
+        ]
+    )
     assert result.code == 1, result.stderr  # notes.png is not an image
     check("translate.jsonl", _without_seconds(result.stdout))
     check("translate.stderr", result.stderr)
@@ -191,8 +213,22 @@ def test_translate_records_and_images(inside: Path) -> None:
 
 
 def test_translate_full_size_in_tiles_and_to_stdout(inside: Path) -> None:
-    result = run_ptm(["translate", "-m", "tinygen", "-w", "tinygen.pth", "--size", "full", "--tile", "128",
-                      "in/coffee.png", "-o", "-"])  # fmt: skip
+    result = run_ptm(
+        [
+            "translate",
+            "-m",
+            "tinygen",
+            "-w",
+            "tinygen.pth",
+            "--size",
+            "full",
+            "--tile",
+            "128",
+            "in/coffee.png",
+            "-o",
+            "-",
+        ]
+    )
     assert result.code == 0, result.stderr
     check_image("translate-tiled-stdout.png", result.stdout_bytes)
     check("translate-tiled.stderr", result.stderr)
@@ -205,14 +241,46 @@ def _merged(folder: str, *extra: str) -> str:
 
 
 def test_batch_classify_jsonl_and_parquet(inside: Path) -> None:
-    result = run_ptm(["batch", "classify", "-m", "tiny", "-w", "tiny.pth", "-r", "in", "missing.jpg",
-                      "--output", "job", "--shard-size", "5", "-q"])  # fmt: skip
+    result = run_ptm(
+        [
+            "batch",
+            "classify",
+            "-m",
+            "tiny",
+            "-w",
+            "tiny.pth",
+            "-r",
+            "in",
+            "missing.jpg",
+            "--output",
+            "job",
+            "--shard-size",
+            "5",
+            "-q",
+        ]
+    )
     assert result.code == 1, result.stderr
     check("batch-classify.jsonl", _merged("job"))
     some = ["in/sub", "in/gradient.jpg", "in/empty.jpg", "missing.jpg", "in/coffee.png"]
     for folder, record_format in (("job-some", "jsonl"), ("job-parquet", "parquet")):
-        result = run_ptm(["batch", "classify", "-m", "tiny", "-w", "tiny.pth", *some, "--output", folder,
-                          "--format", record_format, "--shard-size", "2", "-q"])  # fmt: skip
+        result = run_ptm(
+            [
+                "batch",
+                "classify",
+                "-m",
+                "tiny",
+                "-w",
+                "tiny.pth",
+                *some,
+                "--output",
+                folder,
+                "--format",
+                record_format,
+                "--shard-size",
+                "2",
+                "-q",
+            ]
+        )
         assert result.code == 1, result.stderr
     assert _merged("job-parquet") == _merged("job-some")
     check("batch-classify.csv", _merged("job", "-f", "csv"))
@@ -223,8 +291,22 @@ def test_batch_classify_jsonl_and_parquet(inside: Path) -> None:
 
 
 def test_batch_translate(inside: Path) -> None:
-    result = run_ptm(["batch", "translate", "-m", "tinygen", "-w", "tinygen.pth", "--size", "32",
-                      "--output", "job-translate", "-q", *TRANSLATE_INPUTS[:4]])  # fmt: skip
+    result = run_ptm(
+        [
+            "batch",
+            "translate",
+            "-m",
+            "tinygen",
+            "-w",
+            "tinygen.pth",
+            "--size",
+            "32",
+            "--output",
+            "job-translate",
+            "-q",
+            *TRANSLATE_INPUTS[:4],
+        ]
+    )
     assert result.code == 1, result.stderr
     check("batch-translate.jsonl", _without_seconds(_merged("job-translate")))
     for path in sorted((inside / "job-translate" / "images").iterdir()):
@@ -233,8 +315,9 @@ def test_batch_translate(inside: Path) -> None:
 
 def _client(args: list[str], runtime: Path, workspace: Path) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "PTM_CATALOG": str(workspace / "catalog.toml")}
-    return subprocess.run([sys.executable, "-m", "ptm_cli", *args], cwd=workspace, env=env, capture_output=True,
-                          timeout=300, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ptm_cli", *args], cwd=workspace, env=env, capture_output=True, timeout=300, check=False
+    )
 
 
 def test_a_warm_server_writes_the_same_bytes(workspace: Path) -> None:
@@ -242,20 +325,43 @@ def test_a_warm_server_writes_the_same_bytes(workspace: Path) -> None:
     runtime = Path(tempfile.mkdtemp(prefix="ptm-g-"))
     try:
         for fmt in ("jsonl", "csv"):
-            served = _client([*CLASSIFY, "-f", fmt, "-k", "2", "--batch-size", "4", "--server", "auto"], runtime,
-                             workspace)  # fmt: skip
+            served = _client(
+                [*CLASSIFY, "-f", fmt, "-k", "2", "--batch-size", "4", "--server", "auto"], runtime, workspace
+            )
             assert served.returncode == 1, served.stderr.decode()
             here = _client([*CLASSIFY, "-f", fmt, "-k", "2", "--batch-size", "4"], runtime, workspace)
             assert served.stdout == here.stdout
             assert served.stderr == here.stderr
         shutil.rmtree(workspace / "out", ignore_errors=True)
-        served = _client(["translate", "-m", "tinygen", "-w", "tinygen.pth", "--size", "32", "--output-dir",
-                          "out", "-q", "--server", "auto", *TRANSLATE_INPUTS], runtime, workspace)  # fmt: skip
+        served = _client(
+            [
+                "translate",
+                "-m",
+                "tinygen",
+                "-w",
+                "tinygen.pth",
+                "--size",
+                "32",
+                "--output-dir",
+                "out",
+                "-q",
+                "--server",
+                "auto",
+                *TRANSLATE_INPUTS,
+            ],
+            runtime,
+            workspace,
+        )
         assert served.returncode == 1, served.stderr.decode()
         check("translate.jsonl", _without_seconds(served.stdout.decode()))
         for path in sorted((workspace / "out").iterdir()):
             check_image(f"translate-{path.name}", path.read_bytes())
     finally:
-        subprocess.run([sys.executable, "-m", "ptm_cli", "serve", "stop"], env={**os.environ,
-                       "XDG_RUNTIME_DIR": str(runtime)}, capture_output=True, timeout=60, check=False)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "ptm_cli", "serve", "stop"],
+            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(runtime, ignore_errors=True)

@@ -64,8 +64,9 @@ PAGES = (192 << 20) // 4096  # of the smaller block
 
 
 def probe(mode: str, end: str = "over the keep") -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode, end], capture_output=True, text=True, timeout=120,
-                         check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode, end], capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -129,8 +130,9 @@ else:
 
 def three_calls(keep_mib: int) -> list[int]:
     """Pages each of three calls faulted in."""
-    out = subprocess.run([sys.executable, "-c", THREE_CALLS, str(keep_mib)], capture_output=True, text=True,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", THREE_CALLS, str(keep_mib)], capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -191,8 +193,9 @@ def test_turned_off_by_tuning(tuned: None, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_an_idle_server_gives_back_what_the_runs_kept() -> None:
-    out = subprocess.run([sys.executable, "-c", THREE_CALLS, "1024", "release"], capture_output=True, text=True,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", THREE_CALLS, "1024", "release"], capture_output=True, text=True, timeout=120, check=True
+    )
     figures = json.loads(out.stdout)
     assert figures["released"] == [True, False]  # the second call finds nothing kept
     assert figures["returned"] >= 30 << 20  # the 36 MiB activations, at least most of them

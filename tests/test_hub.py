@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 import torch.hub
-from helpers import TINY_HUBCONF
 from torch import nn
 
 from ptm_cli import hub
@@ -55,14 +54,6 @@ def marker_hubconf(marker: Path) -> str:
 @pytest.fixture
 def hub_home() -> Path:
     return Path(os.environ["TORCH_HOME"]) / "hub"
-
-
-@pytest.fixture
-def local_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "tinyrepo"
-    repo.mkdir()
-    (repo / "hubconf.py").write_text(TINY_HUBCONF)
-    return repo
 
 
 def make_cached(hub_home: Path, owner: str, name: str, ref: str, source: str) -> Path:
@@ -130,12 +121,12 @@ def test_parse_repo_malformed(spec: str) -> None:
         hub.parse_repo(spec)
 
 
-def test_parse_repo_local(local_repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_parse_repo_local(hub_repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    for spec in ("./tinyrepo", str(local_repo), "tinyrepo"):
+    for spec in ("./tinyrepo", str(hub_repo), "tinyrepo"):
         repo = hub.parse_repo(spec)
         assert repo.source == "local"
-        assert repo.path == local_repo.resolve()
+        assert repo.path == hub_repo.resolve()
     (tmp_path / "plain").mkdir()
     with pytest.raises(UsageError, match=r"hubconf\.py"):
         hub.parse_repo("./plain")
@@ -173,11 +164,11 @@ def test_parse_kwargs_malformed(items: list[str]) -> None:
         hub.parse_kwargs(items)
 
 
-def test_parse_model_spec(local_repo: Path) -> None:
+def test_parse_model_spec(hub_repo: Path) -> None:
     repo, entry = hub.parse_model_spec("hub:alice/models:feature/x/resnet")
     assert (repo.owner, repo.name, repo.ref, entry) == ("alice", "models", "feature/x", "resnet")
-    repo, entry = hub.parse_model_spec(f"hub:{local_repo}/tiny")
-    assert (repo.source, repo.path, entry) == ("local", local_repo.resolve(), "tiny")
+    repo, entry = hub.parse_model_spec(f"hub:{hub_repo}/tiny")
+    assert (repo.source, repo.path, entry) == ("local", hub_repo.resolve(), "tiny")
     for bad in ("alice/models/x", "hub:alice", "hub:alice/models/", "hub:alice/models/1x"):
         with pytest.raises(UsageError):
             hub.parse_model_spec(bad)
@@ -186,19 +177,19 @@ def test_parse_model_spec(local_repo: Path) -> None:
 # --- local directories --------------------------------------------------------------------------------
 
 
-def test_local_list_help_and_load(local_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert hub.list_entrypoints(str(local_repo)) == ["broken", "needs_weights", "not_a_model", "sequence_model", "tiny"]
-    doc = hub.entry_help(str(local_repo), "tiny")
+def test_local_list_help_and_load(hub_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert hub.list_entrypoints(str(hub_repo)) == ["broken", "needs_weights", "not_a_model", "sequence_model", "tiny"]
+    doc = hub.entry_help(str(hub_repo), "tiny")
     assert doc.startswith("A tiny classifier") and "num_classes: how many logits" in doc
-    assert hub.entry_help(str(local_repo), "broken") == ""
+    assert hub.entry_help(str(hub_repo), "broken") == ""
 
-    model, info = hub.load_model(str(local_repo), "tiny", kwargs={"num_classes": 10, "scale": 0.5})
+    model, info = hub.load_model(str(hub_repo), "tiny", kwargs={"num_classes": 10, "scale": 0.5})
     assert not model.training
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
     assert info.class_name == "Sequential"
     assert info.num_params == sum(p.numel() for p in model.parameters()) == 3 * 8 * 9 + 8 + 8 * 10 + 10
-    assert info.source == f"local dir {local_repo.resolve()}"
-    assert info.entry == "tiny" and info.directory == local_repo.resolve()
+    assert info.source == f"local dir {hub_repo.resolve()}"
+    assert info.entry == "tiny" and info.directory == hub_repo.resolve()
     captured = capsys.readouterr()
     assert captured.out == ""  # hubconf printed, but stdout belongs to results
     assert "hubconf says hello" in captured.err
@@ -206,8 +197,8 @@ def test_local_list_help_and_load(local_repo: Path, capsys: pytest.CaptureFixtur
     assert not (Path(os.environ["TORCH_HOME"]) / "hub" / "trusted_list").exists()
 
 
-def test_local_errors(local_repo: Path) -> None:
-    spec = str(local_repo)
+def test_local_errors(hub_repo: Path) -> None:
+    spec = str(hub_repo)
     with pytest.raises(UsageError, match="tiny"):  # the message lists the entry points there are
         hub.load_model(spec, "missing")
     with pytest.raises(UsageError, match="does not accept"):
@@ -420,18 +411,18 @@ def test_reserved_torch_hub_keywords(hub_home: Path) -> None:
 # --- weights inside hub calls ----------------------------------------------------------------------------
 
 
-def test_hub_weights_load_with_weights_only(local_repo: Path, hub_home: Path, no_urlopen: None) -> None:
+def test_hub_weights_load_with_weights_only(hub_repo: Path, hub_home: Path, no_urlopen: None) -> None:
     checkpoints = hub_home / "checkpoints"
     checkpoints.mkdir(parents=True)
     target = checkpoints / "tiny-0123abcd.pth"
     state = tiny_state()
     torch.save(state, target)
-    model, _ = hub.load_model(str(local_repo), "needs_weights")
+    model, _ = hub.load_model(str(hub_repo), "needs_weights")
     assert torch.equal(model.state_dict()["3.weight"], state["3.weight"])
 
     torch.save({**state, "extra": fractions.Fraction(1, 3)}, target)
     with pytest.raises(UnsafeWeights, match="weights_only"):
-        hub.load_model(str(local_repo), "needs_weights")
+        hub.load_model(str(hub_repo), "needs_weights")
     # The default is torch's again outside the call.
     default = inspect.signature(torch.hub.load_state_dict_from_url).parameters["weights_only"].default
     assert default is False
@@ -440,33 +431,34 @@ def test_hub_weights_load_with_weights_only(local_repo: Path, hub_home: Path, no
         assert inspect.signature(torch.hub.load_state_dict_from_url).parameters["weights_only"].default is True
 
 
-def test_hub_weights_offline(local_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_weights_offline(hub_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTM_OFFLINE", "1")
     original = torch.hub.download_url_to_file
     with pytest.raises(OfflineError, match=r"example\.invalid"):
-        hub.load_model(str(local_repo), "needs_weights")
+        hub.load_model(str(hub_repo), "needs_weights")
     assert torch.hub.download_url_to_file is original
 
 
-def test_hub_weights_download_failure(local_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hub_weights_download_failure(hub_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(DownloadError):
-        hub.load_model(str(local_repo), "needs_weights")
+        hub.load_model(str(hub_repo), "needs_weights")
     assert capsys.readouterr().out == ""
 
 
 # --- classification ----------------------------------------------------------------------------------------
 
 
-def hub_classifier(spec: str, *, labels_file: Path | None = None, kwargs: dict[str, Any] | None = None,
-                   device: str = "cpu") -> Classifier:  # fmt: skip
+def hub_classifier(
+    spec: str, *, labels_file: Path | None = None, kwargs: dict[str, Any] | None = None, device: str = "cpu"
+) -> Classifier:
     """A classifier for ``-m hub:...`` as ``ptm classify`` loads it, with ``--arg KEY=VALUE`` for ``kwargs``."""
     arguments = tuple(f"{key}={value}" for key, value in (kwargs or {}).items())
     labels = None if labels_file is None else str(labels_file)
     return load_classifier(ModelOptions(spec, device=device, labels_file=labels, hub_args=arguments))
 
 
-def test_hub_classifier_local(local_repo: Path) -> None:
-    spec = f"hub:{local_repo}/tiny"
+def test_hub_classifier_local(hub_repo: Path) -> None:
+    spec = f"hub:{hub_repo}/tiny"
     classifier = hub_classifier(spec, device="cpu")
     assert isinstance(classifier, Classifier)
     assert not classifier.model.training
@@ -482,10 +474,10 @@ def test_hub_classifier_local(local_repo: Path) -> None:
         assert probabilities == sorted(probabilities, reverse=True)
 
 
-def test_hub_classifier_labels(local_repo: Path, tmp_path: Path) -> None:
+def test_hub_classifier_labels(hub_repo: Path, tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
-    spec = f"hub:{local_repo}/tiny"
+    spec = f"hub:{hub_repo}/tiny"
     classifier = hub_classifier(spec, labels_file=labels, device="cpu", kwargs={"num_classes": 10})
     predictions = classifier.predict(torch.rand(1, 3, 224, 224), 5)[0]
     assert all(p.label == f"class {p.index}" for p in predictions)
@@ -493,9 +485,9 @@ def test_hub_classifier_labels(local_repo: Path, tmp_path: Path) -> None:
         hub_classifier(spec, labels_file=labels, device="cpu")
 
 
-def test_hub_classifier_refuses_non_classifiers(local_repo: Path) -> None:
+def test_hub_classifier_refuses_non_classifiers(hub_repo: Path) -> None:
     with pytest.raises(UsageError, match="class scores"):
-        hub_classifier(f"hub:{local_repo}/sequence_model", device="cpu")
+        hub_classifier(f"hub:{hub_repo}/sequence_model", device="cpu")
     with pytest.raises(UsageError, match="hub:"):
         parse_model_spec("resnet101")
 

@@ -19,33 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 from corpus import png_claiming
-from helpers import TINY_TOML, informative_state_dict, run_ptm
+from helpers import HAS_PROCFS, TinyClassifier, run_ptm
 from PIL import Image
-
-LABELS = ("apple", "banana", "cherry", "date")
 
 pytestmark = [
     pytest.mark.long,
-    pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="RSS is sampled from /proc"),
+    pytest.mark.skipif(not HAS_PROCFS, reason="RSS is sampled from /proc"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
-    (folder / "tiny.toml").write_text(TINY_TOML)
-    return folder / "tiny.toml", folder / "tiny.pth"
-
-
-@pytest.fixture
-def tiny_args(tiny_catalog: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    catalog, weights = tiny_catalog
-    monkeypatch.setenv("PTM_CATALOG", str(catalog))
-    return ["classify", "-m", "tiny", "-w", str(weights), "-f", "jsonl"]
 
 
 def small_png(index: int) -> bytes:
@@ -88,8 +69,9 @@ def soak(args: list[str], *, timeout: float) -> Soak:
     """Run ``ptm`` as a real process, sampling its RSS and its progress every 20 ms; fail on a hang."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "ptm_cli", *args], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ptm_cli", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
         samples, done, read = [], 0, 0
         while proc.poll() is None:
             if time.monotonic() - started > timeout:
@@ -128,7 +110,7 @@ def assert_same_as_alone(records: dict[str, dict], names: list[str], args: list[
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
 
 
-def test_three_thousand_small_images_with_steady_memory(tiny_args: list[str], tmp_path: Path) -> None:
+def test_three_thousand_small_images_with_steady_memory(tiny: TinyClassifier, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     total = 3000
@@ -137,7 +119,7 @@ def test_three_thousand_small_images_with_steady_memory(tiny_args: list[str], tm
         path = folder / f"img{i:05}.png"
         path.write_bytes(small_png(i))
         names.append(str(path))
-    run = soak([*tiny_args, "--batch-size", "16", str(folder)], timeout=900)
+    run = soak(tiny.args("--batch-size", "16", str(folder)), timeout=900)
     assert run.code == 0, run.stderr
     assert "Traceback" not in run.stderr
     records = run.records()
@@ -146,7 +128,7 @@ def test_three_thousand_small_images_with_steady_memory(tiny_args: list[str], tm
     assert len({r["predictions"][0]["index"] for r in records}) > 1  # the model is not answering blindly
     assert_steady_memory(run, total)
     sample = names[:: total // 12]
-    assert_same_as_alone({r["input"]: r for r in records}, sample, tiny_args)
+    assert_same_as_alone({r["input"]: r for r in records}, sample, tiny.args())
 
 
 # Broken files for the mixed folder, in rotation: (suffix, bytes, expected error type).
@@ -161,7 +143,7 @@ BROKEN = [
 ]
 
 
-def test_mixed_folder_with_a_third_broken(tiny_args: list[str], tmp_path: Path) -> None:
+def test_mixed_folder_with_a_third_broken(tiny: TinyClassifier, tmp_path: Path) -> None:
     """Paths come from --files-from, so that paths that do not exist are inputs too."""
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -179,7 +161,7 @@ def test_mixed_folder_with_a_third_broken(tiny_args: list[str], tmp_path: Path) 
         expected.append((str(path), kind))
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{name}\n" for name, _ in expected))
-    run = soak([*tiny_args, "--batch-size", "16", "--files-from", str(listing)], timeout=900)
+    run = soak(tiny.args("--batch-size", "16", "--files-from", str(listing)), timeout=900)
     assert run.code == 1, run.stderr
     assert f"{total // 3} of {total} inputs failed" in run.stderr
     assert "Traceback" not in run.stderr
@@ -192,4 +174,4 @@ def test_mixed_folder_with_a_third_broken(tiny_args: list[str], tmp_path: Path) 
             assert record["error"]["type"] == kind, record
     assert_steady_memory(run, total)
     good = [name for name, kind in expected if kind is None]
-    assert_same_as_alone({r["input"]: r for r in records}, good[:: len(good) // 10], tiny_args)
+    assert_same_as_alone({r["input"]: r for r in records}, good[:: len(good) // 10], tiny.args())

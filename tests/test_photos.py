@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from helpers import DATA, TINY_TOML, informative_state_dict, run_ptm
+from helpers import DATA, TinyClassifier, run_ptm
 from photofiles import (
     SRGB_GREEN,
     SRGB_RED,
@@ -500,15 +499,6 @@ def test_bad_extra_formats_are_a_config_error(value: str, match: str, monkeypatc
 # --- through the command line: same answers as the same pixels in PNG ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tiny")
-    torch.save(informative_state_dict(), folder / "tiny.pth")
-    (folder / "labels.txt").write_text("apple\nbanana\ncherry\ndate\n")
-    (folder / "tiny.toml").write_text(TINY_TOML)
-    return folder / "tiny.toml", folder / "tiny.pth"
-
-
 def _codecs() -> list[object]:
     found = []
     if HAS_AVIF:
@@ -520,13 +510,11 @@ def _codecs() -> list[object]:
 
 @pytest.mark.parametrize(("fmt", "ext"), _codecs())
 def test_phone_formats_classify_like_the_same_pixels_in_png(
-    fmt: str, ext: str, tiny_catalog: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fmt: str, ext: str, tiny: TinyClassifier, tmp_path: Path
 ) -> None:
-    catalog, weights = tiny_catalog
-    monkeypatch.setenv("PTM_CATALOG", str(catalog))
     (tmp_path / "coffee.png").write_bytes((DATA / "coffee.png").read_bytes())
     (tmp_path / f"coffee.{ext}").write_bytes(encode(photo(), fmt, quality=90))
-    result = run_ptm(["classify", "-m", "tiny", "-w", str(weights), "-f", "jsonl", str(tmp_path)])
+    result = run_ptm(tiny.args(str(tmp_path)))
     assert result.code == 0, result.stderr
     by_name = {Path(r["input"]).suffix: r["predictions"] for r in result.records()}
     png, other = by_name[".png"], by_name[f".{ext}"]
@@ -536,19 +524,9 @@ def test_phone_formats_classify_like_the_same_pixels_in_png(
     assert worst < 0.02, worst
 
 
-@pytest.fixture(scope="module")
-def generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ptm_cli.nets.cyclegan import build_generator
-
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("gen") / "gen.pth"
-    torch.save(build_generator().state_dict(), path)
-    return path
-
-
 @pytest.mark.parametrize(("fmt", "ext"), _codecs())
 def test_phone_formats_translate_like_the_same_pixels_in_png(
-    fmt: str, ext: str, generator: Path, tmp_path: Path
+    fmt: str, ext: str, generator_file: Path, tmp_path: Path
 ) -> None:
     """The untrained test generator amplifies input differences about threefold, so the bound is relative:
     the AVIF/HEIC result is no further from the PNG result than a quality-90 JPEG's is."""
@@ -562,7 +540,9 @@ def test_phone_formats_translate_like_the_same_pixels_in_png(
     for name, data in files.items():
         (tmp_path / f"in.{name}").write_bytes(data)
         out = tmp_path / f"out-{name}.png"
-        result = run_ptm(["zebra", "-w", str(generator), "--size", "32", str(tmp_path / f"in.{name}"), "-o", str(out)])
+        result = run_ptm(
+            ["zebra", "-w", str(generator_file), "--size", "32", str(tmp_path / f"in.{name}"), "-o", str(out)]
+        )
         assert result.code == 0, result.stderr
         with Image.open(out) as written:
             outputs[name] = written.convert("RGB")
@@ -572,12 +552,12 @@ def test_phone_formats_translate_like_the_same_pixels_in_png(
     assert ours <= jpeg and ours < 8.0
 
 
-def test_translate_output_is_srgb_with_the_profile_embedded(generator: Path, tmp_path: Path) -> None:
+def test_translate_output_is_srgb_with_the_profile_embedded(generator_file: Path, tmp_path: Path) -> None:
     linear = rgb_profile("linear sRGB", gamma=1.0)
     dark = Image.new("RGB", (32, 32), (50, 50, 50))
     (tmp_path / "linear.png").write_bytes(tagged(dark, linear))
     (tmp_path / "converted.png").write_bytes(encode(Image.new("RGB", (32, 32), (122, 122, 122)), "PNG"))
-    zebra = ["zebra", "-w", str(generator), "--size", "32"]
+    zebra = ["zebra", "-w", str(generator_file), "--size", "32"]
     for ext in ("png", "jpg", "webp", "tif", "bmp"):
         result = run_ptm([*zebra, str(tmp_path / "linear.png"), "-o", str(tmp_path / f"out.{ext}")])
         assert result.code == 0, result.stderr
@@ -595,14 +575,10 @@ def test_translate_output_is_srgb_with_the_profile_embedded(generator: Path, tmp
         assert mean_abs_difference(ours.convert("RGB"), reference.convert("RGB")) < 1.0
 
 
-def test_damaged_profile_is_a_note_on_stderr_and_the_run_succeeds(
-    tiny_catalog: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    catalog, weights = tiny_catalog
-    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+def test_damaged_profile_is_a_note_on_stderr_and_the_run_succeeds(tiny: TinyClassifier, tmp_path: Path) -> None:
     path = tmp_path / "odd.png"
     path.write_bytes(tagged(photo().resize((80, 60)), b"garbage" * 30))
-    result = run_ptm(["classify", "-m", "tiny", "-w", str(weights), "-f", "jsonl", str(path)])
+    result = run_ptm(tiny.args(str(path)))
     assert result.code == 0, result.stderr
     assert f"ptm: {path}: its colour profile is damaged" in result.stderr
     assert len(result.records()) == 1 and "predictions" in result.records()[0]
@@ -619,11 +595,9 @@ def test_extra_formats_setting_is_read_like_the_others(monkeypatch: pytest.Monke
     assert problem.startswith("PTM_EXTRA_FORMATS='tga/pcx' is not understood")
 
 
-def test_bad_extra_formats_setting_is_exit_2(tiny_catalog: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    catalog, weights = tiny_catalog
-    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+def test_bad_extra_formats_setting_is_exit_2(tiny: TinyClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTM_EXTRA_FORMATS", "NOPE")
-    result = run_ptm(["classify", "-m", "tiny", "-w", str(weights), str(DATA / "coffee.png")])
+    result = run_ptm([*tiny.classify, str(DATA / "coffee.png")])
     assert result.code == 2
     assert "PTM_EXTRA_FORMATS names NOPE" in result.stderr and "Traceback" not in result.stderr
 

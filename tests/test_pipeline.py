@@ -42,8 +42,15 @@ class TinyNet(nn.Module):
 def classifier_for(model: nn.Module) -> Classifier:
     entry = Entry(model="tiny", weights="seeded", task="classify", architecture="tiny", labels=None)
     device = torch.device("cpu")
-    return Classifier(entry, place_classifier(model.eval(), device), weights_label="seeded", labels=None,
-                      preprocess=RECIPE, device=device, precision=Precision("fp32"))  # fmt: skip
+    return Classifier(
+        entry,
+        place_classifier(model.eval(), device),
+        weights_label="seeded",
+        labels=None,
+        preprocess=RECIPE,
+        device=device,
+        precision=Precision("fp32"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,14 @@ def test_a_failing_model_ends_the_run_without_leaving_decoders_waiting(photos: l
 
     def run() -> None:
         try:
-            list(classify_images([ImageInput(p.name, path=p) for p in photos], classifier_for(TinyNet(fail=True)),
-                                 batch_size=2, workers=2))  # fmt: skip
+            list(
+                classify_images(
+                    [ImageInput(p.name, path=p) for p in photos],
+                    classifier_for(TinyNet(fail=True)),
+                    batch_size=2,
+                    workers=2,
+                )
+            )
         except RuntimeError as exc:
             outcome.append(exc)
 

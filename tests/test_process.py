@@ -1,7 +1,9 @@
-"""ptm as a real process: start-up imports, pipes closed early, Ctrl-C."""
+"""ptm as a real process: start-up imports, pipes closed early, Ctrl-C, a stdout that is full or fails."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ptm_process, save_weights
+from helpers import TinyClassifier, ptm_process, save_weights
 from PIL import Image
 
 
@@ -84,7 +86,7 @@ def classify_args(many: tuple[list[str], Path]) -> list[str]:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Path:
+def tinynet_catalog(tmp_path: Path) -> Path:
     """The user catalog that describes the 10-class model `many_images` comes with."""
     (tmp_path / "labels.txt").write_text("".join(f"c{i}\n" for i in range(10)))
     path = tmp_path / "c.toml"
@@ -95,9 +97,12 @@ def catalog(tmp_path: Path) -> Path:
     return path
 
 
-def test_reader_closing_the_pipe_ends_quietly(many_images: tuple[list[str], Path], catalog: Path) -> None:
+def test_reader_closing_the_pipe_ends_quietly(many_images: tuple[list[str], Path], tinynet_catalog: Path) -> None:
     with ptm_process(
-        classify_args(many_images), env={"PTM_CATALOG": str(catalog)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        classify_args(many_images),
+        env={"PTM_CATALOG": str(tinynet_catalog)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()
@@ -111,10 +116,14 @@ def test_reader_closing_the_pipe_ends_quietly(many_images: tuple[list[str], Path
     assert "BrokenPipe" not in stderr
 
 
-def test_ctrl_c_exits_130_after_writing_finished_records(many_images: tuple[list[str], Path], catalog: Path) -> None:
+def test_ctrl_c_exits_130_after_writing_finished_records(
+    many_images: tuple[list[str], Path], tinynet_catalog: Path
+) -> None:
     paths, _ = many_images
     args = classify_args(many_images) + paths * 20  # long enough to interrupt
-    with ptm_process(args, env={"PTM_CATALOG": str(catalog)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    with ptm_process(
+        args, env={"PTM_CATALOG": str(tinynet_catalog)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         first = proc.stdout.readline()
         assert first.startswith(b'{"input"')
@@ -143,3 +152,65 @@ def test_a_command_imports_only_its_own_module() -> None:
     assert "ptm_cli.commands.cmd_models" in loaded
     for other in ("batch", "classify", "serve", "weights", "hub", "translate"):
         assert f"ptm_cli.commands.{other}'" not in loaded
+
+
+# --- a stdout that fails --------------------------------------------------------------------------
+
+
+def run_to(stdout: object, args: list[str], **kwargs: object) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ptm_cli", *args], stdout=stdout, stderr=subprocess.PIPE, timeout=120, **kwargs
+    )
+    return done.returncode, done.stderr.decode()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["models"], ["models", "-f", "json"], ["weights", "--help"]]
+)
+def test_a_full_stdout_is_exit_2_with_one_line(args: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        code, stderr = run_to(full, args)
+    assert code == 2, stderr
+    assert stderr.splitlines() == [
+        "ptm: error: cannot write to stdout (No space left on device); send the output somewhere with room, "
+        "or check the device"
+    ]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_classify_into_a_full_stdout(tiny: TinyClassifier, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    with open("/dev/full", "w") as full:
+        code, stderr = run_to(full, [*tiny.classify, str(tmp_path / "x.png")], env=os.environ)
+    assert code == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith("ptm: error: cannot write to stdout (No space left on device)")
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def test_records_lost_midway_are_exit_1(tiny: TinyClassifier, tmp_path: Path) -> None:
+    import resource
+
+    from PIL import Image
+
+    names = []
+    for index in range(40):
+        Image.new("RGB", (40, 40), (index * 6, 0, 0)).save(tmp_path / f"{index:02d}.png")
+        names.append(str(tmp_path / f"{index:02d}.png"))
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # writes past 3000 bytes fail with EFBIG
+
+    with open(tmp_path / "out.jsonl", "w") as out:
+        code, stderr = run_to(out, [*tiny.classify, "-f", "jsonl", *names], env=os.environ, preexec_fn=small_files)
+    assert code == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith("ptm: error: cannot write to stdout (File too large)")
+    assert "the rest of the output was lost" in stderr
+    delivered = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert 0 < len(delivered) < 40
+    assert all(json.loads(line)["input"] == names[i] for i, line in enumerate(delivered[:-1]))

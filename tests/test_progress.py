@@ -12,28 +12,30 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, write_tiny_model
+from helpers import DATA, TinyClassifier
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("progress")
-    write_tiny_model(folder)
-    images = folder / "images"
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of twelve photos and a broken file: enough for a bar to move."""
+    images = tmp_path_factory.mktemp("progress") / "images"
     images.mkdir()
     for i in range(12):
         (images / f"{i:02}.png").write_bytes((DATA / "coffee.png").read_bytes())
     (images / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    return folder
+    return images
 
 
 def run_on_terminal(args: list[str], env: dict[str, str], stderr_tty: bool) -> tuple[int, bytes, str]:
     """Run ptm with stdout a pipe and stderr a pseudo-terminal (or a pipe); (code, stdout, what the screen got)."""
     master, slave = pty.openpty() if stderr_tty else os.pipe()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ptm_cli", *args], stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "ptm_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
         env={**env, "COLUMNS": "120", "TERM": "xterm"},
-    )  # fmt: skip
+    )
     os.close(slave)
     screen = b""
     deadline = time.monotonic() + 120
@@ -62,10 +64,11 @@ def run_on_terminal(args: list[str], env: dict[str, str], stderr_tty: bool) -> t
     return code, stdout, screen.decode(errors="replace")
 
 
-def test_classify_shows_a_bar_on_a_terminal_and_keeps_stdout_identical(photos: Path) -> None:
-    env = {**os.environ, "PTM_CATALOG": str(photos / "tiny.toml")}
-    args = ["classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "-f", "jsonl", "--batch-size", "2",
-            str(photos / "images")]  # fmt: skip
+def test_classify_shows_a_bar_on_a_terminal_and_keeps_stdout_identical(
+    tiny: TinyClassifier, photo_folder: Path
+) -> None:
+    env = dict(os.environ)
+    args = tiny.args("--batch-size", "2", str(photo_folder))
     code, stdout, screen = run_on_terminal(args, env, stderr_tty=True)
     assert code == 1  # the broken file
     assert "images" in screen and "/13" in screen  # done of the total, counted from the folder
@@ -78,27 +81,50 @@ def test_classify_shows_a_bar_on_a_terminal_and_keeps_stdout_identical(photos: P
     assert quiet_code == 1 and quiet_stdout == stdout and "img/s" not in quiet_screen
 
 
-def test_translate_shows_files_and_tiles(photos: Path, tmp_path: Path) -> None:
+def test_translate_shows_files_and_tiles(photo_folder: Path, tmp_path: Path) -> None:
     from ptm_cli.nets.cyclegan import build_generator
 
     torch.manual_seed(0)
     torch.save(build_generator(ngf=8).state_dict(), tmp_path / "g.pth")
     catalog = tmp_path / "gan.toml"
-    catalog.write_text('[[model]]\nname = "tinygan"\ntask = "translate"\narchitecture = "cyclegan_resnet9"\n'
-                       'builder_kwargs = { ngf = 8 }\n')  # fmt: skip
+    catalog.write_text(
+        '[[model]]\nname = "tinygan"\ntask = "translate"\narchitecture = "cyclegan_resnet9"\n'
+        "builder_kwargs = { ngf = 8 }\n"
+    )
     env = {**os.environ, "PTM_CATALOG": str(catalog)}
-    args = ["translate", "-m", "tinygan", "-w", str(tmp_path / "g.pth"), "--size", "full", "--tile", "64",
-            "--output-dir", str(tmp_path / "out"), str(photos / "images" / "00.png"), str(photos / "images" / "01.png")]
+    args = [
+        "translate",
+        "-m",
+        "tinygan",
+        "-w",
+        str(tmp_path / "g.pth"),
+        "--size",
+        "full",
+        "--tile",
+        "64",
+        "--output-dir",
+        str(tmp_path / "out"),
+        str(photo_folder / "00.png"),
+        str(photo_folder / "01.png"),
+    ]
     code, _, screen = run_on_terminal(args, env, stderr_tty=True)
     assert code == 0, screen
     assert "images" in screen and "2/2" in screen
     assert "tiles" in screen
 
 
-def test_batch_shows_inputs_done_shard_by_shard(photos: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "PTM_CATALOG": str(photos / "tiny.toml")}
-    args = ["batch", "classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "--shard-size", "4",
-            "--output", str(tmp_path / "job"), str(photos / "images")]  # fmt: skip
+def test_batch_shows_inputs_done_shard_by_shard(tiny: TinyClassifier, photo_folder: Path, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    args = [
+        "batch",
+        "classify",
+        *tiny.options,
+        "--shard-size",
+        "4",
+        "--output",
+        str(tmp_path / "job"),
+        str(photo_folder),
+    ]
     code, stdout, screen = run_on_terminal(args, env, stderr_tty=True)
     assert code == 1, screen  # the broken file
     assert "13/13" in screen and "1 failed" in screen

@@ -82,10 +82,15 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_example(code: str, folder: Path, work: Path) -> subprocess.CompletedProcess[str]:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(folder, work, ignore=shutil.ignore_patterns("cache"))
-    env = {**os.environ, "PTM_CATALOG": str(folder / "catalog.toml"), "PTM_CACHE_DIR": str(folder / "cache"),
-           "PTM_OFFLINE": "1"}  # fmt: skip
-    return subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    env = {
+        **os.environ,
+        "PTM_CATALOG": str(folder / "catalog.toml"),
+        "PTM_CACHE_DIR": str(folder / "cache"),
+        "PTM_OFFLINE": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_the_readme_has_its_python_examples() -> None:

@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from helpers import DATA, run_ptm, write_tiny_model
+from helpers import DATA, TinyClassifier, run_ptm
 from PIL import Image, ImageStat
 
 from ptm_cli import tasks
@@ -26,31 +25,38 @@ needs_chromium = pytest.mark.skipif(
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     """Headless Chromium with no network, no background services and a fresh profile, bounded in time."""
     assert CHROMIUM is not None
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-             f"--user-data-dir={profile}", "--virtual-time-budget=5000"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("report")
-    write_tiny_model(folder)
-    images = folder / "images"
+def report_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample photos, one under a name that is markup, and a broken file."""
+    images = tmp_path_factory.mktemp("report") / "images"
     images.mkdir()
     for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
         shutil.copy(DATA / name, images / name)
     shutil.copy(DATA / "chelsea.png", images / HOSTILE)
     (images / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    return folder
+    return images
 
 
 @pytest.fixture
-def classify_report(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[dict]]:
-    monkeypatch.setenv("PTM_CATALOG", str(photos / "tiny.toml"))
+def classify_report(tiny: TinyClassifier, report_inputs: Path, tmp_path: Path) -> tuple[Path, list[dict]]:
+    """The tiny classifier's results page for the photos, and its records."""
     page = tmp_path / "report.html"
-    result = run_ptm(["classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "-f", "jsonl", "-k", "3",
-                      str(photos / "images"), "--report", str(page)])  # fmt: skip
+    result = run_ptm(tiny.args("-k", "3", str(report_inputs), "--report", str(page)))
     assert result.code == 1, result.stderr  # the broken file
     assert f"ptm: wrote the report {page}" in result.stderr
     return page, result.records()
@@ -65,8 +71,8 @@ def test_page_is_self_contained_and_escapes_data(classify_report: tuple[Path, li
     assert text.count("data:image/") == 4  # one thumbnail per decodable input
 
 
-def test_report_refuses_a_folder_or_a_missing_folder(photos: Path, tmp_path: Path) -> None:
-    args = ["classify", "-m", "alexnet", str(photos / "images")]
+def test_report_refuses_a_folder_or_a_missing_folder(report_inputs: Path, tmp_path: Path) -> None:
+    args = ["classify", "-m", "alexnet", str(report_inputs)]
     folder = run_ptm([*args, "--report", str(tmp_path)])
     missing = run_ptm([*args, "--report", str(tmp_path / "no" / "r.html")])
     assert folder.code == 2 and "is a directory" in folder.stderr
@@ -88,7 +94,7 @@ def test_chromium_renders_one_entry_per_input_with_its_labels(
             continue
         labels = re.findall(r'<span class="label">(.*?)</span>', body)
         assert labels == [p["label"] for p in record["predictions"]]
-        assert f'{100 * record["predictions"][0]["probability"]:.2f}%' in body
+        assert f"{100 * record['predictions'][0]['probability']:.2f}%" in body
     sizes = re.findall(r'data-size="(\d+)x(\d+)"', dom)
     assert len(sizes) == 4 and all(int(w) > 0 and int(h) > 0 for w, h in sizes)  # every thumbnail decoded
     assert len(re.findall(r"<img\b", dom)) == 4  # no element came from a file name
@@ -98,23 +104,38 @@ def test_chromium_renders_one_entry_per_input_with_its_labels(
 def test_screenshot_is_not_blank(classify_report: tuple[Path, list[dict]], tmp_path: Path) -> None:
     page, _ = classify_report
     shot = tmp_path / "shot.png"
-    chromium("--window-size=1100,900", "--hide-scrollbars", f"--screenshot={shot}", page.as_uri(),
-             profile=tmp_path / "profile")  # fmt: skip
+    chromium(
+        "--window-size=1100,900",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        page.as_uri(),
+        profile=tmp_path / "profile",
+    )
     with Image.open(shot) as image:
         stddev = ImageStat.Stat(image.convert("L")).stddev[0]
     assert stddev > 20  # text, bars and photos, not an empty page
 
 
 @needs_chromium
-def test_translate_report_shows_input_and_output_side_by_side(photos: Path, tmp_path: Path) -> None:
-    from ptm_cli.nets.cyclegan import build_generator
-
-    torch.manual_seed(0)
-    torch.save(build_generator().state_dict(), tmp_path / "g.pth")
+def test_translate_report_shows_input_and_output_side_by_side(
+    generator_file: Path, report_inputs: Path, tmp_path: Path
+) -> None:
     page = tmp_path / "zebra.html"
-    result = run_ptm(["zebra", "-w", str(tmp_path / "g.pth"), "--size", "32", "--output-dir", str(tmp_path / "out"),
-                      str(photos / "images" / "chelsea.png"), str(photos / "images" / "zz-broken.jpg"),
-                      "--report", str(page)])  # fmt: skip
+    result = run_ptm(
+        [
+            "zebra",
+            "-w",
+            str(generator_file),
+            "--size",
+            "32",
+            "--output-dir",
+            str(tmp_path / "out"),
+            str(report_inputs / "chelsea.png"),
+            str(report_inputs / "zz-broken.jpg"),
+            "--report",
+            str(page),
+        ]
+    )
     assert result.code == 1, result.stderr
     dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
     entries = re.findall(r'<article class="entry( failed)?">(.*?)</article>', dom, flags=re.S)
@@ -141,11 +162,9 @@ def test_large_reports_show_one_page_at_a_time(tmp_path: Path) -> None:
 
 
 @needs_chromium
-def test_batch_merge_report_shows_the_job(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PTM_CATALOG", str(photos / "tiny.toml"))
+def test_batch_merge_report_shows_the_job(tiny: TinyClassifier, report_inputs: Path, tmp_path: Path) -> None:
     job = tmp_path / "job"
-    ran = run_ptm(["batch", "classify", "-m", "tiny", "-w", str(photos / "tiny.pth"), "--shard-size", "2",
-                   "--output", str(job), str(photos / "images")])  # fmt: skip
+    ran = run_ptm(["batch", "classify", *tiny.options, "--shard-size", "2", "--output", str(job), str(report_inputs)])
     assert ran.code == 1, ran.stderr
     page = tmp_path / "job.html"
     merged = run_ptm(["batch", "merge", str(job), "-f", "jsonl", "--report", str(page)])

@@ -66,9 +66,15 @@ def _pillow(image: Image.Image, resized: tuple[int, int], box: tuple[int, int, i
     seed=st.integers(0, 2**16),
 )
 def test_every_call_it_accepts_gives_pillows_pixels(
-    width: int, height: int, out_width: int, out_height: int, data: st.DataObject, name: str,
-    vertical_first: bool, seed: int,
-) -> None:  # fmt: skip
+    width: int,
+    height: int,
+    out_width: int,
+    out_height: int,
+    data: st.DataObject,
+    name: str,
+    vertical_first: bool,
+    seed: int,
+) -> None:
     crop_w = data.draw(st.integers(1, out_width), label="crop width")
     crop_h = data.draw(st.integers(1, out_height), label="crop height")
     left = data.draw(st.integers(0, out_width - crop_w), label="left")
@@ -77,8 +83,23 @@ def test_every_call_it_accepts_gives_pillows_pixels(
     schema, array = image.__arrow_c_array__()
     out = np.full((crop_h, crop_w, 3), np.nan, np.float32)
     try:
-        _kernel()(schema, array, width, height, out_width, out_height, left, top, crop_w, crop_h,  # type: ignore[operator]
-                  int(INTERPOLATIONS[name]), vertical_first, out, MEAN, STD)  # fmt: skip
+        _kernel()(
+            schema,
+            array,
+            width,
+            height,
+            out_width,
+            out_height,
+            left,
+            top,
+            crop_w,
+            crop_h,  # type: ignore[operator]
+            int(INTERPOLATIONS[name]),
+            vertical_first,
+            out,
+            MEAN,
+            STD,
+        )
     except ValueError:
         return  # a scale beyond the kernel's range: ptm then takes Pillow's path
     assert not np.isnan(out).any(), "the kernel left part of its output unwritten"
@@ -133,8 +154,23 @@ def test_hostile_normalisation_and_output_buffers_are_refused(mean: object, std:
         "noncontiguous": np.empty((8, 16, 3), np.float32)[:, ::2],
     }
     try:
-        _kernel()(schema, array, 24, 18, 10, 8, 1, 0, 8, 8, int(INTERPOLATIONS["bilinear"]), False,  # type: ignore[operator]
-                  buffers[out], mean, std)  # fmt: skip
+        _kernel()(
+            schema,
+            array,
+            24,
+            18,
+            10,
+            8,
+            1,
+            0,
+            8,
+            8,
+            int(INTERPOLATIONS["bilinear"]),
+            False,  # type: ignore[operator]
+            buffers[out],
+            mean,
+            std,
+        )
     except REFUSALS:
         return
     pytest.fail(f"the kernel wrote into a {out} buffer, which is not contiguous float32 pixels")
@@ -147,8 +183,9 @@ def test_the_reference_is_the_preprocessing_ptm_uses() -> None:
     resized = (57, 40)  # 100x70 with the short side at 40
     top, left = round((40 - 32) / 2.0), round((57 - 32) / 2.0)
     ours = np.asarray(resize_and_crop(image, p), np.float32)
-    theirs = np.asarray(image.resize(resized, INTERPOLATIONS["bilinear"]).crop((left, top, left + 32, top + 32)),
-                        np.float32)  # fmt: skip
+    theirs = np.asarray(
+        image.resize(resized, INTERPOLATIONS["bilinear"]).crop((left, top, left + 32, top + 32)), np.float32
+    )
     assert np.array_equal(ours, theirs)
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import DATA
+from helpers import DATA, TinyClassifier
 
 LIBRARY_USER = """
 import json, os, sys, threading
@@ -62,8 +62,14 @@ def _environment() -> dict[str, str]:
 
 def test_a_library_call_leaves_the_process_alone_until_it_opts_in() -> None:
     photos = [str(DATA / name) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    done = subprocess.run([sys.executable, "-c", LIBRARY_USER, *photos], capture_output=True, text=True,
-                          timeout=180, env=_environment(), check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY_USER, *photos],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_environment(),
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     untuned, tuned = figures["untuned"], figures["tuned"]
@@ -80,8 +86,9 @@ def test_a_library_call_leaves_the_process_alone_until_it_opts_in() -> None:
 
 def test_the_ptm_command_sets_the_spin_count_before_torch_loads() -> None:
     code = "import os\nfrom ptm_cli.cli import run\nrun(['--version'])\nprint(os.environ.get('GOMP_SPINCOUNT'))\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env=_environment(), check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_environment(), check=True
+    )
     assert done.stdout.splitlines()[-1] == "30000"
 
 
@@ -89,16 +96,20 @@ def test_the_ptm_command_sets_the_spin_count_before_torch_loads() -> None:
 def test_an_empty_spin_count_is_no_choice_and_a_set_one_is_kept(value: str, expected: str) -> None:
     """An empty GOMP_SPINCOUNT would make libgomp print 'Invalid value' on every run."""
     code = "import os\nfrom ptm_cli.cli import run\nrun(['--version'])\nprint(os.environ.get('GOMP_SPINCOUNT'))\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**_environment(), "GOMP_SPINCOUNT": value}, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_environment(), "GOMP_SPINCOUNT": value},
+        check=True,
+    )
     assert done.stdout.splitlines()[-1] == expected
 
 
-def test_a_batch_worker_tunes_its_process(tmp_path: Path) -> None:
+def test_a_batch_worker_tunes_its_process(tmp_path: Path, tiny_model: TinyClassifier) -> None:
     """A worker (a Ray actor, a Spark task, the local engine) is a ptm process: it opts in as it builds its model."""
-    from helpers import write_tiny_model
-
-    catalog, weights = write_tiny_model(tmp_path / "model")
+    catalog, weights = tiny_model.catalog, tiny_model.weights
     code = (
         "import sys\nfrom pathlib import Path\n"
         "from ptm_cli import ModelOptions\nfrom ptm_cli.batch.job import Request, plan_job\n"
@@ -108,8 +119,13 @@ def test_a_batch_worker_tunes_its_process(tmp_path: Path) -> None:
         "summary = run_job(job, engine='local')\n"
         "print(before, tuning.tuned(), summary['ok'])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(weights), str(DATA / "coffee.png"), str(tmp_path / "job")],
-                          capture_output=True, text=True, timeout=180, check=False,
-                          env={**_environment(), "PTM_CATALOG": str(catalog)})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(weights), str(DATA / "coffee.png"), str(tmp_path / "job")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**_environment(), "PTM_CATALOG": str(catalog)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "1"]

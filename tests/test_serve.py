@@ -36,7 +36,10 @@ def test_classify_through_the_server_prints_what_the_process_prints(warm: Server
         alone = run_ptm(args)
         served = ptm(*args, "--server", "auto")
         assert (served.returncode, served.stdout, served.stderr.decode()) == (
-            alone.code, alone.stdout_bytes, alone.stderr), fmt  # fmt: skip
+            alone.code,
+            alone.stdout_bytes,
+            alone.stderr,
+        ), fmt
         assert alone.code == 1 and alone.stderr == "ptm: 3 of 6 inputs failed; see their error records\n"
     assert warm.status()["requests"] == before + 4  # they did go through the server
 
@@ -67,12 +70,19 @@ def test_stdin_and_files_from_stdin_through_the_server(warm: Servers) -> None:
 def test_usage_and_weights_errors_are_the_same_through_the_server(warm: Servers, tmp_path: Path) -> None:
     damaged = tmp_path / "damaged.pth"
     damaged.write_bytes(b"PK\x03\x04 not really a weights file")
-    for args in ([*CLASSIFY[:3], "./nothing.pth", "photo0.png"], ["classify", "-m", "nosuchmodel", "photo0.png"],
-                 ["classify", "-m", "tiny", "-w", str(damaged), "photo0.png"], [*CLASSIFY, "-", "-"]):  # fmt: skip
+    for args in (
+        [*CLASSIFY[:3], "./nothing.pth", "photo0.png"],
+        ["classify", "-m", "nosuchmodel", "photo0.png"],
+        ["classify", "-m", "tiny", "-w", str(damaged), "photo0.png"],
+        [*CLASSIFY, "-", "-"],
+    ):
         alone = run_ptm(args)
         served = ptm(*args, "--server", "auto")
         assert (served.returncode, served.stdout.decode(), served.stderr.decode()) == (
-            alone.code, alone.stdout, alone.stderr), args  # fmt: skip
+            alone.code,
+            alone.stdout,
+            alone.stderr,
+        ), args
         assert alone.code == 2
 
 
@@ -92,7 +102,8 @@ def test_zebra_through_the_server_writes_the_same_images(warm: Servers, tmp_path
     assert served.returncode == alone.code == 1
     records = [json.loads(line) for line in served.stdout.decode().splitlines()]
     assert [{k: v for k, v in r.items() if k not in ("seconds", "output")} for r in records] == [
-        {k: v for k, v in r.items() if k not in ("seconds", "output")} for r in alone.records()]  # fmt: skip
+        {k: v for k, v in r.items() if k not in ("seconds", "output")} for r in alone.records()
+    ]
     assert [r.get("output") for r in records] == [f"{there}/photo0_z.png", None, f"{there}/small2_z.png"]
     for name in ("photo0_z.png", "small2_z.png"):
         assert (there / name).read_bytes() == (here / name).read_bytes()
@@ -119,9 +130,14 @@ def test_a_client_through_the_server_imports_no_torch(warm: Servers) -> None:
 
 
 def test_auto_starts_one_server_for_clients_that_arrive_together(servers: Servers, served_models: Path) -> None:
-    clients = [subprocess.Popen([sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl",
-                                 f"small{i}.jpg"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for i in range(3)]  # fmt: skip
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl", f"small{i}.jpg"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
     outputs = [c.communicate(timeout=120) for c in clients]
     assert [c.returncode for c in clients] == [0, 0, 0], outputs
     assert all(err == b"" for _, err in outputs)
@@ -140,8 +156,14 @@ def test_eight_concurrent_clients_share_a_forward_pass_and_get_their_own_answers
     servers.start("--batch-window", "3000")  # long enough for 8 processes to start on 2 busy cores
     names = [f"{kind}{i}.{ext}" for kind, ext in (("photo", "png"), ("small", "jpg")) for i in range(3)]
     names += ["photo0.png", "small1.jpg"]
-    clients = [subprocess.Popen([sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl", name],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in names]  # fmt: skip
+    clients = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ptm_cli", *CLASSIFY, "--server", "auto", "-f", "jsonl", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in names
+    ]
     outputs = [c.communicate(timeout=120) for c in clients]
     assert [c.returncode for c in clients] == [0] * 8, outputs
     status = servers.status()
@@ -213,8 +235,15 @@ def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_o
 
     before = warm.status()
     path = warm.folder / "server.sock"
-    good = {"op": "run", "identity": identity(), "argv": [*CLASSIFY, "-f", "jsonl", "photo0.png"], "umask": 0o022,
-            "columns": 80, "console_width": 80, "streams": [["utf-8", "strict"]] * 3}  # fmt: skip
+    good = {
+        "op": "run",
+        "identity": identity(),
+        "argv": [*CLASSIFY, "-f", "jsonl", "photo0.png"],
+        "umask": 0o022,
+        "columns": 80,
+        "console_width": 80,
+        "streams": [["utf-8", "strict"]] * 3,
+    }
     deep = b"[" * 200_000 + b"]" * 200_000
     hostile = {
         "a 4 GiB length prefix": struct.pack("!II", 0xFFFFFFFF, 0),
@@ -263,8 +292,13 @@ def test_malformed_and_hostile_requests_get_an_error_reply_and_the_server_goes_o
 
 def test_the_folder_is_private_and_the_socket_is_the_users_only(servers: Servers, served_models: Path) -> None:
     assert ptm("serve", "start").returncode == 0
-    for name, mode in (("", 0o700), ("server.sock", 0o600), ("server.lock", 0o600), ("start.lock", 0o600),
-                       ("server.log", 0o600)):  # fmt: skip
+    for name, mode in (
+        ("", 0o700),
+        ("server.sock", 0o600),
+        ("server.lock", 0o600),
+        ("start.lock", 0o600),
+        ("server.log", 0o600),
+    ):
         assert stat.S_IMODE(os.lstat(servers.folder / name).st_mode) == mode, name
 
 

@@ -96,8 +96,9 @@ def test_relative_paths_umask_and_outputs_are_the_clients(warm: Servers, tmp_pat
         f"main(['zebra', '-w', {str(warm.cwd / 'generator.pth')!r}, '--size', '32', '--output-dir', 'out', 'in.png',"
         " '--server', 'auto'])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, timeout=120,
-                          env={**os.environ, **env})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, timeout=120, env={**os.environ, **env}
+    )
     assert done.returncode == 0, done.stderr
     written = folder / "out" / "in.png"
     assert b'"output": "out/in.png"' in done.stdout
@@ -124,8 +125,12 @@ def test_a_client_with_other_groups_runs_by_itself(warm: Servers) -> None:
     if os.getuid() != 0:
         pytest.skip("only root can start a client with fewer groups here")
     before = warm.status()["requests"]
-    done = subprocess.run([sys.executable, "-m", "ptm_cli", *CLASSIFY, "-f", "jsonl", "photo0.png", "--server", "auto"],
-                          capture_output=True, timeout=120, preexec_fn=lambda: os.setgroups([12345]))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "ptm_cli", *CLASSIFY, "-f", "jsonl", "photo0.png", "--server", "auto"],
+        capture_output=True,
+        timeout=120,
+        preexec_fn=lambda: os.setgroups([12345]),
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == b"ptm: not using the server: the running server differs in groups; running here\n"
     assert warm.status()["requests"] == before
@@ -142,8 +147,20 @@ def test_calls_that_need_the_clients_own_process_are_sent_back(warm: Servers, tm
         f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
         "    return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000))\n"
     )
-    args = [sys.executable, "-m", "ptm_cli", "classify", "-m", f"hub:{repo}/model", "--trust-repo", "-f", "jsonl",
-            "photo0.png", "--server", "auto"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "ptm_cli",
+        "classify",
+        "-m",
+        f"hub:{repo}/model",
+        "--trust-repo",
+        "-f",
+        "jsonl",
+        "photo0.png",
+        "--server",
+        "auto",
+    ]
     with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as client:
         out, err = client.communicate(timeout=120)
     assert client.returncode == 0, err
@@ -202,8 +219,9 @@ def test_ctrl_c_while_a_silent_server_holds_the_call_ends_as_the_command_ends(tm
     try:
         with silent_server(runtime) as asked:
             env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
-            with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=env) as client:  # fmt: skip
+            with subprocess.Popen(
+                [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            ) as client:
                 assert asked.wait(timeout=120), "the client sent no request"
                 time.sleep(0.2)  # the request is sent; the client waits for the answer
                 client.send_signal(signal.SIGINT)

@@ -49,13 +49,21 @@ def test_an_unreadable_ptm_debug_stops_every_command_with_one_line(monkeypatch: 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PTM_MAX_PIXELS", "lots"), ("PTM_MAX_PIXELS", "-5"), ("PTM_DOWNLOAD_TIMEOUT", "0"),
-     ("PTM_DOWNLOAD_TIMEOUT", "nan"), ("PTM_DOWNLOAD_RETRIES", "2.5")],
-)  # fmt: skip
+    [
+        ("PTM_MAX_PIXELS", "lots"),
+        ("PTM_MAX_PIXELS", "-5"),
+        ("PTM_DOWNLOAD_TIMEOUT", "0"),
+        ("PTM_DOWNLOAD_TIMEOUT", "nan"),
+        ("PTM_DOWNLOAD_RETRIES", "2.5"),
+    ],
+)
 def test_numbers_must_be_positive(name: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(name, value)
-    getter = {"PTM_MAX_PIXELS": settings.max_pixels, "PTM_DOWNLOAD_TIMEOUT": settings.download_timeout,
-              "PTM_DOWNLOAD_RETRIES": settings.download_attempts}[name]  # fmt: skip
+    getter = {
+        "PTM_MAX_PIXELS": settings.max_pixels,
+        "PTM_DOWNLOAD_TIMEOUT": settings.download_timeout,
+        "PTM_DOWNLOAD_RETRIES": settings.download_attempts,
+    }[name]
     with pytest.raises(ConfigError, match=name):
         getter()
 
@@ -112,6 +120,7 @@ def test_the_command_shortens_openmps_spin_unless_told_otherwise(
 
     assert str(OPENMP_SPIN_COUNT) == "30000"
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | chosen
-    out = subprocess.run([sys.executable, "-c", OPENMP_PROBE, order], capture_output=True, text=True, env=env,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", OPENMP_PROBE, order], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
     assert out.stdout.splitlines()[-1] == expected

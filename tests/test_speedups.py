@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, calibrated_state_dict, probability_table, run_ptm, save_weights
+from helpers import DATA, probability_table, run_ptm, save_weights
 from PIL import Image, ImageEnhance
 
 from ptm_cli.cache.catalog import Catalog
@@ -30,17 +30,12 @@ def photo_set(tmp_path_factory: pytest.TempPathFactory) -> list[ImageInput]:
     return inputs
 
 
-@pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("w") / "resnet18-calibrated.pth"
-    torch.save(calibrated_state_dict("resnet18", logit_std=6.0), path)
-    return path
-
-
-def test_bf16_predictions_stay_close_to_fp32(resnet18_file: Path, photo_set: list[ImageInput]) -> None:
+def test_bf16_predictions_stay_close_to_fp32(calibrated_resnet18_file: Path, photo_set: list[ImageInput]) -> None:
     entry = Catalog.load().resolve("resnet18", "IMAGENET1K_V1")
     fp32, bf16 = (
-        probability_table(build_classifier(entry, weights_file=resnet18_file, device="cpu", precision=p), photo_set, 4)
+        probability_table(
+            build_classifier(entry, weights_file=calibrated_resnet18_file, device="cpu", precision=p), photo_set, 4
+        )
         for p in ("fp32", "bf16")
     )
     assert fp32.max(dim=1).values.min() > 0.2  # confident enough that top-1 is meaningful

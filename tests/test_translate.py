@@ -82,7 +82,8 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_weights: Path) -> Translator:
+def translator(tiny_weights: Path) -> Translator:
+    """The tiny generator (8 filters) ready to translate, for the module."""
     return build_translator(test_entry(8), weights_file=tiny_weights, device="cpu")
 
 
@@ -103,9 +104,18 @@ def test_importing_the_module_imports_no_torch() -> None:
 def test_catalog_lists_the_cyclegan_generators() -> None:
     catalog = Catalog.load()
     names = {
-        "horse2zebra", "zebra2horse", "apple2orange", "orange2apple", "summer2winter_yosemite",
-        "winter2summer_yosemite", "monet2photo", "style_monet", "style_cezanne", "style_ukiyoe", "style_vangogh",
-    }  # fmt: skip
+        "horse2zebra",
+        "zebra2horse",
+        "apple2orange",
+        "orange2apple",
+        "summer2winter_yosemite",
+        "winter2summer_yosemite",
+        "monet2photo",
+        "style_monet",
+        "style_cezanne",
+        "style_ukiyoe",
+        "style_vangogh",
+    }
     assert set(catalog.models("translate")) == names
     entries = catalog.entries("translate")
     assert len(entries) == 12
@@ -187,13 +197,13 @@ def with_old_norm_buffers(state_dict: dict[str, torch.Tensor], ngf: int) -> dict
 
 
 def test_old_checkpoint_with_instance_norm_buffers_loads_and_gives_the_same_output(
-    tmp_path: Path, tiny: Translator, tiny_weights: Path
+    tmp_path: Path, translator: Translator, tiny_weights: Path
 ) -> None:
     old_state = with_old_norm_buffers(seeded_state_dict(ngf=8), ngf=8)
     assert len(old_state) == 48 + 3 * 23
     old = build_translator(test_entry(8), weights_file=save(old_state, tmp_path / "old.pth"), device="cpu")
     image = photo(64, 48)
-    assert np.array_equal(pixels(old.translate(image)), pixels(tiny.translate(image)))
+    assert np.array_equal(pixels(old.translate(image)), pixels(translator.translate(image)))
 
 
 def test_module_prefixed_state_dict_loads(tmp_path: Path) -> None:
@@ -264,12 +274,12 @@ def test_default_size_matches_the_books_code_with_the_full_architecture(full_siz
     assert (diff == 0).mean() > 0.4
 
 
-def test_sizes_that_are_not_multiples_of_four_keep_the_inputs_size(tiny: Translator, tiny_weights: Path) -> None:
+def test_sizes_that_are_not_multiples_of_four_keep_the_inputs_size(translator: Translator, tiny_weights: Path) -> None:
     image = photo(1500, 1220)  # the book's horse photo's size: Resize(256) gives 314x256
     book = books_translation(image, tiny_weights, ngf=8)
     assert book.size == (316, 256)  # the generator rounds up to a multiple of 4
-    assert tiny.run_at(image, 256).size == (314, 256)
-    assert tiny.translate(image, size=256).size == (1500, 1220)
+    assert translator.run_at(image, 256).size == (314, 256)
+    assert translator.translate(image, size=256).size == (1500, 1220)
 
 
 # --- output size ---------------------------------------------------------------------------------
@@ -277,31 +287,31 @@ def test_sizes_that_are_not_multiples_of_four_keep_the_inputs_size(tiny: Transla
 
 @pytest.mark.parametrize("size", [(333, 217), (217, 333), (1, 1), (3, 2), (2, 3), (5, 4), (1, 9), (9, 1)])
 @pytest.mark.parametrize("run_size", [256, 64, "full"])
-def test_output_has_the_inputs_size(tiny: Translator, size: tuple[int, int], run_size: int | str) -> None:
+def test_output_has_the_inputs_size(translator: Translator, size: tuple[int, int], run_size: int | str) -> None:
     image = photo(max(size), max(size)).resize(size)
-    out = tiny.translate(image, size=run_size)  # type: ignore[arg-type]
+    out = translator.translate(image, size=run_size)  # type: ignore[arg-type]
     assert out.size == size
     assert out.mode == "RGB"
 
 
-def test_tiny_images_run_at_the_minimum_side(tiny: Translator) -> None:
-    assert tiny.run_at(Image.new("RGB", (3, 2), "red"), "full").size == (24, 16)
-    assert tiny.run_at(Image.new("RGB", (1, 1), "red"), 4).size == (16, 16)
+def test_tiny_images_run_at_the_minimum_side(translator: Translator) -> None:
+    assert translator.run_at(Image.new("RGB", (3, 2), "red"), "full").size == (24, 16)
+    assert translator.run_at(Image.new("RGB", (1, 1), "red"), 4).size == (16, 16)
 
 
-def test_exif_rotated_photo_keeps_its_upright_size(tiny: Translator) -> None:
+def test_exif_rotated_photo_keeps_its_upright_size(translator: Translator) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to view
     buffer = io.BytesIO()
     photo(60, 36).save(buffer, "JPEG", exif=exif.tobytes())
     upright = load_image(buffer.getvalue(), name="phone.jpg")
     assert upright.size == (36, 60)
-    assert tiny.translate(upright).size == (36, 60)
-    assert tiny.translate(upright, size="full").size == (36, 60)
+    assert translator.translate(upright).size == (36, 60)
+    assert translator.translate(upright, size="full").size == (36, 60)
 
 
-def test_non_rgb_images_are_converted(tiny: Translator) -> None:
-    assert tiny.translate(Image.new("L", (30, 20), 128)).size == (30, 20)
+def test_non_rgb_images_are_converted(translator: Translator) -> None:
+    assert translator.translate(Image.new("L", (30, 20), 128)).size == (30, 20)
 
 
 @pytest.mark.parametrize(
@@ -315,17 +325,20 @@ def test_non_rgb_images_are_converted(tiny: Translator) -> None:
         ({"overlap": -1}, "overlap must be"),
     ],
 )
-def test_bad_settings_are_usage_errors(tiny: Translator, kwargs: dict[str, object], message: str) -> None:
+def test_bad_settings_are_usage_errors(translator: Translator, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        tiny.translate(Image.new("RGB", (8, 8)), **kwargs)  # type: ignore[arg-type]
+        translator.translate(Image.new("RGB", (8, 8)), **kwargs)  # type: ignore[arg-type]
 
 
 # --- tiling -------------------------------------------------------------------------------------------
 
 
 @settings(max_examples=60, deadline=None)
-@given(length=st.integers(1, 3000).map(lambda n: 4 * n), tile=st.integers(8, 300).map(lambda n: 4 * n),
-       overlap=st.integers(0, 200))  # fmt: skip
+@given(
+    length=st.integers(1, 3000).map(lambda n: 4 * n),
+    tile=st.integers(8, 300).map(lambda n: 4 * n),
+    overlap=st.integers(0, 200),
+)
 def test_tiles_cover_on_the_stride_grid_and_weights_sum_to_one(length: int, tile: int, overlap: int) -> None:
     overlap = min(overlap, tile - 4)
     tile = min(tile, length)
@@ -410,26 +423,28 @@ def test_no_seams_where_tiles_meet(tiling_runs: dict[str, np.ndarray]) -> None:
     assert diff[near].mean() <= 3 * diff.mean() + 0.02
 
 
-def test_progress_is_reported_per_tile(tiling_runs: dict[str, np.ndarray], tiny: Translator) -> None:
+def test_progress_is_reported_per_tile(tiling_runs: dict[str, np.ndarray], translator: Translator) -> None:
     calls = tiling_runs["calls"]
     total = calls[0][1]
     assert total == 4 * 3  # 300 px wide: 4 columns of 128 px tiles; 200 px high: 3 rows
     assert list(calls[:, 1]) == [total] * len(calls)
     assert calls[-1][0] == total and np.all(np.diff(calls[:, 0]) > 0)
     seen: list[tuple[int, int]] = []
-    tiny.translate(photo(40, 30), on_tile=lambda done, total: seen.append((done, total)))
+    translator.translate(photo(40, 30), on_tile=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 1)]
 
 
-def test_batching_tiles_does_not_change_the_result(tiny: Translator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batching_tiles_does_not_change_the_result(translator: Translator, monkeypatch: pytest.MonkeyPatch) -> None:
     image = photo(300, 180)
-    batched = tiny.run_at(image, "full", tile=96)
+    batched = translator.run_at(image, "full", tile=96)
     monkeypatch.setattr(tiles, "TILE_BATCH_PIXELS", 1)  # one tile per forward pass
-    single = tiny.run_at(image, "full", tile=96)
+    single = translator.run_at(image, "full", tile=96)
     assert abs_diff(batched, single).max() <= 1
 
 
-def test_large_image_takes_statistics_from_a_downscaled_copy(tiny: Translator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_image_takes_statistics_from_a_downscaled_copy(
+    translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(translate, "STATS_MAX_SIDE", 160)
     image = photo(520, 300)
     seen: list[tuple[int, ...]] = []
@@ -440,22 +455,22 @@ def test_large_image_takes_statistics_from_a_downscaled_copy(tiny: Translator, m
         return original(self, array)
 
     monkeypatch.setattr(Translator, "_run_whole", spy)
-    out = tiny.translate(image, size="full", tile=128)
+    out = translator.translate(image, size="full", tile=128)
     assert out.size == (520, 300)
     assert seen == [(92, 160, 3)]  # the statistics pass: long side 160
     # Statistics from a 3.25x smaller copy are an approximation of the full-resolution ones
     # (measured with these random weights: mean 14 levels off the one-pass result), still
     # better than tile-local statistics (mean 21), and shared by all tiles, so seamless.
     monkeypatch.setattr(translate, "STATS_MAX_SIDE", 1024)
-    reference = tiny.translate(image, size="full", tile=1024)
-    tile_local = tiny._run_tiled(np.array(image), None, 128, 64, None)
+    reference = translator.translate(image, size="full", tile=1024)
+    tile_local = translator._run_tiled(np.array(image), None, 128, 64, None)
     assert abs_diff(out, reference).mean() < 0.8 * abs_diff(tile_local, reference).mean()
 
 
-def test_bf16_stays_close_to_fp32(tiny_weights: Path, tiny: Translator) -> None:
+def test_bf16_stays_close_to_fp32(tiny_weights: Path, translator: Translator) -> None:
     bf16 = build_translator(test_entry(8), weights_file=tiny_weights, device="cpu", precision="bf16")
     image = photo(64, 48)
-    diff = abs_diff(bf16.run_at(image, "full"), tiny.run_at(image, "full"))
+    diff = abs_diff(bf16.run_at(image, "full"), translator.run_at(image, "full"))
     # Measured: max 8, mean 1.25 levels of 255 (bf16 keeps 8 bits of mantissa).
     assert diff.max() <= 16
     assert diff.mean() < 2.5
@@ -485,28 +500,28 @@ def test_output_path_keeps_the_inputs_stem(name: str, expected: str) -> None:
 
 
 def test_full_size_runs_in_one_pass_when_it_fits_the_memory_budget(
-    tiny: Translator, monkeypatch: pytest.MonkeyPatch
+    translator: Translator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without --tile, an image whose activations fit runs whole: exact, and no statistics pass or overlap."""
     from ptm_cli.settings import tuning
 
     per_pixel = translate.ACTIVATION_BYTES_PER_PIXEL * 8 / 64  # the tiny generator has 8 filters
     monkeypatch.setattr(tuning, "translate_memory", int(per_pixel * 20_000))
-    assert tiny.one_pass_pixels() == 20_000
+    assert translator.one_pass_pixels() == 20_000
     small, large = photo(160, 120), photo(200, 150)  # 19,200 and 30,000 pixels
     seen: list[tuple[int, int]] = []
-    auto = tiny.run_at(small, "full", on_tile=lambda done, total: seen.append((done, total)))
+    auto = translator.run_at(small, "full", on_tile=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 1)]
-    assert np.array_equal(pixels(auto), pixels(tiny.run_at(small, "full", tile=10_000)))  # the one-pass result
+    assert np.array_equal(pixels(auto), pixels(translator.run_at(small, "full", tile=10_000)))  # the one-pass result
     seen.clear()
-    tiny.run_at(large, "full", on_tile=lambda done, total: seen.append((done, total)))
+    translator.run_at(large, "full", on_tile=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 1)]  # 200x150 is still under the 512 tiles' own size
     monkeypatch.setattr(translate, "DEFAULT_TILE", 96)
     seen.clear()
-    tiny.run_at(large, "full", on_tile=lambda done, total: seen.append((done, total)))
+    translator.run_at(large, "full", on_tile=lambda done, total: seen.append((done, total)))
     assert seen[-1][1] > 1  # over the budget: tiles
     seen.clear()
-    tiny.run_at(small, "full", tile=64, on_tile=lambda done, total: seen.append((done, total)))
+    translator.run_at(small, "full", tile=64, on_tile=lambda done, total: seen.append((done, total)))
     assert seen[-1][1] > 1  # an explicit --tile is always honoured
 
 

@@ -6,18 +6,16 @@ import io
 from pathlib import Path
 
 import pytest
-from helpers import DATA, run_ptm, save_generator
+from helpers import DATA, run_ptm
 from PIL import Image
-
-
-@pytest.fixture(scope="module")
-def generator_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_generator(tmp_path_factory.mktemp("gen") / "gen.pth")
 
 
 @pytest.fixture
 def zebra(generator_file: Path) -> list[str]:
-    # --size 32 keeps the generator cheap; the engine's own tests cover 256 and full.
+    """``ptm zebra`` with the shared generator, before its inputs and outputs.
+
+    --size 32 keeps the generator cheap; the engine's own tests cover 256 and full.
+    """
     return ["zebra", "-w", str(generator_file), "--size", "32"]
 
 
@@ -61,8 +59,9 @@ def test_without_an_output_the_zebra_goes_next_to_the_horse(zebra: list[str], tm
 
 def test_translate_names_the_output_after_the_model(generator_file: Path, tmp_path: Path) -> None:
     source = odd_image(tmp_path / "summer.png")
-    result = run_ptm(["translate", "-m", "style_monet", "-w", str(generator_file), "--size", "32", str(source),
-                      "--format", "jpeg"])  # fmt: skip
+    result = run_ptm(
+        ["translate", "-m", "style_monet", "-w", str(generator_file), "--size", "32", str(source), "--format", "jpeg"]
+    )
     assert result.code == 0, result.stderr
     assert result.records()[0]["output"] == str(tmp_path / "summer.style_monet.jpg")
 
@@ -81,10 +80,26 @@ def test_stdout_bytes_through_a_real_pipe(generator_file: Path) -> None:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "ptm_cli", "zebra", "-w", str(generator_file), "--size", "32", "-", "-o", "-",
-         "--format", "jpeg"],
-        input=(DATA / "rocket.jpg").read_bytes(), capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ptm_cli",
+            "zebra",
+            "-w",
+            str(generator_file),
+            "--size",
+            "32",
+            "-",
+            "-o",
+            "-",
+            "--format",
+            "jpeg",
+        ],
+        input=(DATA / "rocket.jpg").read_bytes(),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with Image.open(io.BytesIO(done.stdout)) as image:
         assert image.format == "JPEG" and image.size == (640, 427)
 
@@ -139,8 +154,20 @@ def test_full_size_tiles_keep_the_size(zebra: list[str], tmp_path: Path) -> None
 
 def test_translate_runs_any_translation_model(generator_file: Path, tmp_path: Path) -> None:
     source = odd_image(tmp_path / "p.png")
-    result = run_ptm(["translate", "-m", "style_monet", "-w", str(generator_file), "--size", "32", str(source),
-                      "-o", str(tmp_path / "m.webp")])  # fmt: skip
+    result = run_ptm(
+        [
+            "translate",
+            "-m",
+            "style_monet",
+            "-w",
+            str(generator_file),
+            "--size",
+            "32",
+            str(source),
+            "-o",
+            str(tmp_path / "m.webp"),
+        ]
+    )
     assert result.code == 0, result.stderr
     assert result.records()[0]["model"] == "style_monet"
     with Image.open(tmp_path / "m.webp") as written:
