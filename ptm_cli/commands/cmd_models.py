@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import overload
-
 import click
 
 from .. import tasks
@@ -13,22 +10,23 @@ from .common import CONTEXT, stdout_is_data, writer
 from .options import format_option
 
 
-class _TaskNames(Sequence[str]):
-    """The registered tasks' names, read when ``-t`` is checked or completed (not when this module loads)."""
+class _TaskChoice(click.Choice[str]):
+    """The registered tasks' names, read when ``-t`` is checked, completed or shown (not when this module loads)."""
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return tasks.names()[index]
+    def __init__(self) -> None:
+        super().__init__(())
 
-    def __len__(self) -> int:
-        return len(tasks.names())
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(tasks.names())
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click's __init__ sets it; the registry decides
+        pass
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("-t", "--task", type=click.Choice(_TaskNames()), help="Only models for this task.")
+@click.option("-t", "--task", type=_TaskChoice(), help="Only models for this task.")
 @format_option
 def models(task: str | None, fmt: str | None) -> int:
     """List the models and weights ptm knows (without importing torch).
