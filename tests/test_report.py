@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import html
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -173,3 +175,50 @@ def test_batch_merge_report_shows_the_job(tiny: TinyClassifier, report_inputs: P
     names = [html.unescape(n) for n in re.findall(r'<div class="name">(.*?)</div>', dom)]
     assert names == [r["input"] for r in merged.records()]
     assert len(re.findall(r'data-size="\d+x\d+"', dom)) == 4  # the four photos, not the broken file
+
+
+# --- what --report may replace, and names that are not UTF-8 -------------------------------------
+
+
+def test_report_never_replaces_a_file_that_is_not_a_results_page(tiny: TinyClassifier, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    shutil.copy(DATA / "coffee.png", photo)
+    before = photo.read_bytes()
+    refused = run_ptm(tiny.args(str(photo), "--report", str(photo)))
+    assert refused.code == 2 and "not a ptm results page" in refused.stderr and "--force" in refused.stderr
+    assert refused.stdout == "" and photo.read_bytes() == before  # refused before any work
+    page = tmp_path / "page.html"
+    first = run_ptm(tiny.args(str(photo), "--report", str(page)))
+    again = run_ptm(tiny.args(str(photo), "--report", str(page)))  # a page ptm wrote is replaced
+    assert first.code == again.code == 0, again.stderr
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
+    assert run_ptm(tiny.args(str(photo), "--report", str(notes))).code == 2
+    forced = run_ptm(tiny.args(str(photo), "--report", str(notes), "--force"))
+    assert forced.code == 0 and 'id="ptm-data"' in notes.read_text()
+
+
+def test_batch_merge_report_never_replaces_the_jobs_own_files(tiny: TinyClassifier, tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    assert run_ptm(["batch", "classify", *tiny.options, "--output", str(job), str(DATA / "coffee.png")]).code == 0
+    manifest = job / "_MANIFEST.jsonl"
+    before = manifest.read_bytes()
+    refused = run_ptm(["batch", "merge", str(job), "--report", str(manifest)])
+    assert refused.code == 2 and "not a ptm results page" in refused.stderr
+    assert manifest.read_bytes() == before
+
+
+def test_a_name_that_is_not_utf8_keeps_the_page_data_valid_json(tiny: TinyClassifier, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes: a Linux name that is no UTF-8 text
+    shutil.copy(DATA / "coffee.png", folder / odd)
+    page = tmp_path / "page.html"
+    result = run_ptm(tiny.args(str(folder), "--report", str(page)))
+    assert result.code == 0, result.stderr
+    text = page.read_bytes().decode("utf-8")  # the page itself is valid UTF-8
+    data = re.search(r'<script type="application/json" id="ptm-data">(.*?)</script>', text, flags=re.S)
+    assert data is not None
+    parsed = json.loads(data.group(1))  # what the page's script does with it
+    assert [entry["record"]["input"] for entry in parsed["entries"]] == [str(folder / odd)]
+    assert parsed["entries"][0]["thumb"].startswith("data:image/")

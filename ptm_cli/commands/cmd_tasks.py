@@ -26,6 +26,7 @@ from .options import (
     model_option,
     precision_option,
     quiet_option,
+    report_force_option,
     report_option,
     server_option,
     stack,
@@ -50,6 +51,8 @@ def command(name: str) -> click.Command | None:
     if task.record_formats:
         decorators.append(format_option)
     decorators += [device_option, precision_option, quiet_option, report_option, server_option]
+    if not _declares_force(task):
+        decorators.append(report_force_option)
 
     def callback(**params: Any) -> int:
         return run_task(name, params)
@@ -81,6 +84,7 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     )
     images, recursive, files_from = params.pop("images"), params.pop("recursive"), params.pop("files_from")
     report_path, quiet, fmt = params.pop("report_path"), params.pop("quiet"), params.pop("fmt", None)
+    force = bool(params["force"] if _declares_force(task) else params.pop("force"))
     task.check(params)
     plan = task.plan(options)
     inputs = image_inputs(images, recursive, files_from)
@@ -88,7 +92,7 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     if report_path is not None:
         from ..output.report import check_destination
 
-        check_destination(Path(report_path))
+        check_destination(Path(report_path), force=force)
     code = remote.hand_over(params.pop("server"), servable=task.servable(params, options))
     if code is not None:
         return code
@@ -112,7 +116,7 @@ def run_task(name: str, params: dict[str, Any]) -> int:
 
         context = RunContext(
             destination=destination,
-            force=bool(params.get("force")),
+            force=force,
             skip_existing=bool(params.get("skip_existing")),
             emit_bytes=emit if to_stdout else None,
             on_image=None if report is None else report.keep_thumbnail,
@@ -138,6 +142,11 @@ def run_task(name: str, params: dict[str, Any]) -> int:
         report.write(Path(report_path))
         note(f"wrote the report {report_path}")
     return outcome(count, failed)
+
+
+def _declares_force(task: Any) -> bool:
+    """Whether the task has its own ``--force`` (for the images it writes); it then covers the report too."""
+    return any(option.name == "force" for option in task.options)
 
 
 def _destination(

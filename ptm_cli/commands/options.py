@@ -80,6 +80,11 @@ report_option = click.option(
     help="Also write a self-contained HTML page of the results with thumbnails (no network needed to view it).",
 )
 
+# For commands whose only output file is the --report page (a task that writes images has its own --force).
+report_force_option = click.option(
+    "--force", is_flag=True, help="Replace the --report FILE even when it is not a ptm results page."
+)
+
 server_option = click.option(
     "--server",
     type=click.Choice(SERVER_MODES),

@@ -25,6 +25,7 @@ import hashlib
 import html
 import io
 import json
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,10 +37,21 @@ THUMB_SIDE = 192
 """Longest side of a thumbnail in pixels (at most 256, as the page promises)."""
 THUMB_QUALITY = 70
 PAGE_SIZE = 100
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def check_destination(path: Path) -> Path:
-    """Refuse a report path that cannot be written, before any work is done."""
+# Every results page holds this tag within its first kilobytes (the style before it is fixed).
+PAGE_SIGNATURE = b'<script type="application/json" id="ptm-data">'
+_SIGNATURE_WITHIN = 64 << 10
+
+
+def check_destination(path: Path, *, force: bool = False) -> Path:
+    """Refuse a report path that cannot be written, before any work is done.
+
+    An existing regular file is replaced only when it is a results page ptm
+    wrote (or with ``force``): ``--report photo.jpg`` or a batch job's
+    manifest named by mistake stays as it was.
+    """
     from ..errors import UsageError
     from ..runtime.fsutil import folder_of, is_regular_or_absent, is_stream_target
 
@@ -50,7 +62,20 @@ def check_destination(path: Path) -> Path:
         raise UsageError(f"--report {path}: the folder {path.parent} does not exist")
     if not (is_regular_or_absent(path) or is_stream_target(path)):
         raise UsageError(f"--report {path} is not a regular file, so ptm will not replace it; choose another name")
+    if not force and path.exists() and not is_stream_target(path) and not is_results_page(path):
+        raise UsageError(
+            f"--report {path} exists and is not a ptm results page; choose another name, or add --force to replace it"
+        )
     return path
+
+
+def is_results_page(path: Path) -> bool:
+    """Whether ``path`` is a results page ptm wrote (read: its first 64 KiB, at most)."""
+    try:
+        with open(path, "rb") as file:
+            return PAGE_SIGNATURE in file.read(_SIGNATURE_WITHIN)
+    except OSError:
+        return False
 
 
 def thumbnail(image: Any, side: int = THUMB_SIDE) -> str:
@@ -139,7 +164,9 @@ class Report:
 def _script_safe_json(data: Any) -> str:
     """JSON that can sit inside <script> without ending it or opening a comment."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    # A file name that is not UTF-8 holds lone surrogates (Python's surrogateescape): as JSON escapes
+    # they keep the page's data valid JSON, and the name shows with a replacement character.
+    text = _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

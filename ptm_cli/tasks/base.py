@@ -147,7 +147,14 @@ IMAGE_OUTPUT_OPTIONS = (
         batch=("--image-format",),
         help="Image format to write (png, jpeg, webp, bmp, tiff); default: -o's extension, else png.",
     ),
-    Option("force", ("--force",), kind="flag", batch=(), records=False, help="Overwrite existing output files."),
+    Option(
+        "force",
+        ("--force",),
+        kind="flag",
+        batch=(),
+        records=False,
+        help="Overwrite existing output files (and a --report FILE that is not a results page).",
+    ),
     Option(
         "skip_existing",
         ("--skip-existing",),
