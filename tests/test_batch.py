@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -368,3 +369,118 @@ def test_batch_translate_resume_keeps_the_images_already_written(tmp_path: Path)
     ]
     assert all(r["size"] == [40, 30] for r in records[2:])
     assert {p.name: p.stat().st_ino for p in images.iterdir()} == before  # nothing rewritten or overwritten
+
+
+# --- round 3: shard files ptm did not write, names that are not UTF-8, one job per folder ---------
+
+
+@pytest.mark.parametrize("line", ["[]", "3", '"photo.png"', '{"no": "input"}', '{"input": 7}'])
+def test_a_shard_file_of_valid_json_that_is_no_record_is_redone(
+    tiny: TinyClassifier, tmp_path: Path, line: str
+) -> None:
+    """Found in round 3: a shard line ``[]`` made merge and --resume end with exit 70."""
+    inputs = corpus(tmp_path / "photos", photos=3)
+    out = tmp_path / "out"
+    args = ["batch", "classify", *tiny.options, *inputs, "--output", str(out), "--shard-size", "2"]
+    assert run_ptm(args).code == 1
+    complete = merged(out)
+    (out / "shards" / "shard-00001.jsonl").write_text(f"{line}\n{line}\n")
+    result = run_ptm(["batch", "merge", str(out)])
+    assert result.code == 1 and "Traceback" not in result.stderr
+    failed = [r["input"] for r in result.records() if r.get("error", {}).get("type") == "WorkerFailed"]
+    assert failed == [r["input"] for r in complete[2:4]]
+    again = run_ptm([*args, "--resume"])
+    assert again.code == 1 and json.loads(again.stdout)["shards_run"] == 1
+    assert merged(out) == complete
+
+
+@pytest.mark.parametrize("record_format", ["jsonl", "parquet"])
+def test_names_that_are_not_utf8_stay_exact_in_shards(tiny: TinyClassifier, tmp_path: Path, record_format: str) -> None:
+    """Found in round 3: one such name failed every input of a Parquet job, on every resume too."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    odd = os.fsdecode(b"caf\xe9-\xff.png")
+    (photos / odd).write_bytes(photo_bytes(1))
+    (photos / "plain.png").write_bytes(photo_bytes(2))
+    (photos / os.fsdecode(b"bad-\xfe.png")).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    ran = run_ptm(["batch", "classify", *tiny.options, str(photos), "--output", str(out), "--format", record_format])
+    assert ran.code == 1, ran.stderr  # the broken file, and nothing else
+    summary = json.loads(ran.stdout)
+    assert summary["ok"] == 2 and summary["failed"] == 1 and "WorkerFailed" not in ran.stdout
+    ours = merged(out)
+    theirs = run_ptm(tiny.args(str(photos))).records()
+    assert_same_records(ours, theirs)
+    assert str(photos / odd) in [r["input"] for r in ours]
+    if record_format == "parquet":
+        import pyarrow.parquet as pq
+
+        shown = pq.read_table(next((out / "shards").iterdir())).column("input").to_pylist()
+        assert str(photos / "caf\ufffd-\ufffd.png") in shown  # readable by any Parquet reader
+    again = run_ptm(
+        ["batch", "classify", *tiny.options, str(photos), "--output", str(out), "--format", record_format, "--resume"]
+    )
+    assert json.loads(again.stdout)["shards_run"] == 0
+
+
+def test_a_second_job_in_the_same_folder_is_refused_while_the_first_is_planned(
+    tiny: TinyClassifier, tmp_path: Path
+) -> None:
+    """Found in round 3: a job waiting on its --files-from stdin lost its folder to a second job."""
+    corpus(tmp_path / "photos", photos=2)
+    photos = sorted(str(p) for p in (tmp_path / "photos").iterdir())
+    out = tmp_path / "out"
+    first = ptm_process(
+        ["batch", "classify", *tiny.options, "--files-from", "-", "--output", str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "_JOB.json").exists():  # the folder is claimed before the list is read
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()  # type: ignore[union-attr]
+            time.sleep(0.05)
+        second = run_ptm(["batch", "classify", *tiny.options, *photos, "--output", str(out)])
+        assert second.code == 2 and "is not empty" in second.stderr
+        resumed = run_ptm(["batch", "classify", *tiny.options, *photos, "--output", str(out), "--resume"])
+        assert resumed.code == 2 and "still being planned" in resumed.stderr
+        stdout, stderr = first.communicate(("\n".join(photos) + "\n").encode(), timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 1, stderr.decode()  # the corpus holds broken files
+    assert json.loads(stdout)["inputs"] == len(photos)
+    assert [json.loads(line) for line in (out / "_MANIFEST.jsonl").read_text().splitlines()] == photos
+
+
+def test_a_job_that_fails_while_planned_gives_its_folder_back(tiny: TinyClassifier, tmp_path: Path) -> None:
+    out = tmp_path / "new"
+    missing = run_ptm(
+        ["batch", "classify", *tiny.options, "--files-from", str(tmp_path / "nope"), "--output", str(out)]
+    )
+    assert missing.code == 2 and not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    again = run_ptm(["batch", "classify", *tiny.options, "--files-from", str(tmp_path / "nope"), "--output", str(kept)])
+    assert again.code == 2 and kept.is_dir() and not any(kept.iterdir())
+
+
+def test_resume_refuses_inputs_that_changed(tiny: TinyClassifier, tmp_path: Path) -> None:
+    """Found in round 3: --resume after the --files-from list grew silently ran the old list."""
+    corpus(tmp_path / "photos", photos=3)
+    photos = sorted(str(p) for p in (tmp_path / "photos").iterdir())
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(photos[:4]) + "\n")
+    out = tmp_path / "out"
+    args = ["batch", "classify", *tiny.options, "--files-from", str(listing), "--output", str(out)]
+    assert run_ptm(args).code == 1
+    listing.write_text("\n".join(photos) + "\n")
+    grown = run_ptm([*args, "--resume"])
+    assert grown.code == 2 and "the inputs changed" in grown.stderr and f"{len(photos):,}" in grown.stderr
+    listing.write_text("\n".join(reversed(photos[:4])) + "\n")
+    reordered = run_ptm([*args, "--resume"])
+    assert reordered.code == 2 and "input 1 was" in reordered.stderr
+    listing.write_text("\n".join(photos[:4]) + "\n")
+    assert json.loads(run_ptm([*args, "--resume"]).stdout)["shards_run"] == 0

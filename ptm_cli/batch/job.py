@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 from .. import tasks
 from ..cache.catalog import Entry
 from ..errors import MissingDependency, UsageError
-from ..images.inputs import ImageInput, expand_inputs
+from ..images.inputs import ImageInput, check_not_empty, expand_inputs
 from ..runtime import fsutil
 from ..tasks.base import ModelOptions, Plan
 
@@ -188,6 +188,7 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
         require_pyarrow()
     if request.shard_size < 1:
         raise UsageError("--shard-size must be at least 1")
+    check_not_empty(request.inputs, request.files_from)
     if "-" in request.inputs:
         raise UsageError(
             "ptm batch reads its images by path on its workers, so '-' (an image on stdin) cannot be used; "
@@ -206,15 +207,26 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--output {request.output} is a file; give a folder (new or empty) for the job")
     stored = _read_job(folder) if resume else None
-    if stored is None and folder.is_dir() and any(folder.iterdir()):
-        if resume:
+    if stored is None:
+        if resume and folder.is_dir() and any(folder.iterdir()):
             raise UsageError(
                 f"--output {request.output} holds no ptm batch job ({JOB_FILE}) and is not empty; "
                 "give a new or empty folder"
             )
-        raise UsageError(
-            f"--output {request.output} is not empty; add --resume to finish the job in it, or give a new folder"
-        )
+        # Before the weights are fetched and the inputs listed (which may wait on stdin): a second job
+        # started meanwhile is refused, never mixed with this one.
+        created = _claim(folder, request.output)
+        try:
+            return _plan_new(request, task, plan, params, folder, stdin_list)
+        except BaseException:
+            _unclaim(folder, created)
+            raise
+    return _plan_resumed(request, task, plan, params, folder, stored, stdin_list)
+
+
+def _spec(request: Request, task: Any, plan: Plan[Any], params: dict[str, Any], folder: Path, resume: bool) -> Spec:
+    """What every worker needs: the weights verified (and fetched, if need be) here, once."""
+    assert plan.entry is not None
     weights_path = _verified_weights(plan)
     digest = hash_file(weights_path)
     spec = Spec(
@@ -234,18 +246,96 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
         record_format=request.record_format,
         resume=resume,
     )
-    facts = _fingerprint(request, spec, task)
-    if stored is not None:
-        _check_same_job(request.output, stored, facts)
-        names = read_manifest(folder)
-        spec = _with_taken(spec, names)
-        return Job(spec, names, request.shard_size)
+    return spec
+
+
+def _listed(request: Request, stdin_list: BinaryIO | None) -> list[str]:
     listed = expand_inputs(
         request.inputs, recursive=request.recursive, files_from=request.files_from, stdin_list=stdin_list
     )
-    names = [item.name for item in listed]
-    _write_new_job(folder, facts, names)
+    return [item.name for item in listed]
+
+
+def _plan_new(
+    request: Request, task: Any, plan: Plan[Any], params: dict[str, Any], folder: Path, stdin_list: BinaryIO | None
+) -> Job:
+    spec = _spec(request, task, plan, params, folder, resume=False)
+    names = _listed(request, stdin_list)
+    _write_new_job(folder, _fingerprint(request, spec, task), names)
     return Job(_with_taken(spec, names), names, request.shard_size)
+
+
+def _plan_resumed(
+    request: Request,
+    task: Any,
+    plan: Plan[Any],
+    params: dict[str, Any],
+    folder: Path,
+    stored: dict[str, Any],
+    stdin_list: BinaryIO | None,
+) -> Job:
+    spec = _spec(request, task, plan, params, folder, resume=True)
+    _check_same_job(request.output, stored, _fingerprint(request, spec, task))
+    names = read_manifest(folder)
+    _check_same_inputs(request.output, names, _listed(request, stdin_list))
+    return Job(_with_taken(spec, names), names, request.shard_size)
+
+
+def _check_same_inputs(output: str, manifest: list[str], now: list[str]) -> None:
+    """``--resume`` with the same arguments must also mean the same inputs: a folder or a list may have changed."""
+    if manifest == now:
+        return
+    differs = next((i for i, (a, b) in enumerate(zip(manifest, now, strict=False)) if a != b), None)
+    if differs is not None:
+        where = f"input {differs + 1} was {manifest[differs]!r} and is now {now[differs]!r}"
+    else:
+        where = f"the job has {len(manifest):,} inputs and they now list {len(now):,}"
+    raise UsageError(
+        f"--resume: the inputs changed since the job in {output} started ({where}); resume with the inputs it "
+        "was given, or start a new job in a new --output folder"
+    )
+
+
+# The job file holds this while a new job is being planned: the folder is taken, the job not written yet.
+_CLAIM = "planning"
+
+
+def _claim(folder: Path, output: str) -> bool:
+    """Take ``folder`` for a new job, atomically: create it if need be, then the job file, exclusively.
+
+    Gives whether the folder was created here.
+    """
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --output {output}: {exc.strerror or exc}") from None
+    refused = UsageError(f"--output {output} is not empty; add --resume to finish the job in it, or give a new folder")
+    if any(folder.iterdir()):
+        raise refused
+    claim = json.dumps({"ptm_batch_job": _CLAIM, "pid": os.getpid()}) + "\n"
+    try:
+        fd = os.open(folder / JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise refused from None
+    except OSError as exc:
+        raise UsageError(f"cannot write the job into {output}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(claim)
+    return created
+
+
+def _unclaim(folder: Path, created: bool) -> None:
+    """Give the folder back after planning failed: this process's claim goes, and the folder if made here and empty."""
+    path = folder / JOB_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(stored, dict) and stored.get("ptm_batch_job") == _CLAIM and stored.get("pid") == os.getpid():
+            path.unlink()
+        if created:
+            folder.rmdir()  # only when empty: anything else in it stays
+    except (OSError, ValueError):
+        pass
 
 
 def _task_params(task: Any, request: Request) -> dict[str, Any]:
@@ -317,6 +407,11 @@ def _read_job(folder: Path) -> dict[str, Any] | None:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {path} ({exc}); it is not a ptm batch job folder") from None
+    if isinstance(stored, dict) and stored.get("ptm_batch_job") == _CLAIM:
+        raise UsageError(
+            f"{folder} is taken by a ptm batch job that is still being planned (process {stored.get('pid')}); "
+            f"if that process is gone, remove {path} and start again"
+        )
     if not isinstance(stored, dict) or stored.get("ptm_batch_job") != JOB_VERSION:
         raise UsageError(f"{path} is not a job file this version of ptm understands; give a new --output folder")
     if not (folder / MANIFEST_FILE).is_file():

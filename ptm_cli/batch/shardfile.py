@@ -4,18 +4,26 @@ The records are exactly the ones the task's own command prints with ``-f
 jsonl``. In Parquet, the columns are the task's (nested ones as lists of
 structs) and an error is a struct; reading a file back gives the same
 records (the fields a record does not have are null in Parquet and left out
-again).
+again, and a record naming a file whose name is not UTF-8 comes back from
+its ``exact_record`` column).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from ..runtime import fsutil
 
 Record = dict[str, Any]
+
+# Parquet strings are UTF-8, and a Linux file name is any bytes. A record that names such a file keeps
+# its readable columns (with U+FFFD for those bytes) and the whole record as escaped JSON in this
+# column, which reading back returns, so the names stay exact as they do in JSON Lines.
+EXACT = "exact_record"
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def write_shard(path: Path, records: list[Record], record_format: str, task: str) -> None:
@@ -33,19 +41,31 @@ def write_shard(path: Path, records: list[Record], record_format: str, task: str
 
 
 def read_shard(path: Path) -> list[Record] | None:
-    """The records in a shard file, or None when there is no readable one."""
+    """The records in a shard file, or None when there is none that ptm could have written.
+
+    Each record must be an object naming its input: a file whose lines are
+    valid JSON of another shape (``[]``, ``3``) was not written by ptm, and
+    its shard is redone on ``--resume``.
+    """
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
             rows = pq.read_table(path).to_pylist()
-            return [{key: value for key, value in row.items() if value is not None} for row in rows]
-        text = path.read_text(encoding="ascii")
-        return [json.loads(line) for line in text.splitlines()]
+            records = [
+                json.loads(row[EXACT]) if row.get(EXACT) else {k: v for k, v in row.items() if v is not None}
+                for row in rows
+            ]
+        else:
+            text = path.read_text(encoding="ascii")
+            records = [json.loads(line) for line in text.splitlines()]
     except FileNotFoundError:
         return None
     except (OSError, ValueError):  # pyarrow's errors are ValueErrors (ArrowInvalid) or OSErrors (ArrowIOError)
         return None
+    if not all(isinstance(record, dict) and isinstance(record.get("input"), str) for record in records):
+        return None
+    return records
 
 
 def _schema(task: str) -> Any:
@@ -55,7 +75,7 @@ def _schema(task: str) -> Any:
     from .. import tasks
 
     error = pa.struct([("type", pa.string()), ("message", pa.string())])
-    return pa.schema([*tasks.get(task).parquet_fields(), ("error", error)])
+    return pa.schema([*tasks.get(task).parquet_fields(), ("error", error), (EXACT, pa.string())])
 
 
 def _table(records: list[Record], task: str) -> Any:
@@ -66,4 +86,33 @@ def _table(records: list[Record], task: str) -> Any:
     unknown = {key for record in records for key in record} - set(names)
     if unknown:
         raise ValueError(f"records carry fields the Parquet schema lacks: {sorted(unknown)}")
-    return pa.Table.from_pylist([{name: record.get(name) for name in names} for record in records], schema=schema)
+    rows = []
+    for record in records:
+        row = {name: record.get(name) for name in names}
+        if _has_undecodable(record):
+            row = {name: _shown(value) for name, value in row.items()}
+            row[EXACT] = json.dumps(record)  # ASCII escapes: the names' bytes, exactly
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _has_undecodable(value: Any) -> bool:
+    """Whether a string in ``value`` holds bytes that are not UTF-8 (lone surrogates, as os.fsdecode gives)."""
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_undecodable(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_undecodable(item) for item in value)
+    return False
+
+
+def _shown(value: Any) -> Any:
+    """``value`` with every byte that is not UTF-8 shown as U+FFFD: what a Parquet string column can hold."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {key: _shown(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shown(item) for item in value]
+    return value

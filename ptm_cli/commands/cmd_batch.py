@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..runtime import streams
+from . import completion
 from .common import CONTEXT, note, outcome, stdout_is_data
 from .options import (
     click_option,
@@ -18,6 +19,7 @@ from .options import (
     input_options,
     precision_option,
     quiet_option,
+    report_force_option,
     report_option,
     stack,
 )
@@ -51,7 +53,7 @@ job_options = stack(
         "--shard-size",
         default=1000,
         show_default=True,
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=10_000_000),
         help="Inputs per shard: the unit of work, retry and --resume.",
     ),
     click.option(
@@ -68,7 +70,7 @@ job_options = stack(
         "--batch-size",
         default=8,
         show_default=True,
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=1024),
         help="Images per forward pass on each worker.",
     ),
     quiet_option,
@@ -97,6 +99,7 @@ class TaskGroup(click.Group):
                 default=task.default_model,
                 required=task.default_model is None,
                 show_default=task.default_model is not None,
+                shell_complete=completion.models(task.name),
                 help=f"Model name (see `ptm models --task {task.name}`).",
             ),
             click.option(
@@ -104,6 +107,7 @@ class TaskGroup(click.Group):
                 "--weights",
                 default="DEFAULT",
                 show_default=True,
+                shell_complete=completion.weights,
                 help="Weights variant, or the path of a local weights file (every worker must see it).",
             ),
             *(click_option(option, option.batch_flags) for option in task.options if option.batch_flags),
@@ -182,7 +186,8 @@ def _run(task: Any, params: dict[str, Any]) -> int:
 @click.argument("folder", metavar="DIR")
 @format_option
 @report_option
-def merge(folder: str, fmt: str | None, report_path: str | None) -> int:
+@report_force_option
+def merge(folder: str, fmt: str | None, report_path: str | None, force: bool) -> int:
     """Print the records of the batch job in DIR, in manifest order (missing shards as WorkerFailed records).
 
     \b
@@ -197,7 +202,7 @@ def merge(folder: str, fmt: str | None, report_path: str | None) -> int:
     if report_path is not None:
         from ..output.report import check_destination
 
-        check_destination(Path(report_path))
+        check_destination(Path(report_path), force=force)
     name, records = merged(Path(folder))
     task = tasks.get(name)
     report = cwd = None
