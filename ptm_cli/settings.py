@@ -8,8 +8,9 @@ process that changes the environment is seen), through one of three rules:
   (any case) or empty; anything else is a :class:`ConfigError` naming the
   variable and what to set it to;
 * positive numbers (``PTM_MAX_PIXELS``, ``PTM_DOWNLOAD_TIMEOUT``,
-  ``PTM_DOWNLOAD_RETRIES``): empty means the default; anything that is not a
-  positive number is a :class:`ConfigError`;
+  ``PTM_DOWNLOAD_RETRIES``, the server's seconds): empty means the default;
+  anything that is not a number between 1 (or just above 0 for seconds) and
+  the variable's documented maximum is a :class:`ConfigError`;
 * text (paths and URLs): empty means unset;
 * names (``PTM_EXTRA_FORMATS``): words separated by commas or blanks, any
   case; empty means none.
@@ -38,6 +39,13 @@ _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 """Twice Pillow's default ``MAX_IMAGE_PIXELS``: where Pillow itself refuses to open an image."""
+MAX_PIXELS_LIMIT = 1 << 31
+"""The highest ``PTM_MAX_PIXELS`` accepted: Pillow and torch index an image's pixels with 32-bit numbers."""
+MAX_SIDE = 16_384
+"""The largest side ``--resize``, ``--crop``, ``--size`` and ``--tile`` accept (under ``PTM_MAX_PIXELS`` as well)."""
+MAX_TIMEOUT = 86_400.0  # a day: PTM_DOWNLOAD_TIMEOUT
+MAX_ATTEMPTS = 100  # PTM_DOWNLOAD_RETRIES
+MAX_SERVE_SECONDS = 365 * 86_400.0  # a year: PTM_SERVE_IDLE_TIMEOUT, PTM_SERVE_KEEP_ALIVE
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_ATTEMPTS = 3
 DEFAULT_IDLE = 900
@@ -100,7 +108,7 @@ def flag(name: str) -> bool:
     raise ConfigError(f"{name}={os.environ[name]!r} is not understood; set it to 1 or 0 (or unset it)")
 
 
-def positive_int(name: str, default: int) -> int:
+def positive_int(name: str, default: int, maximum: int) -> int:
     value = raw(name)
     if not value:
         return default
@@ -108,12 +116,14 @@ def positive_int(name: str, default: int) -> int:
         number = int(value)
     except ValueError:
         number = 0
-    if number < 1:
-        raise ConfigError(f"{name}={value!r} is not valid; set it to a positive whole number (or unset it)")
+    if not 1 <= number <= maximum:
+        raise ConfigError(
+            f"{name}={value!r} is not valid; set it to a whole number from 1 to {maximum:,} (or unset it)"
+        )
     return number
 
 
-def positive_float(name: str, default: float) -> float:
+def positive_float(name: str, default: float, maximum: float) -> float:
     value = raw(name)
     if not value:
         return default
@@ -121,8 +131,11 @@ def positive_float(name: str, default: float) -> float:
         number = float(value)
     except ValueError:
         number = 0.0
-    if not number > 0 or number == float("inf"):
-        raise ConfigError(f"{name}={value!r} is not valid; set it to a positive number of seconds (or unset it)")
+    if not 0 < number <= maximum:  # also refuses nan and inf
+        raise ConfigError(
+            f"{name}={value!r} is not valid; set it to a number of seconds above 0 and at most {maximum:,g} "
+            "(or unset it)"
+        )
     return number
 
 
@@ -141,17 +154,17 @@ def offline() -> bool:
 
 def max_pixels() -> int:
     """``PTM_MAX_PIXELS``: the decompression-bomb limit, checked against image headers."""
-    return positive_int("PTM_MAX_PIXELS", DEFAULT_MAX_PIXELS)
+    return positive_int("PTM_MAX_PIXELS", DEFAULT_MAX_PIXELS, MAX_PIXELS_LIMIT)
 
 
 def download_timeout() -> float:
     """``PTM_DOWNLOAD_TIMEOUT``: seconds a download may go without receiving a byte."""
-    return positive_float("PTM_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)
+    return positive_float("PTM_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT, MAX_TIMEOUT)
 
 
 def download_attempts() -> int:
     """``PTM_DOWNLOAD_RETRIES``: how many times a download is tried in all."""
-    return positive_int("PTM_DOWNLOAD_RETRIES", DEFAULT_ATTEMPTS)
+    return positive_int("PTM_DOWNLOAD_RETRIES", DEFAULT_ATTEMPTS, MAX_ATTEMPTS)
 
 
 def extra_formats() -> frozenset[str]:
@@ -214,12 +227,12 @@ def server_mode() -> str:
 
 def serve_idle_timeout() -> float:
     """``PTM_SERVE_IDLE_TIMEOUT``: seconds without a request after which a server exits."""
-    return positive_float("PTM_SERVE_IDLE_TIMEOUT", DEFAULT_IDLE)
+    return positive_float("PTM_SERVE_IDLE_TIMEOUT", DEFAULT_IDLE, MAX_SERVE_SECONDS)
 
 
 def serve_keep_alive() -> float:
     """``PTM_SERVE_KEEP_ALIVE``: seconds a server keeps a model nobody used."""
-    return positive_float("PTM_SERVE_KEEP_ALIVE", DEFAULT_KEEP_ALIVE)
+    return positive_float("PTM_SERVE_KEEP_ALIVE", DEFAULT_KEEP_ALIVE, MAX_SERVE_SECONDS)
 
 
 def completing() -> bool:
@@ -283,17 +296,20 @@ def result_environment() -> dict[str, str]:
 
 
 def check_side_pixels(option: str, side: int) -> None:
-    """Refuse a square side (``--crop``, ``--resize``, ``--size``) whose pixels exceed ``PTM_MAX_PIXELS``.
+    """Refuse a square side (``--crop``, ``--resize``, ``--size``, ``--tile``) past ``PTM_MAX_PIXELS`` or MAX_SIDE.
 
     The same limit that keeps decompression bombs out bounds what an option
     may make ptm allocate: ``--crop 20000`` would be 400 million pixels.
     """
     limit = max_pixels()
+    largest = min(math.isqrt(limit), MAX_SIDE)
     if side * side > limit:
         raise UsageError(
             f"{option} {side} means {side * side:,} pixels, more than PTM_MAX_PIXELS ({limit:,}); "
-            f"use at most {math.isqrt(limit)}, or raise PTM_MAX_PIXELS"
+            f"use at most {largest}" + (", or raise PTM_MAX_PIXELS" if largest < MAX_SIDE else "")
         )
+    if side > MAX_SIDE:  # reached only with a raised PTM_MAX_PIXELS
+        raise UsageError(f"{option} {side} is more than ptm's largest side; use at most {MAX_SIDE}")
 
 
 def check_all() -> list[str]:

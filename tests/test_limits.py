@@ -172,3 +172,42 @@ def test_batch_size_workers_and_tile_are_bounded(args: list[str], words: tuple[s
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr
+
+
+@pytest.mark.parametrize("side", ["70000", "20000"])
+def test_a_side_past_ptms_largest_is_refused_even_under_a_raised_pixel_limit(
+    tiny: TinyClassifier, tmp_path: Path, side: str
+) -> None:
+    """Found in round 3: ``--crop 70000`` with PTM_MAX_PIXELS raised ended in an internal error."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    code, stdout, stderr = run_with_ceiling(
+        [*tiny.classify, "--crop", side, str(tmp_path / "x.png")], PTM_MAX_PIXELS=str(1 << 31)
+    )
+    assert_one_error_line(code, stderr, 2, f"--crop {side}", "use at most 16384")
+    assert stdout == "" and "raise PTM_MAX_PIXELS" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["classify", "-k", "100001", "x.png"], ("-k", "100000")),
+        (["batch", "classify", "--shard-size", "100000000", "--output", "o", "x.png"], ("--shard-size",)),
+        (["batch", "classify", "--batch-size", "5000", "--output", "o", "x.png"], ("--batch-size", "1024")),
+        (["serve", "start", "--batch-window", "inf"], ("--batch-window", "10000")),
+        (["serve", "start", "--batch-window", "1e300"], ("--batch-window",)),
+        (["serve", "start", "--idle-timeout", "1e300"], ("--idle-timeout",)),
+        (["serve", "start", "--max-models", "1000000"], ("--max-models", "100")),
+    ],
+)
+def test_every_count_and_window_has_a_range(
+    args: list[str], words: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in round 3: an infinite --batch-window killed the server's batcher and hung its clients."""
+    monkeypatch.chdir(tmp_path)
+    result = run_ptm(args)
+    assert result.code == 2, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
+    for word in words:
+        assert word in result.stderr

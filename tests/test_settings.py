@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import DATA, run_ptm
+from helpers import DATA, TinyClassifier, run_ptm
 
 from ptm_cli import settings
 from ptm_cli.errors import ConfigError
@@ -124,3 +124,32 @@ def test_the_command_shortens_openmps_spin_unless_told_otherwise(
         [sys.executable, "-c", OPENMP_PROBE, order], capture_output=True, text=True, env=env, timeout=120, check=True
     )
     assert out.stdout.splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "getter", "bound"),
+    [
+        ("PTM_DOWNLOAD_TIMEOUT", "1e308", settings.download_timeout, "86,400"),
+        ("PTM_DOWNLOAD_TIMEOUT", "inf", settings.download_timeout, "86,400"),
+        ("PTM_MAX_PIXELS", "1" + "0" * 30, settings.max_pixels, "2,147,483,648"),
+        ("PTM_DOWNLOAD_RETRIES", "1000000", settings.download_attempts, "100"),
+        ("PTM_SERVE_IDLE_TIMEOUT", "1e300", settings.serve_idle_timeout, "3.1536e+07"),
+        ("PTM_SERVE_KEEP_ALIVE", "-1", settings.serve_keep_alive, "3.1536e+07"),
+    ],
+)
+def test_every_number_has_a_range_and_the_error_gives_it(
+    name: str, value: str, getter: object, bound: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in round 3: a timeout of 1e308 or a pixel limit of 1e30 ended in an internal error (exit 70)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name) as raised:
+        getter()  # type: ignore[operator]
+    assert bound in str(raised.value)
+
+
+def test_a_huge_number_in_a_setting_is_exit_2_for_the_command(
+    tiny: TinyClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PTM_MAX_PIXELS", "1" + "0" * 30)
+    result = run_ptm(tiny.args("--crop", "3000000000", str(DATA / "coffee.png")))
+    assert result.code == 2 and "PTM_MAX_PIXELS" in result.stderr and "Traceback" not in result.stderr

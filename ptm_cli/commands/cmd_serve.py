@@ -9,10 +9,11 @@ from typing import Any
 import click
 
 from ..errors import EXIT_INPUT_FAILED, EXIT_OK
+from ..settings import MAX_SERVE_SECONDS
 from .common import CONTEXT, note, stdout_is_data, writer
 from .options import format_option
 
-SECONDS = click.FloatRange(min=0, min_open=True)
+SECONDS = click.FloatRange(min=0, min_open=True, max=MAX_SERVE_SECONDS)
 
 
 def server_settings(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,14 +32,14 @@ def server_settings(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--max-models",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=100),
             default=3,
             show_default=True,
             help="Models kept loaded at once; the least recently used goes first.",
         ),
         click.option(
             "--batch-window",
-            type=click.FloatRange(min=0),
+            type=click.FloatRange(min=0, max=10_000),
             default=5.0,
             show_default=True,
             metavar="MS",

@@ -19,6 +19,9 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from ..errors import CompileFailed, ConfigError, InputError, NonFiniteOutput, PtmError, UsageError, first_line
 from .base import ModelOptions, Option, Outcome, Plan, RunContext, Task
 
+MAX_TOP_K = 100_000
+"""The largest ``-k``: more than any catalog model's classes (ImageNet-21k has 21,841)."""
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -390,7 +393,16 @@ class ClassifyTask(Task["Classifier"]):
     )
     weights_help = "Weights variant (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), or the path of a local weights file."
     options = (
-        Option("top_k", ("-k", "--top-k"), "Labels per image.", kind="int", default=5, minimum=1, show_default=True),
+        Option(
+            "top_k",
+            ("-k", "--top-k"),
+            "Labels per image (at most the model's classes are given).",
+            kind="int",
+            default=5,
+            minimum=1,
+            maximum=MAX_TOP_K,
+            show_default=True,
+        ),
         Option(
             "batch_size",
             ("--batch-size",),
