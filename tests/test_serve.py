@@ -437,3 +437,68 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     worker.join(timeout=60)  # an hour's window would hold it far longer
     alone.close()
     assert answer == [["row 0", "row 1"]] and passes == [2]
+
+
+def test_a_batcher_whose_thread_dies_fails_its_callers_instead_of_hanging_them() -> None:
+    """Found in round 3: a window too large for a wait ended the batcher's thread, and clients waited forever."""
+    import threading
+
+    import torch
+
+    from ptm_cli.serve.warm import Batcher
+
+    def company() -> int:
+        raise OverflowError("timeout value is too large")  # what threading said of an infinite window
+
+    batcher = Batcher(lambda batch: ["row"] * len(batch), window=1.0, max_batch=64, on_pass=len, clients=company)
+    outcomes: list[BaseException | object] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(batcher.run(torch.zeros(1, 3, 4, 4)))
+        except RuntimeError as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=call)
+    first.start()
+    first.join(timeout=60)
+    call()  # a later caller is told at once
+    assert not first.is_alive()
+    assert len(outcomes) == 2 and all(isinstance(o, RuntimeError) for o in outcomes)
+    assert "forward-pass thread stopped (OverflowError" in str(outcomes[0]) and batcher.stopped
+
+
+def test_a_server_killed_mid_run_leaves_exit_1_and_says_the_rest_is_missing(
+    servers: Servers, served_models: Path, tmp_path: Path
+) -> None:
+    """Exit 2 means nothing was processed: a client whose server died after some records exits 1."""
+    import select
+
+    server = servers.start()
+    stalls = tmp_path / "stalls.fifo"  # a named pipe nobody writes: the server waits on it, records so far out
+    os.mkfifo(stalls)
+    listed = f"photo0.png\nphoto1.png\n{stalls}\nphoto2.png\n".encode()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "ptm_cli", *CLASSIFY, "--batch-size", "1", "--files-from", "-", "--server", "auto"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(listed)
+        client.stdin.close()
+        client.stdin = None  # closed: communicate() below has nothing to send
+        readable, _, _ = select.select([client.stdout], [], [], 120)  # bounded: a hang fails the test
+        assert readable, "no record within 120 s"
+        first = json.loads(client.stdout.readline())  # written by the server, straight to the client's stdout
+        assert first["input"] == "photo0.png" and "predictions" in first
+        server.kill()
+        server.wait(timeout=30)
+        rest, stderr = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 1, stderr
+    assert b"photo2.png" not in rest and b"the rest is missing" in stderr and b"Traceback" not in stderr

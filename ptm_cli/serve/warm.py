@@ -83,6 +83,8 @@ class Batcher:
         self._queue: collections.deque[_Job] = collections.deque()
         self._ready = threading.Condition()
         self._closed = False
+        self._taken: list[_Job] = []  # the jobs of the pass being gathered or run
+        self._stopped: BaseException | None = None  # why the thread ended, when it ended by an error
         self._thread = threading.Thread(target=self._loop, name="ptm-batcher", daemon=True)
         self._thread.start()
 
@@ -90,11 +92,18 @@ class Batcher:
         """``forward(batch, *args)``, from a pass shared with other callers."""
         job = _Job(batch, args)
         with self._ready:
+            if self._stopped is not None:
+                raise self._stopped
             if self._closed:
                 raise UsageError("the model was unloaded; run again")
             self._queue.append(job)
             self._ready.notify()
         return job.future.result()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the thread ended by an error (its callers were told; a new Batcher is needed)."""
+        return self._stopped is not None
 
     def close(self) -> None:
         with self._ready:
@@ -109,6 +118,7 @@ class Batcher:
                 return None
             first = self._queue.popleft()
             taken, count = [first], len(first.batch)
+            self._taken = taken
             deadline = time.monotonic() + (self.window if self.clients() > 1 else 0.0)
             while count < self.max_batch:
                 for job in list(self._queue):
@@ -124,6 +134,20 @@ class Batcher:
             return taken
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug here must fail its callers, never leave them waiting
+            stopped = RuntimeError(f"the server's forward-pass thread stopped ({type(exc).__name__}: {exc})")
+            with self._ready:
+                self._stopped = stopped
+                pending = [*self._taken, *self._queue]
+                self._queue.clear()
+            for job in pending:
+                if not job.future.done():
+                    job.future.set_exception(stopped)
+            log(f"{stopped}; its model fails every request until it is unloaded")
+
+    def _serve(self) -> None:
         import torch
 
         while (jobs := self._take()) is not None:
@@ -181,8 +205,9 @@ class ModelCache:
                 for slot in taken:
                     slot.users -= 1
                     slot.last_used = time.monotonic()
-                    if slot.model is None and slot.users == 0:
-                        self._slots.pop(slot.key, None)  # its load failed: nothing to keep
+                    broken = slot.model is None or (slot.batcher is not None and slot.batcher.stopped)
+                    if broken and slot.users == 0:
+                        self._slots.pop(slot.key, None)  # its load failed or its thread ended: load it again
 
     def load(self, plan: Plan[Any], build: Callable[[], Any]) -> Any:
         """``plan``'s model, as records of this call name it; built now only if no client built it before."""
