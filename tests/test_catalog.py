@@ -303,3 +303,22 @@ def test_hostile_json_catalogs_are_configuration_errors(
     catalog.write_bytes(content)
     monkeypatch.setenv("PTM_CATALOG", str(catalog))
     assert_refused(run_ptm(["models"]), str(catalog))
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [("folder", "is a folder, not a file"), ("fifo", "is a named pipe, not a file"), ("device", "is a device")],
+)
+def test_a_catalog_that_is_no_file_says_what_it_is(
+    make: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in round 3: a folder, a device or a FIFO in PTM_CATALOG was a file that "does not exist"."""
+    import os
+
+    path = {"folder": tmp_path / "catalogs", "fifo": tmp_path / "pipe.toml", "device": Path("/dev/null")}[make]
+    if make == "folder":
+        path.mkdir()
+    elif make == "fifo":
+        os.mkfifo(path)
+    monkeypatch.setenv("PTM_CATALOG", str(path))
+    assert_refused(run_ptm(["models"]), str(path), says, "PTM_CATALOG names TOML or JSON files")

@@ -377,3 +377,24 @@ def test_a_bug_is_one_line_and_exit_70_unless_debugging(monkeypatch: pytest.Monk
     monkeypatch.setenv("PTM_DEBUG", "1")
     with pytest.raises(RuntimeError, match="catalog exploded"):
         run_ptm(["models"])
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["classify", ""], "an image argument"),
+        (["classify", str(DATA / "coffee.png"), ""], "an image argument"),
+        (["classify", "--files-from", ""], "--files-from"),
+        (["zebra", "", "-o", "out.png"], "an image argument"),
+        (["batch", "classify", "", "--output", "job"], "an image argument"),
+    ],
+)
+def test_an_empty_argument_is_a_usage_error_never_the_current_folder(
+    args: list[str], where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in round 3: ``ptm classify "$DIR"`` with DIR unset classified every image in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(DATA / "coffee.png", tmp_path / "here.png")
+    result = run_ptm(args)
+    assert result.code == 2 and f"{where} is empty" in result.stderr, result.stderr
+    assert result.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["here.png"]

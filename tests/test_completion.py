@@ -75,3 +75,19 @@ def test_each_shell_gets_a_script(shell: str) -> None:
 def test_zsh_and_fish_get_the_same_names(shell: str) -> None:
     items, _ = complete("ptm classify -m alex", shell=shell)
     assert any("alexnet" in line for line in items)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        ("ptm batch classify -m alex", "alexnet"),
+        ("ptm batch translate -m horse", "horse2zebra"),
+        ("ptm batch classify -m resnet18 -w IMAGENET", "IMAGENET1K_V1"),
+    ],
+)
+def test_batch_completes_models_and_weights_as_the_task_commands_do(words: str, expected: str) -> None:
+    """Found in round 3: ``ptm batch classify -m <TAB>`` offered nothing."""
+    items, _ = complete(words)
+    assert expected in values(items)
+    task_words = words.replace("batch ", "")
+    assert values(items) == values(complete(task_words)[0])

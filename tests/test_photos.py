@@ -629,3 +629,32 @@ def test_the_embedded_srgb_profile_is_the_same_bytes_in_every_process() -> None:
     time.sleep(1.1)
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
     assert first == second and len(first) > 128
+
+
+def padded_profile(profile: bytes, extra: int) -> bytes:
+    """``profile`` with a private tag of ``extra`` random bytes: as large as a printer's profile, as valid."""
+    import random
+
+    count = struct.unpack(">I", profile[128:132])[0]
+    table = [struct.unpack(">4sII", profile[132 + 12 * i : 144 + 12 * i]) for i in range(count)]
+    body = profile[132 + 12 * count :]
+    start = 132 + 12 * (count + 1)
+    shifted = [(sig, offset + 12, size) for sig, offset, size in table]
+    private_at = start + len(body) + (-len(body) % 4)
+    entries = [*shifted, (b"ptmz", private_at, extra)]
+    data = body + b"\0" * (-len(body) % 4) + random.Random(0).randbytes(extra)
+    total = start + len(data)
+    header = struct.pack(">I", total) + profile[4:84] + b"\0" * 16 + profile[100:128]  # no profile ID
+    return header + struct.pack(">I", count + 1) + b"".join(struct.pack(">4sII", *e) for e in entries) + data
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_three_megabyte_profile_is_applied_in_png_as_in_jpeg(fmt: str) -> None:
+    """Found in round 3: Pillow caps a PNG's compressed chunks at 1 MiB, so such a PNG was "corrupt"."""
+    large = padded_profile(rgb_profile("linear sRGB", gamma=1.0), 3 << 20)
+    assert ImageCms.ImageCmsProfile(io.BytesIO(large)).profile.profile_description.startswith("linear")
+    image = load_image(tagged(Image.new("RGB", (16, 16), (50, 50, 50)), large, fmt), name=f"printer.{fmt.lower()}")
+    assert close(image.getpixel((8, 8)), (122, 122, 122), 2)  # type: ignore[arg-type]
+    from PIL import PngImagePlugin
+
+    assert PngImagePlugin.MAX_TEXT_CHUNK == 1 << 20  # Pillow's own setting is left as it was

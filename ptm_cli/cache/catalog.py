@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import threading
 import time
 import tomllib
@@ -335,6 +336,25 @@ def _files_key(paths: list[Path]) -> tuple[Any, ...] | None:
     return tuple(key)
 
 
+def _what_is(path: Path) -> str:
+    """What is at ``path`` when it is not a regular file, for a message."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a file"
+    if stat.S_ISSOCK(mode):
+        return "is a socket, not a file"
+    return "is not a regular file"
+
+
 class Catalog:
     """All known entries, looked up by model name and weights name."""
 
@@ -357,7 +377,7 @@ class Catalog:
         entries: list[Entry] = []
         for path in paths:
             if not path.is_file():
-                raise ConfigError(f"catalog file {path} does not exist (check PTM_CATALOG)")
+                raise ConfigError(f"catalog file {path} {_what_is(path)}; PTM_CATALOG names TOML or JSON files")
             records = _records_from_json(path) if path.suffix == ".json" else _records_from_toml(path)
             source = path.name if path.parent == CATALOG_DIR else str(path)
             entries.extend(entry_from_mapping(r, source=source, base_dir=path.parent) for r in records)

@@ -114,20 +114,30 @@ def _quiet_pillow() -> Iterator[None]:
         yield
 
 
+# The largest colour profile a PNG may carry: what a JPEG can (255 APP2 segments of 64 KiB). Pillow
+# allows 1 MiB for any compressed PNG chunk, so a printer's 3 MB profile made a good PNG unreadable.
+MAX_PNG_PROFILE = 16 << 20
+
+
 @contextmanager
 def _pillow_bomb_limit(limit: int | None) -> Iterator[None]:
     """Replace Pillow's ``MAX_IMAGE_PIXELS``; use only inside :func:`_quiet_pillow`.
 
     Our header check decides what is too large, so Pillow's limit is switched
     off (``None``) while the header is read, and raised to ours while an image
-    we accepted is decoded.
+    we accepted is decoded. A PNG's compressed chunks (colour profile, text)
+    may expand to :data:`MAX_PNG_PROFILE` each meanwhile; Pillow's own cap on
+    all text together (64 MiB) still holds.
     """
-    saved = Image.MAX_IMAGE_PIXELS
+    from PIL import PngImagePlugin
+
+    saved = Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK
     Image.MAX_IMAGE_PIXELS = limit
+    PngImagePlugin.MAX_TEXT_CHUNK = max(saved[1], MAX_PNG_PROFILE)
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        Image.MAX_IMAGE_PIXELS, PngImagePlugin.MAX_TEXT_CHUNK = saved
 
 
 def _exceeds_pillow_limit(size: tuple[int, int]) -> bool:

@@ -124,6 +124,13 @@ def iter_directory(directory: Path, recursive: bool) -> Iterator[Path]:
             yield path
 
 
+def check_not_empty(args: Iterable[str], files_from: str | None) -> None:
+    """Refuse an empty argument: ``ptm classify "$DIR"`` with DIR unset would otherwise mean the current folder."""
+    if "" in args or files_from == "":
+        where = "--files-from" if files_from == "" else "an image argument"
+        raise UsageError(f"{where} is empty (an unset shell variable?); name a file, a folder or '-'")
+
+
 def expand_inputs(
     args: Iterable[str],
     *,
@@ -137,6 +144,7 @@ def expand_inputs(
     The arguments are checked now; the paths are produced as they are consumed.
     """
     args = list(args)
+    check_not_empty(args, files_from)
     if args.count("-") > 1:
         raise UsageError("'-' (stdin) can be given only once")
     if "-" in args and files_from == "-":
