@@ -19,12 +19,10 @@ import contextlib
 import contextvars
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Streams:
+class Streams(NamedTuple):
     stdin: Any
     stdout: Any
     stderr: Any

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from ..cache.naming import resolve_entry
 from ..errors import UsageError
 
 if TYPE_CHECKING:
@@ -253,6 +252,8 @@ class Task(Generic[M]):
             return self.plan_hub(options)
         if options.labels_file or options.trust_repo or options.hub_args:
             raise UsageError("--labels, --trust-repo and --arg apply to hub: models only")
+        from ..cache.naming import resolve_entry
+
         entry, weights_file = resolve_entry(options.model, options.weights, task=self.name, catalog=catalog)
         return Plan(self, options, entry, weights_file)
 

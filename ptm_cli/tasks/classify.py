@@ -10,7 +10,6 @@ per input, with failed inputs carrying their error instead of predictions
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -97,6 +96,8 @@ class Classifier:
         if self.preprocess.crop is None:
             raise UsageError("--compile needs a fixed input size: give --crop N (or a model whose catalog entry crops)")
         # Its CPU build step looks for CUDA and logs that none is found: not news on stderr.
+        import logging
+
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self._forward = torch.compile(self.model, dynamic=False)
 
