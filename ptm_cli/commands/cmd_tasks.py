@@ -138,6 +138,8 @@ def run_task(name: str, params: dict[str, Any]) -> int:
                 records.write(result.record)
                 if count % flush_every == 0:
                     records.flush()
+                    streams.written(count)
+    streams.written(count)  # stdout flushed: every record is out
     if report is not None and report_path is not None:
         report.write(Path(report_path))
         note(f"wrote the report {report_path}")

@@ -129,7 +129,7 @@ def stdout_is_data() -> Iterator[Any]:
     data = here.stdout
     try:
         if streams.routed():  # a warm server: sys.stdout follows this command's streams
-            with streams.bound(streams.Streams(here.stdin, here.stderr, here.stderr, here.console_width)):
+            with streams.bound(here._replace(stdout=here.stderr)):
                 yield data
         else:
             with contextlib.redirect_stdout(sys.stderr):

@@ -39,7 +39,7 @@ def run_for_client(group: Any, argv: list[str], client: streams.Streams, *, term
     if terminal_width is not None:  # as click sizes help for a terminal that wide (its content kept to 100)
         terminal_width = max(min(terminal_width, MAX_CONTENT_WIDTH) - 2, 50)
     try:
-        guarded = streams.Streams(client.stdin, GuardedStream(client.stdout), client.stderr, client.console_width)
+        guarded = client._replace(stdout=GuardedStream(client.stdout))
         with streams.bound(guarded):
             return _run(group, argv, debug=False, terminal_width=terminal_width)
     finally:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any, NamedTuple
 
 
@@ -28,6 +28,9 @@ class Streams(NamedTuple):
     stderr: Any
     # The width rich gives a terminal in the process these streams belong to; None: this process's own.
     console_width: int | None = None
+    # Told how many inputs' records (or images) have reached stdout, as they are flushed: a warm
+    # server passes it on, so that a client whose server dies can say which inputs have none.
+    on_written: Callable[[int], None] | None = None
 
 
 _current: contextvars.ContextVar[Streams | None] = contextvars.ContextVar("ptm_streams", default=None)
@@ -46,6 +49,13 @@ def current() -> Streams:
 
 def stdin() -> Any:
     return current().stdin
+
+
+def written(count: int) -> None:
+    """The command has written the outputs of its first ``count`` inputs (see ``Streams.on_written``)."""
+    callback = current().on_written
+    if callback is not None:
+        callback(count)
 
 
 def stdout() -> Any:

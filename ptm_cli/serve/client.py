@@ -271,10 +271,16 @@ def _console_width() -> int:
 
 def _outcome(sock: socket.socket) -> Forwarded:
     """Wait for the server's answer: the command's exit code, or why to run it here."""
-    try:
-        message = _reply(sock)
-    except KeyboardInterrupt:
-        return Forwarded(_interrupted(sock), True)
+    written = 0  # inputs whose outputs the server has written to our stdout, as it last said
+    while True:
+        try:
+            message = _reply(sock, written)
+        except KeyboardInterrupt:
+            return Forwarded(_interrupted(sock), True)
+        count = message.get("inputs")
+        if message.get("event") != "written" or not isinstance(count, int) or isinstance(count, bool):
+            break
+        written = max(written, count)
     event = message.get("event")
     if event == "exit":
         return Forwarded(_exit_code(message), True)
@@ -291,20 +297,24 @@ def _outcome(sock: socket.socket) -> Forwarded:
     raise ServerUnavailable(f"the server sent an unexpected {event!r}; run with --server never")
 
 
-def _reply(sock: socket.socket) -> dict[str, Any]:
+def _reply(sock: socket.socket, written: int) -> dict[str, Any]:
     try:
         reply = receive(sock)
     except (ProtocolError, OSError) as exc:
-        raise _stopped(f"the connection failed ({exc})") from None
+        raise _stopped(f"the connection failed ({exc})", written) from None
     if reply is None:
-        raise _stopped("the server closed the connection before the command finished")
+        raise _stopped("the server closed the connection before the command finished", written)
     return reply[0]
 
 
-def _stopped(what: str) -> RemoteError:
+def _stopped(what: str, written: int) -> RemoteError:
+    """The server went away mid-command: exit 1 (some work may be done), saying which inputs have their output."""
+    if written:
+        done = f"the outputs of the first {written:,} inputs were written and stand; the inputs after them have none"
+    else:
+        done = "no input's output was reported written; any records on stdout stand"
     return RemoteError(
-        f"{what}; what it wrote so far stands and the rest is missing (see {LOG_NAME} in the server's folder); "
-        "run again, or with --server never",
+        f"{what}; {done} (see {LOG_NAME} in the server's folder); run the rest again, or with --server never",
         kind="ServerUnavailable",
         exit_code=EXIT_INPUT_FAILED,
     )
@@ -323,8 +333,12 @@ def _interrupted(sock: socket.socket) -> int:
         send(sock, {"op": "interrupt"})
     deadline = time.monotonic() + settings.tuning.serve_interrupt_wait
     with contextlib.suppress(ProtocolError, OSError, KeyboardInterrupt, TimeoutError):
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        reply = receive(sock)
+        reply = None
+        while reply is None or reply[0].get("event") == "written":  # counts sent before the stop are passed over
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            reply = receive(sock)
+            if reply is None:
+                break
         if reply is not None and reply[0].get("event") == "exit":
             return _exit_code(reply[0])
     # The server did not answer in time: say it here, as the command would have.

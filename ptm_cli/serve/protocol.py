@@ -38,7 +38,7 @@ from ..version import __version__
 
 HEADER = struct.Struct("!II")
 SOCKET_NAME = "server.sock"
-PROTOCOL = 2
+PROTOCOL = 3
 MAX_FDS = 4  # a run request's working folder, stdin, stdout and stderr
 
 

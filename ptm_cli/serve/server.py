@@ -276,7 +276,7 @@ class Server:
             log(f"a client differs in {', '.join(found)}; it will run by itself")
             send(conn, {"event": "mismatch", "differences": found})
             return
-        client = _client_streams(fds[1:], encodings, width)
+        client = _client_streams(fds[1:], encodings, width)._replace(on_written=_reporter(conn))
         self._count_request()
         try:
             code = self._execute(conn, argv, client, columns)
@@ -380,6 +380,16 @@ def _client_streams(fds: list[int], encodings: list[Any], width: int) -> streams
             raise ProtocolError(f"the client's standard streams cannot be used ({exc})") from None
         opened.append(text)
     return streams.Streams(opened[0], opened[1], opened[2], console_width=width)
+
+
+def _reporter(conn: socket.socket) -> Callable[[int], None]:
+    """Tell the client how many inputs' outputs have reached its stdout (a client gone is no error here)."""
+
+    def report(count: int) -> None:
+        with contextlib.suppress(OSError, ProtocolError):
+            send(conn, {"event": "written", "inputs": count})
+
+    return report
 
 
 def _close(client: streams.Streams) -> None:
