@@ -7,6 +7,7 @@ encoders, ICC profiles and RAW files byte by byte (``photofiles.py``).
 from __future__ import annotations
 
 import io
+import json
 import struct
 import sys
 import warnings
@@ -658,3 +659,37 @@ def test_a_three_megabyte_profile_is_applied_in_png_as_in_jpeg(fmt: str) -> None
     from PIL import PngImagePlugin
 
     assert PngImagePlugin.MAX_TEXT_CHUNK == 1 << 20  # Pillow's own setting is left as it was
+
+
+@needs_rawpy
+def test_what_libraw_prints_becomes_the_inputs_error_never_a_stray_line(tiny: TinyClassifier, tmp_path: Path) -> None:
+    """Found in round 3: LibRaw printed "unknown file: Unexpected end of file" on stderr, without ``ptm:``."""
+    import subprocess
+
+    whole = camera_raw(64, 48, LEVELS, thumbnail=GREEN_THUMB)
+    (tmp_path / "cut.dng").write_bytes(whole[: len(whole) - 2000])
+    done = subprocess.run(
+        [sys.executable, "-m", "ptm_cli", *tiny.args(str(tmp_path / "cut.dng"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    record = json.loads(done.stdout)
+    assert record["error"]["type"] == "UnreadableImage" and "unexpected end of file" in record["error"]["message"]
+    assert all(line.startswith("ptm: ") for line in done.stderr.splitlines()), done.stderr
+
+
+def test_other_lines_written_while_libraw_reads_are_passed_on() -> None:
+    """Only LibRaw's own complaints are taken from stderr; another thread's line there still reaches it."""
+    import subprocess
+
+    code = (
+        "import os\nfrom ptm_cli.images.formats import _libraw_says\nsaid = []\n"
+        "with _libraw_says(said):\n"
+        "    os.write(2, b'another thread says hello\\n')\n"
+        "    os.write(2, b'unknown file: data corrupted at 1234\\n')\n"
+        "print(said)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "['data corrupted at 1234']\n" and done.stderr == "another thread says hello\n"

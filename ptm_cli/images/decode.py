@@ -287,7 +287,7 @@ def load_image_with_format(
         raw_kind = formats.camera_raw(head, stream)
         if raw_kind is not None:
             developed = formats.decode_camera_raw(
-                stream, raw_kind, label, lambda size: _check_pixel_count(size, limit, label)
+                stream, raw_kind, label, lambda size: _check_pixel_count(size, limit, label), on_note
             )
             return developed, raw_kind.split()[-1]
         image = _identify(stream, head, label, limit)

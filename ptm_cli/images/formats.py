@@ -23,9 +23,14 @@ rest of Pillow's readers (TGA, SGI, PCX, XPM...) are one setting away.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import re
 import struct
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import IO, TYPE_CHECKING
 
@@ -418,15 +423,61 @@ def camera_raw(head: bytes, stream: IO[bytes]) -> str | None:
         stream.seek(0)
 
 
+# LibRaw prints what it finds wrong in a file's data on the process's stderr, in its own words and
+# without the file's name ("unknown file: Unexpected end of file"). While it reads a file, file
+# descriptor 2 is a temporary file: LibRaw's lines become the error's reason or a note naming the
+# input, and anything else written there meanwhile (another thread's message) is passed on
+# unchanged afterwards. One RAW file at a time.
+_LIBRAW_LINE = re.compile(rb"[^\n]*?: (Unexpected end of file|data corrupted at -?\d+)")
+_STDERR_CAPTURE = threading.Lock()
+
+
+@contextlib.contextmanager
+def _libraw_says(said: list[str]) -> Iterator[None]:
+    """Collect LibRaw's complaints into ``said`` while the block runs (see above)."""
+    import tempfile
+
+    with _STDERR_CAPTURE, tempfile.TemporaryFile() as capture:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to capture
+            yield
+            return
+        try:
+            os.dup2(capture.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            others = []
+            for line in capture.read(1 << 20).splitlines(keepends=True):
+                found = _LIBRAW_LINE.fullmatch(line.rstrip(b"\r\n"))
+                if found:
+                    said.append(found.group(1).decode("ascii"))
+                else:
+                    others.append(line)
+            if others:
+                with contextlib.suppress(OSError):
+                    os.write(2, b"".join(others))
+
+
 def decode_camera_raw(
-    stream: IO[bytes], kind: str, name: str, check_size: Callable[[tuple[int, int]], None]
+    stream: IO[bytes],
+    kind: str,
+    name: str,
+    check_size: Callable[[tuple[int, int]], None],
+    on_note: Callable[[str], None] | None = None,
 ) -> Image.Image:
     """Develop a RAW file into 8-bit sRGB with LibRaw (the ``raw`` extra), or refuse it.
 
     The camera's white balance is used and the brightness is left as the
     camera exposed it (no automatic brightening); LibRaw applies the file's
     orientation. ``check_size((width, height))`` runs before any pixel is
-    decoded.
+    decoded. What LibRaw says of the file's data becomes part of the error,
+    or a note (``on_note``) when the picture developed anyway.
     """
     try:
         rawpy = importlib.import_module("rawpy")
@@ -437,8 +488,9 @@ def decode_camera_raw(
         ) from None
     from PIL import Image
 
+    said: list[str] = []
     try:
-        with rawpy.imread(stream) as raw:
+        with _libraw_says(said), rawpy.imread(stream) as raw:
             sizes = raw.sizes
             check_size((sizes.width, sizes.height))
             pixels = raw.postprocess(
@@ -451,12 +503,24 @@ def decode_camera_raw(
     except rawpy.LibRawError as exc:
         detail = exc.args[0] if exc.args else exc
         reason = detail.decode(errors="replace") if isinstance(detail, bytes) else first_line(exc, 120)
+        if said:
+            reason = f"{reason}: {said[0].lower()}"
         raise UnreadableImage(
             f"{name} is a camera RAW file ({kind}) that LibRaw could not decode ({reason}); "
             "it is probably corrupt, or too new for the installed rawpy."
         ) from None
     except MemoryError:
         raise UnreadableImage(f"{name} could not be decoded (not enough memory).") from None
+    if said:
+        from .colour import ImageNote
+
+        message = f"{name}: LibRaw found damaged data ({said[0].lower()}); the picture may be incomplete"
+        if on_note is not None:
+            on_note(message)
+        else:
+            import warnings
+
+            warnings.warn(ImageNote(message), stacklevel=3)
     if pixels.ndim == 3 and pixels.shape[2] == 1:  # a monochrome sensor (or a mosaic LibRaw reads as one)
         return Image.fromarray(pixels[:, :, 0]).convert("RGB")
     if pixels.ndim != 3 or pixels.shape[2] != 3:
