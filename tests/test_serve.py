@@ -24,6 +24,7 @@ import pytest
 import torch
 from corpus import write_corpus
 from helpers import run_ptm
+from http_server import FixtureServer
 from serverkit import CLASSIFY, Servers, ptm
 
 # --- same output as in-process ------------------------------------------------------------------
@@ -507,3 +508,39 @@ def test_a_server_killed_mid_run_is_exit_1_and_says_which_inputs_have_no_record(
     assert client.returncode == 1, stderr
     assert b"photo2.png" not in rest and b"Traceback" not in stderr
     assert b"the outputs of the first 2 inputs were written and stand; the inputs after them have none" in stderr
+
+
+def test_a_model_the_server_had_to_download_is_loaded_once(
+    tmp_path: Path, server: FixtureServer, net_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first load found no file (so its key said "not there yet"); the second request must reuse it."""
+    import hashlib
+
+    from ptm_cli import tasks
+    from ptm_cli.serve.warm import ModelCache, ServeOptions
+    from ptm_cli.tasks.base import ModelOptions
+
+    server.serve("/files/net.pth", net_bytes)
+    catalog = tmp_path / "served.toml"
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    catalog.write_text(
+        f'[[model]]\nname = "net"\nurl = "{server.url}/files/net.pth"\nlabels = "labels.txt"\n'
+        f'sha256 = "{hashlib.sha256(net_bytes).hexdigest()}"\narchitecture = "mobilenet_v3_small"\nnum_classes = 3\n'
+    )
+    monkeypatch.setenv("PTM_CATALOG", str(catalog))
+    monkeypatch.setenv("PTM_CACHE_DIR", str(tmp_path / "cache"))
+    cache = ModelCache(ServeOptions(), on_pass=len)
+    built: list[object] = []
+    task = tasks.get("classify")
+
+    def build(plan: object) -> object:
+        model = task.build(plan, progress=False)  # type: ignore[arg-type]
+        built.append(model)
+        return model
+
+    for _ in range(3):
+        plan = task.plan(ModelOptions("net"))
+        with cache.request():
+            cache.load(plan, lambda plan=plan: build(plan))
+    assert len(built) == 1 and len(cache.describe()) == 1
+    assert server.requests("/files/net.pth") == 1

@@ -234,6 +234,7 @@ class ModelCache:
             if slot.model is None:
                 started = time.monotonic()
                 slot.model = build()
+                self._rekey(slot, plan.identity())
                 if task.shares_forward_passes:
                     forward = task.batch_forward(slot.model)
                     slot.batcher = Batcher(
@@ -251,6 +252,19 @@ class ModelCache:
         if slot.batcher is not None:
             return task.shared(slot.model, slot.batcher.run, plan.weights_label)
         return task.relabel(slot.model, plan.weights_label)
+
+    def _rekey(self, slot: Slot, key: tuple[Any, ...]) -> None:
+        """File the slot under what its files are now: a build that downloaded the weights made them exist.
+
+        Without it the first request for a model the server had to fetch would
+        leave it under "not there yet", and the next request would load it again.
+        """
+        with self._lock:
+            if key == slot.key or key in self._slots or self._slots.get(slot.key) is not slot:
+                return
+            del self._slots[slot.key]
+            slot.key = key
+            self._slots[key] = slot
 
     def evict(self, *, keep: int | None = None, idle: float | None = None) -> None:
         """Unload models nobody uses: beyond the ``keep`` most recent, or unused for ``idle`` seconds."""
