@@ -203,28 +203,20 @@ def timed_together(commands: list[list[str]], env: dict[str, str]) -> tuple[floa
     return seconds, outputs
 
 
+def classify_command(weights: str, device: str) -> list[str]:
+    """The installed ``ptm classify`` with the bench's ResNet101 settings, records as JSON Lines."""
+    ptm = str(Path(PYTHON).parent / "ptm")
+    settings = ["-m", "resnet101", "-w", weights, "--resize", "256", "--crop", "224", "--device", device]
+    return [ptm, "classify", *settings, "-f", "jsonl"]
+
+
 def serve_rows(folder: Path, weights: str, images: list[str], device: str) -> dict[str, Any]:
     """One-file calls with a warm server and without, one after another and eight at once."""
-    ptm = str(Path(PYTHON).parent / "ptm")
     env = {**os.environ, "XDG_RUNTIME_DIR": str(folder / "run")}
     env.pop("PTM_SERVER", None)
     (folder / "run").mkdir(mode=0o700)
-    classify = [
-        ptm,
-        "classify",
-        "-m",
-        "resnet101",
-        "-w",
-        weights,
-        "--resize",
-        "256",
-        "--crop",
-        "224",
-        "--device",
-        device,
-        "-f",
-        "jsonl",
-    ]
+    classify = classify_command(weights, device)
+    ptm = classify[0]
     one, eight = images[0], images[:8]
     figures: dict[str, Any] = {}
     cold = [timed([*classify, one], env) for _ in range(20)]
@@ -354,24 +346,7 @@ def on_terminal(argv: list[str]) -> float:
 
 def progress_rows(weights: str, images: list[str], device: str, pairs: int = 3) -> dict[str, float]:
     """`ptm classify` over the same images with the progress display drawn (stderr a terminal) and without."""
-    ptm = str(Path(PYTHON).parent / "ptm")
-    argv = [
-        ptm,
-        "classify",
-        "-m",
-        "resnet101",
-        "-w",
-        weights,
-        "--resize",
-        "256",
-        "--crop",
-        "224",
-        "--device",
-        device,
-        "-f",
-        "jsonl",
-        *images,
-    ]
+    argv = [*classify_command(weights, device), *images]
     shown, plain = [], []
     for _ in range(pairs):  # alternating, so drift in the machine's speed hits both alike
         shown.append(on_terminal(argv))
