@@ -1,4 +1,4 @@
-"""Regenerate models/torchvision.json from the installed torchvision.
+"""Regenerate models/torchvision.json and models/torchvision_detection.json from the installed torchvision.
 
 ptm lists and resolves models without importing torch (3.5 s here), so the
 facts torchvision keeps in Python objects - URLs, hash prefixes, sizes,
@@ -37,6 +37,9 @@ KNOWN_FULL_SHA256 = {
 }
 
 LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1K, whose terms of use apply"
+COCO_LICENCE = "BSD-3-Clause (torchvision); trained on COCO 2017, whose terms of use apply"
+# Detection models that belong to another task (instance segmentation: `ptm segment`).
+NOT_DETECTORS = ("maskrcnn_",)
 
 
 class _StopBuild(Exception):
@@ -86,6 +89,107 @@ def preprocessing(weights: Any) -> dict[str, Any]:
         "mean": [float(x) for x in t.mean],
         "std": [float(x) for x in t.std],
     }
+
+
+def built_with_weights(name: str, weights: Any) -> torch.nn.Module:
+    """The model torchvision's builder makes for ``weights``, all of it (what it does after loading included).
+
+    The download is answered with nothing and the load does nothing, so the
+    model keeps its initial values; only its structure is looked at.
+    """
+    loads: list[torch.nn.Module] = []
+
+    def skip(self: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        loads.append(self)
+
+    saved_load, saved_get = torch.nn.Module.load_state_dict, type(weights).get_state_dict
+    torch.nn.Module.load_state_dict = skip  # type: ignore[method-assign,assignment]
+    type(weights).get_state_dict = lambda self, *args, **kwargs: {}  # type: ignore[method-assign]
+    try:
+        model: torch.nn.Module = tvm.get_model(name, weights=weights)
+    finally:
+        torch.nn.Module.load_state_dict = saved_load  # type: ignore[method-assign]
+        type(weights).get_state_dict = saved_get  # type: ignore[method-assign]
+    if not loads:
+        raise SystemExit(f"{name}.{weights.name}: the builder loaded no weights; teach this script about it")
+    return model
+
+
+def detection_entries() -> tuple[list[dict[str, Any]], list[str]]:
+    """Every torchvision detector's weights, checked: ptm's build has the structure torchvision's has."""
+    import torchvision.models.detection as detection
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    sys.path.insert(0, str(ROOT))
+    from ptm_cli.cache.catalog import entry_from_mapping
+    from ptm_cli.nets.detection import factory, input_limits
+
+    categories: list[str] | None = None
+    models = []
+    for name in tvm.list_models(module=detection):
+        if name.startswith(NOT_DETECTORS):
+            continue
+        enum = tvm.get_model_weights(name)
+        variants = []
+        for w in enum:
+            names = list(w.meta["categories"])
+            if len(names) == 91:
+                if categories is not None and names != categories:
+                    raise SystemExit(f"{name}.{w.name}: COCO categories differ from the other detectors'")
+                categories = names
+                labels = "coco_categories.txt"
+            elif names == ["no person", "person"]:
+                labels = "coco_person.txt"
+            else:
+                raise SystemExit(f"{name}.{w.name}: categories {names[:3]}...; teach this script about them")
+            reference = built_with_weights(name, w)
+            norms = [m for m in reference.modules() if isinstance(m, FrozenBatchNorm2d)]
+            frozen = bool(norms)
+            epsilons = {m.eps for m in norms}
+            if len(epsilons) > 1:
+                raise SystemExit(f"{name}.{w.name}: frozen norms with several epsilons; teach ptm about them")
+            kwargs: dict[str, Any] = {"num_classes": len(names)}
+            points = list(w.meta.get("keypoint_names", []))
+            if points:
+                kwargs["num_keypoints"] = len(points)
+            file_name = w.url.rsplit("/", 1)[-1]
+            match = re.search(r"-([0-9a-f]{8,})\.pth$", file_name)
+            metrics = w.meta["_metrics"]["COCO-val2017"]
+            limits = input_limits(reference)
+            variant = {
+                "name": w.name,
+                "default": w.name == enum.DEFAULT.name,
+                "url": w.url,
+                "sha256": KNOWN_FULL_SHA256.get(file_name, match.group(1) if match else None),
+                "size_mb": w.meta.get("_file_size"),
+                "num_params": w.meta["num_params"],
+                "gflops": w.meta.get("_ops"),
+                "box_map": metrics.get("box_map"),
+                "keypoint_map": metrics.get("kp_map"),
+                "labels": labels,
+                "num_classes": len(names),
+                "recipe": w.meta.get("recipe"),
+                "licence": COCO_LICENCE,
+                "builder_kwargs": {k: v for k, v in kwargs.items() if k != "num_classes"},
+                "frozen_batchnorm": frozen,
+                "batchnorm_eps": 0.0 if epsilons == {0.0} else None,
+                "keypoint_names": points,
+                **limits,
+            }
+            variant = {k: v for k, v in variant.items() if v not in (None, [])}
+            # ptm's build must be torchvision's: same modules (norms included), same tensors.
+            entry = entry_from_mapping({"model": name, "architecture": name, "task": "detect", **variant}, source="gen")
+            ours = factory(entry)()
+            if repr(ours) != repr(reference) or _shapes(ours) != _shapes(reference):
+                raise SystemExit(f"{name}.{w.name}: ptm's build differs from torchvision's; teach ptm about it")
+            variants.append(variant)
+        models.append({"model": name, "architecture": name, "task": "detect", "weights": variants})
+    assert categories is not None
+    return models, categories
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def main() -> None:
@@ -140,6 +244,14 @@ def main() -> None:
     out = MODELS_DIR / "torchvision.json"
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {out.relative_to(ROOT)}: {len(models)} models, {sum(len(m['weights']) for m in models)} weights")
+
+    detectors, categories = detection_entries()
+    (MODELS_DIR / "coco_categories.txt").write_text("\n".join(categories) + "\n", encoding="utf-8")
+    (MODELS_DIR / "coco_person.txt").write_text("no person\nperson\n", encoding="utf-8")
+    doc = {**doc, "models": detectors}
+    out = MODELS_DIR / "torchvision_detection.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out.relative_to(ROOT)}: {len(detectors)} models, {sum(len(m['weights']) for m in detectors)} weights")
 
 
 if __name__ == "__main__":

@@ -263,6 +263,11 @@ class SeededWeights:
         key = ("generator", "cyclegan", seed, *sorted(builder_kwargs.items()))
         return self._file(key, lambda path: save_generator(path, seed, **builder_kwargs))
 
+    def detector(self, model: str, seed: int = 0, *, boost: dict[int, float] | None = None) -> Path:
+        """A catalog detector that reports the ``boost`` classes (:func:`detector_state_dict`)."""
+        key = ("detector", model, seed, *sorted((boost or {}).items()))
+        return self._file(key, lambda path: torch.save(detector_state_dict(model, seed, boost=boost), path))
+
 
 # A local torch.hub repository's hubconf.py: a tiny classifier, and entries that are not models.
 HUB_WEIGHTS_URL = "https://example.invalid/tiny-0123abcd.pth"
@@ -312,3 +317,55 @@ def needs_weights(url="__URL__"):
     model.load_state_dict(state)
     return model
 '''.replace("__URL__", HUB_WEIGHTS_URL)
+
+
+# --- detectors ------------------------------------------------------------------------------------------------
+
+
+def detector_state_dict(model: str, seed: int = 0, *, boost: dict[int, float] | None = None) -> dict[str, torch.Tensor]:
+    """Seeded weights for a catalog detector, with the classes in ``boost`` made likely.
+
+    A detector with random weights scores every class near 1/91 and reports
+    nothing above its own threshold; raising the final classification
+    biases of a few classes gives it boxes to report (and to compare).
+    """
+    from ptm_cli.cache.catalog import Catalog
+    from ptm_cli.nets import architectures
+
+    entry = Catalog.load(extra=[]).resolve(model)
+    torch.manual_seed(seed)
+    state = architectures.factory(entry)().state_dict()
+    classes = entry.num_classes or 91
+    for key, value in state.items():
+        # SSD's heads end in one convolution per feature map (anchors x classes outputs); no other bias there
+        # has a multiple of 91 outputs.
+        final = key.endswith(("cls_score.bias", "cls_logits.bias")) or (
+            "classification_head.module_list" in key and key.endswith(".bias") and classes == 91
+        )
+        if key.endswith(("cls_score.weight", "cls_logits.weight")):
+            value.mul_(5)  # initialised near zero: every box would score the same, and ties have no order
+        if final and value.numel() % classes == 0:
+            rows = value.view(-1, classes)
+            for category, amount in (boost or {1: 7.0}).items():
+                if category < classes:
+                    rows[:, category] += amount
+    return state
+
+
+def torchvision_detector(model: str, state: dict[str, torch.Tensor], weights: str = "DEFAULT") -> tuple[Any, Any]:
+    """torchvision's own model for ``model``'s pretrained weights, holding ``state``, and its ``weights.transforms()``.
+
+    torchvision's builder runs as documented, with the one download it would
+    make answered by ``state``.
+    """
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(model)
+    variant = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    saved = type(variant).get_state_dict
+    type(variant).get_state_dict = lambda self, *args, **kwargs: {k: v.clone() for k, v in state.items()}
+    try:
+        built = tvm.get_model(model, weights=variant).eval()
+    finally:
+        type(variant).get_state_dict = saved
+    return built, variant.transforms()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import os
@@ -222,3 +224,185 @@ def test_a_name_that_is_not_utf8_keeps_the_page_data_valid_json(tiny: TinyClassi
     parsed = json.loads(data.group(1))  # what the page's script does with it
     assert [entry["record"]["input"] for entry in parsed["entries"]] == [str(folder / odd)]
     assert parsed["entries"][0]["thumb"].startswith("data:image/")
+
+
+# --- boxes over the input: any task's view with "boxes" gets them -------------------------------
+
+BOX_HOSTILE = "<img src=x onerror=alert(1)>"
+CAT = {"label": "cat", "text": "cat 0.91", "colour": "#ff00ff", "x": 0.25, "y": 0.2, "w": 0.5, "h": 0.4}
+PERSON = {
+    "label": "person",
+    "text": "person 0.98",
+    "colour": "#1f77b4",
+    "x": 0.2,
+    "y": 0.1,
+    "w": 0.6,
+    "h": 0.8,
+    "points": [[0.5, 0.15], [0.5, 0.3], [0.35, 0.45], [0.65, 0.45], None, [0.6, 0.8]],
+    # three edges join visible points; the others name a hidden point, no point, or not an index
+    "edges": [[0, 1], [1, 2], [1, 3], [1, 4], [4, 5], [9, 1], ["0", 1], [0.5, 1]],
+}
+PEOPLE_BOXES = [
+    PERSON,
+    {"label": "person", "text": "person 0.55", "colour": "#1f77b4", "x": 0.05, "y": 0.02, "w": 0.3, "h": 0.3},
+    {"label": BOX_HOSTILE, "text": f"{BOX_HOSTILE} 0.50", "colour": "red;x", "x": 0.6, "y": 0.5, "w": 0.5, "h": 0.3},
+    {"label": "kite", "text": "kite 0.30", "colour": "#ffee00", "x": None, "y": 0.5, "w": 0.5, "h": 0.3},  # not drawn
+]
+GREY = (128, 128, 128)
+
+
+class BoxTask:
+    """A task the page knows nothing about, whose records carry boxes."""
+
+    name = "spot"
+    title = "spotting"
+
+    def report_view(self, record: dict) -> dict:
+        return {"boxes": record["boxes"], "lines": [f"{len(record['boxes'])} found"]}
+
+
+@pytest.fixture(scope="module")
+def boxes_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A page with boxes on a plain grey image, on a portrait photo, and none on a failed or empty input."""
+    report = Report(BoxTask(), {"model": "fake-detector"})
+    report.keep_thumbnail("grey.png", Image.new("RGB", (400, 400), GREY))  # shown at 144x144 in the 192x144 box
+    report.add({"input": "grey.png", "boxes": [CAT]})
+    report.keep_thumbnail("people.png", Image.new("RGB", (300, 400), (60, 140, 70)))
+    report.add({"input": "people.png", "boxes": PEOPLE_BOXES})
+    report.add({"input": "broken.jpg", "error": {"type": "UnreadableImage", "message": "not an image"}})
+    report.keep_thumbnail("nothing.png", Image.new("RGB", (400, 300), (30, 30, 90)))
+    report.add({"input": "nothing.png", "boxes": []})
+    page = tmp_path_factory.mktemp("boxes") / "boxes.html"
+    report.write(page)
+    return page
+
+
+def _entries(dom: str) -> list[str]:
+    return [body for _, body in re.findall(r'<article class="entry( failed)?">(.*?)</article>', dom, flags=re.S)]
+
+
+def _toggles(dom: str) -> list[tuple[bool, str]]:
+    """(checked, accessible label) of each class checkbox in the header."""
+    found = re.findall(r"<label><input ([^>]*)>(.*?)</label>", dom, flags=re.S)
+    return [('checked=""' in attrs, html.unescape(re.sub(r"<[^>]*>", "", text))) for attrs, text in found]
+
+
+def _marked(dom: str) -> list[tuple[str, bool]]:
+    """(tag, hidden) of every element that belongs to a class, by the class's index."""
+    tags = re.findall(r'<(\w+)\b([^>]*\bdata-class="(\d+)"[^>]*)>', dom)
+    return [(index, "off" in re.search(r'\sclass="([^"]*)"', attrs).group(1).split()) for _, attrs, index in tags]
+
+
+@needs_chromium
+def test_boxes_are_drawn_as_svg_over_the_thumbnail_with_labels_as_text(boxes_page: Path, tmp_path: Path) -> None:
+    dom = chromium("--dump-dom", boxes_page.as_uri(), profile=tmp_path / "profile").stdout
+    grey, people, broken, nothing = _entries(dom)
+    assert len(re.findall(r"<rect\b", grey)) == 1 and len(re.findall(r"<rect\b", people)) == 3  # the kite has no x
+    assert "<svg" not in broken + nothing and 'class="frame"' not in nothing
+    assert 'viewBox="0 0 192 192"' in grey and 'preserveAspectRatio="none"' in grey
+    assert '<rect x="48" y="38.4" width="96" height="76.8"' in grey  # fractions of the 192x192 thumbnail
+    assert len(re.findall(r"<circle\b", people)) == 5 and len(re.findall(r"<line\b", people)) == 3
+    assert 'stroke="#d62728"' in people and "red;x" not in people  # a colour that is not #rrggbb is not used
+    # every box is listed as text, the one that is not drawn too; the hostile label is text only
+    found = [html.unescape(t) for t in re.findall(r'<div class="meta found"[^>]*>(.*?)</div>', people)]
+    assert found == [b["text"] for b in PEOPLE_BOXES]
+    captions = [html.unescape(t) for t in re.findall(r'<span class="cap"[^>]*>(.*?)</span>', people)]
+    assert captions == [b["text"] for b in PEOPLE_BOXES[:3]]
+    page_dom = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)
+    assert len(re.findall(r"<img\b", page_dom)) == 3 and "onerror" not in re.sub(r">[^<]*<", "><", page_dom)
+    assert _toggles(dom) == [(True, f"{BOX_HOSTILE} (1)"), (True, "cat (1)"), (True, "kite (1)"), (True, "person (2)")]
+    assert not any(hidden for _, hidden in _marked(dom))
+
+
+@needs_chromium
+def test_box_pixels_land_where_the_box_says(boxes_page: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    def shot(url: str, name: str) -> np.ndarray:
+        path = tmp_path / name
+        chromium(
+            "--window-size=1100,900",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--screenshot={path}",
+            url,
+            profile=tmp_path / "profile",
+        )
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB")).astype(int)
+
+    pixels = shot(boxes_page.as_uri(), "shown.png")
+    grey = (np.abs(pixels - np.array(GREY)) <= 6).all(axis=2)
+    rows, cols = np.flatnonzero(grey.sum(axis=1) > 100), np.flatnonzero(grey.sum(axis=0) > 60)
+    top, left = rows[0], cols[0]
+    assert (rows[-1] - top + 1, cols[-1] - left + 1) == (144, 144)  # the square thumbnail, letterboxed
+
+    y0, x0 = max(0, top - 30), max(0, left - 54)
+
+    def magenta(pixels: np.ndarray) -> np.ndarray:
+        near = pixels[y0 : top + 174, x0 : left + 198]  # the thumbnail and a margin, not the header's swatch
+        r, g, b = near[..., 0], near[..., 1], near[..., 2]
+        return (r > 180) & (g < 90) & (b > 180)
+
+    ys, xs = np.nonzero(magenta(pixels))
+    ys, xs = ys + y0, xs + x0
+    # the box is over the image as shown (144 pixels a side), not over the thumbnail's box around it
+    assert abs(xs.min() - (left + 36)) <= 3 and abs(xs.max() - (left + 108)) <= 3  # x 0.25..0.75
+    assert abs(ys.max() - (top + 86.4)) <= 3  # y + h = 0.6
+    assert top + 28.8 - 16 <= ys.min() <= top + 28.8 + 3  # the box's top edge at 0.2, with its caption above it
+    left_edge = ys[np.abs(xs - (left + 36)) <= 1]
+    assert left_edge.max() - left_edge.min() >= 50  # a drawn side, not a speck
+    assert grey[top + 58, left + 72]  # the rectangle is not filled
+    hidden = shot(boxes_page.as_uri() + "#hide=cat", "hidden.png")
+    assert not magenta(hidden).any()
+
+
+@needs_chromium
+def test_address_can_start_with_classes_hidden(boxes_page: Path, tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    url = f"{boxes_page.as_uri()}#hide=person,{quote(BOX_HOSTILE, safe='')},no-such-class"
+    dom = chromium("--dump-dom", url, profile=tmp_path / "profile").stdout
+    assert _toggles(dom) == [
+        (False, f"{BOX_HOSTILE} (1)"),
+        (True, "cat (1)"),
+        (True, "kite (1)"),
+        (False, "person (2)"),
+    ]
+    marked = _marked(dom)
+    assert len(marked) == 3 + 4 + 3 + 3  # cat: box, caption, line; people: 4 lines, 3 drawn with captions
+    assert all(hidden == (index in {"0", "3"}) for index, hidden in marked)
+    assert ("1", False) in marked and ("2", False) in marked
+
+
+def _with_script(page: Path, script: str) -> None:
+    """Add a script to the page, allowed by its hash like the page's own (the page's policy is otherwise kept)."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    text = page.read_text(encoding="utf-8")
+    assert text.count("script-src &#x27;") == 1
+    text = text.replace("script-src ", f"script-src &#x27;sha256-{digest}&#x27; ", 1)
+    page.write_text(text.replace("</body>", f"<script>{script}</script>\n</body>", 1), encoding="utf-8")
+
+
+@needs_chromium
+def test_unchecking_a_class_hides_it_on_every_page(tmp_path: Path) -> None:
+    report = Report(BoxTask(), {"model": "fake-detector"})
+    thumb = Image.new("RGB", (80, 60), GREY)
+    for i in range(150):
+        report.keep_thumbnail(f"photo-{i:04}.png", thumb)
+        report.add({"input": f"photo-{i:04}.png", "boxes": [CAT, {**PERSON, "points": [], "edges": []}]})
+    page = tmp_path / "pages.html"
+    report.write(page)
+    _with_script(
+        page,
+        'document.querySelectorAll(".classes input")[1].click();'  # person: cat is 0
+        'document.querySelectorAll("#pages-top button")[1].click();'
+        'document.body.setAttribute("data-address", location.hash);',
+    )
+    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
+    assert ">photo-0100.png<" in dom and ">photo-0000.png<" not in dom  # the second page
+    assert _toggles(dom) == [(True, "cat (150)"), (False, "person (150)")]
+    assert len(re.findall(r"<rect\b", dom)) == 100  # drawn as the thumbnails loaded, after the click
+    marked = _marked(dom)
+    assert len(marked) == 50 * 6 and all(hidden == (index == "1") for index, hidden in marked)
+    assert 'data-address="#hide=person"' in dom  # the address follows the checkboxes

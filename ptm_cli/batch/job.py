@@ -202,6 +202,7 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     params = _task_params(task, request)
     task.check(params)
     plan = task.plan(request.options)
+    task.check_plan(plan, params)
     assert plan.entry is not None
     folder = Path(request.output)
     if folder.exists() and not folder.is_dir():

@@ -72,6 +72,15 @@ class Entry:
     description: str | None = None
     builder_kwargs: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
     source: str = ""
+    # Detection entries: the model resizes its own inputs (short side ``resize``, long side at most
+    # ``max_size``), torchvision's backbone norms are frozen for pretrained weights, and keypoint
+    # models name their points.
+    max_size: int | None = None
+    frozen_batchnorm: bool = False
+    batchnorm_eps: float | None = None  # torchvision sets 0 in the frozen norms of some older COCO weights
+    keypoint_names: tuple[str, ...] = ()
+    box_map: float | None = None
+    keypoint_map: float | None = None
 
     @property
     def ref(self) -> str:
@@ -182,6 +191,13 @@ _KNOWN_KEYS = {
     "builder_kwargs",
     "min_size",
     "recipe",
+    "max_size",
+    "fixed_size",
+    "frozen_batchnorm",
+    "batchnorm_eps",
+    "keypoint_names",
+    "box_map",
+    "keypoint_map",
 }
 
 
@@ -214,13 +230,18 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
     labels = _optional(raw.get("labels", "imagenet" if task == "classify" else None), str, "labels", where)
     if labels not in (None, "imagenet") and base_dir is not None and not Path(labels).is_absolute():
         labels = str((base_dir / labels).resolve())
-    for key in ("resize", "crop", "num_classes", "num_params"):
+    for key in ("resize", "crop", "num_classes", "num_params", "max_size"):
         value = _optional(raw.get(key), int, key, where)
         if value is not None and value <= 0:
             raise ConfigError(f"{where}: {key} must be a positive integer")
     kwargs = raw.get("builder_kwargs", {})
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{where}: builder_kwargs must be a table")
+    points = raw.get("keypoint_names", [])
+    if not isinstance(points, list) or not all(isinstance(p, str) and 0 < len(p) <= 64 for p in points):
+        raise ConfigError(f"{where}: keypoint_names must be a list of short names")
+    for key in ("acc1", "acc5", "box_map", "keypoint_map"):
+        _optional(raw.get(key), (int, float), key, where)
     return Entry(
         model=model,
         weights=str(raw.get("weights") or "DEFAULT"),
@@ -247,7 +268,20 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         description=raw.get("description"),
         builder_kwargs=dict(kwargs),
         source=source,
+        max_size=raw.get("max_size"),
+        frozen_batchnorm=_optional(raw.get("frozen_batchnorm", False), bool, "frozen_batchnorm", where),
+        keypoint_names=tuple(points),
+        batchnorm_eps=_eps(raw.get("batchnorm_eps"), where),
+        box_map=raw.get("box_map"),
+        keypoint_map=raw.get("keypoint_map"),
     )
+
+
+def _eps(value: Any, where: str) -> float | None:
+    eps = _optional(value, (int, float), "batchnorm_eps", where)
+    if eps is not None and not (0 <= eps <= 1):  # also refuses NaN
+        raise ConfigError(f"{where}: batchnorm_eps must be a number from 0 to 1")
+    return None if eps is None else float(eps)
 
 
 def _read_text(path: Path) -> str:

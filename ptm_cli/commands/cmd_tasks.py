@@ -87,8 +87,9 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     force = bool(params["force"] if _declares_force(task) else params.pop("force"))
     task.check(params)
     plan = task.plan(options)
+    task.check_plan(plan, params)
     inputs = image_inputs(images, recursive, files_from)
-    destination = _destination(task, params, images, files_from, tag=alias.tag if alias else model)
+    destination = _destination(task, params, images, files_from, tag=alias.tag if alias else task.beside_tag or model)
     if report_path is not None:
         from ..output.report import check_destination
 
@@ -155,7 +156,7 @@ def _destination(
     task: Any, params: dict[str, Any], images: tuple[str, ...], files_from: str | None, *, tag: str
 ) -> Any:
     """Where a task that writes images puts them (-o, --output-dir, or beside each input); None for the others."""
-    if not task.image_outputs:
+    if not task.writes_images(params):
         return None
     from ..errors import UsageError
     from ..output.imagefiles import make_destination
@@ -168,6 +169,7 @@ def _destination(
         params["image_format"],
         1 if single else 2,
         beside_tag=tag,
+        default_format=task.default_image_format,
     )
     if destination.beside and "-" in images:
         raise UsageError("an image read from stdin has no folder to write beside; give -o FILE or -o -")

@@ -118,11 +118,15 @@ def click_option(option: Option, flags: tuple[str, ...]) -> Decorator:
         extra["is_flag"] = True
     elif option.kind == "int":
         if option.minimum is not None or option.maximum is not None:
-            extra["type"] = click.IntRange(option.minimum, option.maximum)
+            low, high = option.minimum, option.maximum
+            extra["type"] = click.IntRange(None if low is None else int(low), None if high is None else int(high))
         else:
             extra["type"] = int
     elif option.kind == "float":
-        extra["type"] = float
+        if option.minimum is not None or option.maximum is not None:
+            extra["type"] = click.FloatRange(option.minimum, option.maximum)
+        else:
+            extra["type"] = float
     elif option.kind == "size":
         extra["type"] = SizeParam()
     elif option.kind == "choice":

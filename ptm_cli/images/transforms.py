@@ -405,3 +405,11 @@ def _fused_equals(
 
     got = _run_fused(image, p, _resized_size(image.width, image.height, p.resize or 0), p.crop or 0, rule)
     return got is not None and torch.equal(got, expected)
+
+
+def pixels_chw(image: Image.Image) -> torch.Tensor:
+    """An 8-bit RGB image as a uint8 tensor [3, H, W], as torchvision's ``pil_to_tensor`` gives it."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)

@@ -6,7 +6,9 @@ Three sources, tried in this order:
   VGG, built without importing torchvision (which halves a cold start), with
   torchvision's exact module names and outputs;
 * the CycleGAN generator (:mod:`ptm_cli.nets.cyclegan`) for translation entries;
-* every other torchvision classifier, through ``torchvision.models.get_model``.
+* every other torchvision classifier, through ``torchvision.models.get_model``;
+* torchvision's detectors, as their pretrained weights expect them
+  (:mod:`ptm_cli.nets.detection`).
 
 :func:`factory` gives a no-argument constructor for an entry, :func:`build`
 fills it with a state dict (strictly, without initialising first), and
@@ -76,6 +78,10 @@ def factory(entry: Entry) -> Callable[[], nn.Module]:
     if entry.architecture == cyclegan.ARCHITECTURE:
         kwargs = cyclegan.generator_kwargs(entry)
         return lambda: cyclegan.build_generator(**kwargs)
+    if entry.task == "detect":
+        from . import detection
+
+        return detection.factory(entry)
     return _classifier_factory(entry)
 
 

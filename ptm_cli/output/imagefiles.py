@@ -132,11 +132,13 @@ def make_destination(
     n_inputs_hint: int,
     *,
     beside_tag: str | None = None,
+    default_format: str | None = None,
 ) -> Destination:
     """Check ``-o``/``--output-dir``/``--format`` together; raise UsageError on a bad mix.
 
     With neither ``-o`` nor ``--output-dir``, each output goes next to its
     input, named ``STEM{suffix or '.' + beside_tag}.png`` (``horse.zebra.png``).
+    ``default_format`` replaces PNG for outputs beside the inputs or in a folder.
     """
     fmt = image_format_for("", image_format) if image_format else None
     if output is not None and output_dir is not None:
@@ -144,7 +146,7 @@ def make_destination(
     if output is None and output_dir is None:
         if beside_tag is None:
             raise UsageError("say where the images go: -o FILE, -o - for stdout, or --output-dir DIR")
-        return Destination(beside=True, suffix=suffix or f".{beside_tag}", image_format=fmt)
+        return Destination(beside=True, suffix=suffix or f".{beside_tag}", image_format=fmt or default_format)
     if output is not None:
         if n_inputs_hint != 1:
             raise UsageError("-o names one output file; for several inputs use --output-dir DIR")
@@ -158,4 +160,4 @@ def make_destination(
     assert output_dir is not None
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file, not a directory")
-    return Destination(directory=output_dir, suffix=suffix, image_format=fmt)
+    return Destination(directory=output_dir, suffix=suffix, image_format=fmt or default_format)

@@ -13,6 +13,26 @@ Policy allows only the page's own script (by its hash) and ``data:`` images,
 so even a file named ``<img src=x onerror=alert(1)>.jpg`` is shown as text
 and runs nothing.
 
+What a task shows: its ``report_view(record)`` returns a dict the page's
+script draws the same way for every task, with these keys (all optional):
+
+- ``bars``: ``[{"label", "value" (0..1), "text"}]``, one bar each;
+- ``lines``: ``[text]``, one line of text each;
+- ``output``: true to show the output's thumbnail beside the input's;
+- ``boxes``: ``[{"label", "text", "colour" ("#rrggbb"), "x", "y", "w", "h",
+  "points" (optional), "edges" (optional)}]``, regions of the input, drawn
+  as an SVG overlay on its thumbnail: ``x``, ``y``, ``w``, ``h`` and each
+  point ``[x, y]`` are fractions (0..1) of the image's width and height, a
+  point may be null (not visible), and ``edges`` are pairs of indices into
+  ``points`` joined by lines. Each box is also listed as a line of text
+  (its ``text``). When any entry has boxes, the header holds one checkbox
+  per label (with its count over the whole run) that hides or shows that
+  label's boxes on every page; ``#hide=a,b`` (URI-encoded labels) in the
+  page's address starts with those labels hidden, and the address follows
+  the checkboxes. The script checks colours (``#rrggbb`` only) and
+  coordinates (finite numbers, clamped to 0..1; a box without them is
+  listed but not drawn) before it uses them.
+
 Size: the page shows 100 entries at a time (page buttons; the DOM holds one
 page), so 10,000 images open quickly; the file is dominated by thumbnails,
 about 3-6 kB each (see README for a measured figure).
@@ -93,9 +113,10 @@ def thumbnail(image: Any, side: int = THUMB_SIDE) -> str:
 class Report:
     """Entries in input order for one run of ``task``; :meth:`html` renders the page.
 
-    The task says how its records look (``report_view``: bars and lines of
-    text) and what it is called (``title``); the page's script draws any of
-    them the same way, so a new task needs nothing here.
+    The task says how its records look (``report_view``: bars, lines of
+    text, boxes over the input; see the module's notes) and what it is
+    called (``title``); the page's script draws any of them the same way, so
+    a new task needs nothing here.
     """
 
     def __init__(self, task: Any, header: Mapping[str, Any]):
@@ -214,28 +235,192 @@ background:#f0f0f0;border-radius:4px;overflow:hidden;color:#888;font-size:12px}
 nav.pages{display:flex;gap:4px;flex-wrap:wrap;margin:8px 0}
 nav.pages button{border:1px solid #ccc;background:#fff;border-radius:4px;padding:2px 8px;cursor:pointer}
 nav.pages button[aria-current=page]{background:#3b7dd8;color:#fff;border-color:#3b7dd8}
+.frame{position:relative;display:inline-block;line-height:0}
+.frame img{display:block;max-width:192px;max-height:144px}
+.frame svg{position:absolute;left:0;top:0;width:100%;height:100%;overflow:visible;pointer-events:none}
+.cap{position:absolute;max-width:100%;padding:0 3px;border-radius:2px;font-size:10px;line-height:12px;
+white-space:nowrap;overflow:hidden;text-overflow:ellipsis;pointer-events:none}
+.classes{display:flex;flex-wrap:wrap;gap:4px 14px;border:1px solid #e3e3e3;border-radius:6px;margin:0 0 12px;
+padding:6px 10px}
+.classes legend{color:#666;padding:0 4px}
+.classes label{display:inline-flex;align-items:center;gap:4px;cursor:pointer;word-break:break-all}
+.swatch{display:inline-block;width:10px;height:10px;border-radius:2px}
+.off{display:none}
 """
 
 _SCRIPT = """
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("ptm-data").textContent);
+  var SVG = "http://www.w3.org/2000/svg";
+  var FALLBACK_COLOUR = "#d62728";
   function el(tag, cls, text) {
     var node = document.createElement(tag);
     if (cls) node.className = cls;
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   }
-  function image(uri, alt) {
+  function svg(tag, attrs) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attrs).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
+    return node;
+  }
+  // Boxes: the classes over the whole run, which of them are hidden, and the checks that guard drawing.
+  function boxesOf(view) {
+    if (!view || !Array.isArray(view.boxes)) return [];
+    return view.boxes.filter(function (b) { return b !== null && typeof b === "object"; });
+  }
+  function labelOf(b) { return b.label === undefined || b.label === null ? "" : String(b.label); }
+  function captionOf(b) { return b.text === undefined || b.text === null ? labelOf(b) : String(b.text); }
+  function colourOf(c) { return typeof c === "string" && /^#[0-9a-fA-F]{6}$/.test(c) ? c : FALLBACK_COLOUR; }
+  function inkOn(c) {
+    var n = parseInt(c.slice(1), 16);
+    return 0.299 * (n >> 16) + 0.587 * ((n >> 8) & 255) + 0.114 * (n & 255) > 150 ? "#000" : "#fff";
+  }
+  function num(v) { return Math.round(v * 100) / 100; }
+  function frac(v) {
+    if (typeof v !== "number" || !isFinite(v)) return null;
+    return Math.max(0, Math.min(1, v));
+  }
+  var classes = { names: [], counts: [], colours: [], index: Object.create(null) };
+  (function () {
+    var seen = Object.create(null);
+    data.entries.forEach(function (item) {
+      boxesOf(item.view).forEach(function (b) {
+        var name = labelOf(b);
+        if (!seen[name]) seen[name] = { count: 0, colour: colourOf(b.colour) };
+        seen[name].count += 1;
+      });
+    });
+    classes.names = Object.keys(seen).sort();
+    classes.names.forEach(function (name, i) {
+      classes.index[name] = i;
+      classes.counts.push(seen[name].count);
+      classes.colours.push(seen[name].colour);
+    });
+  })();
+  var hidden = [];
+  var checks = [];
+  function mark(node, b) {
+    var i = classes.index[labelOf(b)];
+    node.setAttribute("data-class", i);
+    if (hidden[i]) node.classList.add("off");
+    return node;
+  }
+  function hiddenFromHash() {
+    var out = [];
+    location.hash.replace(/^#/, "").split("&").forEach(function (part) {
+      if (part.indexOf("hide=") !== 0) return;
+      part.slice(5).split(",").forEach(function (name) {
+        try { name = decodeURIComponent(name); } catch (e) { return; }
+        var i = classes.index[name];
+        if (i !== undefined) out[i] = true;
+      });
+    });
+    return out;
+  }
+  function hashFromHidden() {
+    var names = classes.names.filter(function (name, i) { return hidden[i]; });
+    return names.length ? "#hide=" + names.map(encodeURIComponent).join(",") : "";
+  }
+  function apply() {
+    checks.forEach(function (input, i) {
+      input.checked = !hidden[i];
+      input.defaultChecked = !hidden[i];
+    });
+    var nodes = document.getElementById("entries").querySelectorAll("[data-class]");
+    for (var k = 0; k < nodes.length; k++) {
+      nodes[k].classList.toggle("off", !!hidden[Number(nodes[k].getAttribute("data-class"))]);
+    }
+  }
+  function toggles() {
+    if (!classes.names.length) return null;
+    var set = el("fieldset", "classes");
+    set.appendChild(el("legend", "", "Boxes shown"));
+    classes.names.forEach(function (name, i) {
+      var label = el("label");
+      var input = el("input");
+      input.type = "checkbox";
+      input.addEventListener("change", function () {
+        hidden[i] = !input.checked;
+        apply();
+        try {
+          history.replaceState(null, "", location.href.split("#")[0] + hashFromHidden());
+        } catch (e) { /* the address stays as it was */ }
+      });
+      checks.push(input);
+      var swatch = el("span", "swatch");
+      swatch.style.background = classes.colours[i];
+      label.appendChild(input);
+      label.appendChild(swatch);
+      label.appendChild(el("span", "class-name", name + " (" + classes.counts[i] + ")"));
+      set.appendChild(label);
+    });
+    return set;
+  }
+  function overlay(frame, boxes, w, h) {
+    var layer = svg("svg", { viewBox: "0 0 " + w + " " + h, preserveAspectRatio: "none", "aria-hidden": "true" });
+    var captions = [];
+    var r = num(Math.max(2, Math.max(w, h) / 60));
+    boxes.forEach(function (b) {
+      var x = frac(b.x), y = frac(b.y), bw = frac(b.w), bh = frac(b.h);
+      if (x === null || y === null || bw === null || bh === null) return;
+      bw = Math.min(bw, 1 - x);
+      bh = Math.min(bh, 1 - y);
+      var colour = colourOf(b.colour);
+      var g = mark(svg("g", { stroke: colour, fill: "none", "class": "box" }), b);
+      g.appendChild(svg("rect", { x: num(x * w), y: num(y * h), width: num(bw * w), height: num(bh * h),
+        "stroke-width": 2, "vector-effect": "non-scaling-stroke" }));
+      var points = (Array.isArray(b.points) ? b.points : []).map(function (p) {
+        if (!Array.isArray(p) || p.length < 2) return null;
+        var px = frac(p[0]), py = frac(p[1]);
+        return px === null || py === null ? null : [num(px * w), num(py * h)];
+      });
+      (Array.isArray(b.edges) ? b.edges : []).forEach(function (e) {
+        if (!Array.isArray(e) || e.length !== 2) return;
+        var a = typeof e[0] === "number" ? points[e[0]] : null;
+        var z = typeof e[1] === "number" ? points[e[1]] : null;
+        if (!a || !z) return;
+        g.appendChild(svg("line", { x1: a[0], y1: a[1], x2: z[0], y2: z[1],
+          "stroke-width": 1.5, "vector-effect": "non-scaling-stroke" }));
+      });
+      points.forEach(function (p) {
+        if (p) g.appendChild(svg("circle", { cx: p[0], cy: p[1], r: r, fill: colour, stroke: "#fff",
+          "stroke-width": 0.5, "vector-effect": "non-scaling-stroke" }));
+      });
+      layer.appendChild(g);
+      var cap = mark(el("span", "cap", captionOf(b)), b);
+      cap.style.background = colour;
+      cap.style.color = inkOn(colour);
+      cap.style.left = (100 * x).toFixed(2) + "%";
+      cap.style.top = (100 * y).toFixed(2) + "%";
+      if (y > 0.1) cap.style.transform = "translateY(-100%)";  // above the box, or inside it at the top edge
+      captions.push(cap);
+    });
+    frame.appendChild(layer);
+    captions.forEach(function (cap) { frame.appendChild(cap); });
+  }
+  function image(uri, alt, boxes) {
     var box = el("div", "thumb");
     if (!uri) { box.textContent = "no preview"; return box; }
     var img = el("img");
+    var frame = boxes && boxes.length ? el("span", "frame") : null;
     img.alt = alt;
     img.decoding = "async";
-    img.addEventListener("load", function () { img.dataset.size = img.naturalWidth + "x" + img.naturalHeight; });
+    img.addEventListener("load", function () {
+      img.dataset.size = img.naturalWidth + "x" + img.naturalHeight;
+      if (frame && img.naturalWidth > 0 && img.naturalHeight > 0) {
+        overlay(frame, boxes, img.naturalWidth, img.naturalHeight);
+      }
+    });
     img.addEventListener("error", function () { box.textContent = "preview could not be shown"; });
     img.src = uri;
-    box.appendChild(img);
+    if (frame) {
+      frame.appendChild(img);
+      box.appendChild(frame);
+    } else {
+      box.appendChild(img);
+    }
     return box;
   }
   function header() {
@@ -251,12 +436,15 @@ _SCRIPT = """
       dl.appendChild(el("dd", "", row[1]));
     });
     h.appendChild(dl);
+    var set = toggles();
+    if (set) h.appendChild(set);
   }
   function entry(item) {
     var r = item.record;
     var view = item.view || {};
+    var boxes = boxesOf(view);
     var box = el("article", "entry" + (r.error ? " failed" : ""));
-    box.appendChild(image(item.thumb, r.input));
+    box.appendChild(image(item.thumb, r.input, boxes));
     if (view.output) box.appendChild(image(item.output_thumb, r.output || ""));
     var body = el("div", "body");
     body.appendChild(el("div", "name", r.input));
@@ -273,6 +461,9 @@ _SCRIPT = """
       row.appendChild(bar);
       row.appendChild(el("span", "pct", b.text));
       body.appendChild(row);
+    });
+    boxes.forEach(function (b) {
+      body.appendChild(mark(el("div", "meta found", captionOf(b)), b));
     });
     (view.lines || []).forEach(function (line) { body.appendChild(el("div", "meta", line)); });
     box.appendChild(body);
@@ -303,7 +494,10 @@ _SCRIPT = """
     navs();
     window.scrollTo(0, 0);
   }
+  hidden = hiddenFromHash();
   header();
+  apply();
+  window.addEventListener("hashchange", function () { hidden = hiddenFromHash(); apply(); });
   show(0);
 })();
 """

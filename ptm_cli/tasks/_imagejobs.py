@@ -59,7 +59,7 @@ def run_image_jobs(
                     written[path.resolve()] = item.name
                     yield {"input": item.name, "output": str(path), "skipped": True}, None
                     continue
-                _check_writable(item, path, force)
+                check_writable(item, path, force)
             image = item.open(on_note=on_note)
             if on_image is not None:
                 on_image(item.name, image)
@@ -89,7 +89,7 @@ def run_image_jobs(
         yield record, result
 
 
-def _check_writable(item: ImageInput, path: Path, force: bool) -> None:
+def check_writable(item: ImageInput, path: Path, force: bool) -> None:
     """Refuse before any work: an existing output, or the input itself as output."""
     if item.path is not None and path.exists() and path.resolve() == item.path.resolve():
         raise OutputError(f"{path} is the input itself; choose another --output-dir or a --suffix")

@@ -84,8 +84,8 @@ class Option:
     help: str
     kind: str = "text"
     default: Any = None
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
     show_default: bool = False
@@ -226,6 +226,8 @@ class Task(Generic[M]):
     options: ClassVar[tuple[Option, ...]] = ()
     aliases: ClassVar[tuple[Alias, ...]] = ()
     image_outputs: ClassVar[bool] = False  # one image file per input: -o, --output-dir, --suffix, ...
+    beside_tag: ClassVar[str | None] = None  # names outputs beside their inputs (photo.detect.jpg); None: the model
+    default_image_format: ClassVar[str | None] = None  # of images written beside inputs or into a folder (None: PNG)
     record_formats: ClassVar[bool] = True  # -f/--format chooses how records are written
     hub_models: ClassVar[bool] = False  # accepts -m hub:OWNER/NAME/ENTRY
     shares_forward_passes: ClassVar[bool] = False  # a warm server may merge clients' batches
@@ -236,6 +238,13 @@ class Task(Generic[M]):
 
     def check(self, params: Mapping[str, Any]) -> None:
         """Refuse parameters that cannot work, before any model loads (nothing by default)."""
+
+    def check_plan(self, plan: Plan[M], params: Mapping[str, Any]) -> None:
+        """Refuse parameters that do not fit the planned model (a class it lacks), before it loads."""
+
+    def writes_images(self, params: Mapping[str, Any]) -> bool:
+        """Whether this call writes an image per input (-o, an output folder...); a task may make it optional."""
+        return self.image_outputs
 
     def plan(self, options: ModelOptions, *, catalog: Catalog | None = None) -> Plan[M]:
         """Options checked and resolved (no torch, no network); ``.load()`` does the expensive part."""

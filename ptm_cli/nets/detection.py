@@ -1,0 +1,124 @@
+"""torchvision's detectors built as their pretrained weights expect, without torchvision downloading anything.
+
+torchvision builds a detector differently when it is given pretrained
+weights: the ResNet and MobileNet backbones of the v1 models then use
+``FrozenBatchNorm2d`` instead of ``BatchNorm2d`` (other state-dict keys,
+other arithmetic), and the number of classes and keypoints follows the
+weights. ptm builds the same network from its catalog entry:
+``builder_kwargs`` carries the class and keypoint counts, and
+``frozen_batchnorm`` (and ``batchnorm_eps``) say to swap the batch norms the way torchvision's
+builder does, so a checkpoint loads strictly and computes what torchvision's
+own model computes. ``scripts/gen_torchvision_catalog.py`` checks this
+against the model torchvision builds with weights, and ``tests/test_catalog.py``
+checks the shipped catalog still agrees.
+
+Importing this module imports neither torch nor torchvision.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..cache.catalog import Entry
+
+
+@functools.cache
+def architectures() -> frozenset[str]:
+    """The detection builders torchvision has (instance segmentation's Mask R-CNN among them)."""
+    import torchvision.models as tvm
+    import torchvision.models.detection as detection
+
+    return frozenset(tvm.list_models(module=detection))
+
+
+def factory(entry: Entry) -> Callable[[], nn.Module]:
+    """A no-argument constructor for ``entry``'s detector, with no weights loaded or downloaded."""
+    if entry.architecture not in architectures():
+        raise ConfigError(
+            f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision detector; "
+            "`ptm models --task detect` lists the ones ptm can build"
+        )
+    import torchvision.models as tvm
+
+    kwargs: dict[str, Any] = dict(entry.builder_kwargs)
+    if entry.num_classes:
+        kwargs["num_classes"] = entry.num_classes
+    architecture, frozen, eps = entry.architecture, entry.frozen_batchnorm, entry.batchnorm_eps
+
+    def build() -> nn.Module:
+        try:
+            model: nn.Module = tvm.get_model(architecture, weights=None, weights_backbone=None, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{entry.ref}: {architecture} cannot be built with builder_kwargs {kwargs} ({e}); "
+                "fix builder_kwargs in the catalog entry"
+            ) from e
+        if frozen:
+            freeze_batchnorm(model, eps)
+        return model
+
+    return build
+
+
+def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
+    """Replace every ``BatchNorm2d`` by a ``FrozenBatchNorm2d`` of the same size and epsilon (or ``eps``), in place.
+
+    This is the network torchvision's builders make for pretrained weights
+    (their state dicts have no ``num_batches_tracked``); for some older COCO
+    weights they then set every frozen norm's epsilon to 0, as they were trained.
+    """
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                setattr(parent, name, FrozenBatchNorm2d(child.num_features, eps=child.eps if eps is None else eps))
+
+
+def set_limits(model: nn.Module, *, min_score: float, max_detections: int) -> None:
+    """Let the model keep at least every box ``min_score`` and ``max_detections`` ask for.
+
+    A detector drops boxes below its own score threshold (0.05 for most,
+    0.01 for SSD, 0.2 for FCOS) and keeps at most its own number per image
+    (100, 200 or 300) before ptm sees them. Lowering the threshold only adds
+    boxes below the old one: non-maximum suppression goes from the highest
+    score down, so a lower box never removes a higher one, and the boxes
+    above the old threshold stay as they were.
+    """
+    for holder in _holders(model):
+        for name in ("score_thresh", "box_score_thresh"):
+            if hasattr(holder, name):
+                setattr(holder, name, min(float(getattr(holder, name)), min_score))
+        for name in ("detections_per_img", "box_detections_per_img"):
+            if hasattr(holder, name):
+                setattr(holder, name, max(int(getattr(holder, name)), max_detections))
+
+
+def _holders(model: nn.Module) -> list[Any]:
+    """The modules whose attributes hold a detector's post-processing limits (the model, its ROI heads)."""
+    holders: list[Any] = [model]
+    roi_heads = getattr(model, "roi_heads", None)
+    if roi_heads is not None:
+        holders.append(roi_heads)
+    return holders
+
+
+def input_limits(model: Any) -> dict[str, Any]:
+    """How the model resizes its inputs: its transform's sizes and normalisation (for the catalog and reports)."""
+    transform = model.transform
+    fixed = transform.fixed_size
+    return {
+        "resize": int(transform.min_size[-1]),
+        "max_size": int(transform.max_size),
+        "fixed_size": None if fixed is None else [int(fixed[0]), int(fixed[1])],
+        "mean": [float(x) for x in transform.image_mean],
+        "std": [float(x) for x in transform.image_std],
+    }
