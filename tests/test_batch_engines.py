@@ -1,7 +1,7 @@
 """`ptm batch` on real engines: a local Ray cluster (2 CPUs) and Spark on local[2], both on loopback only.
 
-Each engine starts once per session (a fixture) and is stopped at the end,
-even when a test fails. The records must be the ones `ptm classify -f jsonl`
+Each engine starts once for this module (a fixture) and is stopped when its
+tests are done, even when one fails. The records must be the ones `ptm classify -f jsonl`
 gives; a worker killed in the middle of a shard must leave complete results
 or WorkerFailed records, never a missing input; --resume then finishes the
 job with only the unfinished shards.
@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 from batchkit import FifoInput, assert_same_records, corpus, environment, photo_bytes, shard_inodes
-from helpers import TinyClassifier, run_ptm
+from helpers import SeededWeights, TinyClassifier, run_ptm
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: the cluster and the JVM stop when this module's tests are done, so the tests after it
+# (page-fault counts among them) run on a machine without their threads and processes.
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     with environment(RAY_USAGE_STATS_ENABLED="0"):
@@ -35,7 +37,7 @@ def ray_cluster() -> Iterator[Any]:
             ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spark_session() -> Iterator[Any]:
     if shutil.which("java") is None:
         pytest.skip("Spark 4 needs Java 17 or newer and no `java` is on PATH (see README, Scaling out)")
@@ -146,3 +148,34 @@ def test_an_input_that_kills_every_worker_does_not_hang_ray(
 
 def inputs_of(records: list[dict[str, Any]]) -> list[str]:
     return [str(r["input"]) for r in records]
+
+
+def test_every_engine_gives_the_records_of_ptm_detect(
+    engine: str, seeded_weights: SeededWeights, tmp_path: Path
+) -> None:
+    """A task other than classify through the same engines: the shards hold `ptm detect`'s records."""
+    weights = seeded_weights.detector("ssdlite320_mobilenet_v3_large")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"photo{i}.jpg").write_bytes(photo_bytes(i, size=(160, 120)))
+    (folder / "broken.jpg").write_bytes(photo_bytes(0)[:300])
+    model = ["-m", "ssdlite320_mobilenet_v3_large", "-w", str(weights), "--min-score", "0.2", "--classes", "person"]
+    reference = run_ptm(["detect", *model, "-f", "jsonl", str(folder)]).records()
+    for chosen in ("local", engine):
+        out = tmp_path / f"out-{chosen}"
+        result = run_ptm(
+            ["batch", "detect", *model, str(folder), "--output", str(out), "--engine", chosen, "--shard-size", "2"]
+        )
+        assert result.code == 1, result.stderr  # the broken photo
+        records = merged(out)
+        assert [r["input"] for r in records] == [r["input"] for r in reference]
+        for mine, theirs in zip(records, reference, strict=True):
+            if "error" in theirs:
+                assert mine["error"]["type"] == theirs["error"]["type"]
+                continue
+            assert (mine["width"], mine["height"]) == (theirs["width"], theirs["height"])
+            assert [d["label"] for d in mine["detections"]] == [d["label"] for d in theirs["detections"]] != []
+            for d, e in zip(mine["detections"], theirs["detections"], strict=True):
+                assert d["score"] == pytest.approx(e["score"], rel=1e-5)
+                assert list(d["box"].values()) == pytest.approx(list(e["box"].values()), rel=1e-5, abs=1e-4)
