@@ -33,6 +33,11 @@ _LAZY = {
     "classify_images": "tasks.classify",
     "load_translator": "tasks.translate",
     "Translator": "tasks.translate",
+    "load_detector": "tasks.detect",
+    "Detector": "tasks.detect",
+    "Detection": "tasks.detect",
+    "Limits": "tasks.detect",
+    "detect_images": "tasks.detect",
     "ImageInput": "images.inputs",
     "load_image": "images.decode",
     "Preprocess": "images.transforms",
@@ -56,6 +61,11 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "classify_images",
     "load_translator",
     "Translator",
+    "load_detector",
+    "Detector",
+    "Detection",
+    "Limits",
+    "detect_images",
     "ImageInput",
     "load_image",
     "Preprocess",
@@ -76,6 +86,7 @@ if TYPE_CHECKING:
     from .runtime.tuning import tune_process
     from .tasks.base import ModelOptions, Plan
     from .tasks.classify import Classification, Classifier, Prediction, classify_images, load_classifier
+    from .tasks.detect import Detection, Detector, Limits, detect_images, load_detector
     from .tasks.translate import Translator, load_translator
     from .tensorio import load_state_dict
 

@@ -18,7 +18,9 @@ pipeline against the network alone and a timm-style loop (bench_classify.py).
 The full run takes about 20 minutes on 2 AVX-512 cores; --quick and --no-compile
 shorten it, --serve-only runs only the server rows (about 3 minutes),
 --only-batch only the `ptm batch` rows and --classify-only only the pipeline
-rows (about 10 minutes).
+rows (about 10 minutes), and --detect-only only `ptm detect` against the
+network alone and torchvision's loop, with tiles and every detector's cost
+(bench_detect.py, about 15 minutes).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_classify
+import bench_detect
 import bench_translate
 from benchkit import PYTHON, ROOT, cpu_model, run_python
 
@@ -447,8 +450,14 @@ def main() -> None:
         "--classify-only", action="store_true", help="only the pipeline against the network alone and a timm-style loop"
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of those four rows (default 3)")
+    parser.add_argument(
+        "--detect-only", action="store_true", help="only `ptm detect` (bench_detect.py; about 15 minutes)"
+    )
     args = parser.parse_args()
     use_this_checkout()
+    if args.detect_only:
+        print("\n".join(bench_detect.run(quick=args.quick)))
+        return
     if args.translate_only:
         with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
             figures = bench_translate.translate_rows(Path(tmp), make_generator_weights(Path(tmp)), quick=args.quick)
@@ -580,6 +589,7 @@ def main() -> None:
         batch_count = 24 if args.quick else args.batch_images
         scaling = batch_rows(folder, weights, batch_count, device)
         figures["batch"] = {p: {"startup_s": s, "images_per_s": r} for p, s, r, _ in scaling}
+    detect_lines = bench_detect.run(quick=args.quick) if device == "cpu" else []
 
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
@@ -612,6 +622,9 @@ def main() -> None:
     print_batch_rows(scaling, batch_count)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
+    if detect_lines:
+        print("\n## ptm detect\n")
+        print("\n".join(detect_lines))
 
 
 if __name__ == "__main__":

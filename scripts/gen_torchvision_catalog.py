@@ -251,7 +251,9 @@ def main() -> None:
     doc = {**doc, "models": detectors}
     out = MODELS_DIR / "torchvision_detection.json"
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out.relative_to(ROOT)}: {len(detectors)} models, {sum(len(m['weights']) for m in detectors)} weights")
+    print(
+        f"wrote {out.relative_to(ROOT)}: {len(detectors)} models, {sum(len(m['weights']) for m in detectors)} weights"
+    )
 
 
 if __name__ == "__main__":

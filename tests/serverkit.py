@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from helpers import DATA, TINY_TOML, informative_state_dict
+from helpers import DATA, TINY_TOML, detector_state_dict, informative_state_dict
 from PIL import Image
 
 LABELS = ("cat", "cup", "rocket", "other")
 PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 CLASSIFY = ("classify", "-m", "tiny", "-w", "./tiny.pth")
+DETECT = ("detect", "-m", "ssdlite320_mobilenet_v3_large", "-w", "./detector.pth")
 
 
 class Servers:
@@ -139,6 +140,7 @@ def write_model_folder(folder: Path) -> Path:
     from ptm_cli.nets.cyclegan import build_generator
 
     torch.save(build_generator().state_dict(), folder / "generator.pth")
+    torch.save(detector_state_dict("ssdlite320_mobilenet_v3_large"), folder / "detector.pth")
     return folder
 
 

@@ -9,6 +9,7 @@ MobileNetV3 320); the default Faster R-CNN v2 and the keypoint model run once.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -302,8 +303,8 @@ def test_tiles_find_every_small_square_once_with_its_true_box(tmp_path: Path) ->
 
     detector = square_detector()
     limits = Limits(min_score=0.5, max_detections=1000)
-    whole = list(detect_images([ImageInput(str(path), path=path)], detector, limits=limits))[0]
-    tiled = list(detect_images([ImageInput(str(path), path=path)], detector, limits=limits, tile=tile))[0]
+    whole = next(iter(detect_images([ImageInput(str(path), path=path)], detector, limits=limits)))
+    tiled = next(iter(detect_images([ImageInput(str(path), path=path)], detector, limits=limits, tile=tile)))
     truth = sorted((float(x), float(y), float(x + s), float(y + s)) for x, y, s in squares)
     assert sorted(d.box for d in tiled.detections or []) == truth
     seen_whole = sorted(d.box for d in whole.detections or [])
@@ -315,7 +316,7 @@ def test_tile_starts_cover_the_image_with_the_overlap() -> None:
     for length in (513, 1000, 2000, 4000, 12345):
         starts = tile_starts(length, 1024, 256)
         assert starts[0] == 0 and starts[-1] + 1024 == max(length, 1024)
-        assert all(b - a <= 1024 - 256 for a, b in zip(starts, starts[1:], strict=False))
+        assert all(b - a <= 1024 - 256 for a, b in itertools.pairwise(starts))
 
 
 def test_tile_option_runs_a_real_detector_on_a_large_image(ssdlite: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, ROOT, seeded_state_dict
+from helpers import DATA, ROOT, detector_state_dict, seeded_state_dict
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -43,6 +43,16 @@ architecture = "cyclegan_resnet9"
 builder_kwargs = { ngf = 8, n_blocks = 2 }
 file_name = "readme-generator.pth"
 resize = 64
+default = true
+
+[[model]]
+name = "fasterrcnn_resnet50_fpn_v2"
+weights = "COCO_V1"
+task = "detect"
+architecture = "ssdlite320_mobilenet_v3_large"
+file_name = "readme-detector.pth"
+num_classes = 91
+labels = "{coco}"
 default = true
 """
 
@@ -68,7 +78,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(3)
     torch.save(build_generator(ngf=8, n_blocks=2).state_dict(), cache / "readme-generator.pth")
-    (root / "catalog.toml").write_text(CATALOG)
+    torch.save(detector_state_dict("ssdlite320_mobilenet_v3_large"), cache / "readme-detector.pth")
+    from ptm_cli.cache.catalog import CATALOG_DIR
+
+    (root / "catalog.toml").write_text(CATALOG.replace("{coco}", str(CATALOG_DIR / "coco_categories.txt")))
     (root / "photos").mkdir()
     from PIL import Image
 
@@ -76,6 +89,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.open(DATA / name).convert("RGB").save(root / "photos" / f"{Path(name).stem}.jpg", quality=90)
     Image.open(DATA / "chelsea.png").convert("RGB").save(root / "photos" / "dog.jpg", quality=90)
     Image.open(DATA / "rocket.jpg").convert("RGB").resize((120, 180)).save(root / "horse.jpg")
+    Image.open(DATA / "rocket.jpg").convert("RGB").save(root / "street.jpg")
     return root
 
 
@@ -94,7 +108,7 @@ def run_example(code: str, folder: Path, work: Path) -> subprocess.CompletedProc
 
 
 def test_the_readme_has_its_python_examples() -> None:
-    assert len(EXAMPLES) == 3, "a Python example was added or removed: give it a test below"
+    assert len(EXAMPLES) == 4, "a Python example was added or removed: give it a test below"
 
 
 def test_classify_and_translate(folder: Path, tmp_path: Path) -> None:
@@ -111,8 +125,17 @@ def test_classify_and_translate(folder: Path, tmp_path: Path) -> None:
         assert zebra.size == (120, 180)  # the input's size
 
 
-def test_a_task_object(folder: Path, tmp_path: Path) -> None:
+def test_detection(folder: Path, tmp_path: Path) -> None:
     done = run_example(EXAMPLES[1], folder, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and all(line.startswith("street.jpg person ") for line in lines)
+    for line in lines:
+        assert float(line.split()[2]) >= 0.5
+
+
+def test_a_task_object(folder: Path, tmp_path: Path) -> None:
+    done = run_example(EXAMPLES[2], folder, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     record = eval(done.stdout.strip(), {})  # the example prints the record's dict
     assert record["input"] == "photos/dog.jpg" and record["model"] == "resnet101"
@@ -120,7 +143,7 @@ def test_a_task_object(folder: Path, tmp_path: Path) -> None:
 
 
 def test_a_batch_job(folder: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[2], folder, tmp_path / "work")
+    done = run_example(EXAMPLES[3], folder, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "work" / "run1" / "_SUMMARY.json").read_text())
     assert summary["inputs"] == summary["ok"] == 3 and summary["model"] == "resnet101"

@@ -39,20 +39,26 @@ def models(task: str | None, fmt: str | None) -> int:
     from ..cache.catalog import Catalog
     from ..cache.weights import is_cached
 
+    catalog = Catalog.load()
+    entries = catalog.entries(task)
     columns = ["model", "weights", "task", "default", "params", "size_mib", "acc1", "acc5", "cached"]
+    detectors = any(entry.box_map is not None for entry in entries)
+    if detectors:  # COCO box mAP, after the columns a script may already count on
+        columns.append("box_map")
     with stdout_is_data() as out, writer(out, fmt, columns=columns) as records:
-        for entry in Catalog.load().entries(task):
-            records.write(
-                {
-                    "model": entry.model,
-                    "weights": entry.weights,
-                    "task": entry.task,
-                    "default": entry.is_default,
-                    "params": entry.num_params,
-                    "size_mib": entry.size_mb,
-                    "acc1": entry.acc1,
-                    "acc5": entry.acc5,
-                    "cached": is_cached(entry),
-                }
-            )
+        for entry in entries:
+            row = {
+                "model": entry.model,
+                "weights": entry.weights,
+                "task": entry.task,
+                "default": entry.is_default,
+                "params": entry.num_params,
+                "size_mib": entry.size_mb,
+                "acc1": entry.acc1,
+                "acc5": entry.acc5,
+                "cached": is_cached(entry),
+            }
+            if detectors:
+                row["box_map"] = entry.box_map
+            records.write(row)
     return EXIT_OK

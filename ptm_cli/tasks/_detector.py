@@ -18,7 +18,6 @@ Importing this module imports neither torch nor torchvision.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -166,7 +165,7 @@ class Detector:
 
         boxes, scores, labels = raw["boxes"], raw["scores"], raw["labels"]
         points, point_scores = raw.get("keypoints"), raw.get("keypoints_scores")
-        if not (bool(torch.isfinite(boxes).all()) and bool(torch.isfinite(scores).all())):
+        if not _finite(raw):
             return NonFiniteOutput(
                 f"the detector's output for this input holds NaN or infinity ({self.entry.ref}); "
                 "check the weights (`ptm weights inspect`)"
@@ -216,7 +215,7 @@ class Detector:
         parts: list[dict[str, torch.Tensor]] = []
         for done, (top, left, tile_h, tile_w) in enumerate(views, start=1):
             raw = self._raw([pixels[:, top : top + tile_h, left : left + tile_w]], wide)[0]
-            if not (bool(torch.isfinite(raw["boxes"]).all()) and bool(torch.isfinite(raw["scores"]).all())):
+            if not _finite(raw):
                 return self._detections(raw, limits)  # the NonFiniteOutput
             if done > 1:
                 raw = _inside_tile(raw, top, left, tile_h, tile_w, height, width)
@@ -226,6 +225,13 @@ class Detector:
         merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
         kept = batched_nms(merged["boxes"], merged["scores"], merged["labels"], MERGE_IOU)
         return self._detections({key: value[kept] for key, value in merged.items()}, limits)
+
+
+def _finite(raw: Mapping[str, torch.Tensor]) -> bool:
+    """Whether every box, score and keypoint the model gave is a finite number (JSON has no NaN)."""
+    import torch
+
+    return all(bool(torch.isfinite(value).all()) for value in raw.values() if value.is_floating_point())
 
 
 def _as_decoded(image: torch.Tensor) -> torch.Tensor:
@@ -252,13 +258,11 @@ def _restore_limits(saved: list[tuple[Any, str, Any]]) -> None:
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` over ``length`` pixels: evenly spread, the last ending at the edge.
 
-    Neighbours overlap by at least ``overlap`` pixels.
+    Neighbours overlap by at least ``overlap`` pixels; any start will do (no stride grid to keep to).
     """
-    if length <= tile:
-        return [0]
-    count = 1 + math.ceil((length - tile) / (tile - overlap))
-    span = length - tile
-    return [round(i * span / (count - 1)) for i in range(count)]
+    from ._tiles import tile_starts as spread
+
+    return spread(length, tile, overlap, multiple=1)
 
 
 def _inside_tile(

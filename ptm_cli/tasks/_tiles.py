@@ -46,18 +46,19 @@ def round_up(n: int, multiple: int = MULTIPLE) -> int:
     return -(-n // multiple) * multiple
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side ``tile`` covering ``length`` (both multiples of 4).
+def tile_starts(length: int, tile: int, overlap: int, multiple: int = MULTIPLE) -> list[int]:
+    """Start offsets of tiles of side ``tile`` covering ``length`` (both multiples of ``multiple``).
 
-    Tiles are spread evenly, each start is a multiple of 4 (so every tile is
-    on the whole image's stride-4 grid) and the last tile ends at ``length``.
-    Neighbours overlap by at least ``overlap`` minus the rounding (< 4 px).
+    Tiles are spread evenly, each start is a multiple of ``multiple`` (4: every
+    tile is on the whole image's stride-4 grid) and the last tile ends at
+    ``length``. Neighbours overlap by at least ``overlap`` minus the rounding
+    (under ``multiple`` pixels).
     """
     if length <= tile:
         return [0]
     count = 1 + math.ceil((length - tile) / (tile - overlap))
     span = length - tile
-    return [MULTIPLE * round(i * span / (count - 1) / MULTIPLE) for i in range(count)]
+    return [multiple * round(i * span / (count - 1) / multiple) for i in range(count)]
 
 
 def fitted_tile(length: int, tile: int, overlap: int) -> int:

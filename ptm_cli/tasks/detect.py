@@ -14,6 +14,7 @@ Importing this module imports neither torch nor torchvision.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ from ._detector import (
     class_ids,
     is_class,
 )
-from .base import Option, Outcome, Plan, RunContext, Task
+from .base import ModelOptions, Option, Outcome, Plan, RunContext, Task
 
 if TYPE_CHECKING:
     import torch
@@ -150,7 +151,7 @@ def to_record(result: ImageDetections, detector: Detector) -> dict[str, Any]:
     }
 
 
-def load_detector(options: Any, *, progress: bool = True) -> Detector:
+def load_detector(options: ModelOptions, *, progress: bool = True) -> Detector:
     """A ready :class:`Detector` for ``options`` (:class:`~.base.ModelOptions`), exactly as ``ptm detect`` builds it."""
     detector: Detector = TASK.plan(options).load(progress=progress)
     return detector
@@ -365,7 +366,7 @@ class DetectTask(Task["Detector"]):
         known = {label.lower(): i for i, label in enumerate(labels) if is_class(label)}
         class_ids(str(params["classes"]).split(","), known, plan.entry.ref)
 
-    def plan(self, options: Any, *, catalog: Catalog | None = None) -> Plan[Detector]:
+    def plan(self, options: ModelOptions, *, catalog: Catalog | None = None) -> Plan[Detector]:
         if options.resize is not None or options.crop is not None:
             raise UsageError("detectors resize their inputs themselves; --resize and --crop do not apply")
         planned = super().plan(options, catalog=catalog)
@@ -406,7 +407,7 @@ class DetectTask(Task["Detector"]):
         coco_path = params.get("coco")
         coco = CocoFile(coco_categories(model)) if coco_path is not None else None
         on_image = context.on_image
-        items: dict[str, ImageInput] = {}
+        items: collections.deque[ImageInput] = collections.deque()  # taken in input order, as results come
 
         def remember(item: ImageInput, image: Any) -> None:
             if on_image is not None:
@@ -417,7 +418,7 @@ class DetectTask(Task["Detector"]):
 
         def tracked(source: Iterable[ImageInput]) -> Iterator[ImageInput]:
             for item in source:
-                items[item.name] = item
+                items.append(item)
                 yield item
 
         results = detect_images(
@@ -436,8 +437,8 @@ class DetectTask(Task["Detector"]):
         try:
             for result in results:
                 record = to_record(result, model)
-                item = items.pop(result.input, None)
-                if result.ok and side.active and item is not None:
+                item = items.popleft()
+                if result.ok and side.active:
                     try:
                         side.write(result.input, item, result.pixels, record)
                     except BrokenPipeError:
