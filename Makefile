@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ptm_cli tests scripts
 	$(BIN)/mypy ptm_cli
 
-# Rebuild models/torchvision.json after upgrading torchvision.
+# Rebuild models/torchvision.json and torchvision_detection.json (and the COCO labels) after upgrading torchvision.
 catalog: $(STAMP)
 	$(BIN)/python scripts/gen_torchvision_catalog.py
 

@@ -17,8 +17,9 @@ Importing this module imports neither torch nor torchvision.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -83,32 +84,33 @@ def freeze_batchnorm(model: nn.Module, eps: float | None = None) -> None:
                 setattr(parent, name, FrozenBatchNorm2d(child.num_features, eps=child.eps if eps is None else eps))
 
 
-def set_limits(model: nn.Module, *, min_score: float, max_detections: int) -> None:
-    """Let the model keep at least every box ``min_score`` and ``max_detections`` ask for.
+_LIMITS = ("score_thresh", "box_score_thresh", "detections_per_img", "box_detections_per_img")
+
+
+@contextlib.contextmanager
+def limited(model: nn.Module, *, min_score: float, max_detections: int) -> Iterator[None]:
+    """Let the model keep at least every box ``min_score`` and ``max_detections`` ask for, while the block runs.
 
     A detector drops boxes below its own score threshold (0.05 for most,
-    0.01 for SSD, 0.2 for FCOS) and keeps at most its own number per image
-    (100, 200 or 300) before ptm sees them. Lowering the threshold only adds
-    boxes below the old one: non-maximum suppression goes from the highest
-    score down, so a lower box never removes a higher one, and the boxes
-    above the old threshold stay as they were.
+    0.01 for SSD300, 0.001 for SSDlite, 0.2 for FCOS) and keeps at most its
+    own number per image (100, 200 or 300) before ptm sees them. Lowering the
+    threshold only adds boxes below the old one: non-maximum suppression goes
+    from the highest score down, so a lower box never removes a higher one,
+    and the boxes above the old threshold stay as they were. The model's own
+    values come back after the block; callers hold the model alone meanwhile.
     """
-    for holder in _holders(model):
-        for name in ("score_thresh", "box_score_thresh"):
-            if hasattr(holder, name):
-                setattr(holder, name, min(float(getattr(holder, name)), min_score))
-        for name in ("detections_per_img", "box_detections_per_img"):
-            if hasattr(holder, name):
-                setattr(holder, name, max(int(getattr(holder, name)), max_detections))
-
-
-def _holders(model: nn.Module) -> list[Any]:
-    """The modules whose attributes hold a detector's post-processing limits (the model, its ROI heads)."""
-    holders: list[Any] = [model]
-    roi_heads = getattr(model, "roi_heads", None)
-    if roi_heads is not None:
-        holders.append(roi_heads)
-    return holders
+    holders = [h for h in (model, getattr(model, "roi_heads", None)) if h is not None]
+    saved = [(h, name, getattr(h, name)) for h in holders for name in _LIMITS if hasattr(h, name)]
+    try:
+        for holder, name, value in saved:
+            if name.endswith("score_thresh"):
+                setattr(holder, name, min(float(value), min_score))
+            else:
+                setattr(holder, name, max(int(value), max_detections))
+        yield
+    finally:
+        for holder, name, value in saved:
+            setattr(holder, name, value)
 
 
 def input_limits(model: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ one. :func:`encode_image` embeds the sRGB profile where the format holds one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,28 @@ def encode_image(image: Any, fmt: str) -> bytes:
         options["icc_profile"] = srgb_profile()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def check_output_file(
+    path: Path, option: str, *, force: bool, suffix: str, ours: Callable[[Path], bool] | None = None
+) -> Path:
+    """Refuse an ``option FILE`` (``--report``, ``--coco``) that cannot be written, before any work is done.
+
+    An existing regular file is replaced only with ``force``, or when
+    ``ours(path)`` says ptm wrote it (a results page): naming a photo or a
+    batch job's manifest by mistake leaves it as it was. A device or FIFO is
+    written through.
+    """
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give the name of the {suffix} file to write")
+    if not fsutil.folder_of(path).is_dir():
+        raise UsageError(f"{option} {path}: the folder {path.parent} does not exist")
+    if not (fsutil.is_regular_or_absent(path) or fsutil.is_stream_target(path)):
+        raise UsageError(f"{option} {path} is not a regular file, so ptm will not replace it; choose another name")
+    if not force and path.exists() and not fsutil.is_stream_target(path) and not (ours is not None and ours(path)):
+        what = " and is not a ptm results page" if ours is not None else ""
+        raise UsageError(f"{option} {path} exists{what}; choose another name, or add --force to replace it")
+    return path
 
 
 def write_output(path: Path, data: bytes, *, force: bool = False) -> None:

@@ -72,21 +72,9 @@ def check_destination(path: Path, *, force: bool = False) -> Path:
     wrote (or with ``force``): ``--report photo.jpg`` or a batch job's
     manifest named by mistake stays as it was.
     """
-    from ..errors import UsageError
-    from ..runtime.fsutil import folder_of, is_regular_or_absent, is_stream_target
+    from .imagefiles import check_output_file
 
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"--report {path} is a folder; give the name of the .html file to write")
-    if not folder_of(path).is_dir():
-        raise UsageError(f"--report {path}: the folder {path.parent} does not exist")
-    if not (is_regular_or_absent(path) or is_stream_target(path)):
-        raise UsageError(f"--report {path} is not a regular file, so ptm will not replace it; choose another name")
-    if not force and path.exists() and not is_stream_target(path) and not is_results_page(path):
-        raise UsageError(
-            f"--report {path} exists and is not a ptm results page; choose another name, or add --force to replace it"
-        )
-    return path
+    return check_output_file(Path(path), "--report", force=force, suffix=".html", ours=is_results_page)
 
 
 def is_results_page(path: Path) -> bool:

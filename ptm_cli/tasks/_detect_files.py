@@ -51,17 +51,9 @@ def check_crops_folder(folder: Path) -> Path:
 
 def check_coco_path(path: Path, *, force: bool) -> Path:
     """Refuse a --coco FILE that cannot be written, or that exists (without --force), before any work."""
-    from ..runtime.fsutil import folder_of, is_regular_or_absent, is_stream_target
+    from ..output.imagefiles import check_output_file
 
-    if path.is_dir():
-        raise UsageError(f"--coco {path} is a folder; give the name of the .json file to write")
-    if not folder_of(path).is_dir():
-        raise UsageError(f"--coco {path}: the folder {path.parent} does not exist")
-    if not (is_regular_or_absent(path) or is_stream_target(path)):
-        raise UsageError(f"--coco {path} is not a regular file, so ptm will not replace it; choose another name")
-    if path.exists() and not force and not is_stream_target(path):
-        raise UsageError(f"--coco {path} exists; choose another name, or add --force to replace it")
-    return path
+    return check_output_file(path, "--coco", force=force, suffix=".json")
 
 
 @dataclass

@@ -144,20 +144,18 @@ class Detector:
         """The model's own outputs for ``images`` (uint8 [3, H, W] each), on the CPU in float32."""
         import torch
 
-        from ..nets.detection import set_limits
+        from ..nets.detection import limited
 
         keep = max(limits.max_detections, WITH_CLASSES_KEEP if limits.classes is not None else 0)
         with self._lock, torch.inference_mode():
             # Pixels laid out as a decoded image is (channels last, as torchvision's pil_to_tensor gives them):
             # the detector's own resizing takes another path, with other rounding, on a plain [3, H, W] tensor.
             inputs = [_as_decoded(image.to(self.device, non_blocking=True)).float().div(255) for image in images]
-            saved = _save_limits(self.model)
-            try:
-                set_limits(self.model, min_score=limits.min_score, max_detections=keep)
-                with torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast):
-                    outputs = self.model(inputs)
-            finally:
-                _restore_limits(saved)
+            with (
+                limited(self.model, min_score=limits.min_score, max_detections=keep),
+                torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast),
+            ):
+                outputs = self.model(inputs)
             return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
 
     def _detections(self, raw: Mapping[str, torch.Tensor], limits: Limits) -> list[Detection] | NonFiniteOutput:
@@ -237,22 +235,6 @@ def _finite(raw: Mapping[str, torch.Tensor]) -> bool:
 def _as_decoded(image: torch.Tensor) -> torch.Tensor:
     """``image`` [3, H, W] with the strides of a decoded image's pixels (height, width, channels in memory)."""
     return image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-
-
-def _save_limits(model: Any) -> list[tuple[Any, str, Any]]:
-    saved = []
-    for holder in (model, getattr(model, "roi_heads", None)):
-        if holder is None:
-            continue
-        for name in ("score_thresh", "box_score_thresh", "detections_per_img", "box_detections_per_img"):
-            if hasattr(holder, name):
-                saved.append((holder, name, getattr(holder, name)))
-    return saved
-
-
-def _restore_limits(saved: list[tuple[Any, str, Any]]) -> None:
-    for holder, name, value in saved:
-        setattr(holder, name, value)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
