@@ -114,6 +114,37 @@ class Alias:
     tag: str  # what outputs written beside their inputs are called: horse.zebra.png
 
 
+def batch_size_option(default: int, maximum: int, help: str = "Images per forward pass.") -> Option:
+    """``--batch-size`` of a task that runs its model on batches (not offered by ``ptm batch``: workers choose)."""
+    return Option(
+        "batch_size",
+        ("--batch-size",),
+        help,
+        kind="int",
+        default=default,
+        minimum=1,
+        maximum=maximum,
+        show_default=True,
+        batch=(),
+        records=False,
+    )
+
+
+# The decoding threads of a task that runs on the shared pipeline (tasks/_pipeline.py).
+WORKERS_OPTION = Option(
+    "workers",
+    ("--workers",),
+    "Image decoding threads.",
+    kind="int",
+    default=2,
+    minimum=1,
+    maximum=64,
+    show_default=True,
+    batch=(),
+    records=False,
+)
+
+
 # The options of every task that writes one image per input (ptm translate; later masks and drawings).
 IMAGE_OUTPUT_OPTIONS = (
     Option(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from ..errors import CompileFailed, ConfigError, InputError, NonFiniteOutput, PtmError, UsageError, first_line
-from .base import ModelOptions, Option, Outcome, Plan, RunContext, Task
+from .base import WORKERS_OPTION, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
 
 MAX_TOP_K = 100_000
 """The largest ``-k``: more than any catalog model's classes (ImageNet-21k has 21,841)."""
@@ -404,30 +404,8 @@ class ClassifyTask(Task["Classifier"]):
             maximum=MAX_TOP_K,
             show_default=True,
         ),
-        Option(
-            "batch_size",
-            ("--batch-size",),
-            "Images per forward pass.",
-            kind="int",
-            default=8,
-            minimum=1,
-            maximum=1024,
-            show_default=True,
-            batch=(),
-            records=False,
-        ),
-        Option(
-            "workers",
-            ("--workers",),
-            "Image decoding threads.",
-            kind="int",
-            default=2,
-            minimum=1,
-            maximum=64,
-            show_default=True,
-            batch=(),
-            records=False,
-        ),
+        batch_size_option(8, 1024),
+        WORKERS_OPTION,
         Option(
             "resize",
             ("--resize",),

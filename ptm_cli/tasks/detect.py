@@ -35,7 +35,7 @@ from ._detector import (
     class_ids,
     is_class,
 )
-from .base import ModelOptions, Option, Outcome, Plan, RunContext, Task
+from .base import WORKERS_OPTION, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
 
 if TYPE_CHECKING:
     import torch
@@ -244,30 +244,8 @@ class DetectTask(Task["Detector"]):
             minimum=MIN_TILE,
             metavar="N",
         ),
-        Option(
-            "batch_size",
-            ("--batch-size",),
-            "Images per forward pass (images of one size share a pass).",
-            kind="int",
-            default=2,
-            minimum=1,
-            maximum=256,
-            show_default=True,
-            batch=(),
-            records=False,
-        ),
-        Option(
-            "workers",
-            ("--workers",),
-            "Image decoding threads.",
-            kind="int",
-            default=2,
-            minimum=1,
-            maximum=64,
-            show_default=True,
-            batch=(),
-            records=False,
-        ),
+        batch_size_option(2, 256, "Images per forward pass (images of one size share a pass)."),
+        WORKERS_OPTION,
         Option(
             "draw",
             ("--draw",),
