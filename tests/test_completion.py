@@ -57,6 +57,26 @@ def test_weights_variants_follow_the_chosen_model() -> None:
     assert values(items) == ["IMAGENET1K_V2"]
 
 
+def test_weights_follow_the_commands_default_model_or_its_alias() -> None:
+    """Without -m, the variants are those of the model the command would run, not a classifier's."""
+    assert values(complete("ptm detect -w ")[0]) == ["DEFAULT", "COCO_V1"]
+    assert values(complete("ptm detect -m keypointrcnn_resnet50_fpn -w COCO")[0]) == ["COCO_LEGACY", "COCO_V1"]
+    assert values(complete("ptm zebra -w ")[0])[0] == "DEFAULT" and "IMAGENET1K_V1" not in values(
+        complete("ptm zebra -w ")[0]
+    )
+
+
+def test_classes_complete_from_the_chosen_models_labels_without_torch() -> None:
+    items, err = complete("ptm detect --classes do")
+    assert values(items) == ["dog", "donut"]
+    assert "HEAVY=\n" in err
+    items, _ = complete("ptm detect --classes person,dog,to")
+    assert values(items) == ["person,dog,toaster", "person,dog,toilet", "person,dog,toothbrush"]
+    assert values(complete("ptm detect -m keypointrcnn_resnet50_fpn --classes ")[0]) == ["person"]
+    assert values(complete("ptm detect --classes N/")[0]) == []  # COCO's unused ids are not classes
+    assert values(complete("ptm detect -m nosuchmodel --classes p")[0]) == []
+
+
 def test_images_and_weights_files_complete_as_paths(tmp_path: Path) -> None:
     items, _ = complete("ptm classify ph", cwd=tmp_path)
     assert items == ["file,ph"]  # bash then lists the files itself

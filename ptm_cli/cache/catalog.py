@@ -470,6 +470,16 @@ class Catalog:
         raise UnknownModel(f"model {name!r} has no weights {weights!r}; it has {', '.join(variants)} (or DEFAULT)")
 
 
+# Labels that hold a class index's place without naming a class: COCO's unused ids, the background,
+# the keypoint model's "no person".
+PLACEHOLDER_LABELS = frozenset({"N/A", "__background__", "no person"})
+
+
+def is_class(label: str) -> bool:
+    """Whether a label names a class a model can report (not a placeholder of :data:`PLACEHOLDER_LABELS`)."""
+    return label not in PLACEHOLDER_LABELS
+
+
 def load_labels(entry: Entry) -> list[str] | None:
     """The class names for an entry's outputs, or None when it has none."""
     if entry.labels is None:

@@ -64,6 +64,14 @@ def resolve_entry(
     return entry, weights_file
 
 
+def class_names(model: str, weights: str = "DEFAULT") -> list[str]:
+    """The class names of a catalog model (placeholders left out), sorted; [] when it has no labels."""
+    from .catalog import is_class, load_labels
+
+    entry, _ = resolve_entry(model, weights, task=None)
+    return sorted({label for label in load_labels(entry) or [] if is_class(label)})
+
+
 def catalog_entry(name: str, weights_name: str | None = None) -> Entry:
     """The catalog entry ``NAME`` (its default weights) or ``MODEL:WEIGHTS`` names, for the cache commands."""
     return Catalog.load().resolve(name, weights_name)

@@ -141,6 +141,8 @@ def click_option(option: Option, flags: tuple[str, ...]) -> Decorator:
         extra["default"] = option.default
     if option.completion == "weights":
         extra["shell_complete"] = completion.weights
+    elif option.completion == "classes":
+        extra["shell_complete"] = completion.classes
     return click.option(
         *flags, option.name, metavar=option.metavar, show_default=option.show_default, help=option.help, **extra
     )

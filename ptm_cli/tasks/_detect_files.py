@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError, UsageError
-from ._detector import is_class
 from .base import RunContext
 
 if TYPE_CHECKING:
@@ -106,6 +105,8 @@ class CocoFile:
 
 def coco_categories(detector: Detector) -> list[dict[str, Any]]:
     """COCO's category list for the detector's classes (ids as the model reports them)."""
+    from ..cache.catalog import is_class
+
     categories = []
     for i, label in enumerate(detector.labels or []):
         if is_class(label):

@@ -135,6 +135,8 @@ class Detector:
 
     def class_ids(self, names: Iterable[str]) -> frozenset[int]:
         """The category ids of class ``names``; UsageError listing the model's classes for an unknown one."""
+        from ..cache.catalog import is_class
+
         known = {label.lower(): i for i, label in enumerate(self.labels or []) if is_class(label)}
         return class_ids(names, known, self.entry.ref)
 
@@ -270,11 +272,6 @@ def _inside_tile(
         points[..., 1] += top
         shifted["keypoints"] = points
     return shifted
-
-
-def is_class(label: str) -> bool:
-    """Whether a catalog label names a class a detector can report (not COCO's unused ids or the background)."""
-    return label not in ("N/A", "__background__", "no person")
 
 
 def class_ids(names: Iterable[str], known: Mapping[str, int], ref: str) -> frozenset[int]:

@@ -92,7 +92,7 @@ class Option:
     stage: str = "run"
     batch: tuple[str, ...] | None = None
     records: bool = True
-    completion: str | None = None  # "weights": the chosen model's variants
+    completion: str | None = None  # "weights": the chosen model's variants; "classes": its class names
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -33,7 +33,6 @@ from ._detector import (
     build_detector,
     check_entry,
     class_ids,
-    is_class,
 )
 from .base import WORKERS_OPTION, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
 
@@ -225,6 +224,7 @@ class DetectTask(Task["Detector"]):
             ("--classes",),
             "Keep only these classes, comma-separated (e.g. person,dog).",
             metavar="NAMES",
+            completion="classes",
         ),
         Option(
             "max_detections",
@@ -338,7 +338,7 @@ class DetectTask(Task["Detector"]):
         """An unknown --classes name is a usage error, before the model loads."""
         if params.get("classes") is None or plan.entry is None:
             return
-        from ..cache.catalog import load_labels
+        from ..cache.catalog import is_class, load_labels
 
         labels = load_labels(plan.entry) or []
         known = {label.lower(): i for i, label in enumerate(labels) if is_class(label)}
