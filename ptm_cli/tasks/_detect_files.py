@@ -145,7 +145,7 @@ class SideOutputs:
         if path is not None:
             check_writable(item, path, self.force)
 
-    def write(self, item_name: str, item: ImageInput, pixels: torch.Tensor, record: dict[str, Any]) -> None:
+    def write(self, item: ImageInput, pixels: torch.Tensor, record: dict[str, Any]) -> None:
         """The drawn image and the crops of one successful input; OutputError when one cannot be written."""
         from PIL import Image
 
@@ -155,7 +155,7 @@ class SideOutputs:
         if self.destination is not None:
             drawn = draw_detections(image, record["detections"])
             path = self.destination.path_for(item)
-            self._write(path, drawn, self.destination.format_for(path), item_name)
+            self._write(path, drawn, self.destination.format_for(path), item.name)
             if path is not None:
                 record["drawn"] = str(path)
         if self.crops is not None:

@@ -391,9 +391,6 @@ class DetectTask(Task["Detector"]):
             if on_image is not None:
                 on_image(item.name, image)
 
-        def before_run(item: ImageInput) -> None:
-            side.before_run(item)
-
         def tracked(source: Iterable[ImageInput]) -> Iterator[ImageInput]:
             for item in source:
                 items.append(item)
@@ -410,7 +407,7 @@ class DetectTask(Task["Detector"]):
             on_image=remember if on_image is not None else None,
             on_note=context.on_note,
             on_tile=context.on_tile,
-            before_run=before_run if side.destination is not None else None,
+            before_run=side.before_run if side.destination is not None else None,
         )
         try:
             for result in results:
@@ -418,7 +415,7 @@ class DetectTask(Task["Detector"]):
                 item = items.popleft()
                 if result.ok and side.active:
                     try:
-                        side.write(result.input, item, result.pixels, record)
+                        side.write(item, result.pixels, record)
                     except BrokenPipeError:
                         raise
                     except InputError as exc:
