@@ -1,4 +1,4 @@
-"""Regenerate models/torchvision.json and models/torchvision_detection.json from the installed torchvision.
+"""Regenerate models/torchvision.json, torchvision_detection.json and torchvision_segmentation.json from torchvision.
 
 ptm lists and resolves models without importing torch (3.5 s here), so the
 facts torchvision keeps in Python objects - URLs, hash prefixes, sizes,
@@ -188,6 +188,83 @@ def detection_entries() -> tuple[list[dict[str, Any]], list[str]]:
     return models, categories
 
 
+def segmentation_entries(coco: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every torchvision segmentation model's weights (semantic, and Mask R-CNN), checked like the detectors'."""
+    import torchvision.models.detection as detection
+    import torchvision.models.segmentation as segmentation
+
+    sys.path.insert(0, str(ROOT))
+    from ptm_cli.cache.catalog import entry_from_mapping
+    from ptm_cli.nets.detection import input_limits
+    from ptm_cli.nets.segmentation import factory
+
+    voc: list[str] | None = None
+    models = []
+    semantic = tvm.list_models(module=segmentation)
+    instance = [name for name in tvm.list_models(module=detection) if name.startswith(NOT_DETECTORS)]
+    for name in semantic + instance:
+        enum = tvm.get_model_weights(name)
+        variants = []
+        for w in enum:
+            names = list(w.meta["categories"])
+            file_name = w.url.rsplit("/", 1)[-1]
+            match = re.search(r"-([0-9a-f]{8,})\.pth$", file_name)
+            metrics = next(iter(w.meta["_metrics"].values()))
+            reference = built_with_weights(name, w)
+            variant: dict[str, Any] = {
+                "name": w.name,
+                "default": w.name == enum.DEFAULT.name,
+                "url": w.url,
+                "sha256": KNOWN_FULL_SHA256.get(file_name, match.group(1) if match else None),
+                "size_mb": w.meta.get("_file_size"),
+                "num_params": w.meta["num_params"],
+                "gflops": w.meta.get("_ops"),
+                "num_classes": len(names),
+                "recipe": w.meta.get("recipe"),
+                "licence": COCO_LICENCE,
+            }
+            if name in semantic:
+                if voc is not None and names != voc:
+                    raise SystemExit(f"{name}.{w.name}: VOC categories differ from the other models'")
+                voc = names
+                t = w.transforms()
+                variant.update(
+                    labels="voc_classes.txt",
+                    miou=metrics.get("miou"),
+                    pixel_acc=metrics.get("pixel_acc"),
+                    builder_kwargs={"aux_loss": True} if getattr(reference, "aux_classifier", None) else {},
+                    resize=int(t.resize_size[0]),
+                    interpolation=t.interpolation.value,
+                    mean=[float(x) for x in t.mean],
+                    std=[float(x) for x in t.std],
+                )
+            else:
+                if names != coco:
+                    raise SystemExit(f"{name}.{w.name}: categories other than the detectors' COCO ones")
+                from torchvision.ops.misc import FrozenBatchNorm2d
+
+                norms = [m for m in reference.modules() if isinstance(m, FrozenBatchNorm2d)]
+                epsilons = {m.eps for m in norms}
+                variant.update(
+                    labels="coco_categories.txt",
+                    box_map=metrics.get("box_map"),
+                    mask_map=metrics.get("mask_map"),
+                    builder_kwargs={},
+                    frozen_batchnorm=bool(norms),
+                    batchnorm_eps=0.0 if epsilons == {0.0} else None,
+                    **input_limits(reference),
+                )
+            variant = {k: v for k, v in variant.items() if v not in (None, [])}
+            entry = entry_from_mapping({"model": name, "architecture": name, "task": "segment", **variant}, source="gen")
+            ours = factory(entry)()
+            if repr(ours) != repr(reference) or _shapes(ours) != _shapes(reference):
+                raise SystemExit(f"{name}.{w.name}: ptm's build differs from torchvision's; teach ptm about it")
+            variants.append(variant)
+        models.append({"model": name, "architecture": name, "task": "segment", "weights": variants})
+    assert voc is not None
+    return models, voc
+
+
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -253,6 +330,15 @@ def main() -> None:
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(
         f"wrote {out.relative_to(ROOT)}: {len(detectors)} models, {sum(len(m['weights']) for m in detectors)} weights"
+    )
+
+    segmenters, voc = segmentation_entries(categories)
+    (MODELS_DIR / "voc_classes.txt").write_text("\n".join(voc) + "\n", encoding="utf-8")
+    doc = {**doc, "models": segmenters}
+    out = MODELS_DIR / "torchvision_segmentation.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(
+        f"wrote {out.relative_to(ROOT)}: {len(segmenters)} models, {sum(len(m['weights']) for m in segmenters)} weights"
     )
 
 

@@ -263,6 +263,11 @@ class SeededWeights:
         key = ("generator", "cyclegan", seed, *sorted(builder_kwargs.items()))
         return self._file(key, lambda path: save_generator(path, seed, **builder_kwargs))
 
+    def segmenter(self, model: str, seed: int = 0, *, boost: dict[int, float] | None = None) -> Path:
+        """A catalog semantic segmentation model whose masks hold several classes (:func:`segmenter_state_dict`)."""
+        key = ("segmenter", model, seed, *sorted((boost or {}).items()))
+        return self._file(key, lambda path: torch.save(segmenter_state_dict(model, seed, boost=boost), path))
+
     def detector(self, model: str, seed: int = 0, *, boost: dict[int, float] | None = None) -> Path:
         """A catalog detector that reports the ``boost`` classes (:func:`detector_state_dict`)."""
         key = ("detector", model, seed, *sorted((boost or {}).items()))
@@ -349,6 +354,66 @@ def detector_state_dict(model: str, seed: int = 0, *, boost: dict[int, float] | 
             for category, amount in (boost or {1: 7.0}).items():
                 if category < classes:
                     rows[:, category] += amount
+    return state
+
+
+def segmenter_state_dict(
+    model: str, seed: int = 0, *, boost: dict[int, float] | None = None, short_reach: bool = False
+) -> dict[str, torch.Tensor]:
+    """Seeded weights for a catalog semantic segmentation model whose masks hold many classes, in patches.
+
+    A network with random weights gives every pixel nearly the same class
+    scores (its biases dominate). Here the last layer is calibrated on a
+    sample photo: each class's scores are centred and scaled to a spread of
+    4, so the winning class changes across the photo as a trained model's
+    does; the classes in ``boost`` get a head start. ``short_reach`` zeroes
+    the residual branches of a DeepLabV3-ResNet (blocks pass their input
+    on) and ASPP's dilated branches, so that what a pixel's scores depend on
+    is known and small (about 30 pixels), and the image-pooling branch is
+    what ties a pixel to the whole image.
+    """
+    from ptm_cli.cache.catalog import Catalog
+    from ptm_cli.images.decode import load_image
+    from ptm_cli.images.transforms import Preprocess, preprocess
+    from ptm_cli.nets import architectures
+
+    entry = Catalog.load(extra=[]).resolve(model)
+    torch.manual_seed(seed)
+    net = architectures.factory(entry)()
+    x = preprocess(load_image(DATA / "rocket.jpg"), Preprocess(resize=520, mean=entry.mean, std=entry.std))
+    # Batch norms take their statistics from the photo, so that signals neither vanish nor explode on the way.
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average of what it sees
+    net.train()
+    with torch.no_grad():
+        net(torch.cat([x[None], x.flip(-1)[None]]))
+    net.eval()
+    state = net.state_dict()
+    classes = entry.num_classes or 21
+    if short_reach:
+        for key, value in state.items():
+            residual = key.startswith("backbone.layer") and (".bn3." in key) and key.endswith(("weight", "bias"))
+            dilated = key.startswith("classifier.0.convs.") and key.split(".")[3] in ("1", "2", "3")
+            their_norm = dilated and key.split(".")[4] == "1" and key.endswith(("weight", "bias"))  # convs.N.1: BN
+            if residual or their_norm:
+                value.zero_()
+    last = [k for k, v in state.items() if k.startswith("classifier.") and v.shape[:1] == (classes,)]
+    weights = [k for k in last if state[k].dim() == 4]
+    biases = [k for k in last if state[k].dim() == 1]
+    for key in biases:
+        state[key].zero_()
+    net.load_state_dict(state)
+    with torch.inference_mode():
+        logits = net(x[None])["out"][0].flatten(1)
+    mean, spread = logits.mean(1), logits.std(1).clamp_min(1e-6)
+    scale = 4.0 / spread
+    for key in weights:
+        state[key].mul_(scale.view(-1, 1, 1, 1))
+    state[biases[0]].copy_(-mean * scale)
+    for index, amount in (boost or {}).items():
+        state[biases[0]][index] += amount
     return state
 
 

@@ -345,6 +345,9 @@ def _task_params(task: Any, request: Request) -> dict[str, Any]:
         option.name: option.default for option in task.options if option.stage == "run" and option.batch_flags
     }
     params.update(request.params)
+    for option in task.options:  # a folder is where the user meant it, whichever machine's worker writes there
+        if option.kind == "dir" and params.get(option.name) is not None:
+            params[option.name] = os.path.abspath(params[option.name])
     params["batch_size"] = request.batch_size
     if params.get("image_format"):
         from ..output.imagefiles import image_format_for

@@ -81,6 +81,10 @@ class Entry:
     keypoint_names: tuple[str, ...] = ()
     box_map: float | None = None
     keypoint_map: float | None = None
+    # Segmentation entries: mask mAP (instance models), mean IoU and pixel accuracy (semantic models).
+    mask_map: float | None = None
+    miou: float | None = None
+    pixel_acc: float | None = None
 
     @property
     def ref(self) -> str:
@@ -198,6 +202,9 @@ _KNOWN_KEYS = {
     "keypoint_names",
     "box_map",
     "keypoint_map",
+    "mask_map",
+    "miou",
+    "pixel_acc",
 }
 
 
@@ -240,7 +247,7 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
     points = raw.get("keypoint_names", [])
     if not isinstance(points, list) or not all(isinstance(p, str) and 0 < len(p) <= 64 for p in points):
         raise ConfigError(f"{where}: keypoint_names must be a list of short names")
-    for key in ("acc1", "acc5", "box_map", "keypoint_map"):
+    for key in ("acc1", "acc5", "box_map", "keypoint_map", "mask_map", "miou", "pixel_acc"):
         _optional(raw.get(key), (int, float), key, where)
     return Entry(
         model=model,
@@ -274,6 +281,9 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         batchnorm_eps=_eps(raw.get("batchnorm_eps"), where),
         box_map=raw.get("box_map"),
         keypoint_map=raw.get("keypoint_map"),
+        mask_map=raw.get("mask_map"),
+        miou=raw.get("miou"),
+        pixel_acc=raw.get("pixel_acc"),
     )
 
 

@@ -163,10 +163,10 @@ def _destination(
 
     single = len(images) == 1 and files_from is None and not Path(images[0]).is_dir()
     destination = make_destination(
-        params["output"],
-        params["output_dir"],
-        params["suffix"],
-        params["image_format"],
+        params.get("output"),
+        params.get("output_dir"),
+        params.get("suffix") or "",
+        params.get("image_format"),
         1 if single else 2,
         beside_tag=tag,
         default_format=task.default_image_format,

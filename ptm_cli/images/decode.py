@@ -247,6 +247,7 @@ def load_image(
     max_pixels: int | None = None,
     min_short_side: int | None = None,
     on_note: NoteCallback | None = None,
+    keep_alpha: bool = False,
 ) -> Image.Image:
     """Decode `source` into a fully loaded 8-bit sRGB image.
 
@@ -260,11 +261,14 @@ def load_image(
     one that cannot be used is reported to `on_note` (default: an
     :class:`ImageNote` warning) and the image still loads.
 
+    `keep_alpha` gives an image with transparency as RGBA (its colours made
+    sRGB, not flattened); otherwise transparency is composited onto white.
+
     Raises InputNotFound, UnreadableImage, UnsupportedFormat, ImageTooLarge,
     or ConfigError for a malformed ``$PTM_MAX_PIXELS`` or ``$PTM_EXTRA_FORMATS``.
     """
     return load_image_with_format(
-        source, name=name, max_pixels=max_pixels, min_short_side=min_short_side, on_note=on_note
+        source, name=name, max_pixels=max_pixels, min_short_side=min_short_side, on_note=on_note, keep_alpha=keep_alpha
     )[0]
 
 
@@ -275,6 +279,7 @@ def load_image_with_format(
     max_pixels: int | None = None,
     min_short_side: int | None = None,
     on_note: NoteCallback | None = None,
+    keep_alpha: bool = False,
 ) -> tuple[Image.Image, str]:
     """Like :func:`load_image`, also returning the detected format ("PNG", "MPO", "DNG"...).
 
@@ -298,6 +303,8 @@ def load_image_with_format(
         _decode(image, limit, label)
         profile = image.info.get("icc_profile")
         oriented = _apply_exif_orientation(image)
+        if keep_alpha and has_alpha(oriented):
+            return _convert_with_alpha(oriented, profile, label, on_note), fmt
         return _convert_loaded(oriented, profile, label, on_note), fmt
 
 
@@ -460,6 +467,30 @@ def _exif_orientation(image: Image.Image) -> int:
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     method = _ORIENTATION_TRANSPOSE.get(_exif_orientation(image))
     return image if method is None else image.transpose(method)
+
+
+def _convert_with_alpha(
+    image: Image.Image, profile: bytes | None, name: str, on_note: NoteCallback | None
+) -> Image.Image:
+    """An image with transparency as RGBA: its colours converted to sRGB as they are, its alpha kept."""
+    from PIL import Image
+
+    try:
+        source = image.convert("LA") if image.mode == "La" else image
+        rgba = source.convert("RGBA")
+    except _PILLOW_ERRORS as exc:
+        raise UnreadableImage(
+            f"{name} has pixel mode {image.mode}, which ptm cannot convert ({_reason(exc)})."
+        ) from exc
+    red, green, blue, alpha = rgba.split()
+    colours = Image.merge("RGB", (red, green, blue))
+    colours = _convert_loaded(colours, profile, name, on_note)
+    return Image.merge("RGBA", (*colours.split(), alpha))
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` has transparency (an alpha band or a transparent colour)."""
+    return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
 
 
 def _convert_loaded(image: Image.Image, profile: bytes | None, name: str, on_note: NoteCallback | None) -> Image.Image:

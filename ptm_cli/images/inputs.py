@@ -34,8 +34,14 @@ class ImageInput(NamedTuple):
     data: bytes | None = None
     error: InputError | None = None  # found while reading the input (e.g. stdin too large)
 
-    def open(self, *, min_short_side: int | None = None, on_note: Callable[[str], None] | None = None) -> Image.Image:
-        """The decoded sRGB image (see `imageio.load_image` for ``min_short_side`` and ``on_note``)."""
+    def open(
+        self,
+        *,
+        min_short_side: int | None = None,
+        on_note: Callable[[str], None] | None = None,
+        keep_alpha: bool = False,
+    ) -> Image.Image:
+        """The decoded sRGB image (see `imageio.load_image` for ``min_short_side``, ``on_note`` and ``keep_alpha``)."""
         from .decode import load_image
 
         if self.error is not None:
@@ -43,7 +49,7 @@ class ImageInput(NamedTuple):
         source = self.data if self.data is not None else self.path
         if source is None:
             raise InputNotFound(f"{self.name}: neither a path nor data to read")
-        return load_image(source, name=self.name, min_short_side=min_short_side, on_note=on_note)
+        return load_image(source, name=self.name, min_short_side=min_short_side, on_note=on_note, keep_alpha=keep_alpha)
 
 
 # Extensions picked up when walking a directory. Files named explicitly are

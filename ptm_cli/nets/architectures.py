@@ -8,7 +8,8 @@ Three sources, tried in this order:
 * the CycleGAN generator (:mod:`ptm_cli.nets.cyclegan`) for translation entries;
 * every other torchvision classifier, through ``torchvision.models.get_model``;
 * torchvision's detectors, as their pretrained weights expect them
-  (:mod:`ptm_cli.nets.detection`).
+  (:mod:`ptm_cli.nets.detection`), and its segmentation models
+  (:mod:`ptm_cli.nets.segmentation`).
 
 :func:`factory` gives a no-argument constructor for an entry, :func:`build`
 fills it with a state dict (strictly, without initialising first), and
@@ -82,6 +83,10 @@ def factory(entry: Entry) -> Callable[[], nn.Module]:
         from . import detection
 
         return detection.factory(entry)
+    if entry.task == "segment":
+        from . import segmentation
+
+        return segmentation.factory(entry)
     return _classifier_factory(entry)
 
 

@@ -16,7 +16,7 @@ and runs nothing.
 What a task shows: its ``report_view(record)`` returns a dict the page's
 script draws the same way for every task, with these keys (all optional):
 
-- ``bars``: ``[{"label", "value" (0..1), "text"}]``, one bar each;
+- ``bars``: ``[{"label", "value" (0..1), "text", "colour" (optional "#rrggbb")}]``, one bar each;
 - ``lines``: ``[text]``, one line of text each;
 - ``output``: true to show the output's thumbnail beside the input's;
 - ``boxes``: ``[{"label", "text", "colour" ("#rrggbb"), "x", "y", "w", "h",
@@ -445,6 +445,7 @@ _SCRIPT = """
       var bar = el("div", "bar");
       var fill = el("span");
       fill.style.width = Math.max(0, Math.min(100, 100 * b.value)).toFixed(1) + "%";
+      if (b.colour) fill.style.background = colourOf(b.colour);
       bar.appendChild(fill);
       row.appendChild(bar);
       row.appendChild(el("span", "pct", b.text));

@@ -54,6 +54,21 @@ class Keypoint:
 
 
 @dataclass(frozen=True)
+class InstanceMask:
+    """One object's mask (instance models): COCO RLE over the whole image, its pixel count, and its soft edges.
+
+    ``soft`` (kept only when asked for: cut-outs) is the mask probability,
+    0..255, in the window at (``left``, ``top``) where the model pasted it.
+    """
+
+    rle: dict[str, Any]
+    area: int
+    left: int = 0
+    top: int = 0
+    soft: Any = None  # numpy uint8 [h, w], or None
+
+
+@dataclass(frozen=True)
 class Detection:
     """One object: its class, score and box (xmin, ymin, xmax, ymax) in the input's pixels."""
 
@@ -62,6 +77,7 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     keypoints: tuple[Keypoint, ...] | None = None
+    mask: InstanceMask | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,7 @@ class Limits:
     min_score: float = DEFAULT_MIN_SCORE
     max_detections: int = DEFAULT_MAX_DETECTIONS
     classes: frozenset[int] | None = None
+    soft_masks: frozenset[int] = frozenset()  # instance models: classes whose soft mask is kept (cut-outs)
 
 
 class Detector:
@@ -146,10 +163,10 @@ class Detector:
         """The model's own outputs for ``images`` (uint8 [3, H, W] each), on the CPU in float32."""
         import torch
 
-        from ..nets.detection import limited
+        from ..nets.detection import limited, masks_unpasted
 
         keep = max(limits.max_detections, WITH_CLASSES_KEEP if limits.classes is not None else 0)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), masks_unpasted(self.model):
             # Pixels laid out as a decoded image is (channels last, as torchvision's pil_to_tensor gives them):
             # the detector's own resizing takes another path, with other rounding, on a plain [3, H, W] tensor.
             inputs = [_as_decoded(image.to(self.device, non_blocking=True)).float().div(255) for image in images]
@@ -158,7 +175,10 @@ class Detector:
                 torch.autocast(self.device.type, dtype=self.precision.dtype, enabled=self.precision.autocast),
             ):
                 outputs = self.model(inputs)
-            return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+            found = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+            for raw, image in zip(found, images, strict=True):
+                raw["size"] = torch.tensor([int(image.shape[1]), int(image.shape[2])])
+            return found
 
     def _detections(self, raw: Mapping[str, torch.Tensor], limits: Limits) -> list[Detection] | NonFiniteOutput:
         import torch
@@ -188,7 +208,13 @@ class Detector:
                 )
             category = int(label_rows[i])
             xmin, ymin, xmax, ymax = box_rows[i]
-            found.append(Detection(category, self._label(category), score_rows[i], (xmin, ymin, xmax, ymax), keypoints))
+            mask = None
+            if "mask_probs" in raw:
+                height, width = (int(v) for v in raw["size"])
+                soft = category in limits.soft_masks
+                mask = instance_mask(raw["mask_probs"][i], boxes[i], height, width, soft=soft)
+            box = (xmin, ymin, xmax, ymax)
+            found.append(Detection(category, self._label(category), score_rows[i], box, keypoints, mask))
         return found
 
     def _label(self, index: int) -> str | None:
@@ -225,6 +251,37 @@ class Detector:
         merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
         kept = batched_nms(merged["boxes"], merged["scores"], merged["labels"], MERGE_IOU)
         return self._detections({key: value[kept] for key, value in merged.items()}, limits)
+
+
+MASK_THRESHOLD = 0.5
+"""A pixel belongs to an object where its pasted mask probability is above this (torchvision's examples' value)."""
+
+
+def instance_mask(probs: torch.Tensor, box: torch.Tensor, height: int, width: int, *, soft: bool) -> InstanceMask:
+    """One object's mask as torchvision pastes it into the image, computed in the object's window only.
+
+    ``probs`` is the mask head's [1, M, M] probabilities for the object and
+    ``box`` its box in the image's pixels. The result equals row ``i`` of the
+    ``masks`` torchvision's model returns (``paste_masks_in_image``), whose
+    full-image float array per object ptm never makes.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+
+    from ..output.masks import encode_rle
+
+    padded, scale = expand_masks(probs[None], padding=1)
+    b = [int(v) for v in expand_boxes(box[None], scale).to(dtype=torch.int64)[0]]
+    w, h = max(b[2] - b[0] + 1, 1), max(b[3] - b[1] + 1, 1)
+    pasted = F.interpolate(padded[0].expand((1, 1, -1, -1)), size=(h, w), mode="bilinear", align_corners=False)[0][0]
+    x0, x1, y0, y1 = max(b[0], 0), min(b[2] + 1, width), max(b[1], 0), min(b[3] + 1, height)
+    window = pasted[y0 - b[1] : y1 - b[1], x0 - b[0] : x1 - b[0]] if x1 > x0 and y1 > y0 else pasted[:0, :0]
+    inside = (window > MASK_THRESHOLD).numpy()
+    rle = encode_rle(inside, x0, y0, height, width)
+    kept = window.mul(255).round_().clamp_(0, 255).to(torch.uint8).numpy() if soft else None
+    return InstanceMask(rle, int(np.count_nonzero(inside)), x0, y0, kept)
 
 
 def _finite(raw: Mapping[str, torch.Tensor]) -> bool:
@@ -294,14 +351,18 @@ def build_detector(
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = True,
+    task: str = "detect",
 ) -> Detector:
-    """A ready detector for a catalog entry (or one made in code), with its weights or ``weights_file``."""
+    """A ready detector for a catalog entry (or one made in code), with its weights or ``weights_file``.
+
+    ``task="segment"`` builds an instance segmentation model (Mask R-CNN): a detector whose objects have masks.
+    """
     from ..cache.catalog import load_labels
     from ..nets import architectures
     from ..nets.device import check_device_spec, choose_device, choose_precision
 
     check_device_spec(device)
-    check_entry(entry)
+    check_entry(entry, task)
     labels = load_labels(entry)
     architectures.factory(entry)  # a catalog mistake fails before any download
     state_dict = architectures.load_weights(entry, weights_file, progress=progress)
@@ -317,6 +378,6 @@ def build_detector(
     return Detector(entry, model, weights_label=label, labels=labels, device=torch_device, precision=chosen)
 
 
-def check_entry(entry: Entry) -> None:
-    if entry.task != "detect":
-        raise ConfigError(f"{entry.ref} is a model for `ptm {entry.task}`, not for detection")
+def check_entry(entry: Entry, task: str = "detect") -> None:
+    if entry.task != task:
+        raise ConfigError(f"{entry.ref} is a model for `ptm {entry.task}`, not for `ptm {task}`")
