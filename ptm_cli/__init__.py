@@ -38,6 +38,9 @@ _LAZY = {
     "Detection": "tasks.detect",
     "Limits": "tasks.detect",
     "detect_images": "tasks.detect",
+    "load_segmenter": "tasks.segment",
+    "Segmenter": "tasks.segment",
+    "segment_images": "tasks.segment",
     "ImageInput": "images.inputs",
     "load_image": "images.decode",
     "Preprocess": "images.transforms",
@@ -66,6 +69,9 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "Detection",
     "Limits",
     "detect_images",
+    "load_segmenter",
+    "Segmenter",
+    "segment_images",
     "ImageInput",
     "load_image",
     "Preprocess",
@@ -87,6 +93,7 @@ if TYPE_CHECKING:
     from .tasks.base import ModelOptions, Plan
     from .tasks.classify import Classification, Classifier, Prediction, classify_images, load_classifier
     from .tasks.detect import Detection, Detector, Limits, detect_images, load_detector
+    from .tasks.segment import Segmenter, load_segmenter, segment_images
     from .tasks.translate import Translator, load_translator
     from .tensorio import load_state_dict
 

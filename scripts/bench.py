@@ -20,7 +20,9 @@ shorten it, --serve-only runs only the server rows (about 3 minutes),
 --only-batch only the `ptm batch` rows and --classify-only only the pipeline
 rows (about 10 minutes), and --detect-only only `ptm detect` against the
 network alone and torchvision's loop, with tiles and every detector's cost
-(bench_detect.py, about 15 minutes).
+(bench_detect.py, about 15 minutes), and --segment-only only `ptm segment`
+against the network alone, at full resolution in tiles, and the agreement of
+tiles with one pass (bench_segment.py, about 25 minutes).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 
 import bench_classify
 import bench_detect
+import bench_segment
 import bench_translate
 from benchkit import PYTHON, ROOT, cpu_model, run_python
 
@@ -453,10 +456,16 @@ def main() -> None:
     parser.add_argument(
         "--detect-only", action="store_true", help="only `ptm detect` (bench_detect.py; about 15 minutes)"
     )
+    parser.add_argument(
+        "--segment-only", action="store_true", help="only `ptm segment` (bench_segment.py; about 25 minutes)"
+    )
     args = parser.parse_args()
     use_this_checkout()
     if args.detect_only:
         print("\n".join(bench_detect.run(quick=args.quick)))
+        return
+    if args.segment_only:
+        print("\n".join(bench_segment.run(quick=args.quick)))
         return
     if args.translate_only:
         with tempfile.TemporaryDirectory(prefix="ptm-bench-") as tmp:
@@ -590,6 +599,7 @@ def main() -> None:
         scaling = batch_rows(folder, weights, batch_count, device)
         figures["batch"] = {p: {"startup_s": s, "images_per_s": r} for p, s, r, _ in scaling}
     detect_lines = bench_detect.run(quick=args.quick) if device == "cpu" else []
+    segment_lines = bench_segment.run(quick=args.quick) if device == "cpu" else []
 
     print(f"machine: {os.cpu_count()} CPUs; torch threads default; python {sys.version.split()[0]}; {describe(device)}")
     print("\n| images | pipeline | images/s | vs book |\n|---|---|---:|---:|")
@@ -625,6 +635,9 @@ def main() -> None:
     if detect_lines:
         print("\n## ptm detect\n")
         print("\n".join(detect_lines))
+    if segment_lines:
+        print("\n## ptm segment\n")
+        print("\n".join(segment_lines))
 
 
 if __name__ == "__main__":

@@ -255,7 +255,9 @@ def segmentation_entries(coco: list[str]) -> tuple[list[dict[str, Any]], list[st
                     **input_limits(reference),
                 )
             variant = {k: v for k, v in variant.items() if v not in (None, [])}
-            entry = entry_from_mapping({"model": name, "architecture": name, "task": "segment", **variant}, source="gen")
+            entry = entry_from_mapping(
+                {"model": name, "architecture": name, "task": "segment", **variant}, source="gen"
+            )
             ours = factory(entry)()
             if repr(ours) != repr(reference) or _shapes(ours) != _shapes(reference):
                 raise SystemExit(f"{name}.{w.name}: ptm's build differs from torchvision's; teach ptm about it")

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from helpers import DATA, TINY_TOML, detector_state_dict, informative_state_dict
+from helpers import DATA, TINY_TOML, detector_state_dict, informative_state_dict, segmenter_state_dict
 from PIL import Image
 
 LABELS = ("cat", "cup", "rocket", "other")
 PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 CLASSIFY = ("classify", "-m", "tiny", "-w", "./tiny.pth")
 DETECT = ("detect", "-m", "ssdlite320_mobilenet_v3_large", "-w", "./detector.pth")
+SEGMENT = ("segment", "-m", "lraspp_mobilenet_v3_large", "-w", "./segmenter.pth")
 
 
 class Servers:
@@ -141,6 +142,7 @@ def write_model_folder(folder: Path) -> Path:
 
     torch.save(build_generator().state_dict(), folder / "generator.pth")
     torch.save(detector_state_dict("ssdlite320_mobilenet_v3_large"), folder / "detector.pth")
+    torch.save(segmenter_state_dict("lraspp_mobilenet_v3_large"), folder / "segmenter.pth")
     return folder
 
 

@@ -179,3 +179,34 @@ def test_every_engine_gives_the_records_of_ptm_detect(
             for d, e in zip(mine["detections"], theirs["detections"], strict=True):
                 assert d["score"] == pytest.approx(e["score"], rel=1e-5)
                 assert list(d["box"].values()) == pytest.approx(list(e["box"].values()), rel=1e-5, abs=1e-4)
+
+
+def test_every_engine_gives_the_records_and_masks_of_ptm_segment(
+    engine: str, seeded_weights: SeededWeights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ptm batch segment --mask-dir`: each engine's records are `ptm segment`'s, and so are its mask files."""
+    weights = seeded_weights.segmenter("lraspp_mobilenet_v3_large", boost={15: 1.0})
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"photo{i}.jpg").write_bytes(photo_bytes(i, size=(160, 120)))
+    (folder / "broken.jpg").write_bytes(photo_bytes(0)[:300])
+    model = ["-m", "lraspp_mobilenet_v3_large", "-w", str(weights)]
+    reference = run_ptm(["segment", *model, "--mask-dir", str(tmp_path / "masks-ref"), "-f", "jsonl", str(folder)])
+    expected = reference.records()
+    for chosen in ("local", engine):
+        masks = tmp_path / f"masks-{chosen}"
+        out = tmp_path / f"out-{chosen}"
+        monkeypatch.chdir(tmp_path)  # a relative --mask-dir is where the command was typed, on every engine
+        where = ["--mask-dir", masks.name, "--output", str(out), "--engine", chosen, "--shard-size", "2"]
+        result = run_ptm(["batch", "segment", *model, str(folder), *where])
+        assert result.code == 1, result.stderr  # the broken photo
+        records = merged(out)
+        assert [r["input"] for r in records] == [r["input"] for r in expected]
+        for mine, theirs in zip(records, expected, strict=True):
+            if "error" in theirs:
+                assert mine["error"]["type"] == theirs["error"]["type"]
+                continue
+            assert mine["coverage"] == theirs["coverage"] != []
+            assert Path(mine["mask"]).read_bytes() == Path(theirs["mask"]).read_bytes()
+            assert Path(mine["mask"]).parent == masks

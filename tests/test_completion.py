@@ -111,3 +111,10 @@ def test_batch_completes_models_and_weights_as_the_task_commands_do(words: str, 
     assert expected in values(items)
     task_words = words.replace("batch ", "")
     assert values(items) == values(complete(task_words)[0])
+
+
+def test_cutout_completes_the_segmentation_models_classes() -> None:
+    assert values(complete("ptm segment --cutout pe")[0]) == ["person"]
+    assert values(complete("ptm segment --cutout person,ca")[0]) == ["person,car", "person,cat"]
+    assert values(complete("ptm segment --cutout __")[0]) == []  # the background is not a class to cut out
+    assert "giraffe" in values(complete("ptm segment -m maskrcnn_resnet50_fpn --cutout gi")[0])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DATA, ROOT, detector_state_dict, seeded_state_dict
+from helpers import DATA, ROOT, detector_state_dict, seeded_state_dict, segmenter_state_dict
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -54,6 +54,19 @@ file_name = "readme-detector.pth"
 num_classes = 91
 labels = "{coco}"
 default = true
+
+[[model]]
+name = "deeplabv3_resnet101"
+weights = "COCO_WITH_VOC_LABELS_V1"
+task = "segment"
+architecture = "lraspp_mobilenet_v3_large"
+file_name = "readme-segmenter.pth"
+num_classes = 21
+labels = "{voc}"
+resize = 520
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+default = true
 """
 
 
@@ -81,7 +94,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save(detector_state_dict("ssdlite320_mobilenet_v3_large"), cache / "readme-detector.pth")
     from ptm_cli.cache.catalog import CATALOG_DIR
 
-    (root / "catalog.toml").write_text(CATALOG.replace("{coco}", str(CATALOG_DIR / "coco_categories.txt")))
+    torch.save(segmenter_state_dict("lraspp_mobilenet_v3_large", boost={15: 1.0}), cache / "readme-segmenter.pth")
+    catalog = CATALOG.replace("{coco}", str(CATALOG_DIR / "coco_categories.txt"))
+    (root / "catalog.toml").write_text(catalog.replace("{voc}", str(CATALOG_DIR / "voc_classes.txt")))
     (root / "photos").mkdir()
     from PIL import Image
 
@@ -108,7 +123,7 @@ def run_example(code: str, folder: Path, work: Path) -> subprocess.CompletedProc
 
 
 def test_the_readme_has_its_python_examples() -> None:
-    assert len(EXAMPLES) == 4, "a Python example was added or removed: give it a test below"
+    assert len(EXAMPLES) == 5, "a Python example was added or removed: give it a test below"
 
 
 def test_classify_and_translate(folder: Path, tmp_path: Path) -> None:
@@ -134,8 +149,20 @@ def test_detection(folder: Path, tmp_path: Path) -> None:
         assert float(line.split()[2]) >= 0.5
 
 
-def test_a_task_object(folder: Path, tmp_path: Path) -> None:
+def test_segmentation(folder: Path, tmp_path: Path) -> None:
     done = run_example(EXAMPLES[2], folder, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    found = re.fullmatch(r"street\.jpg \((\d+), (\d+)\) person (\d+\.\d)% (\d+)", done.stdout.strip())
+    assert found, done.stdout
+    from PIL import Image
+
+    with Image.open(DATA / "rocket.jpg") as street:
+        assert (int(found[1]), int(found[2])) == (street.height, street.width)  # the photo's own size
+    assert 0 < float(found[3]) <= 100 and 0 < int(found[4]) <= 255
+
+
+def test_a_task_object(folder: Path, tmp_path: Path) -> None:
+    done = run_example(EXAMPLES[3], folder, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     record = eval(done.stdout.strip(), {})  # the example prints the record's dict
     assert record["input"] == "photos/dog.jpg" and record["model"] == "resnet101"
@@ -143,7 +170,7 @@ def test_a_task_object(folder: Path, tmp_path: Path) -> None:
 
 
 def test_a_batch_job(folder: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[3], folder, tmp_path / "work")
+    done = run_example(EXAMPLES[4], folder, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "work" / "run1" / "_SUMMARY.json").read_text())
     assert summary["inputs"] == summary["ok"] == 3 and summary["model"] == "resnet101"

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import DATA, TinyClassifier, run_ptm
+from helpers import DATA, SeededWeights, TinyClassifier, run_ptm
 from PIL import Image, ImageStat
 
 from ptm_cli import tasks
@@ -406,3 +406,34 @@ def test_unchecking_a_class_hides_it_on_every_page(tmp_path: Path) -> None:
     marked = _marked(dom)
     assert len(marked) == 50 * 6 and all(hidden == (index == "1") for index, hidden in marked)
     assert 'data-address="#hide=person"' in dom  # the address follows the checkboxes
+
+
+@needs_chromium
+def test_segment_report_shows_overlays_with_their_coverage(
+    seeded_weights: SeededWeights, report_inputs: Path, tmp_path: Path
+) -> None:
+    """Each photo beside its overlay (classes tinted, legend drawn in), and the coverage as coloured bars."""
+    from ptm_cli.output.drawing import hex_colour
+
+    weights = seeded_weights.segmenter("lraspp_mobilenet_v3_large", boost={15: 1.0})
+    page = tmp_path / "segment.html"
+    photos = [str(report_inputs / n) for n in ("chelsea.png", "rocket.jpg", "zz-broken.jpg")]
+    args = ["segment", "-m", "lraspp_mobilenet_v3_large", "-w", str(weights), "-f", "jsonl", *photos]
+    result = run_ptm([*args, "--report", str(page)])
+    assert result.code == 1, result.stderr  # the broken file
+    records = result.records()
+    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile").stdout
+    entries = re.findall(r'<article class="entry( failed)?">(.*?)</article>', dom, flags=re.S)
+    assert len(entries) == 3
+    for (failed, body), record in zip(entries, records, strict=True):
+        if "error" in record:
+            assert failed and "UnreadableImage" in body
+            continue
+        assert len(re.findall(r'data-size="\d+x\d+"', body)) == 2  # the photo and its overlay
+        labels = [html.unescape(x) for x in re.findall(r'<span class="label">(.*?)</span>', body)]
+        assert labels == [c["label"] for c in record["coverage"]]
+        first = record["coverage"][0]
+        assert f"{100 * first['share']:.1f}%" in body
+        red, green, blue = (int(hex_colour(first["label"])[i : i + 2], 16) for i in (1, 3, 5))
+        assert f"background: rgb({red}, {green}, {blue})" in body  # the bar has the class's colour
+    assert "lraspp_mobilenet_v3_large" in dom

@@ -198,14 +198,18 @@ def test_tiles_with_whole_image_pooling_agree_with_one_pass(tmp_path: Path) -> N
     assert float((whole == self_pooled).mean()) < 0.995
 
 
-@pytest.mark.parametrize("model", [LRASPP, "deeplabv3_mobilenet_v3_large"])
-def test_tiles_of_full_networks_mostly_agree_with_one_pass(model: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "floor"),
+    # DeepLabV3-MobileNetV3's widest dilated branch reaches 576 pixels (rate 36 at stride 16): past a 384 tile.
+    [(LRASPP, 0.9), ("deeplabv3_mobilenet_v3_large", 0.7)],
+)
+def test_tiles_of_full_networks_mostly_agree_with_one_pass(model: str, floor: float, tmp_path: Path) -> None:
     """Full seeded networks reach further than any overlap; scripts/bench_segment.py measures how far."""
     state = segmenter_state_dict(model, seed=1)
     image = rgb(DATA / "rocket.jpg").resize((640, 432))  # a multiple of the stride: one pass has the tiles' grid
     whole, tiled, self_pooled = tiled_and_whole(model, state, image, 384, tmp_path)
     agreement = float((whole == tiled).mean())
-    assert agreement >= 0.9
+    assert agreement >= floor
     assert agreement > float((whole == self_pooled).mean())
 
 
@@ -399,6 +403,7 @@ def maskrcnn(seeded_weights: SeededWeights) -> Path:
 
 @pytest.mark.slow
 def test_mask_rcnn_equals_torchvision_and_its_coco_file_evaluates(maskrcnn: Path, tmp_path: Path) -> None:
+    from pycocotools import mask as coco_mask
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -438,7 +443,8 @@ def test_mask_rcnn_equals_torchvision_and_its_coco_file_evaluates(maskrcnn: Path
             found, ref["boxes"][keep], ref["scores"][keep], ref["masks"][keep], strict=True
         ):
             assert d["score"] == pytest.approx(float(score), rel=1e-4, abs=1e-6)
-            assert [d["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx(box.tolist(), rel=1e-4, abs=1e-4)
+            mine_box = [d["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")]
+            assert mine_box == pytest.approx(box.tolist(), rel=1e-4, abs=1e-4)
             expected = (masks[0] > 0.5).numpy().astype(np.uint8)
             mine = decode_rle(d["mask"])
             assert np.array_equal(mine, expected)
@@ -449,7 +455,7 @@ def test_mask_rcnn_equals_torchvision_and_its_coco_file_evaluates(maskrcnn: Path
                 decoded = decode_rle(d["mask"])
                 assert np.array_equal(np.asarray(png) > 0, decoded > 0)
         people = [d for d in found if d["label"] == "person"]
-        assert len(record["cutouts"]) == len([d for d in people if d["area"] or True])
+        assert len(record["cutouts"]) == len(people)
         for path in record["cutouts"]:
             with Image.open(path) as cut:
                 assert cut.mode == "RGBA" and ".person." in Path(path).name
@@ -458,7 +464,8 @@ def test_mask_rcnn_equals_torchvision_and_its_coco_file_evaluates(maskrcnn: Path
     annotations = json.loads(coco_file.read_text())["annotations"]
     detections = ground_truth.loadRes(annotations)
     areas = [d["area"] for r in records for d in r["detections"]]
-    assert [a["area"] for a in detections.loadAnns(detections.getAnnIds())] == areas  # pycocotools reads our RLE
+    segmentations = [a["segmentation"] for a in detections.loadAnns(detections.getAnnIds())]
+    assert [int(coco_mask.area({**m, "counts": m["counts"].encode()})) for m in segmentations] == areas
     evaluation = COCOeval(ground_truth, detections, "segm")
     evaluation.evaluate()
     evaluation.accumulate()

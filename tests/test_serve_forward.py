@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_ptm
-from serverkit import CLASSIFY, DETECT, Servers, ptm
+from serverkit import CLASSIFY, DETECT, SEGMENT, Servers, ptm
 
 # --- the client --------------------------------------------------------------------------------------
 
@@ -71,6 +71,9 @@ def test_a_client_imports_neither_click_nor_torch_and_prints_what_the_command_pr
         [*DETECT, "--min-score", "0.3", "photo0.png", "broken.jpg", "-f", "csv"],
         [*DETECT, "--max-detections", "3", "-", "-o", "-"],  # an image in, the drawn image out
         [*DETECT, "--classes", "unicorn", "photo0.png"],
+        [*SEGMENT, "photo0.png", "broken.jpg", "-f", "csv"],
+        [*SEGMENT, "-", "-o", "-"],  # an image in, its class mask out
+        [*SEGMENT, "--cutout", "unicorn", "photo0.png"],
         ["translate", "--help"],
     ],
     ids=lambda args: " ".join(args[:1] + args[5:]) or "none",

@@ -42,9 +42,10 @@ def models(task: str | None, fmt: str | None) -> int:
     catalog = Catalog.load()
     entries = catalog.entries(task)
     columns = ["model", "weights", "task", "default", "params", "size_mib", "acc1", "acc5", "cached"]
-    detectors = any(entry.box_map is not None for entry in entries)
-    if detectors:  # COCO box mAP, after the columns a script may already count on
-        columns.append("box_map")
+    # Task-specific accuracy, after the columns a script may already count on: COCO box and mask mAP,
+    # and the semantic models' mean IoU on COCO's images with VOC's classes.
+    extra = [key for key in ("box_map", "mask_map", "miou") if any(getattr(e, key) is not None for e in entries)]
+    columns += extra
     with stdout_is_data() as out, writer(out, fmt, columns=columns) as records:
         for entry in entries:
             row = {
@@ -58,7 +59,7 @@ def models(task: str | None, fmt: str | None) -> int:
                 "acc5": entry.acc5,
                 "cached": is_cached(entry),
             }
-            if detectors:
-                row["box_map"] = entry.box_map
+            for key in extra:
+                row[key] = getattr(entry, key)
             records.write(row)
     return EXIT_OK

@@ -18,7 +18,9 @@ script draws the same way for every task, with these keys (all optional):
 
 - ``bars``: ``[{"label", "value" (0..1), "text", "colour" (optional "#rrggbb")}]``, one bar each;
 - ``lines``: ``[text]``, one line of text each;
-- ``output``: true to show the output's thumbnail beside the input's;
+- ``output``: true to show the output's thumbnail beside the input's (a
+  "no preview" box when there is none; an output image given with the
+  record is shown either way);
 - ``boxes``: ``[{"label", "text", "colour" ("#rrggbb"), "x", "y", "w", "h",
   "points" (optional), "edges" (optional)}]``, regions of the input, drawn
   as an SVG overlay on its thumbnail: ``x``, ``y``, ``w``, ``h`` and each
@@ -433,7 +435,7 @@ _SCRIPT = """
     var boxes = boxesOf(view);
     var box = el("article", "entry" + (r.error ? " failed" : ""));
     box.appendChild(image(item.thumb, r.input, boxes));
-    if (view.output) box.appendChild(image(item.output_thumb, r.output || ""));
+    if (view.output || item.output_thumb) box.appendChild(image(item.output_thumb, r.output || ""));
     var body = el("div", "body");
     body.appendChild(el("div", "name", r.input));
     if (r.error) {

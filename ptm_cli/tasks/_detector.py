@@ -177,7 +177,8 @@ class Detector:
                 outputs = self.model(inputs)
             found = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
             for raw, image in zip(found, images, strict=True):
-                raw["size"] = torch.tensor([int(image.shape[1]), int(image.shape[2])])
+                if "mask_probs" in raw:  # where to paste each mask (instance models do not run in tiles)
+                    raw["size"] = torch.tensor([int(image.shape[1]), int(image.shape[2])])
             return found
 
     def _detections(self, raw: Mapping[str, torch.Tensor], limits: Limits) -> list[Detection] | NonFiniteOutput:

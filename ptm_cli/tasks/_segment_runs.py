@@ -31,7 +31,7 @@ def segment_images(
     size: int | str | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    keep: frozenset[int] | None = None,
+    keep: Iterable[int] | None = None,
     batch_size: int = 1,
     workers: int = 2,
     keep_image: bool = False,
@@ -52,6 +52,7 @@ def segment_images(
     from ..images.colour import to_rgb
     from ._pipeline import run_batched
 
+    kept = None if keep is None else frozenset(keep)
     limit = (tile or DEFAULT_TILE) ** 2
     decoded: dict[int, Any] = {}
 
@@ -82,10 +83,10 @@ def segment_images(
             kind, tensor = outcome
             try:
                 if kind == "logits":
-                    sink = segmenter.upsampled(tensor, (height, width), keep=keep)
+                    sink = segmenter.upsampled(tensor, (height, width), keep=kept)
                 else:
                     sink = segmenter.segment(
-                        tensor, (height, width), keep=keep, tile=tile, overlap=overlap, on_tile=on_tile
+                        tensor, (height, width), keep=kept, tile=tile, overlap=overlap, on_tile=on_tile
                     )
             except PtmError as exc:
                 yield SemanticResult(item.name, width, height, error=exc)

@@ -101,6 +101,12 @@ class MaskSink:
         self.row = 0
 
     def add(self, logits: torch.Tensor) -> None:
+        """The next rows' logits [C, rows, W], taken a chunk at a time (bounded temporaries)."""
+        step = max(1, CHUNK_VALUES // max(1, self.classes * self.width))
+        for start in range(0, int(logits.shape[1]), step):
+            self._add(logits[:, start : start + step])
+
+    def _add(self, logits: torch.Tensor) -> None:
         import numpy as np
         import torch
 
@@ -165,7 +171,12 @@ class Upsampler:
         import torch
 
         wide = self._widen(rows.float())
-        self.buffer = wide if self.buffer is None else torch.cat([self.buffer, wide], dim=1)
+        if wide is rows and self.rows_in != self.rows_out:
+            wide = wide.clone()  # kept past this call: the caller may reuse its memory
+        if self.buffer is None or self.buffer.shape[1] == 0:
+            self.buffer = wide
+        else:
+            self.buffer = torch.cat([self.buffer, wide], dim=1)
         self.received += int(rows.shape[1])
         ready = int(torch.searchsorted(self.second, self.received - 1, right=True))  # rows whose sources are in
         step = max(1, CHUNK_VALUES // max(1, self.sink.classes * self.cols_out))
@@ -246,7 +257,8 @@ class Segmenter:
 
         resize = None if size == "full" else (int(size) if size is not None else self.entry.resize or 520)
         p = Preprocess(resize=resize, interpolation=self.entry.interpolation, mean=self.entry.mean, std=self.entry.std)
-        return preprocess(image, p)
+        # The same values as torch computes them, by numpy: a decoding thread starts no OpenMP team of its own.
+        return preprocess(image, p, without_torch=True)
 
     # -- running
 
@@ -375,9 +387,12 @@ class LogitBand:
             return
         shift = top - self.top
         self._emit(self.top, shift)
-        kept = self.acc[:, shift:].clone()
-        self.acc.zero_()
-        self.acc[:, : kept.shape[1]] = kept
+        kept = self.rows - shift
+        if kept > 0:  # overlapping copy within one tensor: moved row block by row block, top first
+            for start in range(0, kept, shift):
+                end = min(kept, start + shift)
+                self.acc[:, start:end] = self.acc[:, shift + start : shift + end]
+        self.acc[:, max(0, kept) :].zero_()
         self.top = top
 
     def finish(self) -> None:
@@ -386,7 +401,7 @@ class LogitBand:
     def _emit(self, top: int, rows: int) -> None:
         rows = min(rows, self.height - top)  # rows past the image are reflection padding
         if rows > 0:
-            self.emit(self.acc[:, :rows, : self.width].clone())
+            self.emit(self.acc[:, :rows, : self.width])  # a view: the receiver copies what it keeps
 
 
 def _padded(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:

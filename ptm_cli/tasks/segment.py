@@ -432,8 +432,7 @@ class SegmentTask(Task[Any]):
         if record.get("detections") is not None:
             from .detect import TASK as DETECT
 
-            view = DETECT.report_view(record)
-            return {**view, "output": True}
+            return DETECT.report_view(record)  # the overlay, when the run made one, comes with the record
         bars = [
             {
                 "label": c["label"],
@@ -443,7 +442,7 @@ class SegmentTask(Task[Any]):
             }
             for c in record.get("coverage") or []
         ]
-        return {"bars": bars, "lines": [f"{record.get('width')}x{record.get('height')}"], "output": True}
+        return {"bars": bars, "lines": [f"{record.get('width')}x{record.get('height')}"]}
 
 
 def _categories(detector: Detector) -> list[dict[str, Any]]:
