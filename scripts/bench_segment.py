@@ -120,16 +120,37 @@ print(json.dumps({"seconds": sorted(spent)[len(spent) // 2], "height": tile_h, "
 AGREEMENT_SCRIPT = (
     COMMON
     + """
+from ptm_cli.nets.segmentation import pools_recorded
+from ptm_cli.tasks._segmenter import DEFAULT_TILE, MaskSink, Upsampler, _shrunk
 image = load_image(paths[0])
 x = segmenter.input_tensor(image, "full")
 size = (image.height, image.width)
-whole = segmenter.segment(x, size, tile=1 << 14).mask
-out = {"one pass peak MiB": peak()}
-for overlap in (int(v) for v in sys.argv[5 + 1:]):
+with pools_recorded(segmenter.pools) as exact:  # the pooling layers' values at full resolution, from this pass
+    whole = segmenter.upsampled(segmenter.logits(x[None])[0], size).mask
+out = {}
+for overlap in (int(v) for v in sys.argv[6:]):
     start = time.perf_counter()
-    tiled = segmenter.segment(x, size, tile=1024, overlap=overlap).mask
-    out[overlap] = [float((tiled == whole).mean()), time.perf_counter() - start]
+    tiled = segmenter.segment(x, size, overlap=overlap).mask  # ptm's default: fitted tiles, pools from 1024
+    seconds = time.perf_counter() - start
+    sink = MaskSink(*size, segmenter.classes)
+    segmenter._tiled(x, DEFAULT_TILE, overlap, exact, Upsampler(size, size, sink).push, None, fit=True)
+    small = segmenter.segment(x, size, overlap=overlap, pools_from=_shrunk(x, 768)).mask
+    out[overlap] = [float((m == whole).mean()) for m in (tiled, sink.mask, small)] + [seconds]
 print(json.dumps(out))
+"""
+)
+
+FULL_SCRIPT = (
+    COMMON
+    + """
+from ptm_cli.images.inputs import ImageInput
+from ptm_cli.output.masks import class_mask_image
+from ptm_cli.tasks.segment import segment_images
+item = ImageInput(paths[0], path=Path(paths[0]))
+start = time.perf_counter()
+result = next(segment_images([item], segmenter, size="full"))
+class_mask_image(result.mask, segmenter.class_names).save(Path(paths[0]).with_suffix(".mask.png"))
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_mib": peak()}))
 """
 )
 
@@ -199,29 +220,37 @@ def full_size_rows(model: str, weights: str, big: str, folder: Path) -> list[str
             errors.seek(0)
             raise RuntimeError(errors.read().decode(errors="replace")[-2000:])
     record = json.loads(stdout.splitlines()[-1])
+    inside = run_json(FULL_SCRIPT, model, weights, "fp32", "1", big)
     tile = run_json(TILE_SCRIPT, model, weights, "fp32", "3", big)
     tile_mp = tile["height"] * tile["width"] / 1e6
     photo_mp = record["width"] * record["height"] / 1e6
-    per_mp, tile_per_mp = seconds / photo_mp, tile["seconds"] / tile_mp
+    per_mp, tile_per_mp = inside["seconds"] / photo_mp, tile["seconds"] / tile_mp
     return [
         f"| `ptm segment --size full`, {record['width']}x{record['height']} photo, {model} | value |",
         "|---|---|",
-        f"| whole process (start, load, pooling pass, tiles, mask PNG) | {seconds:.1f} s |",
+        f"| whole process (start, load, decoding, pooling pass, tiles, mask PNG) | {seconds:.1f} s |",
         f"| peak memory (whole process) | {usage.ru_maxrss / 1024:.0f} MiB |",
+        f"| after the model loaded: decoding, pooling pass, tiles, mask PNG | {inside['seconds']:.1f} s |",
         f"| one pass over one tile ({tile['width']}x{tile['height']}) | {tile['seconds']:.2f} s |",
-        f"| seconds per megapixel: ptm, whole process / network, one tile | {per_mp:.2f} / {tile_per_mp:.2f} |",
+        f"| seconds per megapixel: ptm after load / network, one tile | {per_mp:.2f} / {tile_per_mp:.2f} |",
         f"| ratio | {per_mp / tile_per_mp:.2f} |",
     ]
 
 
 def agreement_rows(models: list[str], folder: Path, photo: str, overlaps: list[int]) -> list[str]:
-    header = " | ".join(f"overlap {o}" for o in overlaps)
-    rows = [f"| model (2048x1536, 1024-pixel tiles) | {header} |", "|---" * (len(overlaps) + 1) + "|"]
+    rows = [
+        "| model | overlap | pools from 1024 px (default) | pools at full size (seams alone) | pools from 768 px "
+        "| seconds tiled |",
+        "|---|---|---|---|---|---|",
+    ]
     for model in models:
         weights = seeded(model, folder)
         result = run_json(AGREEMENT_SCRIPT, model, weights, "fp32", "1", photo, *map(str, overlaps))
-        cells = " | ".join(f"{100 * result[str(o)][0]:.2f} % ({result[str(o)][1]:.0f} s)" for o in overlaps)
-        rows.append(f"| {model} | {cells} |")
+        for o in overlaps:
+            default, seams, small, seconds = result[str(o)]
+            rows.append(
+                f"| {model} | {o} | {100 * default:.2f} % | {100 * seams:.2f} % | {100 * small:.2f} % | {seconds:.0f} |"
+            )
     return rows
 
 
@@ -241,7 +270,7 @@ def run(quick: bool = False) -> list[str]:
         lines += ["", *full_size_rows(default, weights, big, folder), ""]
         lines += ["Tiled masks against one-pass masks (share of pixels with the same class; seconds tiled):", ""]
         models = ["lraspp_mobilenet_v3_large"] if quick else ["lraspp_mobilenet_v3_large", "fcn_resnet50", default]
-        lines += agreement_rows(models, folder, middle, [64, 128, 256])
+        lines += agreement_rows(models, folder, middle, [64, 96, 128, 256])
     lines.append(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return lines
 

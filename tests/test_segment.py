@@ -473,3 +473,21 @@ def test_mask_rcnn_equals_torchvision_and_its_coco_file_evaluates(maskrcnn: Path
     # The results are the ground truth; only overlapping objects of one class (the seeded model finds many
     # around the same spot) can be matched to a neighbour instead of themselves.
     assert evaluation.stats[0] > 0.7
+
+
+@pytest.mark.slow
+def test_mask_rcnn_cutouts_keep_the_photos_transparency(maskrcnn: Path, tmp_path: Path) -> None:
+    """Objects cut out of a photo with transparency stay transparent where the photo was."""
+    pixels = np.asarray(rgb(DATA / "coffee.png").convert("RGBA")).copy()
+    pixels[..., 3] = 0  # every pixel transparent; the model still sees the photo composited onto white
+    Image.fromarray(pixels).save(tmp_path / "clear.png")
+    args = ["segment", "-m", MASKRCNN, "-w", str(maskrcnn), "-f", "jsonl", "--min-score", "0.05"]
+    result = run_ptm(
+        [*args, "--cutout", "spoon,person,cat", "--output-dir", str(tmp_path / "out"), str(tmp_path / "clear.png")]
+    )
+    assert result.code == 0, result.stderr
+    record = result.records()[0]
+    assert record["cutouts"], record["detections"][:3]
+    for path in record["cutouts"]:
+        with Image.open(path) as cut:
+            assert cut.mode == "RGBA" and np.asarray(cut)[..., 3].max() == 0

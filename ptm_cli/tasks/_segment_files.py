@@ -96,13 +96,11 @@ _EXTENSION = {"PNG": ".png", "JPEG": ".jpg"}
 class SegmentOutputs:
     """Where one run's images go, and the rules for existing files."""
 
-    def __init__(self, chosen: Wanted, *, force: bool, emit_bytes: Any = None, single: bool = True):
+    def __init__(self, chosen: Wanted, *, force: bool, emit_bytes: Any = None):
         self.chosen = chosen
         self.force = force
         self.emit_bytes = emit_bytes
         self._written: dict[Path, str] = {}
-        if chosen.output is not None and not single:
-            raise UsageError("-o names one output file; for several inputs use --output-dir or --mask-dir")
 
     # -- names
 
@@ -136,8 +134,8 @@ class SegmentOutputs:
         from ._imagejobs import check_writable
 
         for kind in self.chosen.kinds():
-            if self.chosen.output is None and kind == "cutout" and self.per_object:
-                continue  # an object's files are named after its class: known once it is found
+            if self.per_object and kind != "overlay":
+                continue  # an object's files are named after its class and rank: known once it is found
             path = self.path_for(item, kind)
             if path is not None:
                 check_writable(item, path, self.force)

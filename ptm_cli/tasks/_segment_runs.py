@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, OutputError, PtmError
-from ._segmenter import DEFAULT_TILE, SemanticResult
+from ._segmenter import DEFAULT_TILE, SemanticResult, finite, non_finite
 from .base import Outcome, RunContext
 
 if TYPE_CHECKING:
@@ -57,30 +57,38 @@ def segment_images(
     decoded: dict[int, Any] = {}
 
     def load(item: ImageInput) -> Any:
+        import torch
+
         try:
             if before_run is not None:
                 before_run(item)
             image = item.open(on_note=on_note, keep_alpha=True)
             if on_image is not None:
                 on_image(item, image)
-            decoded[id(item)] = (image.size, image if keep_image else None)
-            return segmenter.input_tensor(to_rgb(image), size)
+            tensor = segmenter.input_tensor(to_rgb(image), size)
+            rows, cols = int(tensor.shape[1]), int(tensor.shape[2])
+            large = rows * cols > limit
+            decoded[id(item)] = (image.size, image if keep_image else None, tensor if large else None)
+            # An input run in tiles stays here; the batch gets an empty stand-in (a batch would copy it whole).
+            return torch.empty((0, rows, cols)) if large else tensor
         except InputError as exc:
             return exc
 
     def forward(batch: Any) -> list[Any]:
-        if int(batch.shape[2]) * int(batch.shape[3]) > limit:
-            return [("tiles", row) for row in batch]  # run alone, in tiles, below
-        return [("logits", row) for row in segmenter.logits(batch)]
+        if int(batch.shape[1]) == 0:
+            return [("tiles", None)] * int(batch.shape[0])  # run alone, in tiles, below
+        return [("logits", row) if finite(row) else non_finite() for row in segmenter.logits(batch)]
 
     results = run_batched(inputs, load, forward, model=segmenter, batch_size=batch_size, workers=workers)
     try:
         for item, outcome in results:
-            (width, height), image = decoded.pop(id(item), ((0, 0), None))
+            (width, height), image, large = decoded.pop(id(item), ((0, 0), None, None))
             if isinstance(outcome, PtmError):
                 yield SemanticResult(item.name, error=outcome)
                 continue
             kind, tensor = outcome
+            if kind == "tiles":
+                tensor, large = large, None
             try:
                 if kind == "logits":
                     sink = segmenter.upsampled(tensor, (height, width), keep=kept)
@@ -278,6 +286,14 @@ def run_instance(
     )
     items: collections.deque[ImageInput] = collections.deque()
     on_image = context.on_image
+    transparent: dict[int, Any] = {}  # photos with transparency, kept for their cut-outs
+
+    def seen(item: ImageInput, image: Any) -> None:
+        if on_image is not None:
+            on_image(item.name, image)
+        if chosen.cutout and image.mode == "RGBA":
+            transparent[id(item)] = image
+
     results = detect_images(
         _tracked(inputs, items),
         model,
@@ -285,18 +301,20 @@ def run_instance(
         batch_size=int(params.get("batch_size", 1)),
         workers=int(params.get("workers", 2)),
         keep_pixels=chosen.any or context.keep_images,
-        on_image=None if on_image is None else (lambda item, image: on_image(item.name, image)),
+        on_image=seen,
         on_note=context.on_note,
         before_run=outputs.before_run if chosen.any else None,
+        keep_alpha=chosen.cutout,
     )
     try:
         for result in results:
             item = items.popleft()
             record = instance_record(result, model)
             shown: list[Any] = [None]
+            original = transparent.pop(id(item), None)
             if result.ok and (chosen.any or context.keep_images):
                 write = functools.partial(
-                    _instance_outputs, item, result, record, outputs, cut, context.keep_images, params, shown
+                    _instance_outputs, item, result, record, outputs, cut, context.keep_images, params, shown, original
                 )
                 record = _guarded(record, write)
             if coco is not None:
@@ -315,6 +333,7 @@ def _instance_outputs(
     keep_image: bool,
     params: Mapping[str, Any],
     shown: list[Any],
+    original: Image.Image | None = None,
 ) -> None:
     """Per-object masks and cut-outs, and the overlay (for a file or the results page)."""
     from PIL import Image
@@ -334,7 +353,8 @@ def _instance_outputs(
             m = found.mask
             box = (m.left, m.top, m.left + m.soft.shape[1], m.top + m.soft.shape[0])
             if m.soft.size:
-                cutouts.append(outputs.write(item, "cutout", cutout(image, m.soft, box), name))
+                source = original if original is not None else image  # RGBA keeps the photo's transparency
+                cutouts.append(outputs.write(item, "cutout", cutout(source, m.soft, box), name))
     if chosen.mask:
         record["masks"] = [m for m in masks if m is not None]
     if chosen.cutout:

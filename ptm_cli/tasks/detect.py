@@ -62,13 +62,16 @@ def detect_images(
     on_note: Callable[[str], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     before_run: Callable[[ImageInput], None] | None = None,
+    keep_alpha: bool = False,
 ) -> Iterator[ImageDetections]:
     """Detect objects in ``inputs``; one result per input, in input order.
 
     ``keep_pixels`` puts each decoded image on its result (to draw or crop
     from). ``before_run(item)`` may refuse an input before its forward pass
     by raising an InputError (an output that exists). With ``tile``, each
-    image runs alone, in tiles (see the module's docstring).
+    image runs alone, in tiles (see the module's docstring). ``keep_alpha``
+    gives ``on_image`` an image with transparency as RGBA (the detector sees
+    it composited onto white, as always).
     """
     from ._pipeline import run_batched
 
@@ -77,15 +80,16 @@ def detect_images(
         raise UsageError(f"--tile must be at least {MIN_TILE} pixels")
 
     def load(item: ImageInput) -> Any:
+        from ..images.colour import to_rgb
         from ..images.transforms import pixels_chw
 
         try:
             if before_run is not None:
                 before_run(item)
-            image = item.open(on_note=on_note)
+            image = item.open(on_note=on_note, keep_alpha=keep_alpha)
             if on_image is not None:
                 on_image(item, image)
-            return pixels_chw(image)
+            return pixels_chw(to_rgb(image))
         except InputError as exc:
             return exc
 

@@ -134,7 +134,7 @@ class SegmentTask(Task[Any]):
         Option(
             "overlap",
             ("--overlap",),
-            "Semantic models: pixels neighbouring tiles share (default 128; more agrees better with one pass).",
+            "Semantic models: pixels neighbouring tiles share (default 96; more agrees better with one pass).",
             kind="int",
             minimum=0,
             metavar="N",
