@@ -121,7 +121,7 @@ AGREEMENT_SCRIPT = (
     COMMON
     + """
 from ptm_cli.nets.segmentation import pools_recorded
-from ptm_cli.tasks._segmenter import DEFAULT_TILE, MaskSink, Upsampler, _shrunk
+from ptm_cli.tasks._segmenter import DEFAULT_TILE, MaskSink, Upsampler
 image = load_image(paths[0])
 x = segmenter.input_tensor(image, "full")
 size = (image.height, image.width)
@@ -134,8 +134,7 @@ for overlap in (int(v) for v in sys.argv[6:]):
     seconds = time.perf_counter() - start
     sink = MaskSink(*size, segmenter.classes)
     segmenter._tiled(x, DEFAULT_TILE, overlap, exact, Upsampler(size, size, sink).push, None, fit=True)
-    small = segmenter.segment(x, size, overlap=overlap, pools_from=_shrunk(x, 768)).mask
-    out[overlap] = [float((m == whole).mean()) for m in (tiled, sink.mask, small)] + [seconds]
+    out[overlap] = [float((m == whole).mean()) for m in (tiled, sink.mask)] + [seconds]
 print(json.dumps(out))
 """
 )
@@ -239,18 +238,15 @@ def full_size_rows(model: str, weights: str, big: str, folder: Path) -> list[str
 
 def agreement_rows(models: list[str], folder: Path, photo: str, overlaps: list[int]) -> list[str]:
     rows = [
-        "| model | overlap | pools from 1024 px (default) | pools at full size (seams alone) | pools from 768 px "
-        "| seconds tiled |",
-        "|---|---|---|---|---|---|",
+        "| model | overlap | ptm's tiles (pooling from 768 px) | seams alone (pooling at full size) | seconds tiled |",
+        "|---|---|---|---|---|",
     ]
     for model in models:
         weights = seeded(model, folder)
         result = run_json(AGREEMENT_SCRIPT, model, weights, "fp32", "1", photo, *map(str, overlaps))
         for o in overlaps:
-            default, seams, small, seconds = result[str(o)]
-            rows.append(
-                f"| {model} | {o} | {100 * default:.2f} % | {100 * seams:.2f} % | {100 * small:.2f} % | {seconds:.0f} |"
-            )
+            default, seams, seconds = result[str(o)]
+            rows.append(f"| {model} | {o} | {100 * default:.2f} % | {100 * seams:.2f} % | {seconds:.0f} |")
     return rows
 
 
