@@ -491,3 +491,21 @@ def test_mask_rcnn_cutouts_keep_the_photos_transparency(maskrcnn: Path, tmp_path
     for path in record["cutouts"]:
         with Image.open(path) as cut:
             assert cut.mode == "RGBA" and np.asarray(cut)[..., 3].max() == 0
+
+
+def test_every_segmentation_model_builds_as_torchvision_builds_it_for_its_weights() -> None:
+    """ptm's network for each entry is torchvision's for the weights: modules (norms, heads) and tensor shapes.
+
+    Both are built on the meta device (no memory, nothing downloaded); torchvision's builder loads
+    ptm's state dict strictly, so every key and shape has to match.
+    """
+    from ptm_cli.nets import architectures
+
+    for e in Catalog.load(extra=[]).entries("segment"):
+        with torch.device("meta"):
+            ours = architectures.factory(e)()
+            theirs, _ = torchvision_detector(e.model, ours.state_dict(), e.weights)
+        assert repr(ours) == repr(theirs), e.model
+        assert {k: v.shape for k, v in ours.state_dict().items()} == {
+            k: v.shape for k, v in theirs.state_dict().items()
+        }
