@@ -509,3 +509,19 @@ def test_every_segmentation_model_builds_as_torchvision_builds_it_for_its_weight
         assert {k: v.shape for k, v in ours.state_dict().items()} == {
             k: v.shape for k, v in theirs.state_dict().items()
         }
+
+
+def test_a_batch_gives_each_photo_the_mask_it_gets_alone(lraspp: Path, tmp_path: Path) -> None:
+    """Photos of one size share a forward pass with --batch-size; records and masks stay byte for byte."""
+    photo = rgb(DATA / "rocket.jpg")
+    names = []
+    for i in range(4):
+        path = tmp_path / f"r{i}.png"
+        photo.rotate(10 * i).save(path)
+        names.append(str(path))
+    alone = segment(lraspp, "--batch-size", "1", "--mask-dir", str(tmp_path / "one"), *names)
+    batched = segment(lraspp, "--batch-size", "4", "--mask-dir", str(tmp_path / "four"), *names)
+    assert alone.code == batched.code == 0, batched.stderr
+    assert [r["coverage"] for r in alone.records()] == [r["coverage"] for r in batched.records()]
+    for a, b in zip(alone.records(), batched.records(), strict=True):
+        assert Path(a["mask"]).read_bytes() == Path(b["mask"]).read_bytes()
