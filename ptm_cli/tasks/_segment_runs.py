@@ -35,7 +35,7 @@ def segment_images(
     batch_size: int = 1,
     workers: int = 2,
     keep_image: bool = False,
-    on_image: Callable[[ImageInput, Any], None] | None = None,
+    on_image: Callable[[ImageInput, Image.Image], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     on_tile: Callable[[int, int], None] | None = None,
     before_run: Callable[[ImageInput], None] | None = None,
