@@ -338,19 +338,18 @@ class Segmenter:
         the whole-image pooling values from ``pools_from`` (a smaller input of
         the same image; None: ``tensor`` itself, shrunk).
         """
-        height, width = out_size
-        sink = MaskSink(height, width, self.classes, keep)
         rows, cols = int(tensor.shape[1]), int(tensor.shape[2])
-        upsampler = Upsampler((rows, cols), (height, width), sink)
         chosen, overlap = check_tiling(tile or DEFAULT_TILE, overlap)
-        with self._lock:
-            if rows * cols <= chosen * chosen:
-                upsampler.push(self.logits(tensor.unsqueeze(0))[0])
-                if on_tile is not None:
-                    on_tile(1, 1)
-            else:
-                values = self.pooled(pools_from if pools_from is not None else _shrunk(tensor, POOL_MAX_SIDE))
-                self._tiled(tensor, chosen, overlap, values, upsampler.push, on_tile, fit=tile is None)
+        if rows * cols <= chosen * chosen:
+            sink = self.upsampled(self.logits(tensor.unsqueeze(0))[0], out_size, keep=keep)
+            if on_tile is not None:
+                on_tile(1, 1)
+            return sink
+        sink = MaskSink(out_size[0], out_size[1], self.classes, keep)
+        upsampler = Upsampler((rows, cols), out_size, sink)
+        with self._lock:  # the pooling layers hold this image's values until its last tile
+            values = self.pooled(pools_from if pools_from is not None else _shrunk(tensor, POOL_MAX_SIDE))
+            self._tiled(tensor, chosen, overlap, values, upsampler.push, on_tile, fit=tile is None)
         return sink
 
     def pooled(self, tensor: torch.Tensor) -> list[torch.Tensor]:
