@@ -37,14 +37,19 @@ def crop_name(stem: str, label: str | None, rank: int, extension: str) -> str:
 
 def check_crops_folder(folder: Path) -> Path:
     """The folder for --crops, made if missing; a symbolic link or a file is refused before any work."""
+    return check_output_folder(folder, "--crops")
+
+
+def check_output_folder(folder: Path, option: str) -> Path:
+    """A folder named by ``option`` for output files, made if missing; a symbolic link or a file is refused."""
     if os.path.islink(folder):
-        raise UsageError(f"--crops {folder} is a symbolic link; give the real folder, so crops land where you can see")
+        raise UsageError(f"{option} {folder} is a symbolic link; give the real folder, so files land where you can see")
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--crops {folder} is a file, not a folder")
+        raise UsageError(f"{option} {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--crops {folder}: cannot make the folder ({exc.strerror or exc})") from None
+        raise UsageError(f"{option} {folder}: cannot make the folder ({exc.strerror or exc})") from None
     return folder
 
 

@@ -332,11 +332,11 @@ def _inside_tile(
     return shifted
 
 
-def class_ids(names: Iterable[str], known: Mapping[str, int], ref: str) -> frozenset[int]:
+def class_ids(names: Iterable[str], known: Mapping[str, int], ref: str, option: str = "--classes") -> frozenset[int]:
     """The ids of class ``names`` (any case) among ``known``; UsageError listing them for an unknown one."""
     wanted = [name.strip() for name in names if name.strip()]
     if not wanted:
-        raise UsageError("--classes names no class; give names such as person,dog")
+        raise UsageError(f"{option} names no class; give names such as person,dog")
     unknown = [name for name in wanted if name.lower() not in known]
     if unknown:
         listed = ", ".join(sorted(known))

@@ -15,14 +15,13 @@ one image an input gets (its mask, else its overlay or cut-out).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OutputError, UsageError
-from ._detect_files import CocoFile, crop_name
+from ._detect_files import CocoFile, check_output_folder, crop_name
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -72,21 +71,8 @@ def wanted(params: Mapping[str, Any]) -> Wanted:
             )
     for option, folder in (("--output-dir", chosen.output_dir), ("--mask-dir", chosen.mask_dir)):
         if folder is not None:
-            check_folder(folder, option)
+            check_output_folder(folder, option)
     return chosen
-
-
-def check_folder(folder: Path, option: str) -> Path:
-    """A folder for outputs, made if missing; a symbolic link or a file is refused before any work."""
-    if os.path.islink(folder):
-        raise UsageError(f"{option} {folder} is a symbolic link; give the real folder, so files land where you can see")
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {folder} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{option} {folder}: cannot make the folder ({exc.strerror or exc})") from None
-    return folder
 
 
 _DEFAULT_FORMAT = {"mask": "PNG", "overlay": "JPEG", "cutout": "PNG"}

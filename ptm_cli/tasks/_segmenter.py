@@ -524,14 +524,7 @@ def build_segmenter(
 def class_indices(names: Iterable[str], labels: list[str], ref: str, option: str = "--cutout") -> frozenset[int]:
     """The indices of class ``names`` (any case); UsageError listing the model's classes for an unknown one."""
     from ..cache.catalog import is_class
+    from ._detector import class_ids
 
     known = {label.lower(): i for i, label in enumerate(labels) if is_class(label)}
-    wanted = [name.strip() for name in names if name.strip()]
-    if not wanted:
-        raise UsageError(f"{option} names no class; give names such as person,dog")
-    unknown = [name for name in wanted if name.lower() not in known]
-    if unknown:
-        raise UsageError(
-            f"{ref} has no class {', '.join(map(repr, unknown))}; its classes are: {', '.join(sorted(known))}"
-        )
-    return frozenset(known[name.lower()] for name in wanted)
+    return class_ids(names, known, ref, option)
