@@ -6,10 +6,10 @@ bilinear and antialiased, then normalised). Its class scores (logits) come
 out at that resolution. ptm then brings the *logits* to the image's own
 resolution, bilinearly, and takes the argmax there: the mask follows the
 network's smooth scores instead of enlarging a blocky low-resolution mask.
-Nothing full-size is ever held as float: logits are upsampled a band of rows
-at a time (:class:`Upsampler`) into a :class:`MaskSink`, which keeps the
-8-bit class mask, the pixel counts, and (for cut-outs) the 8-bit probability
-of the chosen classes.
+Above :data:`WHOLE_VALUES` nothing full-size is held as float: logits are
+upsampled a band of rows at a time (:class:`Upsampler`) into a
+:class:`MaskSink`, which keeps the 8-bit class mask, the pixel counts, and
+(for cut-outs) the 8-bit probability of the chosen classes.
 
 ``size="full"`` runs the network at the image's own resolution, in
 overlapping tiles once it has more pixels than one tile. Tiles start on a
