@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ._detect_files import coco_categories
 from ._detector import DEFAULT_MAX_DETECTIONS, DEFAULT_MIN_SCORE, MAX_DETECTIONS, Detector, build_detector
 from ._segment_files import SegmentCocoFile, SegmentOutputs, wanted
 from ._segment_runs import DEFAULT_OPACITY, coverage, segment_images, semantic_record
@@ -351,7 +352,7 @@ class SegmentTask(Task[Any]):
         if isinstance(model, Detector):
             outputs.per_object = True
             coco_path = params.get("coco")
-            coco = SegmentCocoFile(_categories(model)) if coco_path is not None else None
+            coco = SegmentCocoFile(coco_categories(model)) if coco_path is not None else None
             yield from run_instance(model, inputs, params, context, outputs, coco)
             if coco is not None and coco_path is not None:
                 from ..output.imagefiles import write_output
@@ -443,12 +444,6 @@ class SegmentTask(Task[Any]):
             for c in record.get("coverage") or []
         ]
         return {"bars": bars, "lines": [f"{record.get('width')}x{record.get('height')}"]}
-
-
-def _categories(detector: Detector) -> list[dict[str, Any]]:
-    from ._detect_files import coco_categories
-
-    return coco_categories(detector)
 
 
 TASK = SegmentTask()
