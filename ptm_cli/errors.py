@@ -68,6 +68,10 @@ class DeviceUnavailable(UsageError):
     """The requested device (cuda, mps, ...) is not present."""
 
 
+class BadIndex(UsageError):
+    """A vector index ptm cannot use: missing, not an index, damaged, or half of a pair gone."""
+
+
 class ConfigError(PtmError):
     """A catalog file or environment variable is malformed."""
 

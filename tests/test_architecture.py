@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("weights files", {"tensorio"}),
     ("images in: inputs, decoding, colour, preprocessing", {"images"}),
     ("what ptm writes: records, image files, the results page", {"output"}),
+    ("image vectors: index files, exact and approximate search, near-duplicate groups", {"vectors"}),
     ("the catalog and the weights cache", {"cache"}),
     ("networks, devices and precision", {"nets"}),
     ("torch.hub repositories", {"hub"}),

@@ -99,8 +99,8 @@ class TaskGroup(click.Group):
                 default=task.default_model,
                 required=task.default_model is None,
                 show_default=task.default_model is not None,
-                shell_complete=completion.models(task.name),
-                help=f"Model name (see `ptm models --task {task.name}`).",
+                shell_complete=completion.models(task.models_of()),
+                help=f"Model name (see `ptm models --task {task.models_of()}`).",
             ),
             click.option(
                 "-w",
@@ -184,10 +184,16 @@ def _run(task: Any, params: dict[str, Any]) -> int:
 
 @batch.command("merge", context_settings=CONTEXT)
 @click.argument("folder", metavar="DIR")
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Write the job's records into the one file its task makes of them instead (ptm batch embed: an index).",
+)
 @format_option
 @report_option
 @report_force_option
-def merge(folder: str, fmt: str | None, report_path: str | None, force: bool) -> int:
+def merge(folder: str, output: str | None, fmt: str | None, report_path: str | None, force: bool) -> int:
     """Print the records of the batch job in DIR, in manifest order (missing shards as WorkerFailed records).
 
     \b
@@ -195,10 +201,18 @@ def merge(folder: str, fmt: str | None, report_path: str | None, force: bool) ->
       ptm batch merge run1 > records.jsonl
       ptm batch merge run1 -f csv > labels.csv
       ptm batch merge run1 --report run1.html
+      ptm batch merge run2 -o photos.parquet    # a `ptm batch embed` job as one index
     """
     from .. import tasks
     from ..batch.run import merge as merged
 
+    if output is not None:
+        from ..batch.job import read_job
+
+        facts = read_job(Path(folder))
+        task = tasks.get(str(facts["task"]))
+        note(task.collect(lambda: merged(Path(folder))[1], Path(output), facts, force=force))
+        return 0
     if report_path is not None:
         from ..output.report import check_destination
 

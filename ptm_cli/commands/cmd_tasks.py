@@ -45,7 +45,7 @@ def command(name: str) -> click.Command | None:
     task, alias = found
     decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [input_options]
     if alias is None:
-        decorators.append(model_option(task.name, default=task.default_model, help=task.model_help))
+        decorators.append(model_option(task.models_of(), default=task.default_model, help=task.model_help))
     decorators.append(weights_option(task.weights_help))
     decorators += [click_option(option, option.flags) for option in task.options]
     if task.record_formats:

@@ -22,6 +22,8 @@ _LAZY = {
     "hub": "cmd_hub",
     "doctor": "cmd_doctor",
     "serve": "cmd_serve",
+    "similar": "cmd_vectors",
+    "dupes": "cmd_vectors",
 }
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import struct
 import threading
 import warnings
@@ -197,6 +198,29 @@ def _open_path(path: str | os.PathLike[str], name: str) -> IO[bytes]:
         raise InputNotFound(f"{name} cannot be read: permission denied.") from None
     except OSError as exc:
         raise InputNotFound(f"{name} cannot be read ({exc.strerror or _reason(exc)}).") from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | tuple[None, None]:
+    """An image's width and height from its header (nothing decoded); (None, None) when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with _quiet_pillow(), Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # any file at all: a header Pillow cannot read is just an unknown size
+        return None, None
+    return int(width), int(height)
+
+
+def read_file(path: str | os.PathLike[str], name: str) -> tuple[bytes, os.stat_result]:
+    """A file's bytes and its stat, from one open (so they describe the same file), bounded as stdin is."""
+    with _open_path(path, name) as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return read_limited(stream, name), info
+        if info.st_size > settings.tuning.max_stream_bytes:
+            raise ImageTooLarge(f"{name} is {info.st_size >> 20} MiB, more than any image ptm reads.")
+        return stream.read(), info
 
 
 def read_limited(source: IO[bytes], name: str) -> bytes:

@@ -18,6 +18,10 @@ script draws the same way for every task, with these keys (all optional):
 
 - ``bars``: ``[{"label", "value" (0..1), "text", "colour" (optional "#rrggbb")}]``, one bar each;
 - ``lines``: ``[text]``, one line of text each;
+- ``gallery``: ``[{"name", "caption", "keep" (optional)}]``, a row of other
+  pictures (a query's neighbours, a group of duplicates), each the thumbnail
+  kept with :meth:`Report.keep_picture` under ``name`` (a "no preview" box
+  when there is none), captioned; ``keep`` outlines the one to keep;
 - ``output``: true to show the output's thumbnail beside the input's (a
   "no preview" box when there is none; an output image given with the
   record is shown either way);
@@ -114,6 +118,7 @@ class Report:
         self.header = {**header, "ptm": __version__}
         self.entries: list[dict[str, Any]] = []
         self._thumbs: dict[str, str] = {}
+        self._pictures: dict[str, str] = {}  # gallery pictures, kept for every entry that names them
         self._lock = threading.Lock()
 
     # -- collecting ---------------------------------------------------------------------------
@@ -123,6 +128,20 @@ class Report:
         uri = thumbnail(image)
         with self._lock:
             self._thumbs[name] = uri
+
+    def keep_picture(self, name: str, image: Any) -> None:
+        """Remember ``image``'s thumbnail as gallery picture ``name`` (any number of entries may show it)."""
+        uri = thumbnail(image)
+        with self._lock:
+            self._pictures[name] = uri
+
+    def has_picture(self, name: str) -> bool:
+        with self._lock:
+            return name in self._pictures
+
+    def has_thumbnail(self, name: str) -> bool:
+        with self._lock:
+            return name in self._thumbs
 
     def add(self, record: Mapping[str, Any], *, output_image: Any = None) -> None:
         """One record, with the thumbnail kept for its input (and the output's, for translation)."""
@@ -149,6 +168,7 @@ class Report:
             "counts": self.counts(),
             "page_size": PAGE_SIZE,
             "entries": self.entries,
+            "pictures": self._pictures,
         }
         payload = _script_safe_json(data)
         script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode("utf-8")).digest()).decode("ascii")
@@ -236,6 +256,11 @@ padding:6px 10px}
 .classes label{display:inline-flex;align-items:center;gap:4px;cursor:pointer;word-break:break-all}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px}
 .off{display:none}
+.gallery{display:flex;flex-wrap:wrap;gap:8px;margin-top:6px}
+.gallery figure{margin:0;width:136px;padding:2px;border-radius:4px}
+.gallery .thumb{width:128px;min-width:128px;height:96px}
+.gallery figure.keep{outline:3px solid #2a9d3a}
+.gallery figcaption{font-size:11px;color:#444;word-break:break-all}
 """
 
 _SCRIPT = """
@@ -457,8 +482,23 @@ _SCRIPT = """
       body.appendChild(mark(el("div", "meta found", captionOf(b)), b));
     });
     (view.lines || []).forEach(function (line) { body.appendChild(el("div", "meta", line)); });
+    if (Array.isArray(view.gallery)) body.appendChild(gallery(view.gallery));
     box.appendChild(body);
     return box;
+  }
+  function gallery(items) {
+    var row = el("div", "gallery");
+    var pictures = data.pictures || {};
+    items.forEach(function (g) {
+      if (g === null || typeof g !== "object") return;
+      var name = String(g.name);
+      var own = Object.prototype.hasOwnProperty.call(pictures, name);
+      var figure = el("figure", g.keep ? "keep" : "");
+      figure.appendChild(image(own ? pictures[name] : null, name));
+      figure.appendChild(el("figcaption", "", g.caption === undefined ? name : g.caption));
+      row.appendChild(figure);
+    });
+    return row;
   }
   var page = 0;
   var pages = Math.max(1, Math.ceil(data.entries.length / data.page_size));

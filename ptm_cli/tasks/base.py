@@ -252,6 +252,7 @@ class Task(Generic[M]):
     help: ClassVar[str]  # the command's help: what it does, then examples
     batch_help: ClassVar[str]
     default_model: ClassVar[str | None] = None  # None: -m is required
+    catalog_task: ClassVar[str | None] = None  # whose catalog entries it runs (None: its own; embed: classify's)
     model_help: ClassVar[str] = "Model name (see `ptm models`)."
     weights_help: ClassVar[str] = "Weights variant, or the path of a local weights file."
     options: ClassVar[tuple[Option, ...]] = ()
@@ -272,6 +273,10 @@ class Task(Generic[M]):
 
     def check_plan(self, plan: Plan[M], params: Mapping[str, Any]) -> None:
         """Refuse parameters that do not fit the planned model (a class it lacks), before it loads."""
+
+    def models_of(self) -> str:
+        """The ``task`` of the catalog entries this task runs."""
+        return self.catalog_task or self.name
 
     def writes_images(self, params: Mapping[str, Any]) -> bool:
         """Whether this call writes an image per input (-o, an output folder...); a task may make it optional."""
@@ -294,7 +299,7 @@ class Task(Generic[M]):
             raise UsageError("--labels, --trust-repo and --arg apply to hub: models only")
         from ..cache.naming import resolve_entry
 
-        entry, weights_file = resolve_entry(options.model, options.weights, task=self.name, catalog=catalog)
+        entry, weights_file = resolve_entry(options.model, options.weights, task=self.models_of(), catalog=catalog)
         return Plan(self, options, entry, weights_file)
 
     def plan_hub(self, options: ModelOptions) -> Plan[M]:
@@ -348,6 +353,15 @@ class Task(Generic[M]):
     def parquet_fields(self) -> list[tuple[str, Any]]:
         """The Parquet columns of a record (pyarrow types); ``error`` is added to them."""
         raise NotImplementedError
+
+    def collect(
+        self, records: Callable[[], Iterator[dict[str, Any]]], path: Path, job: Mapping[str, Any], *, force: bool
+    ) -> str:
+        """Write a finished batch job's records (``records()`` gives them afresh, in manifest order) into the one
+        file this task makes of them (``ptm batch merge -o``); a line for the user about what was written."""
+        raise UsageError(
+            f"`ptm batch merge -o` makes one file of a job's records for `ptm embed` jobs, not {self.name}"
+        )
 
     # -- the results page
 
