@@ -210,3 +210,39 @@ def test_every_engine_gives_the_records_and_masks_of_ptm_segment(
             assert mine["coverage"] == theirs["coverage"] != []
             assert Path(mine["mask"]).read_bytes() == Path(theirs["mask"]).read_bytes()
             assert Path(mine["mask"]).parent == masks
+
+
+def test_every_engine_merges_into_the_index_of_ptm_embed(engine: str, tiny: TinyClassifier, tmp_path: Path) -> None:
+    """`ptm batch embed` then `ptm batch merge -o`: the index of `ptm embed -o`.
+
+    The local engine gives the same bytes. Ray and Spark workers run torch on fewer threads each, and
+    oneDNN's convolutions round differently per thread count (MobileNetV3 here: by under 1e-6 after
+    normalising), so there the vectors agree to float rounding and the rows, order and metadata exactly.
+    """
+    import numpy as np
+
+    from ptm_cli.vectors.indexfile import open_index
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"photo{i}.jpg").write_bytes(photo_bytes(i, size=(160, 120)))
+    (folder / "broken.jpg").write_bytes(photo_bytes(0)[:300])
+    reference = tmp_path / "reference.npy"
+    assert run_ptm(["embed", *tiny.options, str(folder), "-o", str(reference)]).code == 1
+    expected = open_index(reference)
+    for chosen in ("local", engine):
+        out = tmp_path / f"out-{chosen}"
+        where = ["--output", str(out), "--engine", chosen, "--shard-size", "3", "--format", "parquet"]
+        assert run_ptm(["batch", "embed", *tiny.options, str(folder), *where]).code == 1
+        index = tmp_path / f"{chosen}.npy"
+        result = run_ptm(["batch", "merge", str(out), "-o", str(index)])
+        assert result.code == 0, result.stderr
+        merged_index = open_index(index)
+        assert merged_index.paths() == expected.paths()
+        assert merged_index.meta.same_vectors() == expected.meta.same_vectors()
+        if chosen == "local":
+            assert np.load(index).tobytes() == np.load(reference).tobytes()
+        else:
+            np.testing.assert_allclose(np.load(index), np.load(reference), rtol=0, atol=1e-6)
+        assert merged_index.rows.drop(["mtime_ns"]).equals(expected.rows.drop(["mtime_ns"]))

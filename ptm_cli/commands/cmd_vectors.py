@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data, writer
 from .options import (
     device_option,
@@ -216,7 +217,7 @@ def dupes(
     from ..tasks import _neighbours as nb
 
     if (index_path is None) == (not images and files_from is None):
-        raise click.UsageError("give either IMAGES (embedded now) or --index INDEX (vectors made earlier)")
+        raise UsageError("give either IMAGES (embedded now) or --index INDEX (vectors made earlier), not both")
     if report_path is not None:
         from ..output.report import check_destination
 

@@ -60,15 +60,15 @@ def write_index(
         if old.meta.dtype != meta.dtype:
             raise UsageError(f"{path} stores {old.meta.dtype}; --update keeps it (drop --dtype, or write a new index)")
     plan = _Plan(old, inputs)
-    if on_note is not None and old is not None:
-        on_note(
-            f"{path}: {len(plan.unchanged)} unchanged, {len(plan.to_run)} to embed, "
-            f"{plan.gone} rows of files that are gone dropped"
-        )
     with IndexWriter(path, meta, len(plan.kept) + plan.new_rows, replace=replace) as writer:
         if old is not None:
             for row in _kept_rows(old, plan):
                 writer.add(row)
+            if on_note is not None:
+                on_note(
+                    f"{path}: {len(plan.unchanged)} unchanged, {len(plan.to_run)} to embed, "
+                    f"{plan.gone} gone ({'its row' if plan.gone == 1 else 'their rows'} dropped)"
+                )
         written: set[str] = set()
         repeated: dict[str, dict[str, Any]] = {}
         results = run(plan.to_run)

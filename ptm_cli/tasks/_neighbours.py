@@ -15,6 +15,7 @@ largest file) is marked as the one to keep. Nothing is deleted or moved.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,15 +133,21 @@ def similar(
         matrix = np.stack([np.asarray(vectors[i], dtype=np.float32) for i in good])
         scores, rows = _search(index, matrix, k, [own[i] for i in good], approximate, runtime.on_note)
         for position, score_row, found in zip(good, scores, rows, strict=True):
-            results[position] = [
-                {"path": paths[int(r)], "score": round(float(s), 6)} for s, r in zip(score_row, found, strict=True)
-            ]
+            results[position] = [_neighbour(paths[int(r)], float(s)) for s, r in zip(score_row, found, strict=True)]
     for position, item in enumerate(queries):
         vector = vectors[position]
         if isinstance(vector, PtmError):
             yield {"query": item.name, "error": vector.record()}
         else:
             yield {"query": item.name, "neighbours": results[position]}
+
+
+def _neighbour(path: str, score: float) -> dict[str, Any]:
+    """A neighbour's record: its score as a cosine (float16 vectors can round a copy's to just over 1)."""
+    found: dict[str, Any] = {"path": path, "score": round(min(1.0, max(-1.0, score)), 6)}
+    if path != "-" and not os.path.lexists(path):
+        found["missing"] = True  # the index still has its row; `ptm embed --update` drops it
+    return found
 
 
 def _search(
