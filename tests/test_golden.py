@@ -234,6 +234,19 @@ def test_translate_full_size_in_tiles_and_to_stdout(inside: Path) -> None:
     check("translate-tiled.stderr", result.stderr)
 
 
+def test_embed_records(inside: Path) -> None:
+    """`ptm embed` records with their vectors (the file times, which the workspace sets, left out)."""
+    inputs = ["in/cmyk.jpg", "in/notes.png", "in/exif-rotated.jpg", "in/palette-alpha.png"]
+    result = run_ptm(["embed", "-m", "tiny", "-w", "tiny.pth", "-f", "jsonl", "-q", *inputs])
+    assert result.code == 1, result.stderr  # notes.png is not an image
+    lines = []
+    for line in result.stdout.splitlines():
+        record = json.loads(line)
+        record.pop("mtime_ns", None)
+        lines.append(json.dumps(record))
+    check("embed.jsonl", "".join(f"{line}\n" for line in lines))
+
+
 def _merged(folder: str, *extra: str) -> str:
     result = run_ptm(["batch", "merge", folder, *extra])
     assert result.code in (0, 1), result.stderr
