@@ -41,6 +41,10 @@ _LAZY = {
     "load_segmenter": "tasks.segment",
     "Segmenter": "tasks.segment",
     "segment_images": "tasks.segment",
+    "load_embedder": "tasks.embed",
+    "Embedder": "tasks.embed",
+    "Embedding": "tasks.embed",
+    "embed_images": "tasks.embed",
     "ImageInput": "images.inputs",
     "load_image": "images.decode",
     "Preprocess": "images.transforms",
@@ -72,6 +76,10 @@ __all__ = [  # noqa: RUF022 - grouped by module, like _LAZY
     "load_segmenter",
     "Segmenter",
     "segment_images",
+    "load_embedder",
+    "Embedder",
+    "Embedding",
+    "embed_images",
     "ImageInput",
     "load_image",
     "Preprocess",
@@ -93,6 +101,7 @@ if TYPE_CHECKING:
     from .tasks.base import ModelOptions, Plan
     from .tasks.classify import Classification, Classifier, Prediction, classify_images, load_classifier
     from .tasks.detect import Detection, Detector, Limits, detect_images, load_detector
+    from .tasks.embed import Embedder, Embedding, embed_images, load_embedder
     from .tasks.segment import Segmenter, load_segmenter, segment_images
     from .tasks.translate import Translator, load_translator
     from .tensorio import load_state_dict

@@ -123,7 +123,7 @@ def run_example(code: str, folder: Path, work: Path) -> subprocess.CompletedProc
 
 
 def test_the_readme_has_its_python_examples() -> None:
-    assert len(EXAMPLES) == 5, "a Python example was added or removed: give it a test below"
+    assert len(EXAMPLES) == 6, "a Python example was added or removed: give it a test below"
 
 
 def test_classify_and_translate(folder: Path, tmp_path: Path) -> None:
@@ -161,8 +161,16 @@ def test_segmentation(folder: Path, tmp_path: Path) -> None:
     assert 0 < float(found[3]) <= 100 and 0 < int(found[4]) <= 255
 
 
-def test_a_task_object(folder: Path, tmp_path: Path) -> None:
+def test_vectors(folder: Path, tmp_path: Path) -> None:
     done = run_example(EXAMPLES[3], folder, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    dimension, same, other = done.stdout.split()
+    assert int(dimension) == 512  # the catalog's resnet101 here is a seeded ResNet-18
+    assert float(same) == 1.0 and -1 < float(other) < 1
+
+
+def test_a_task_object(folder: Path, tmp_path: Path) -> None:
+    done = run_example(EXAMPLES[4], folder, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     record = eval(done.stdout.strip(), {})  # the example prints the record's dict
     assert record["input"] == "photos/dog.jpg" and record["model"] == "resnet101"
@@ -170,7 +178,7 @@ def test_a_task_object(folder: Path, tmp_path: Path) -> None:
 
 
 def test_a_batch_job(folder: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[4], folder, tmp_path / "work")
+    done = run_example(EXAMPLES[5], folder, tmp_path / "work")
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "work" / "run1" / "_SUMMARY.json").read_text())
     assert summary["inputs"] == summary["ok"] == 3 and summary["model"] == "resnet101"

@@ -30,6 +30,7 @@ from ..images.inputs import ImageInput
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
     import torch
     from torch import nn
 
@@ -136,7 +137,7 @@ def embed_images(
     *,
     batch_size: int = 8,
     workers: int = 2,
-    on_image: Callable[[ImageInput, Any], None] | None = None,
+    on_image: Callable[[ImageInput, Image.Image], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> Generator[Embedding, None, None]:
     """One :class:`Embedding` per input, in input order; a failed input carries its error."""
