@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from browser import chromium, needs_chromium
 from helpers import DATA, SeededWeights, TinyClassifier, assert_refused, run_ptm
 from PIL import Image
-from test_report import chromium, needs_chromium
 
 from ptm_cli.vectors.indexfile import IndexMeta, IndexWriter, Row, open_index
 
