@@ -74,6 +74,8 @@ def test_a_client_imports_neither_click_nor_torch_and_prints_what_the_command_pr
         [*SEGMENT, "photo0.png", "broken.jpg", "-f", "csv"],
         [*SEGMENT, "-", "-o", "-"],  # an image in, its class mask out
         [*SEGMENT, "--cutout", "unicorn", "photo0.png"],
+        ["embed", *CLASSIFY[1:], "photo0.png", "broken.jpg", "-f", "jsonl"],  # records with their vectors
+        ["embed", *CLASSIFY[1:], "-", "-f", "csv"],
         ["translate", "--help"],
     ],
     ids=lambda args: " ".join(args[:1] + args[5:]) or "none",
