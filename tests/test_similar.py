@@ -123,6 +123,14 @@ def test_approximate_search_builds_once_and_agrees_on_a_small_index(index: Path,
     assert "building a hnsw index of 1 vectors" in third.stderr
 
 
+def test_a_query_with_another_model_is_refused(index: Path, library: Path) -> None:
+    query = str(DATA / "rocket.jpg")
+    assert_refused(run_ptm(["similar", "-m", "resnet18", query, "--index", str(index)]), "tiny", "resnet18", "drop -m")
+    assert_refused(
+        run_ptm(["similar", "-w", "IMAGENET1K_V1", query, "--index", str(index)]), "IMAGENET1K_V1", "drop -w"
+    )
+
+
 def test_similar_refuses_an_index_whose_model_now_gives_other_vectors(
     tiny: TinyClassifier, library: Path, tmp_path: Path, seeded_weights: SeededWeights
 ) -> None:

@@ -60,6 +60,8 @@ embedding_options = stack(
     show_default=True,
     help="The faiss index --approximate builds: hnsw (graph) or ivf (inverted lists).",
 )
+@click.option("-m", "--model", help="The model that made the index (the default); any other is refused.")
+@click.option("-w", "--weights", help="The index's weights (the default), or the path of its local weights file here.")
 @click.option("--trust-repo", is_flag=True, help="Run the index's hub: model's code without it being trusted first.")
 @embedding_options
 @format_option
@@ -74,6 +76,8 @@ def similar(
     top_k: int,
     approximate: bool,
     ann: str,
+    model: str | None,
+    weights: str | None,
     trust_repo: bool,
     batch_size: int,
     workers: int,
@@ -119,6 +123,8 @@ def similar(
     count = failed = 0
     with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
         runtime = Runtime(
+            model=model,
+            weights=weights,
             device=device,
             precision=precision,
             batch_size=batch_size,

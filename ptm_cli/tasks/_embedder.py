@@ -30,8 +30,8 @@ from ..images.inputs import ImageInput
 
 if TYPE_CHECKING:
     import numpy as np
-    from PIL import Image
     import torch
+    from PIL import Image
     from torch import nn
 
     from ..cache.catalog import Entry

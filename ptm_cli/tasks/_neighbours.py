@@ -36,8 +36,14 @@ MAX_K = 10_000
 
 @dataclass(frozen=True)
 class Runtime:
-    """How query images are embedded: the device, precision and pipeline of ``ptm embed``."""
+    """How query images are embedded: the device, precision and pipeline of ``ptm embed``.
 
+    ``model`` and ``weights`` (None: the index's) must name what made the index;
+    ``weights`` may give the path of the index's local weights file as seen from here.
+    """
+
+    model: str | None = None
+    weights: str | None = None
     device: str = "auto"
     precision: str = "fp32"
     batch_size: int = 8
@@ -49,12 +55,26 @@ class Runtime:
 
 def embedder_for(meta: IndexMeta, runtime: Runtime) -> Embedder:
     """An embedder that makes vectors like the index's: its model, weights, preprocessing and normalisation."""
+    from ..cache.naming import local_weights_file_spelling
     from .base import ModelOptions
     from .embed import TASK
 
+    if runtime.model is not None and runtime.model != meta.model:
+        raise UsageError(
+            f"the index holds vectors of {meta.describe()}; queries embedded with {runtime.model} would not be "
+            f"comparable with them: drop -m (queries are embedded with {meta.model})"
+        )
+    weights = runtime.weights or meta.weights
+    if weights != meta.weights and not (
+        local_weights_file_spelling(meta.weights) and local_weights_file_spelling(weights)
+    ):
+        raise UsageError(
+            f"the index holds vectors of {meta.describe()}; queries embedded with -w {weights} would not be "
+            f"comparable with them: drop -w, or give the path of the index's own weights file"
+        )
     options = ModelOptions(
         model=meta.model,
-        weights=meta.weights,
+        weights=weights,
         device=runtime.device,
         precision=runtime.precision,
         resize=meta.resize,
