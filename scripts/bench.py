@@ -22,7 +22,10 @@ rows (about 10 minutes), and --detect-only only `ptm detect` against the
 network alone and torchvision's loop, with tiles and every detector's cost
 (bench_detect.py, about 15 minutes), and --segment-only only `ptm segment`
 against the network alone, at full resolution in tiles, and the agreement of
-tiles with one pass (bench_segment.py, about 25 minutes).
+tiles with one pass (bench_segment.py, about 25 minutes), --embed-only only
+`ptm embed -o` against the network alone (bench_embed.py, about 5 minutes),
+and --vectors-only only `ptm similar` and `ptm dupes` against faiss on
+generated vectors (bench_vectors.py, about 10 minutes).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ from typing import Any
 
 import bench_classify
 import bench_detect
+import bench_embed
 import bench_segment
 import bench_translate
+import bench_vectors
 from benchkit import PYTHON, ROOT, cpu_model, run_python
 
 BOOK_SCRIPT = """
@@ -459,8 +464,18 @@ def main() -> None:
     parser.add_argument(
         "--segment-only", action="store_true", help="only `ptm segment` (bench_segment.py; about 25 minutes)"
     )
+    parser.add_argument("--embed-only", action="store_true", help="only `ptm embed` (bench_embed.py; about 5 minutes)")
+    parser.add_argument(
+        "--vectors-only", action="store_true", help="only `ptm similar` and `ptm dupes` (bench_vectors.py; 10 minutes)"
+    )
     args = parser.parse_args()
     use_this_checkout()
+    if args.embed_only:
+        print("\n".join(bench_embed.run(rounds=1 if args.quick else 3)))
+        return
+    if args.vectors_only:
+        bench_vectors.main(["--rows", "100000", "--dupes-rows", "10000"] if args.quick else [])
+        return
     if args.detect_only:
         print("\n".join(bench_detect.run(quick=args.quick)))
         return
@@ -638,6 +653,12 @@ def main() -> None:
     if segment_lines:
         print("\n## ptm segment\n")
         print("\n".join(segment_lines))
+    if device == "cpu":
+        print("\n## ptm embed\n")
+        print("\n".join(bench_embed.run(rounds=1 if args.quick else 3)))
+        print("\n## ptm similar and ptm dupes\n")
+        sys.stdout.flush()
+        bench_vectors.main(["--rows", "100000", "--dupes-rows", "10000"] if args.quick else [])
 
 
 if __name__ == "__main__":
