@@ -37,9 +37,9 @@ tune_process()
 import torch
 from ptm_cli.tasks.base import ModelOptions
 from ptm_cli.tasks.embed import load_embedder
-weights, precision, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-paths = sys.argv[4:]
-embedder = load_embedder(ModelOptions("resnet50", weights, precision=precision), progress=False)
+model_name, weights, precision, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+paths = sys.argv[5:]
+embedder = load_embedder(ModelOptions(model_name, weights, precision=precision), progress=False)
 """
 
 NETWORK_SCRIPT = (
@@ -91,56 +91,87 @@ print(json.dumps({"rate": rate, "index_bytes": size}))
 )
 
 
-def make_inputs(folder: Path, count: int) -> tuple[str, list[str]]:
+CLASSIFY_SCRIPT = (
+    COMMON
+    + """
+from ptm_cli.images.inputs import ImageInput
+from ptm_cli.tasks.classify import classify_images, load_classifier
+classifier = load_classifier(ModelOptions(model_name, weights, precision=precision), progress=False)
+items = [ImageInput(p, path=Path(p)) for p in paths]
+list(classify_images(items[:batch], classifier, batch_size=batch))  # warm-up
+start = time.perf_counter()
+list(classify_images(items, classifier, batch_size=batch))
+print(json.dumps({"rate": len(items) / (time.perf_counter() - start)}))
+"""
+)
+
+
+def make_inputs(folder: Path, count: int, model: str) -> tuple[str, list[str]]:
     sys.path.insert(0, str(ROOT / "scripts"))
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
     from bench import make_images
     from helpers import calibrated_state_dict
 
-    weights = folder / "resnet50-seeded.pth"
-    torch.save(calibrated_state_dict("resnet50", logit_std=6.0), weights)
+    weights = folder / f"{model}-seeded.pth"
+    torch.save(calibrated_state_dict(model, logit_std=6.0), weights)
     return str(weights), make_images(folder, count, (1280, 720))
 
 
-def run(*, rounds: int = 3, images: int = 24, batch: int = 8) -> list[str]:
+def run(*, rounds: int = 3, images: int = 24, batch: int = 8, model: str = "resnet50") -> list[str]:
     from ptm_cli.nets.device import cpu_supports_bf16
 
     lines = []
     load = os.getloadavg()[0]
     precisions = ("fp32", "bf16") if cpu_supports_bf16() else ("fp32",)
     with tempfile.TemporaryDirectory(prefix="ptm-bench-embed-") as tmp:
-        weights, paths = make_inputs(Path(tmp), images)
+        weights, paths = make_inputs(Path(tmp), images, model)
         rows = []
         for precision in precisions:
-            network, ptm, ratios = [], [], []
+            network, ptm, ratios, classify, classify_ratios = [], [], [], [], []
             index_bytes = 0
             for _ in range(rounds):
-                n = run_json(NETWORK_SCRIPT, weights, precision, str(batch), *paths)["rate"]
-                p = run_json(PTM_SCRIPT, weights, precision, str(batch), *paths)
+                common = (model, weights, precision, str(batch), *paths)
+                n = run_json(NETWORK_SCRIPT, *common)["rate"]
+                p = run_json(PTM_SCRIPT, *common)
+                c = run_json(CLASSIFY_SCRIPT, *common)["rate"]
                 network.append(n)
                 ptm.append(p["rate"])
+                classify.append(c)
                 ratios.append(p["rate"] / n)
+                classify_ratios.append(c / n)
                 index_bytes = p["index_bytes"]
-            rows.append((precision, statistics.median(network), statistics.median(ptm), statistics.median(ratios)))
+            rows.append(
+                (
+                    precision,
+                    statistics.median(network),
+                    statistics.median(ptm),
+                    statistics.median(ratios),
+                    statistics.median(classify),
+                    statistics.median(classify_ratios),
+                )
+            )
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
     lines.append(
-        f"ResNet-50, {images} x 1280x720 JPEG, batch {batch}, {os.cpu_count()} CPUs ({cpu_model()}, {bf16}); "
+        f"{model}, {images} x 1280x720 JPEG, batch {batch}, {os.cpu_count()} CPUs ({cpu_model()}, {bf16}); "
         f"images/s after model load, median of {rounds} rounds; load average {load:.2f} at start, "
         f"{os.getloadavg()[0]:.2f} at the end"
     )
     lines.append("")
-    lines.append("| precision | network alone | ptm embed -o INDEX.npy | ptm / network |")
-    lines.append("|---|---:|---:|---:|")
-    for precision, n, p, r in rows:
-        lines.append(f"| {precision} | {n:.2f} | {p:.2f} | {r:.2f} |")
-    fastest = max(p for _, _, p, _ in rows)
+    lines.append(
+        "| precision | network alone | ptm embed -o INDEX.npy | embed / network | ptm classify, same model "
+        "| classify / network |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for precision, n, p, r, c, cr in rows:
+        lines.append(f"| {precision} | {n:.2f} | {p:.2f} | {r:.2f} | {c:.2f} | {cr:.2f} |")
+    fastest = max(row[2] for row in rows)
     per_image = index_bytes / images
     hours = 10_000_000 / fastest / 3600
     lines.append("")
     lines.append(
         f"Estimate, not a measurement: 10,000,000 photos at {fastest:.1f} images/s per node like this one take "
-        f"{hours:,.0f} node-hours (about {hours / 100:,.1f} hours on 100 such Ray workers); the ResNet-50 index "
+        f"{hours:,.0f} node-hours (about {hours / 100:,.1f} hours on 100 such Ray workers); the {model} index "
         f"is {per_image * 10_000_000 / 2**30:,.1f} GiB of float32 vectors ({per_image / 2:,.0f} bytes a photo "
         "with --dtype float16)."
     )
@@ -151,8 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--model", default="resnet50", help="resnet50 (embed's default) or resnet101 (classify's)")
     args = parser.parse_args()
-    print("\n".join(run(rounds=args.rounds, images=args.images)))
+    print("\n".join(run(rounds=args.rounds, images=args.images, model=args.model)))
 
 
 if __name__ == "__main__":
