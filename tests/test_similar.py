@@ -7,6 +7,7 @@ answer is checked against brute force over the same vectors.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -269,3 +270,56 @@ def test_record_views_name_every_picture(index: Path, library: Path) -> None:
     group = {"size": 1, "files": [{"path": "b.jpg", "width": 4, "height": 3, "bytes": 10, "score": 1.0,
                                    "exact_copy": True, "keep": True}]}  # fmt: skip
     assert DupesView().report_view(group)["gallery"][0]["keep"] is True
+
+
+def test_paths_in_an_index_that_name_a_fifo_or_a_device_are_not_opened(tmp_path: Path) -> None:
+    """An index from someone else may name a FIFO (opening it would block) or /dev/zero: no picture, no hang."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    fifo = folder / "pipe.png"
+    os.mkfifo(fifo)
+    path = folder / "hostile.parquet"
+    vectors = np.eye(3, 4, dtype=np.float32)
+    vectors[1] = vectors[0]
+    with IndexWriter(path, IndexMeta("tiny", "w.pth", 4), 3, replace=True) as writer:
+        for name, vector in zip([str(fifo), "/dev/zero", str(DATA / "rocket.jpg")], vectors, strict=True):
+            writer.add(Row(name, None, None, None, vector))
+        writer.commit()
+    page = tmp_path / "page.html"
+    for args in (
+        ["dupes", "--index", str(path), "--report", str(page), "-f", "jsonl", "--force"],
+        ["similar", str(fifo), "--index", str(path), "--report", str(page), "-f", "jsonl", "--force"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "ptm_cli", *args], capture_output=True, timeout=120, check=False, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert page.is_file()
+    group = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "ptm_cli", "dupes", "--index", str(path), "-f", "jsonl"],
+            capture_output=True,
+            timeout=120,
+            check=True,
+            text=True,
+        ).stdout
+    )
+    assert [f["path"] for f in group["files"]] == [str(fifo), "/dev/zero"]
+    assert all(f["width"] is None for f in group["files"])
+
+
+def test_a_faiss_file_another_user_could_have_planted_is_not_read(index: Path, library: Path) -> None:
+    pytest.importorskip("faiss")
+    query = str(library / "rocket.jpg")
+    run_ptm(["similar", query, "--index", str(index), "--approximate", "-f", "jsonl"])
+    planted = index.parent / "library.parquet.hnsw.faiss"
+    planted.write_bytes(b"\x00" * 64)  # what faiss would parse, were it trusted
+    planted.chmod(0o666)
+    before = planted.read_bytes()
+    result = run_ptm(["similar", query, "--index", str(index), "--approximate", "-f", "jsonl"])
+    assert result.code == 0, result.stderr
+    assert "writable by others; building a faiss index in memory instead" in result.stderr
+    assert planted.read_bytes() == before  # neither read nor replaced

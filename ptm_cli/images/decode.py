@@ -201,10 +201,15 @@ def _open_path(path: str | os.PathLike[str], name: str) -> IO[bytes]:
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | tuple[None, None]:
-    """An image's width and height from its header (nothing decoded); (None, None) when Pillow cannot tell."""
+    """An image's width and height from its header (nothing decoded); (None, None) when Pillow cannot tell.
+
+    Only a regular file is opened: a path from an index someone else wrote may name a FIFO or a device.
+    """
     from PIL import Image
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None, None
         with _quiet_pillow(), Image.open(path) as image:
             width, height = image.size
     except Exception:  # any file at all: a header Pillow cannot read is just an unknown size

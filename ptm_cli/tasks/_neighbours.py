@@ -16,6 +16,7 @@ largest file) is marked as the one to keep. Nothing is deleted or moved.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,18 +209,43 @@ def approximate_index(index: VectorIndex, kind: str, on_note: Callable[[str], No
 
     path = ann_path(index.path, kind)
     stamp = identity(index.path)
-    found = ann.load(path, stamp)
+    trusted = _ours(path)
+    found = ann.load(path, stamp) if trusted else None
     if found is not None:
         return found
+    if not trusted and on_note is not None:
+        on_note(f"{path.name} is another user's or writable by others; building a faiss index in memory instead")
     if on_note is not None:
         on_note(f"building a {kind} index of {int(index.valid.sum())} vectors (once; it is kept in {path.name})")
     built = ann.build(index.chunks, index.meta.dimension, len(index), kind=kind)
+    if not trusted:
+        return built
     try:
         ann.save(built, path, stamp)
     except UsageError as exc:
         if on_note is not None:
             on_note(f"{exc}; searching without keeping it")
     return built
+
+
+def _ours(path: Path) -> bool:
+    """Whether a faiss file there (and its sidecar) may be read: absent, or this user's and writable by no one else.
+
+    faiss parses its files in C++ without checks against hostile input, so a file another user
+    could have planted beside a shared index is neither read nor replaced.
+    """
+    from ..vectors.ann import sidecar_path
+
+    for candidate in (path, sidecar_path(path)):
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return False
+    return True
 
 
 def ann_path(index_path: Path, kind: str) -> Path:
@@ -367,10 +393,16 @@ class DupesView:
 
 
 def picture(path: str) -> Any:
-    """The image at ``path`` for a thumbnail, or None when it cannot be read now."""
+    """The image at ``path`` for a thumbnail, or None when it cannot be read now.
+
+    Only a regular file is read: the paths come from an index, which may name a FIFO (that would
+    block the page forever) or a device.
+    """
     from ..images.decode import load_image
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         return load_image(Path(path), name=path)
-    except PtmError:
+    except (PtmError, OSError):
         return None
