@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from ..errors import CompileFailed, ConfigError, InputError, NonFiniteOutput, PtmError, UsageError, first_line
-from .base import WORKERS_OPTION, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
+from .base import WORKERS_OPTION, M, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
 
 MAX_TOP_K = 100_000
 """The largest ``-k``: more than any catalog model's classes (ImageNet-21k has 21,841)."""
@@ -366,6 +366,43 @@ def _rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"input": record["input"], **p} for p in record["predictions"]]
 
 
+# The options of every task that runs a classifier's network (classify, embed) and may take a hub: model.
+RESIZE_OPTION = Option(
+    "resize", ("--resize",), "Resize the shorter side to N before cropping.", kind="int", minimum=1, stage="model"
+)
+CROP_OPTION = Option("crop", ("--crop",), "Centre crop of N x N pixels.", kind="int", minimum=1, stage="model")
+HUB_OPTIONS = (
+    Option(
+        "trust_repo",
+        ("--trust-repo",),
+        "Run a hub: model's repository code without it being trusted first.",
+        kind="flag",
+        stage="model",
+        batch=(),
+    ),
+    Option(
+        "hub_args",
+        ("--arg",),
+        "Argument for a hub: entry point.",
+        kind="multiple",
+        metavar="KEY=VALUE",
+        stage="model",
+        batch=(),
+    ),
+)
+
+
+def hub_plan(task: Task[M], options: ModelOptions) -> Plan[M]:
+    """The plan of a ``hub:`` model for a task that runs classifiers: its spelling and arguments checked."""
+    from ..hub import parse_kwargs, parse_model_spec
+
+    parse_model_spec(options.model)
+    parse_kwargs(options.hub_args)
+    if options.weights.upper() != "DEFAULT":
+        raise UsageError("-w/--weights does not apply to hub: models; pass entry-point arguments with --arg")
+    return Plan(task, options, None, None)
+
+
 class ClassifyTask(Task["Classifier"]):
     name = "classify"
     title = "Classification"
@@ -406,15 +443,8 @@ class ClassifyTask(Task["Classifier"]):
         ),
         batch_size_option(8, 1024),
         WORKERS_OPTION,
-        Option(
-            "resize",
-            ("--resize",),
-            "Resize the shorter side to N before cropping.",
-            kind="int",
-            minimum=1,
-            stage="model",
-        ),
-        Option("crop", ("--crop",), "Centre crop of N x N pixels.", kind="int", minimum=1, stage="model"),
+        RESIZE_OPTION,
+        CROP_OPTION,
         Option(
             "full_decode",
             ("--full-decode",),
@@ -438,23 +468,7 @@ class ClassifyTask(Task["Classifier"]):
             stage="model",
             batch=(),
         ),
-        Option(
-            "trust_repo",
-            ("--trust-repo",),
-            "Run a hub: model's repository code without it being trusted first.",
-            kind="flag",
-            stage="model",
-            batch=(),
-        ),
-        Option(
-            "hub_args",
-            ("--arg",),
-            "Argument for a hub: entry point.",
-            kind="multiple",
-            metavar="KEY=VALUE",
-            stage="model",
-            batch=(),
-        ),
+        *HUB_OPTIONS,
     )
     hub_models = True
     shares_forward_passes = True
@@ -462,13 +476,7 @@ class ClassifyTask(Task["Classifier"]):
     columns = ("input", "rank", "index", "label", "probability", "error")
 
     def plan_hub(self, options: ModelOptions) -> Plan[Classifier]:
-        from ..hub import parse_kwargs, parse_model_spec
-
-        parse_model_spec(options.model)
-        parse_kwargs(options.hub_args)
-        if options.weights.upper() != "DEFAULT":
-            raise UsageError("-w/--weights does not apply to hub: models; pass entry-point arguments with --arg")
-        return Plan(self, options, None, None)
+        return hub_plan(self, options)
 
     def servable(self, params: Mapping[str, Any], options: ModelOptions) -> bool:
         # A compiled model is this call's own; a hub model runs repository code trusted for this call only.

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import UsageError
 from ._embedder import Embedder, Embedding, embed_images, planned_meta, to_record
 from .base import WORKERS_OPTION, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
+from .classify import CROP_OPTION, HUB_OPTIONS, RESIZE_OPTION, hub_plan
 
 if TYPE_CHECKING:
     from ..images.inputs import ImageInput
@@ -101,32 +102,9 @@ class EmbedTask(Task[Embedder]):
         ),
         batch_size_option(8, 1024, "Images per forward pass (vectors are bit-identical at one batch size)."),
         WORKERS_OPTION,
-        Option(
-            "resize",
-            ("--resize",),
-            "Resize the shorter side to N before cropping.",
-            kind="int",
-            minimum=1,
-            stage="model",
-        ),
-        Option("crop", ("--crop",), "Centre crop of N x N pixels.", kind="int", minimum=1, stage="model"),
-        Option(
-            "trust_repo",
-            ("--trust-repo",),
-            "Run a hub: model's repository code without it being trusted first.",
-            kind="flag",
-            stage="model",
-            batch=(),
-        ),
-        Option(
-            "hub_args",
-            ("--arg",),
-            "Argument for a hub: entry point.",
-            kind="multiple",
-            metavar="KEY=VALUE",
-            stage="model",
-            batch=(),
-        ),
+        RESIZE_OPTION,
+        CROP_OPTION,
+        *HUB_OPTIONS,
     )
     hub_models = True
     flush_every = "batch_size"
@@ -162,13 +140,7 @@ class EmbedTask(Task[Embedder]):
         stored.check_matches(replace(wanted, dimension=stored.dimension), what="this command", path=path)
 
     def plan_hub(self, options: ModelOptions) -> Plan[Embedder]:
-        from ..hub import parse_kwargs, parse_model_spec
-
-        parse_model_spec(options.model)
-        parse_kwargs(options.hub_args)
-        if options.weights.upper() != "DEFAULT":
-            raise UsageError("-w/--weights does not apply to hub: models; pass entry-point arguments with --arg")
-        return Plan(self, options, None, None)
+        return hub_plan(self, options)
 
     def servable(self, params: Mapping[str, Any], options: ModelOptions) -> bool:
         # The index file is this command's to write, in its own folder.
@@ -177,9 +149,9 @@ class EmbedTask(Task[Embedder]):
     # -- the model
 
     def build(self, plan: Plan[Embedder], *, progress: bool) -> Embedder:
-        from .classify import ClassifyTask
+        from .classify import TASK as CLASSIFY
 
-        classifier = ClassifyTask().build(plan, progress=progress)  # type: ignore[arg-type]
+        classifier = CLASSIFY.build(plan, progress=progress)  # type: ignore[arg-type]  # a classify entry's plan
         return Embedder(classifier)
 
     def prepare(self, model: Embedder, params: Mapping[str, Any]) -> None:
