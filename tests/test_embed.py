@@ -208,6 +208,12 @@ def test_an_existing_index_needs_update_or_force(tiny: TinyClassifier, photos: P
     assert embed(tiny, str(photos / "rocket.jpg"), "-o", str(index), "--force").code == 0
     assert open_index(index).paths() == [str(photos / "rocket.jpg")]
     assert_refused(embed(tiny, str(photos), "-o", str(tmp_path / "i.csv")), ".parquet", ".npy")
+    (tmp_path / "folder.parquet").mkdir()
+    assert_refused(embed(tiny, str(photos), "-o", str(tmp_path / "folder.parquet"), "--force"), "is a folder")
+    (tmp_path / "link.npy").symlink_to(tmp_path / "elsewhere.npy")
+    assert_refused(embed(tiny, str(photos), "-o", str(tmp_path / "link.npy"), "--force"), "not a regular file")
+    assert not (tmp_path / "elsewhere.npy").exists()
+    assert_refused(embed(tiny, str(photos), "-o", str(tmp_path / "no" / "i.parquet")), "does not exist")
     assert_refused(embed(tiny, "--update", str(photos)), "-o INDEX")
 
 

@@ -231,11 +231,9 @@ def index_from_records(
     """The index ``ptm embed`` would have written, from a ``ptm batch embed`` job's records (two passes)."""
     import numpy as np
 
-    from ..vectors.indexfile import IndexMeta, IndexWriter, Row, layout
+    from ..vectors.indexfile import IndexMeta, IndexWriter, Row, check_target
 
-    layout(path)
-    if path.exists() and not replace:
-        raise UsageError(f"{path} already exists; add --force to replace it")
+    check_target(path, replace=replace)
     names: set[str] = set()
     first_ok: dict[str, Any] | None = None
     for record in records():

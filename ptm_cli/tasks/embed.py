@@ -118,12 +118,13 @@ class EmbedTask(Task[Embedder]):
             if params.get("update"):
                 raise UsageError("--update needs the index to update: -o INDEX")
             return
-        from ..vectors.indexfile import layout
+        from ..vectors.indexfile import check_target
 
-        path = Path(output)
-        layout(path)
-        if path.exists() and not (params.get("update") or params.get("force")):
-            raise UsageError(f"{path} already exists; add --update to bring it up to date, or --force to replace it")
+        check_target(
+            Path(output),
+            replace=bool(params.get("update") or params.get("force")),
+            hint="add --update to bring it up to date, or --force to replace it",
+        )
 
     def check_plan(self, plan: Plan[Embedder], params: Mapping[str, Any]) -> None:
         """An --update of an index made another way is refused before the model loads."""

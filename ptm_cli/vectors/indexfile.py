@@ -131,6 +131,20 @@ def rows_path(path: Path) -> Path:
     return path.with_name(path.stem + ".rows.parquet")
 
 
+def check_target(path: Path, *, replace: bool, hint: str = "add --force to replace it") -> None:
+    """Refuse, before any work, an index path that cannot be written: a folder, a link, a device, a missing folder."""
+    kind = layout(path)
+    for target in (path, rows_path(path)) if kind == "npy" else (path,):
+        if target.is_dir():
+            raise UsageError(f"{target} is a folder; give the name of the index file to write")
+        if not fsutil.folder_of(target).is_dir():
+            raise UsageError(f"{target}: the folder {target.parent} does not exist")
+        if not fsutil.is_regular_or_absent(target):
+            raise UsageError(f"{target} is not a regular file (a link, a device...), so ptm will not replace it")
+    if path.exists() and not replace:
+        raise UsageError(f"{path} already exists; {hint}")
+
+
 def require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
@@ -498,6 +512,8 @@ class IndexWriter:
             staged.commit(replace=self.replace)
         except FileExistsError:
             raise UsageError(f"{staged.dest} already exists; use --force to replace it or --update") from None
+        except fsutil.NotReplaceable:
+            raise UsageError(f"{staged.dest} is not a regular file, so ptm will not replace it") from None
 
     def abort(self) -> None:
         """Drop the staged files; the old index stays as it was."""
