@@ -124,6 +124,13 @@ def test_approximate_search_builds_once_and_agrees_on_a_small_index(index: Path,
     assert "building a hnsw index of 1 vectors" in third.stderr
 
 
+def test_an_index_of_raw_vectors_is_refused(tiny: TinyClassifier, library: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw.parquet"
+    run_ptm(["embed", *tiny.options, "--raw", str(library / "coffee.png"), "-o", str(raw)])
+    assert_refused(run_ptm(["similar", str(library / "coffee.png"), "--index", str(raw)]), "raw vectors", "--raw")
+    assert_refused(run_ptm(["dupes", "--index", str(raw)]), "raw vectors")
+
+
 def test_a_query_with_another_model_is_refused(index: Path, library: Path) -> None:
     query = str(DATA / "rocket.jpg")
     assert_refused(run_ptm(["similar", "-m", "resnet18", query, "--index", str(index)]), "tiny", "resnet18", "drop -m")

@@ -237,6 +237,7 @@ def dupes(
             from ..vectors.indexfile import open_index
 
             index = open_index(Path(index_path))
+            nb.check_comparable(index)
             members, chunks, header = nb.index_members(index), index.chunks, {"index": index_path}
             dimension, meta_text = index.meta.dimension, index.meta.describe()
         else:

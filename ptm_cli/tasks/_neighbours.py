@@ -83,7 +83,7 @@ def embedder_for(meta: IndexMeta, runtime: Runtime) -> Embedder:
         trust_repo=runtime.trust_repo,
     )
     embedder: Embedder = TASK.plan(options).load(progress=runtime.on_note is not None)
-    embedder.normalise = meta.normalised
+    embedder.normalise = True  # what check_comparable lets through
     if embedder.dimension != meta.dimension:
         raise UsageError(
             f"{meta.model} ({meta.weights}) now gives {embedder.dimension} numbers, but the index holds "
@@ -126,11 +126,16 @@ def query_vectors(
         positions = iter(i for i, row in enumerate(own) if row is None)
         for position, result in zip(positions, results, strict=True):
             vectors[position] = result.error if result.error is not None else result.vector  # type: ignore[assignment]
-    for position, vector in enumerate(vectors):
-        if not isinstance(vector, PtmError) and not index.meta.normalised:
-            norm = float(np.linalg.norm(vector))
-            vectors[position] = vector / norm if norm > 0 else UsageError("its vector is all zeros")
     return vectors, own
+
+
+def check_comparable(index: VectorIndex) -> None:
+    """Searches compare unit vectors (a dot product is then the cosine): an index of raw vectors is refused."""
+    if not index.meta.normalised:
+        raise UsageError(
+            f"{index.path} holds raw vectors (--raw), whose dot products are not cosines; ptm similar and ptm dupes "
+            "need an index written without --raw"
+        )
 
 
 def similar(
@@ -146,6 +151,7 @@ def similar(
 
     if not 1 <= k <= MAX_K:
         raise UsageError(f"-k must be between 1 and {MAX_K}")
+    check_comparable(index)
     vectors, own = query_vectors(index, queries, runtime)
     good = [i for i, v in enumerate(vectors) if not isinstance(v, PtmError)]
     paths = index.paths()
