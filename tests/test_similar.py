@@ -124,6 +124,23 @@ def test_approximate_search_builds_once_and_agrees_on_a_small_index(index: Path,
     assert "building a hnsw index of 1 vectors" in third.stderr
 
 
+def test_an_index_of_a_hub_model_records_its_arguments_for_queries_and_updates(
+    hub_repo: Path, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = ["-m", "hub:./tinyrepo/tiny", "--trust-repo"]
+    index = tmp_path / "hub.npy"
+    made = run_ptm(["embed", *model, "--arg", "scale=2", str(library / "coffee.png"), "-o", str(index)])
+    assert made.code == 0, made.stderr
+    meta = open_index(index).meta
+    assert meta.hub_args() == ("scale=2",) and meta.dimension == 8
+    found = run_ptm(["similar", str(DATA / "coffee.png"), "--index", str(index), "--trust-repo", "-f", "jsonl"])
+    assert found.code == 0, found.stderr
+    assert found.records()[0]["neighbours"][0]["score"] == pytest.approx(1.0, abs=1e-6)
+    other = run_ptm(["embed", *model, "--arg", "scale=3", "--update", str(library), "-o", str(index)])
+    assert_refused(other, "scale=2", "scale=3")
+
+
 def test_an_index_of_raw_vectors_is_refused(tiny: TinyClassifier, library: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw.parquet"
     run_ptm(["embed", *tiny.options, "--raw", str(library / "coffee.png"), "-o", str(raw)])

@@ -76,6 +76,7 @@ class Embedder:
         self.model: nn.Module = classifier.model
         self.dimension = remove_head(self.model, classes=self.labels_count)
         self.normalise = normalise
+        self.hub_args: tuple[str, ...] = ()  # a hub: model's entry-point arguments, which its index records
         self.openmp_spinning = False
 
     def embed_each(self, batch: torch.Tensor, batch_size: int) -> list[np.ndarray | PtmError]:
@@ -208,7 +209,14 @@ def index_meta(embedder: Embedder, *, dtype: str) -> IndexMeta:
         normalised=embedder.normalise,
         resize=embedder.preprocess.resize,
         crop=embedder.preprocess.crop,
+        extra=_hub_extra(embedder.hub_args),
     )
+
+
+def _hub_extra(hub_args: tuple[str, ...]) -> dict[str, str]:
+    import json
+
+    return {"hub_args": json.dumps(list(hub_args))} if hub_args else {}
 
 
 def planned_meta(plan: Plan[Any], *, raw: bool, dtype: str) -> IndexMeta:
@@ -225,4 +233,5 @@ def planned_meta(plan: Plan[Any], *, raw: bool, dtype: str) -> IndexMeta:
         preprocess = _with_overrides(plan.entry.preprocess(), options.resize, options.crop)
         resize, crop = preprocess.resize, preprocess.crop
     model = options.model.strip() if plan.entry is None else plan.entry.model
-    return IndexMeta(model, plan.weights_label, 0, dtype, not raw, resize, crop)
+    extra = _hub_extra(tuple(options.hub_args)) if plan.entry is None else {}
+    return IndexMeta(model, plan.weights_label, 0, dtype, not raw, resize, crop, extra)

@@ -57,7 +57,7 @@ class Runtime:
 def embedder_for(meta: IndexMeta, runtime: Runtime) -> Embedder:
     """An embedder that makes vectors like the index's: its model, weights, preprocessing and normalisation."""
     from ..cache.naming import local_weights_file_spelling
-    from .base import ModelOptions
+    from .base import HUB_PREFIX, ModelOptions
     from .embed import TASK
 
     if runtime.model is not None and runtime.model != meta.model:
@@ -65,9 +65,12 @@ def embedder_for(meta: IndexMeta, runtime: Runtime) -> Embedder:
             f"the index holds vectors of {meta.describe()}; queries embedded with {runtime.model} would not be "
             f"comparable with them: drop -m (queries are embedded with {meta.model})"
         )
-    weights = runtime.weights or meta.weights
-    if weights != meta.weights and not (
-        local_weights_file_spelling(meta.weights) and local_weights_file_spelling(weights)
+    hub = meta.model.startswith(HUB_PREFIX)
+    weights = runtime.weights or ("DEFAULT" if hub else meta.weights)
+    if (
+        not hub
+        and weights != meta.weights
+        and not (local_weights_file_spelling(meta.weights) and local_weights_file_spelling(weights))
     ):
         raise UsageError(
             f"the index holds vectors of {meta.describe()}; queries embedded with -w {weights} would not be "
@@ -81,6 +84,7 @@ def embedder_for(meta: IndexMeta, runtime: Runtime) -> Embedder:
         resize=meta.resize,
         crop=meta.crop,
         trust_repo=runtime.trust_repo,
+        hub_args=meta.hub_args(),
     )
     embedder: Embedder = TASK.plan(options).load(progress=runtime.on_note is not None)
     embedder.normalise = True  # what check_comparable lets through

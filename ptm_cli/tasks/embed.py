@@ -153,7 +153,10 @@ class EmbedTask(Task[Embedder]):
         from .classify import TASK as CLASSIFY
 
         classifier = CLASSIFY.build(plan, progress=progress)  # type: ignore[arg-type]  # a classify entry's plan
-        return Embedder(classifier)
+        embedder = Embedder(classifier)
+        if plan.entry is None:
+            embedder.hub_args = tuple(plan.options.hub_args)
+        return embedder
 
     def prepare(self, model: Embedder, params: Mapping[str, Any]) -> None:
         model.normalise = not params.get("raw")

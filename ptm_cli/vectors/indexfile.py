@@ -62,15 +62,23 @@ class IndexMeta:
     normalised: bool = True
     resize: int | None = None
     crop: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)  # the .npy layout: its vectors' fingerprint
+    # "hub_args": a hub: model's entry-point arguments (JSON); "vectors": the .npy layout's fingerprint
+    extra: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         kind = "unit-length" if self.normalised else "raw"
-        return f"{self.model} ({self.weights}), {self.dimension} {kind} {self.dtype} numbers"
+        hub = self.hub_args()
+        made = f"{self.model} ({' '.join(hub)})" if hub else f"{self.model} ({self.weights})"
+        return f"{made}, {self.dimension} {kind} {self.dtype} numbers"
+
+    def hub_args(self) -> tuple[str, ...]:
+        """The ``--arg KEY=VALUE`` a hub: model was built with."""
+        return tuple(json.loads(self.extra.get("hub_args", "[]")))
 
     def same_vectors(self) -> tuple[object, ...]:
         """The facts that decide the vectors (not how they are stored)."""
-        return (self.model, self.weights, self.dimension, self.normalised, self.resize, self.crop)
+        hub = self.extra.get("hub_args")
+        return (self.model, self.weights, self.dimension, self.normalised, self.resize, self.crop, hub)
 
     def check_matches(self, other: IndexMeta, *, what: str, path: Path) -> None:
         """UsageError naming both when ``other`` (a query, an update) would not make vectors like this index's."""
@@ -503,7 +511,7 @@ class IndexWriter:
         import pyarrow.parquet as pq
 
         table = pq.read_table(self._rows_file.path)
-        meta = IndexMeta(**{**asdict(self.meta), "extra": {"vectors": fingerprint}})
+        meta = IndexMeta(**{**asdict(self.meta), "extra": {**self.meta.extra, "vectors": fingerprint}})
         table = table.replace_schema_metadata({META_KEY: meta.to_json()})
         pq.write_table(table, self._rows_file.path, compression="zstd", use_dictionary=["model", "weights"])
 
