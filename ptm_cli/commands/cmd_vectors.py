@@ -272,7 +272,9 @@ def dupes(
                 sink.write(record)
                 if report is not None:
                     _add_group(report, record, nb.picture)
-    note(f"{groups} groups of near-duplicates among {len(members)} pictures")
+    groups_text = "1 group" if groups == 1 else f"{groups} groups"
+    pictures_text = "1 picture" if len(members) == 1 else f"{len(members)} pictures"
+    note(f"{groups_text} of near-duplicates among {pictures_text}")
     if report is not None and report_path is not None:
         report.write(Path(report_path))
         note(f"wrote the report {report_path}")

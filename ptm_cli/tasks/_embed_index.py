@@ -92,7 +92,8 @@ def write_index(
             results.close()
         writer.commit()
     if on_note is not None:
-        on_note(f"wrote {path}: {len(plan.kept) + plan.new_rows} rows of {meta.describe()}")
+        rows = len(plan.kept) + plan.new_rows
+        on_note(f"wrote {path}: {rows} row{'' if rows == 1 else 's'} of {meta.describe()}")
 
 
 class _Plan:
@@ -269,7 +270,7 @@ def index_from_records(
                     raise UsageError(f"{name}: a vector of {vector.shape[0]} numbers in a job of {meta.dimension}")
             writer.add(Row(name, record.get("sha256"), record.get("bytes"), record.get("mtime_ns"), vector, error))
         writer.commit()
-    return f"wrote {path}: {len(names)} rows of {meta.describe()}"
+    return f"wrote {path}: {len(names)} row{'' if len(names) == 1 else 's'} of {meta.describe()}"
 
 
 def _preprocessing(job: Mapping[str, Any]) -> tuple[int | None, int | None]:
