@@ -239,17 +239,17 @@ def dupes(
             index = open_index(Path(index_path))
             nb.check_comparable(index)
             members, chunks, header = nb.index_members(index), index.chunks, {"index": index_path}
-            dimension, meta_text = index.meta.dimension, index.meta.describe()
+            meta_text = index.meta.describe()
         else:
             from ..tasks.base import ModelOptions
             from ..tasks.embed import load_embedder
 
             embedder = load_embedder(ModelOptions(model=model, weights=weights, device=device, precision=precision))
-            members, matrix, valid, errors = nb.embedded_members(
+            members, chunks, errors = nb.embedded_members(
                 image_inputs(images, recursive, files_from), embedder, runtime
             )
-            chunks, header = nb.in_memory_chunks(matrix, valid), {"model": model}
-            dimension, meta_text = embedder.dimension, f"{embedder.entry.model} ({embedder.weights_label})"
+            header = {"model": model}
+            meta_text = f"{embedder.entry.model} ({embedder.weights_label})"
         report: Any = None
         if report_path is not None:
             from ..output.report import Report
@@ -267,7 +267,7 @@ def dupes(
         ) as sink:
             for record in errors:
                 sink.write(record)
-            for record in nb.duplicate_groups(members, chunks, threshold, dimension=dimension):
+            for record in nb.duplicate_groups(members, chunks, threshold):
                 groups += 1
                 sink.write(record)
                 if report is not None:

@@ -72,9 +72,8 @@ class Embedder:
         self.preprocess: Preprocess = classifier.preprocess
         self.device: torch.device = classifier.device
         self.precision: Precision = classifier.precision
-        self.labels_count = len(classifier.labels) if classifier.labels else None
         self.model: nn.Module = classifier.model
-        self.dimension = remove_head(self.model, classes=self.labels_count)
+        self.dimension = remove_head(self.model, classes=len(classifier.labels) if classifier.labels else None)
         self.normalise = normalise
         self.hub_args: tuple[str, ...] = ()  # a hub: model's entry-point arguments, which its index records
         self.openmp_spinning = False

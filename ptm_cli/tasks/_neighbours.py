@@ -273,9 +273,7 @@ class Member:
     sha256: str | None
 
 
-def duplicate_groups(
-    members: list[Member], chunks: Chunks, threshold: float, *, dimension: int
-) -> Iterator[dict[str, Any]]:
+def duplicate_groups(members: list[Member], chunks: Chunks, threshold: float) -> Iterator[dict[str, Any]]:
     """The groups of near-duplicates among ``members`` (row order), as records with the one to keep marked."""
     from ..vectors.dupes import group_rows, similar_pairs
 
@@ -328,10 +326,11 @@ def index_members(index: VectorIndex) -> list[Member]:
 
 def embedded_members(
     inputs: Iterable[ImageInput], embedder: Embedder, runtime: Runtime
-) -> tuple[list[Member], np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Images embedded now (``ptm dupes IMAGES``): members, vectors [N, D], valid mask, and error records."""
+) -> tuple[list[Member], Chunks, list[dict[str, Any]]]:
+    """Images embedded now (``ptm dupes IMAGES``): members, their vectors as a chunk source, and error records."""
     import numpy as np
 
+    from ..vectors.search import array_chunks
     from ._embedder import embed_images
 
     members: list[Member] = []
@@ -351,13 +350,7 @@ def embedded_members(
             vectors.append(result.vector.astype(np.float32))
             valid.append(True)
     matrix = np.stack(vectors) if vectors else np.zeros((0, embedder.dimension), np.float32)
-    return members, matrix, np.asarray(valid, dtype=bool), errors
-
-
-def in_memory_chunks(matrix: np.ndarray, valid: np.ndarray) -> Chunks:
-    from ..vectors.search import array_chunks
-
-    return array_chunks(matrix, valid)
+    return members, array_chunks(matrix, np.asarray(valid, dtype=bool)), errors
 
 
 # --- the results page ------------------------------------------------------------------------------------------

@@ -366,7 +366,13 @@ def _finish_interrupted_write(path: Path, side: Path) -> None:
     except BadIndex:
         return
     if meta.extra.get("vectors") == _fingerprint(path):
-        os.replace(staged, side)
+        try:
+            os.replace(staged, side)
+        except OSError as exc:  # a folder this user may read but not write
+            raise BadIndex(
+                f"{path}: its last write stopped before {side.name} was renamed into place, and it cannot be "
+                f"finished here ({exc.strerror or exc}); run any ptm command on it where the folder is writable"
+            ) from None
         fsutil.fsync_dir(fsutil.folder_of(side))
 
 
