@@ -1,4 +1,4 @@
-"""Regenerate models/torchvision.json, torchvision_detection.json and torchvision_segmentation.json from torchvision.
+"""Regenerate models/torchvision.json and its detection, segmentation and video siblings from torchvision.
 
 ptm lists and resolves models without importing torch (3.5 s here), so the
 facts torchvision keeps in Python objects - URLs, hash prefixes, sizes,
@@ -267,6 +267,62 @@ def segmentation_entries(coco: list[str]) -> tuple[list[dict[str, Any]], list[st
     return models, voc
 
 
+KINETICS_LICENCE = "BSD-3-Clause (torchvision); trained on Kinetics-400, whose terms of use apply"
+
+
+def video_entries() -> tuple[list[dict[str, Any]], list[str]]:
+    """Every torchvision video classifier's weights, with the clip length and frame rate they were measured at."""
+    import torchvision.models.video as video
+
+    models: list[dict[str, Any]] = []
+    categories: list[str] = []
+    for name in tvm.list_models(module=video):
+        enum = tvm.get_model_weights(name)
+        variants = []
+        for w in enum:
+            if not categories:
+                categories = list(w.meta["categories"])
+            if list(w.meta["categories"]) != categories:
+                raise SystemExit(f"{name}.{w.name}: labels other than Kinetics-400's; teach this script about them")
+            docs = w.meta.get("_docs", "")
+            clip = re.search(r"clip_len=(\d+)", docs)
+            rate = re.search(r"frame_rate=([\d.]+)", docs)
+            if clip is None or rate is None:
+                raise SystemExit(f"{name}.{w.name}: its documentation gives no clip_len or frame_rate")
+            t = w.transforms()
+            file_name = w.url.rsplit("/", 1)[-1]
+            match = re.search(r"-([0-9a-f]{8,})\.pth$", file_name)
+            metrics = next(iter(w.meta["_metrics"].values()))
+            resize = [int(x) for x in t.resize_size]
+            variants.append(
+                {
+                    "name": w.name,
+                    "default": w.name == enum.DEFAULT.name,
+                    "url": w.url,
+                    "sha256": match.group(1) if match else None,
+                    "size_mb": w.meta.get("_file_size"),
+                    "num_params": w.meta["num_params"],
+                    "gflops": w.meta.get("_ops"),
+                    "acc1": metrics.get("acc@1"),
+                    "acc5": metrics.get("acc@5"),
+                    "labels": "kinetics400_classes.txt",
+                    "num_classes": len(categories),
+                    "recipe": w.meta.get("recipe"),
+                    "licence": KINETICS_LICENCE,
+                    "builder_kwargs": builder_kwargs(name, w),
+                    "clip_frames": int(clip.group(1)),
+                    "clip_rate": float(rate.group(1)),
+                    **({"frame_size": resize} if len(resize) == 2 else {"resize": resize[0]}),
+                    "crop": int(t.crop_size[0]),
+                    "interpolation": t.interpolation.value,
+                    "mean": [float(x) for x in t.mean],
+                    "std": [float(x) for x in t.std],
+                }
+            )
+        models.append({"model": name, "architecture": name, "task": "classify", "weights": variants})
+    return models, categories
+
+
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
@@ -333,6 +389,13 @@ def main() -> None:
     print(
         f"wrote {out.relative_to(ROOT)}: {len(detectors)} models, {sum(len(m['weights']) for m in detectors)} weights"
     )
+
+    videos, kinetics = video_entries()
+    (MODELS_DIR / "kinetics400_classes.txt").write_text("\n".join(kinetics) + "\n", encoding="utf-8")
+    doc = {**doc, "models": videos}
+    out = MODELS_DIR / "torchvision_video.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out.relative_to(ROOT)}: {len(videos)} models, {sum(len(m['weights']) for m in videos)} weights")
 
     segmenters, voc = segmentation_entries(categories)
     (MODELS_DIR / "voc_classes.txt").write_text("\n".join(voc) + "\n", encoding="utf-8")

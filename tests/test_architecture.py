@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the process: files written whole, memory and threads", {"runtime"}),
     ("weights files", {"tensorio"}),
     ("images in: inputs, decoding, colour, preprocessing", {"images"}),
+    ("videos in and out: frames read, clips written (PyAV)", {"video"}),
     ("what ptm writes: records, image files, the results page", {"output"}),
     ("image vectors: index files, exact and approximate search, near-duplicate groups", {"vectors"}),
     ("the catalog and the weights cache", {"cache"}),

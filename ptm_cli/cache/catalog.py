@@ -85,6 +85,16 @@ class Entry:
     mask_map: float | None = None
     miou: float | None = None
     pixel_acc: float | None = None
+    # Video classifiers: clips of ``clip_frames`` frames taken ``clip_rate`` times a second, each frame
+    # resized to exactly ``frame_size`` (height, width) when given, else its short side to ``resize``.
+    clip_frames: int | None = None
+    clip_rate: float | None = None
+    frame_size: tuple[int, int] | None = None
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the model labels clips of video frames (Kinetics-400 actions) rather than images."""
+        return self.clip_frames is not None
 
     @property
     def ref(self) -> str:
@@ -168,6 +178,9 @@ def _optional(value: Any, kind: type | tuple[type, ...], key: str, where: str) -
 
 
 _KNOWN_KEYS = {
+    "clip_frames",
+    "clip_rate",
+    "frame_size",
     "name",
     "model",
     "weights",
@@ -249,6 +262,7 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         raise ConfigError(f"{where}: keypoint_names must be a list of short names")
     for key in ("acc1", "acc5", "box_map", "keypoint_map", "mask_map", "miou", "pixel_acc"):
         _optional(raw.get(key), (int, float), key, where)
+    clip_frames, clip_rate, frame_size = _clip_facts(raw, where)
     return Entry(
         model=model,
         weights=str(raw.get("weights") or "DEFAULT"),
@@ -284,7 +298,28 @@ def entry_from_mapping(raw: dict[str, Any], *, source: str, base_dir: Path | Non
         mask_map=raw.get("mask_map"),
         miou=raw.get("miou"),
         pixel_acc=raw.get("pixel_acc"),
+        clip_frames=clip_frames,
+        clip_rate=clip_rate,
+        frame_size=frame_size,
     )
+
+
+def _clip_facts(raw: dict[str, Any], where: str) -> tuple[int | None, float | None, tuple[int, int] | None]:
+    """A video classifier's clip length, frame rate and frame size, checked."""
+    frames = _optional(raw.get("clip_frames"), int, "clip_frames", where)
+    rate = _optional(raw.get("clip_rate"), (int, float), "clip_rate", where)
+    size = raw.get("frame_size")
+    if frames is not None and not 1 <= frames <= 1024:
+        raise ConfigError(f"{where}: clip_frames must be from 1 to 1024")
+    if (rate is None) != (frames is None) or (rate is not None and not 0.1 <= rate <= 1000):
+        raise ConfigError(
+            f"{where}: a video classifier gives clip_frames with clip_rate (frames a second, 0.1 to 1000)"
+        )
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 1 <= v <= 4096 for v in size)
+    ):
+        raise ConfigError(f"{where}: frame_size must be [height, width] in pixels")
+    return frames, None if rate is None else float(rate), None if size is None else (size[0], size[1])
 
 
 def _eps(value: Any, where: str) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..runtime import streams
-from . import remote
+from . import remote, videos
 from .common import CONTEXT, image_inputs, note, outcome, stdout_is_data
 from .options import (
     click_option,
@@ -30,6 +30,7 @@ from .options import (
     report_option,
     server_option,
     stack,
+    video_options,
     weights_option,
 )
 from .progress import RunProgress
@@ -43,7 +44,7 @@ def command(name: str) -> click.Command | None:
     if found is None:
         return None
     task, alias = found
-    decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [input_options]
+    decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [input_options, video_options]
     if alias is None:
         decorators.append(model_option(task.models_of(), default=task.default_model, help=task.model_help))
     decorators.append(weights_option(task.weights_help))
@@ -65,7 +66,6 @@ def command(name: str) -> click.Command | None:
 def run_task(name: str, params: dict[str, Any]) -> int:
     """One task over the inputs the command line names: the records on stdout, the exit code."""
     from .. import tasks
-    from ..images.inputs import count_inputs
     from ..tasks.base import ModelOptions, RunContext
 
     found = tasks.find(name)
@@ -85,11 +85,14 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     images, recursive, files_from = params.pop("images"), params.pop("recursive"), params.pop("files_from")
     report_path, quiet, fmt = params.pop("report_path"), params.pop("quiet"), params.pop("fmt", None)
     force = bool(params["force"] if _declares_force(task) else params.pop("force"))
+    asked = videos.sampling_from(params.pop("every"), params.pop("frame_count"), params.pop("start"), params.pop("end"))
     task.check(params)
     plan = task.plan(options)
     task.check_plan(plan, params)
     inputs = image_inputs(images, recursive, files_from)
     destination = _destination(task, params, images, files_from, tag=alias.tag if alias else task.beside_tag or model)
+    named_videos = videos.check_named(task, params, images, files_from, asked, destination)
+    sampling = task.frame_sampling(plan, asked)
     if report_path is not None:
         from ..output.report import check_destination
 
@@ -100,8 +103,15 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     failed = count = 0
     report: Any = None
     to_stdout = destination is not None and destination.stdout
-    with stdout_is_data() as out, RunProgress(quiet=quiet) as progress:
-        progress.count_in_background(lambda: count_inputs(images, recursive=recursive, files_from=files_from))
+    what = "frames" if named_videos else "images"
+    with (
+        stdout_is_data() as out,
+        RunProgress(quiet=quiet, what=what) as progress,
+        videos.VideoRun(
+            task, params, sampling, force=force, on_note=progress.note, writes=destination is not None
+        ) as video_run,
+    ):
+        progress.count_in_background(lambda: video_run.count(images, recursive, files_from))
         loaded = plan.load()
         task.prepare(loaded, params)
         if report_path is not None:
@@ -124,16 +134,25 @@ def run_task(name: str, params: dict[str, Any]) -> int:
             keep_images=report is not None,
             on_note=progress.note,
             on_tile=progress.tiles,
+            videos=video_run.outputs,
         )
         flush_every = int(params.get(task.flush_every, 1)) if task.flush_every else 1
         # With the image on stdout, records go to stderr, and only failures: stdout holds nothing else.
         with task.writer(streams.stderr() if to_stdout else out, fmt) as records:
-            for result in task.run(loaded, inputs, params, context):
+            if named_videos or not sampling.everything:
+                records.insert_columns(videos.FRAME_FIELDS)
+            for item, each in video_run.paired(task.run(loaded, video_run.expand(inputs), params, context)):
+                progress.advance(each.ok)
+                if each.pending:
+                    continue  # its record comes with a later input's (a clip of frames)
+                result = each if item is None or item.frame is None else video_run.frame_outcome(item, each)
+                if result is None:
+                    continue  # folded into its video's one record
                 count += 1
                 failed += not result.ok
-                progress.advance(result.ok)
                 if report is not None:
-                    report.add(result.record, output_image=result.output_image)
+                    picture = item.frame.image if item is not None and item.frame is not None else None
+                    report.add(result.record, output_image=result.output_image, input_image=picture)
                 if to_stdout and result.ok:
                     continue
                 records.write(result.record)

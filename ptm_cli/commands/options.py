@@ -68,6 +68,18 @@ input_options = stack(
     click.option("--files-from", metavar="FILE", help="Read image paths, one per line, from FILE ('-' for stdin)."),
 )
 
+# Which frames of a video input a task command takes (every frame without them).
+video_options = stack(
+    click.option(
+        "--every",
+        metavar="INTERVAL|N",
+        help="Take one frame of each video per INTERVAL (1s, 0.5s, 250ms) or every Nth frame (10).",
+    ),
+    click.option("--frames", "frame_count", type=int, metavar="N", help="Take N frames spread evenly over each video."),
+    click.option("--start", metavar="TIME", help="Read videos from TIME (seconds, or a clock time like 1:30)."),
+    click.option("--end", metavar="TIME", help="Read videos up to TIME (exclusive)."),
+)
+
 quiet_option = click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar on stderr (it shows only when stderr is a terminal)."
 )

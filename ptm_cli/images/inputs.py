@@ -12,27 +12,45 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
 
 from .. import settings
-from ..errors import InputError, InputNotFound, UsageError
+from ..errors import InputError, InputNotFound, UnsupportedFormat, UsageError
 
 if TYPE_CHECKING:
     from PIL import Image
 
 
+class FrameLike(Protocol):
+    """A frame of a video, as :class:`ImageInput` carries it (see :class:`ptm_cli.video.reader.Frame`)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def image(self) -> Image.Image: ...
+    @property
+    def last(self) -> bool: ...
+    @property
+    def clip(self) -> Any: ...
+
+
 class ImageInput(NamedTuple):
-    """One image to process: a file, or bytes that came from stdin.
+    """One image to process: a file, bytes that came from stdin, or one frame of a video.
 
     Immutable, as a frozen dataclass would be; a named tuple because the
     warm server's client imports this module, and dataclasses would cost it
-    the import of ``inspect``.
+    the import of ``inspect``. A video's frames are inputs named as the
+    video, each with its ``frame`` (index, time, upright image); ``path`` is
+    the video's.
     """
 
     name: str
     path: Path | None = None
     data: bytes | None = None
     error: InputError | None = None  # found while reading the input (e.g. stdin too large)
+    frame: FrameLike | None = None
 
     def open(
         self,
@@ -46,10 +64,26 @@ class ImageInput(NamedTuple):
 
         if self.error is not None:
             raise self.error
+        if self.frame is not None:
+            return self.frame.image
+        if self.path is not None and self.data is None and is_video_name(self.path):
+            raise UnsupportedFormat(
+                f"{self.name} is a video: give it to a task command (ptm classify {self.name}), which reads its "
+                "frames; batch jobs take images only"
+            )
         source = self.data if self.data is not None else self.path
         if source is None:
             raise InputNotFound(f"{self.name}: neither a path nor data to read")
         return load_image(source, name=self.name, min_short_side=min_short_side, on_note=on_note, keep_alpha=keep_alpha)
+
+
+# Names read as videos wherever an image is named (ptm_cli.video reads them); a folder gives its images only.
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
+
+
+def is_video_name(name: str | os.PathLike[str]) -> bool:
+    """Whether a path names a video (by its extension; the bytes decide only whether it opens)."""
+    return os.path.splitext(os.fspath(name))[1].lower() in VIDEO_EXTENSIONS
 
 
 # Extensions picked up when walking a directory. Files named explicitly are

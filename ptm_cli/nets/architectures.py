@@ -45,9 +45,11 @@ _FLOAT_BUFFERS = ("running_mean", "running_var", "relative_coords_table")
 def _torchvision_factory(entry: Entry, kwargs: dict[str, Any]) -> Callable[[], nn.Module]:
     import torchvision.models as tvm
 
-    if entry.architecture not in set(tvm.list_models(module=tvm)):
+    module = tvm.video if entry.is_video else tvm
+    if entry.architecture not in set(tvm.list_models(module=module)):
+        kind = "video classifier" if entry.is_video else "classifier"
         raise ConfigError(
-            f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision classifier; "
+            f"{entry.ref}: architecture {entry.architecture!r} is not a torchvision {kind}; "
             "`ptm models` lists the ones ptm can build"
         )
     architecture = entry.architecture

@@ -111,6 +111,13 @@ def write_output(path: Path, data: bytes, *, force: bool = False) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def is_video_output(path: Path) -> bool:
+    """Whether an output file's name asks for a video (.mp4, .mov, .mkv, .webm)."""
+    from ..video import OUTPUT_CONTAINERS
+
+    return path.suffix.lower() in OUTPUT_CONTAINERS
+
+
 @dataclass(frozen=True)
 class Destination:
     """Where results go: one named file, stdout, or a directory."""
@@ -123,10 +130,14 @@ class Destination:
     beside: bool = False  # next to each input: horse.jpg -> horse.zebra.png (suffix ".zebra")
 
     def path_for(self, item: ImageInput) -> Path | None:
-        """The output file for ``item``; None means stdout."""
+        """The output file for ``item``; None means stdout. A video's frames go to one video file."""
+        if item.frame is not None:
+            return self.video_path_for(item)
         if self.stdout:
             return None
         if self.file is not None:
+            if is_video_output(self.file):
+                raise OutputError(f"{self.file} names a video, but {item.name} is an image; give an image name")
             return self.file
         if self.beside:
             if item.path is None:
@@ -135,6 +146,23 @@ class Destination:
         assert self.directory is not None
         stem = "stdin" if item.name == "-" else Path(item.name).stem or "image"
         return self.directory / f"{stem}{self.suffix}{self.extension}"
+
+    def video_path_for(self, item: ImageInput) -> Path:
+        """The video file a video input's frames are written to: -o FILE, or the input's stem with its
+        container's extension (.mp4 for a container ptm does not write) beside it or in --output-dir."""
+        if self.stdout:
+            raise OutputError(f"{item.name} is a video, and a video is not written to stdout; give -o FILE.mp4")
+        if self.file is not None:
+            if not is_video_output(self.file):
+                raise OutputError(f"{item.name} is a video; name its output FILE.mp4 (or .mov, .mkv, .webm)")
+            return self.file
+        source = Path(item.name)
+        extension = source.suffix.lower() if is_video_output(source) else ".mp4"
+        if self.beside:
+            assert item.path is not None
+            return item.path.with_name(f"{item.path.stem or 'video'}{self.suffix}{extension}")
+        assert self.directory is not None
+        return self.directory / f"{source.stem or 'video'}{self.suffix}{extension}"
 
     @property
     def extension(self) -> str:
@@ -177,7 +205,7 @@ def make_destination(
             return Destination(stdout=True, image_format=fmt)
         if fmt is None and fsutil.is_stream_target(Path(output)):
             fmt = "PNG"  # -o /dev/null, -o >(cmd): a stream, like stdout, whatever its name
-        if fmt is None:
+        if fmt is None and not is_video_output(Path(output)):
             image_format_for(output)  # fail now on an unknown extension
         return Destination(file=Path(output), image_format=fmt)
     assert output_dir is not None

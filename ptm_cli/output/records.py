@@ -107,6 +107,23 @@ class RecordWriter:
                 lineterminator="\r\n",
             )
 
+    def insert_columns(self, names: Sequence[str], after: str = "input") -> None:
+        """Add ``names`` after column ``after`` (a video frame's ``frame`` and ``time``), before the first write;
+        rows that ``flatten`` makes of a record carry the record's values for them."""
+        at = self.columns.index(after) + 1 if after in self.columns else 0
+        self.columns[at:at] = [n for n in names if n not in self.columns]
+        if self._csv is not None:
+            self._csv.fieldnames = self.columns
+        flatten = self.flatten
+
+        def carried(record: Row) -> Iterable[Row]:
+            extra = {n: record[n] for n in names if n in record}
+            rows = flatten(record)
+            return [{**row, **extra} for row in rows] if extra else rows
+
+        self.flatten = carried
+        self.optional = self.optional | frozenset(names)
+
     def write(self, record: Row) -> None:
         if self.fmt == "jsonl":
             self.stream.write(_json(record) + "\n")

@@ -143,10 +143,15 @@ class Report:
         with self._lock:
             return name in self._thumbs
 
-    def add(self, record: Mapping[str, Any], *, output_image: Any = None) -> None:
-        """One record, with the thumbnail kept for its input (and the output's, for translation)."""
+    def add(self, record: Mapping[str, Any], *, output_image: Any = None, input_image: Any = None) -> None:
+        """One record, with the thumbnail kept for its input (and the output's, for translation).
+
+        ``input_image`` is the input's picture when the record's input name does not tell it (a video frame).
+        """
         with self._lock:
             thumb = self._thumbs.pop(str(record.get("input")), None)
+        if input_image is not None:
+            thumb = thumbnail(input_image)
         entry: dict[str, Any] = {"record": dict(record), "thumb": thumb}
         if "error" not in record:
             entry["view"] = self.task.report_view(record)

@@ -130,6 +130,7 @@ class SideOutputs:
 
     def __init__(self, context: RunContext, crops: Path | None, image_format: str | None):
         self.destination = context.destination
+        self.videos = context.videos
         self.force = context.force
         self.emit_bytes = context.emit_bytes
         self.crops = crops
@@ -144,8 +145,8 @@ class SideOutputs:
         """Refuse an input whose drawn image exists (without --force), before its forward pass."""
         from ._imagejobs import check_writable
 
-        if self.destination is None:
-            return
+        if self.destination is None or item.frame is not None:
+            return  # a video's output is checked when its first frame is written
         path = self.destination.path_for(item)
         if path is not None:
             check_writable(item, path, self.force)
@@ -160,7 +161,10 @@ class SideOutputs:
         if self.destination is not None:
             drawn = draw_detections(image, record["detections"])
             path = self.destination.path_for(item)
-            self._write(path, drawn, self.destination.format_for(path), item.name)
+            if item.frame is not None and path is not None and self.videos is not None:
+                self.videos.write(item, path, drawn)
+            else:
+                self._write(path, drawn, self.destination.format_for(path), item.name)
             if path is not None:
                 record["drawn"] = str(path)
         if self.crops is not None:
@@ -174,6 +178,8 @@ class SideOutputs:
         fmt = self.crop_format or "PNG"
         extension = next(ext for ext, name in IMAGE_FORMATS.items() if name == fmt)
         stem = "stdin" if item.name == "-" else Path(item.name).stem or "image"
+        if item.frame is not None:
+            stem = f"{stem}.{item.frame.index:06d}"  # each frame's crops: clip.000042.person.1.png
         names = []
         for rank, d in enumerate(record["detections"], start=1):
             crop = crop_box(image, d["box"], width=image.width, height=image.height)

@@ -117,11 +117,15 @@ def embedder_from(classifier: Classifier, *, normalise: bool = True) -> Embedder
 
 
 def read_input(item: ImageInput) -> tuple[ImageInput, FileFacts]:
-    """``item`` with its bytes in memory, and the facts of the file they came from."""
+    """``item`` with its bytes in memory, and the facts of the file they came from (of a video frame: of its
+    RGB pixels)."""
     from ..images.decode import read_file
 
     if item.error is not None:
         raise item.error
+    if item.frame is not None:  # a video's frame: the facts of its decoded RGB pixels
+        pixels = item.frame.image.tobytes()
+        return item, FileFacts(hashlib.sha256(pixels).hexdigest(), len(pixels), None)
     if item.data is not None:
         return item, FileFacts(hashlib.sha256(item.data).hexdigest(), len(item.data), None)
     if item.path is None:

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import InputError, OutputError, UsageError
 from ..images.inputs import ImageInput
 from ..output.imagefiles import Destination, encode_image, write_output
+from ..output.videofiles import VideoOutputs
 from ..runtime import fsutil
 
 Transform = Callable[[Any], Any]  # PIL image in, PIL image of the same size out
@@ -35,6 +36,7 @@ def run_image_jobs(
     emit_bytes: Callable[[bytes], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     on_image: Callable[[str, Any], None] | None = None,
+    videos: VideoOutputs | None = None,
 ) -> Iterator[tuple[dict[str, Any], Any]]:
     """Transform each input and write it; yield one record per input, in order, with the image it made.
 
@@ -49,6 +51,12 @@ def run_image_jobs(
         started = time.perf_counter()
         try:
             path = destination.path_for(item)
+            if item.frame is not None and path is not None:
+                if skip_existing and videos is not None and videos.skips(item, path):
+                    yield {"input": item.name, "output": str(path), "skipped": True}, None
+                    continue
+                yield _frame_job(item, path, transform, videos, on_image, describe, started), None
+                continue
             if path is not None and path.resolve() in written:
                 raise OutputError(
                     f"{path} was already written for {written[path.resolve()]} in this run "
@@ -87,6 +95,29 @@ def run_image_jobs(
         record.update(describe() if describe else {})
         record["seconds"] = round(time.perf_counter() - started, 3)
         yield record, result
+
+
+def _frame_job(
+    item: ImageInput,
+    path: Path,
+    transform: Transform,
+    videos: VideoOutputs | None,
+    on_image: Callable[[str, Any], None] | None,
+    describe: Callable[[], dict[str, Any]] | None,
+    started: float,
+) -> dict[str, Any]:
+    """One frame of a video input through ``transform`` and into its output video; its record."""
+    if videos is None:
+        raise UsageError("writing a video's frames needs the run's video outputs")
+    image = item.open()
+    if on_image is not None:
+        on_image(item.name, image)
+    result = transform(image)
+    videos.write(item, path, result)
+    record: dict[str, Any] = {"input": item.name, "output": str(path), "size": list(result.size)}
+    record.update(describe() if describe else {})
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
 
 
 def check_writable(item: ImageInput, path: Path, force: bool) -> None:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ..images.inputs import ImageInput
     from ..output.imagefiles import Destination
     from ..output.records import RecordWriter
+    from ..output.videofiles import VideoOutputs
+    from ..video.sampling import Sampling
 
 HUB_PREFIX = "hub:"
 M = TypeVar("M")  # a task's model: a Classifier, a Translator...
@@ -196,6 +198,30 @@ IMAGE_OUTPUT_OPTIONS = (
 )
 
 
+# What a task that writes an image per input adds for a video input, whose frames it writes as one video.
+VIDEO_OUTPUT_OPTIONS = (
+    Option(
+        "codec",
+        ("--codec",),
+        kind="choice",
+        choices=("h264", "h265", "vp9", "av1"),
+        batch=(),
+        records=False,
+        help="Video codec of a video input's output (default: h264 in yuv420p; vp9 for .webm).",
+    ),
+    Option(
+        "crf",
+        ("--crf",),
+        kind="int",
+        minimum=0,
+        maximum=63,
+        batch=(),
+        records=False,
+        help="Quality of a written video: lower is better and larger (default: the codec's own, 23 for h264).",
+    ),
+)
+
+
 # --- running ---------------------------------------------------------------------------------------
 
 
@@ -205,6 +231,7 @@ class Outcome:
 
     record: dict[str, Any]
     output_image: Any = None
+    pending: bool = False  # this input's record comes with a later input's (a video classifier's clip of frames)
 
     @property
     def ok(self) -> bool:
@@ -233,6 +260,7 @@ class RunContext:
     on_tile: Callable[[int, int], None] | None = None
     shown_folder: Path | None = None  # batch: outputs are recorded under the job folder as the user wrote it
     taken: Mapping[str, str] = field(default_factory=dict)  # batch: output name -> the input that owns it
+    videos: VideoOutputs | None = None  # where a video input's frames are written (one video file each)
 
 
 # --- the task --------------------------------------------------------------------------------------
@@ -265,6 +293,7 @@ class Task(Generic[M]):
     shares_forward_passes: ClassVar[bool] = False  # a warm server may merge clients' batches
     flush_every: ClassVar[str | None] = None  # the parameter whose value says how many records to flush at once
     columns: ClassVar[tuple[str, ...]] = ()  # CSV/TSV columns (one row per item of a record)
+    frame_records: ClassVar[bool] = True  # a record per video frame (False: one per video, as for its output file)
 
     # -- options and plans
 
@@ -273,6 +302,14 @@ class Task(Generic[M]):
 
     def check_plan(self, plan: Plan[M], params: Mapping[str, Any]) -> None:
         """Refuse parameters that do not fit the planned model (a class it lacks), before it loads."""
+
+    def refuses_videos(self, params: Mapping[str, Any]) -> str | None:
+        """Why this call cannot take a video's frames (an index file of images...), or None when it can."""
+        return None
+
+    def frame_sampling(self, plan: Plan[M], sampling: Sampling) -> Sampling:
+        """The frames of a video this call takes, given what the command line asked (a video model: its rate)."""
+        return sampling
 
     def models_of(self) -> str:
         """The ``task`` of the catalog entries this task runs."""

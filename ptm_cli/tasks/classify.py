@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..images.transforms import Preprocess
     from ..nets.device import Precision
     from ..output.records import RecordWriter
+    from ..video.sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -479,11 +480,42 @@ class ClassifyTask(Task["Classifier"]):
         return hub_plan(self, options)
 
     def servable(self, params: Mapping[str, Any], options: ModelOptions) -> bool:
-        # A compiled model is this call's own; a hub model runs repository code trusted for this call only.
-        return not (options.is_hub or params.get("compile_model"))
+        # A compiled model is this call's own; a hub model runs repository code trusted for this call only;
+        # a video classifier's clips are not merged with other callers' images.
+        return not (options.is_hub or params.get("compile_model") or self.plan(options).entry.is_video)  # type: ignore[union-attr]
+
+    def check_plan(self, plan: Plan[Classifier], params: Mapping[str, Any]) -> None:
+        if plan.entry is not None and plan.entry.is_video:
+            asked = [f for f, v in (("--resize", plan.options.resize), ("--crop", plan.options.crop)) if v]
+            asked += [
+                f for f, name in (("--compile", "compile_model"), ("--full-decode", "full_decode")) if params.get(name)
+            ]
+            if asked:
+                raise UsageError(
+                    f"{asked[0]} applies to image classifiers; {plan.entry.ref} has its own clip transform"
+                )
+
+    def frame_sampling(self, plan: Plan[Classifier], sampling: Sampling) -> Sampling:
+        if plan.entry is None or not plan.entry.is_video:
+            return sampling
+        from ._clips import clip_sampling
+
+        return clip_sampling(plan.entry, sampling)
 
     def build(self, plan: Plan[Classifier], *, progress: bool) -> Classifier:
         options = plan.options
+        if plan.entry is not None and plan.entry.is_video:
+            from ._clips import build_video_classifier
+
+            video = build_video_classifier(
+                plan.entry,
+                weights_file=plan.weights_file,
+                weights_label=plan.weights_label,
+                device=options.device,
+                precision=options.precision,
+                progress=progress,
+            )
+            return cast("Classifier", video)  # runs through classify_clips (see run)
         if plan.entry is None:
             from ._hub import hub_classifier
 
@@ -516,6 +548,13 @@ class ClassifyTask(Task["Classifier"]):
     def run(
         self, model: Classifier, inputs: Iterable[ImageInput], params: Mapping[str, Any], context: RunContext
     ) -> Iterator[Outcome]:
+        from ._clips import VideoClassifier, classify_clips
+
+        if isinstance(model, VideoClassifier):
+            yield from classify_clips(
+                model, inputs, top_k=params.get("top_k", 5), batch_size=params.get("batch_size", 8)
+            )
+            return
         on_image = context.on_image
         results = classify_images(
             inputs,

@@ -34,7 +34,17 @@ from ._detector import (
     check_entry,
     class_ids,
 )
-from .base import WORKERS_OPTION, ModelOptions, Option, Outcome, Plan, RunContext, Task, batch_size_option
+from .base import (
+    VIDEO_OUTPUT_OPTIONS,
+    WORKERS_OPTION,
+    ModelOptions,
+    Option,
+    Outcome,
+    Plan,
+    RunContext,
+    Task,
+    batch_size_option,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -315,12 +325,18 @@ class DetectTask(Task["Detector"]):
             records=False,
             help="Overwrite existing drawn images, crops, --coco and --report files.",
         ),
+        *VIDEO_OUTPUT_OPTIONS,
     )
     shares_forward_passes = False
     flush_every = "batch_size"
     beside_tag = "detect"
     default_image_format = "JPEG"
     columns = ("input", "rank", "label", "category_id", "score", "xmin", "ymin", "xmax", "ymax", "error")
+
+    def refuses_videos(self, params: Mapping[str, Any]) -> str | None:
+        if params.get("coco") is not None:
+            return "a --coco file describes images; run without --coco for its frames' records"
+        return None
 
     def writes_images(self, params: Mapping[str, Any]) -> bool:
         return bool(params.get("draw") or params.get("output") is not None or params.get("output_dir") is not None)

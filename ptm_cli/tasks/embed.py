@@ -112,6 +112,11 @@ class EmbedTask(Task[Embedder]):
 
     # -- options and plans
 
+    def refuses_videos(self, params: Mapping[str, Any]) -> str | None:
+        if params.get("output") is not None:
+            return "an index file holds images; without -o, ptm embed writes each frame's vector as a record"
+        return None
+
     def check(self, params: Mapping[str, Any]) -> None:
         output = params.get("output")
         if output is None:

@@ -263,6 +263,11 @@ class SegmentTask(Task[Any]):
         "error",
     )
 
+    def refuses_videos(self, params: Mapping[str, Any]) -> str | None:
+        if any(params.get(name) for name in ("output", "output_dir", "mask_dir", "cutout", "coco")):
+            return "ptm segment writes masks and cut-outs of images; without file options it gives each frame's record"
+        return None
+
     def writes_images(self, params: Mapping[str, Any]) -> bool:
         """Only ``-o`` goes through the shared destination (one input, a file or stdout); see _segment_files."""
         return params.get("output") is not None

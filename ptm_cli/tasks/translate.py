@@ -60,7 +60,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import NonFiniteOutput, UsageError
 from ..nets.cyclegan import generator_kwargs, norm_layers
 from . import _tiles as tiles
-from .base import IMAGE_OUTPUT_OPTIONS, Alias, ModelOptions, Option, Outcome, Plan, RunContext, Task
+from .base import (
+    IMAGE_OUTPUT_OPTIONS,
+    VIDEO_OUTPUT_OPTIONS,
+    Alias,
+    ModelOptions,
+    Option,
+    Outcome,
+    Plan,
+    RunContext,
+    Task,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -454,6 +464,7 @@ class TranslateTask(Task["Translator"]):
     weights_help = "Weights variant, or the path of a local .pth/.safetensors/.h5 generator file."
     options = (
         *IMAGE_OUTPUT_OPTIONS,
+        *VIDEO_OUTPUT_OPTIONS,
         Option(
             "size",
             ("--size",),
@@ -490,6 +501,7 @@ class TranslateTask(Task["Translator"]):
         ),
     )
     image_outputs = True
+    frame_records = False  # a video in, one video and one record out
     record_formats = False
     columns = ("input", "output", "size", "seconds", "error")
 
@@ -544,6 +556,7 @@ class TranslateTask(Task["Translator"]):
             emit_bytes=context.emit_bytes,
             on_note=context.on_note,
             on_image=context.on_image,
+            videos=context.videos,
         )
         for record, result in jobs:
             yield Outcome(record, result if context.keep_images else None)
