@@ -65,13 +65,19 @@ def test_sampling_takes_the_first_frame_at_or_after_each_time(
     assert [f.time for f in clip.frames(sampling)] == times
 
 
-def test_seeking_takes_the_same_frames_as_decoding_everything(tmp_path: Path) -> None:
-    """A long clip with a keyframe every 10 frames: --every 1s seeks, and still takes exactly these frames."""
+def test_seeking_takes_the_same_frames_as_decoding_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long clip with a keyframe every 10 frames: --every 1.2s seeks, and still takes exactly these frames."""
+    from ptm_cli.video import reader
+
     path = make_clip(tmp_path / "long.mp4", frames=250, rate=25, size=(32, 32), keyframe_every=10)
     clip = open_clip(path, "long.mp4")
     everything = list(clip.frames())
     wanted = [next(f for f in everything if f.time >= t - 1e-9) for t in np.arange(0, 10, 1.2)]
+    seeks: list[float] = []
+    seek = reader._seek
+    monkeypatch.setattr(reader, "_seek", lambda *args: seeks.append(args[-1]) or seek(*args))
     taken = list(clip.frames(Sampling(every_seconds=1.2)))
+    assert len(seeks) >= 6  # every gap after the first two keyframes is crossed by a seek
     assert [(f.index, f.time) for f in taken] == [(f.index, f.time) for f in wanted]
     for a, b in zip(taken, wanted, strict=True):
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
@@ -212,7 +218,9 @@ def test_tasks_that_cannot_take_videos_say_so(seeded_weights: SeededWeights, tmp
     assert_refused(refused, "index file holds images")
     embedded = run_ptm(["embed", "-m", "resnet18", "-w", weights, str(source)])
     assert embedded.code == 0 and [r["frame"] for r in embedded.records()] == [0, 1]
-    assert_refused(run_ptm(["classify", "-m", "resnet18", "-w", weights, "--every", "1s", str(tmp_path)]), "name a video")
+    assert_refused(
+        run_ptm(["classify", "-m", "resnet18", "-w", weights, "--every", "1s", str(tmp_path)]), "name a video"
+    )
 
 
 def yuv420p(image: object) -> np.ndarray:
@@ -364,3 +372,30 @@ def test_a_video_classifier_labels_clips_as_torchvision_would(seeded_weights: Se
     image = run_ptm(["classify", "-m", "mc3_18", "-w", str(weights), str(DATA / "chelsea.png")])
     assert image.code == 1 and "labels clips of a video" in image.records()[0]["error"]["message"]
     assert_refused(run_ptm(["classify", "-m", "mc3_18", "-w", str(weights), "--crop", "64", str(source)]), "--crop")
+
+
+def test_sound_a_container_cannot_hold_is_left_out_with_a_note(zebra: list[str], tmp_path: Path) -> None:
+    import av
+
+    source = tmp_path / "pcm.mkv"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=8000)
+        for i in range(5):
+            picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            picture.pts = i
+            for packet in video.encode(picture):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.int16), format="s16", layout="mono")
+        samples.sample_rate, samples.pts = 8000, 0
+        for packet in [*sound.encode(samples), *sound.encode(None)]:
+            out.mux(packet)
+    in_mp4 = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mp4")])
+    assert in_mp4.code == 0 and "cannot hold this video's sound" in in_mp4.stderr and ".mkv" in in_mp4.stderr
+    assert probe(tmp_path / "out.mp4")["sound_packets"] == 0 and probe(tmp_path / "out.mp4")["frames"] == 5
+    in_mkv = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mkv")])
+    assert in_mkv.code == 0 and in_mkv.stderr == ""
+    assert probe(tmp_path / "out.mkv")["sound_packets"] == probe(source)["sound_packets"] > 0

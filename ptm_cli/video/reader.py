@@ -40,6 +40,8 @@ NoteCallback = Callable[[str], None]
 DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif"
 # A gap between samples larger than this (with no keyframe interval seen yet) is crossed by seeking.
 SEEK_GAP_SECONDS = 1.0
+# Frames this far apart (or --frames) are read sparsely: seeking between them, without frame threads.
+SPARSE_SECONDS = 0.5
 # Transfer characteristics of HDR video (SMPTE ST 2084 PQ, ARIB STD-B67 HLG), as FFmpeg numbers them.
 HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
 _ROTATIONS = {90: "ROTATE_90", -90: "ROTATE_270", 270: "ROTATE_270", 180: "ROTATE_180", -180: "ROTATE_180"}
@@ -181,13 +183,18 @@ def _open(source: Path | bytes, name: str) -> Any:
         raise UnreadableImage(f"{name} is not a video ptm can read ({_reason(exc)})") from None
 
 
-def _video_stream(container: Any, name: str) -> Any:
-    """The video stream to read: the first real one (cover art in a sound file is not a video)."""
+def _video_stream(container: Any, name: str, *, sparse: bool = False) -> Any:
+    """The video stream to read: the first real one (cover art in a sound file is not a video).
+
+    Reading ``sparse`` frames (seeking between them), the decoder threads over slices only: frame
+    threads hold several frames back, so each seek would decode that many before the one wanted
+    (measured on a 1080p clip, one frame a second: 0.39 s for 20 frames against 0.65 s).
+    """
     import av
 
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
-            stream.thread_type = "AUTO"
+            stream.thread_type = "SLICE" if sparse else "AUTO"
             return stream
     kinds = sorted({s.type for s in container.streams})
     held = f" (it holds {', '.join(kinds)})" if kinds else ""
@@ -221,24 +228,28 @@ def _decoded(clip: Clip, sampling: Sampling, on_note: NoteCallback | None) -> It
 
     container = clip.open_container()
     try:
-        stream = _video_stream(container, clip.name)
+        sparse = sampling.count is not None or (sampling.every_seconds or 0) >= SPARSE_SECONDS
+        stream = _video_stream(container, clip.name, sparse=sparse)
         picker = _Picker(clip, sampling)
         noted: set[str] = set()
         index: int | None = -1  # counted from the first frame; None after a seek (then from timestamps)
         last_time = -math.inf
-        keyframes: list[float] = []
+        last_key: float | None = None  # the last keyframe decoded since the last seek
+        interval: float | None = None  # the shortest gap seen between two keyframes decoded in a row
         seek_to = sampling.start if sampling.start > 0 else None
         while True:
             if seek_to is not None:
                 _seek(container, stream, clip, seek_to)
-                index = None
+                index, last_key = None, None
             seek_to = None
             try:
                 for frame in container.decode(stream):
                     time = _frame_time(frame, clip, index)
                     index = index + 1 if index is not None else _index_at(time, clip)
                     if frame.key_frame:
-                        keyframes.append(time)
+                        if last_key is not None and time > last_key:
+                            interval = min(interval or math.inf, time - last_key)
+                        last_key = time
                     last_time = time
                     verdict = picker.verdict(index, time)
                     if verdict == "stop":
@@ -247,7 +258,7 @@ def _decoded(clip: Clip, sampling: Sampling, on_note: NoteCallback | None) -> It
                         image = _to_image(frame, clip, noted, on_note)
                         yield Frame(index, round(time, 6), image, frame.pts, clip)
                         target = picker.next_time()
-                        if target is not None and _worth_seeking(target, last_time, keyframes):
+                        if target is not None and _worth_seeking(target, last_time, last_key, interval):
                             seek_to = target
                             break
                 else:
@@ -304,12 +315,11 @@ class _Picker:
         return None
 
 
-def _worth_seeking(target: float, now: float, keyframes: list[float]) -> bool:
-    """Seek when the target lies past the next keyframe (decoding up to it would be wasted)."""
-    if len(keyframes) >= 2:
-        interval = max(b - a for a, b in zip(keyframes[-3:], keyframes[-2:], strict=False))
-        return target > keyframes[-1] + interval
-    return target - now > SEEK_GAP_SECONDS
+def _worth_seeking(target: float, now: float, last_key: float | None, interval: float | None) -> bool:
+    """Seek when the next keyframe comes at or before the target (decoding up to it would be wasted)."""
+    if last_key is not None and interval is not None:
+        return target >= last_key + interval - 1e-6
+    return target - now >= SEEK_GAP_SECONDS
 
 
 def _seek(container: Any, stream: Any, clip: Clip, seconds: float) -> None:

@@ -214,21 +214,13 @@ class ClipWriter:
             video.codec_tag = self.codec.tag
         self._video = video
         if self.clip.audio:
-            self._sound = _SoundCopy.attach(self.clip, self._out, self._tell)
-        try:
-            self._out.start_encoding()
-        except av.FFmpegError:
+            self._sound = _SoundCopy.attach(self.clip, self._out, container)
             if self._sound is None:
-                raise
-            # The container cannot hold this sound as it is (PCM in .mp4): write the video without it.
-            codec = self._sound.codec
-            self.abort()
-            self.clip = _without_sound(self.clip)
-            self._tell(
-                f"{self.dest}: its .{self.dest.suffix.lstrip('.')} file cannot hold the {codec} sound as it is, "
-                "so it was left out; name the output .mkv to keep it"
-            )
-            self._start(size)
+                self._tell(
+                    f"{self.dest}: a .{self.dest.suffix.lower().lstrip('.')} file cannot hold this video's sound as "
+                    "it is, so it was left out; name the output .mkv to keep it"
+                )
+        self._out.start_encoding()
 
     def _fit(self, image: Image.Image) -> Image.Image:
         from PIL import Image
@@ -264,34 +256,49 @@ class ClipWriter:
             self.on_note(message)
 
 
-def _without_sound(clip: Clip) -> Clip:
-    import dataclasses
+def _fits(source: Any, sound: Any, container_format: str) -> bool:
+    """Whether a ``container_format`` file can hold ``sound``'s packets as they are: one is written, in memory."""
+    import io
 
-    return dataclasses.replace(clip, audio=False)
+    import av
+
+    try:
+        with av.open(io.BytesIO(), mode="w", format=container_format) as trial:
+            stream = trial.add_stream_from_template(sound)
+            for packet in source.demux(sound):
+                if packet.dts is not None:
+                    packet.stream = stream
+                    trial.mux(packet)
+                    break
+        return True
+    except (av.FFmpegError, ValueError):
+        return False
 
 
 class _SoundCopy:
     """The source's first sound stream, copied packet by packet into the output as the frames advance."""
 
-    def __init__(self, container: Any, stream: Any, output: Any, codec: str):
+    def __init__(self, container: Any, stream: Any, output: Any):
         self.container = container
         self.stream = stream
         self.output = output
-        self.codec = codec
         self.packets = container.demux(stream)
         self.offset = 0.0  # seconds of sound before the first frame written, dropped
         self.pending: Any = None
         self.done = False
 
     @classmethod
-    def attach(cls, clip: Clip, out: Any, tell: NoteCallback) -> _SoundCopy | None:
-        container = clip.open_container()
-        sound = next(iter(container.streams.audio), None)
-        if sound is None:
-            container.close()
+    def attach(cls, clip: Clip, out: Any, container_format: str) -> _SoundCopy | None:
+        """The copier of ``clip``'s first sound stream into ``out``; None when ``container_format`` cannot
+        hold it as it is (PCM in .mp4), found by writing its first packet into a file in memory."""
+        source = clip.open_container()
+        sound = next(iter(source.streams.audio), None)
+        if sound is None or not _fits(source, sound, container_format):
+            source.close()
             return None
+        source.seek(0)
         output = out.add_stream_from_template(sound)
-        return cls(container, sound, output, str(sound.codec_context.name))
+        return cls(source, sound, output)
 
     def shift_to(self, seconds: float) -> None:
         self.offset = seconds
