@@ -544,3 +544,16 @@ def test_a_model_the_server_had_to_download_is_loaded_once(
             cache.load(plan, lambda plan=plan: build(plan))
     assert len(built) == 1 and len(cache.describe()) == 1
     assert server.requests("/files/net.pth") == 1
+
+
+def test_a_videos_frames_through_the_server_give_the_same_records(warm: Servers, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from clips import make_clip
+
+    clip = str(make_clip(tmp_path / "clip.mp4", frames=6, size=(64, 48)))
+    args = [*CLASSIFY, "-f", "csv", "-k", "2", clip, "--every", "2"]
+    alone = run_ptm(args)
+    served = ptm(*args, "--server", "auto")
+    assert (served.returncode, served.stdout) == (alone.code, alone.stdout_bytes) == (0, alone.stdout_bytes)
+    assert alone.stdout.splitlines()[0].startswith("input,frame,time,")
+    assert [line.split(",")[1] for line in alone.stdout.splitlines()[1::2]] == ["0", "2", "4"]

@@ -4,6 +4,7 @@ hostile files. Every clip is built here with PyAV."""
 from __future__ import annotations
 
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -399,3 +400,26 @@ def test_sound_a_container_cannot_hold_is_left_out_with_a_note(zebra: list[str],
     in_mkv = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mkv")])
     assert in_mkv.code == 0 and in_mkv.stderr == ""
     assert probe(tmp_path / "out.mkv")["sound_packets"] == probe(source)["sound_packets"] > 0
+
+
+def test_frames_closer_than_any_real_rate_keep_their_times(zebra: list[str], tmp_path: Path) -> None:
+    """Frames 1/90000 s apart: no frame rate describes them; ptm keeps their times and writes them as they were."""
+    import av
+
+    source = tmp_path / "fast.mp4"
+    with av.open(str(source), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 90000)
+        for i in range(6):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), shade(i), np.uint8), format="rgb24")
+            picture.pts, picture.time_base = i, Fraction(1, 90000)
+            for packet in video.encode(picture):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    frames = list(open_clip(source, "fast.mp4").frames())
+    assert [f.index for f in frames] == list(range(6)) and frames[1].time == pytest.approx(1 / 90000, abs=1e-6)
+    result = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mp4")])
+    assert result.code == 0, result.stderr
+    assert probe(tmp_path / "out.mp4")["times"] == probe(source)["times"]
