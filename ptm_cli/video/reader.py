@@ -352,6 +352,9 @@ def _to_image(frame: Any, clip: Clip, noted: set[str], on_note: NoteCallback | N
     """The frame as an upright 8-bit RGB image; a note the first time a conversion loses something."""
     from PIL import Image
 
+    limit = settings.max_pixels()
+    if frame.width * frame.height > limit:  # a stream may change size part way: each frame is checked
+        raise ImageTooLarge(f"{clip.name}: a frame of {frame.width}x{frame.height} pixels is over the limit of {limit}")
     bits = max((c.bits for c in frame.format.components), default=8)
     if bits > 8 and "bits" not in noted:
         noted.add("bits")

@@ -197,10 +197,11 @@ class ClipWriter:
         if not self.dest.parent.exists():
             self.dest.parent.mkdir(parents=True, exist_ok=True)
         self._staged = fsutil.StagedFile(self.dest)
-        self._staged.stream.close()
         container = container_for(self.dest)
-        options = {"movflags": "+faststart"} if container in ("mp4", "mov") else {}
-        self._out = av.open(str(self._staged.path), mode="w", format=container, options=options)
+        # Through the staged file's own descriptor, never by its name: a name in a shared folder can be swapped
+        # for a link between two opens. (So no "faststart" pass, which reopens the file by name: the index
+        # stays at the end, which players and browsers read all the same.)
+        self._out = av.open(self._staged.stream, mode="w", format=container)
         rate = self.clip.rate if self.clip.rate else Fraction(25)
         video = self._out.add_stream(self.codec.encoder, rate=rate)
         video.width, video.height = even
