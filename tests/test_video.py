@@ -222,6 +222,11 @@ def test_tasks_that_cannot_take_videos_say_so(seeded_weights: SeededWeights, tmp
     assert_refused(
         run_ptm(["classify", "-m", "resnet18", "-w", weights, "--every", "1s", str(tmp_path)]), "name a video"
     )
+    # A video classifier neither embeds nor runs as a batch job (which takes images).
+    assert_refused(run_ptm(["embed", "-m", "mc3_18", str(source)]), "labels clips of video")
+    batch = run_ptm(["batch", "classify", "-m", "mc3_18", str(source), "--output", str(tmp_path / "job")])
+    assert_refused(batch, "batch jobs take images")
+    assert not (tmp_path / "job").exists()
 
 
 def yuv420p(image: object) -> np.ndarray:

@@ -202,6 +202,10 @@ def plan_job(request: Request, *, resume: bool = False, stdin_list: BinaryIO | N
     params = _task_params(task, request)
     task.check(params)
     plan = task.plan(request.options)
+    if plan.entry is not None and plan.entry.is_video:
+        raise UsageError(
+            f"{plan.entry.ref} labels clips of video, and batch jobs take images; run `ptm {task.name}` on the videos"
+        )
     task.check_plan(plan, params)
     assert plan.entry is not None
     folder = Path(request.output)

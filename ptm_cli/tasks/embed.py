@@ -132,7 +132,9 @@ class EmbedTask(Task[Embedder]):
         )
 
     def check_plan(self, plan: Plan[Embedder], params: Mapping[str, Any]) -> None:
-        """An --update of an index made another way is refused before the model loads."""
+        """A video classifier, and an --update of an index made another way, are refused before the model loads."""
+        if plan.entry is not None and plan.entry.is_video:
+            raise UsageError(f"{plan.entry.ref} labels clips of video; ptm embed takes the image classifiers")
         if not (params.get("update") and params.get("output") and Path(params["output"]).exists()):
             return
         from ..vectors.indexfile import read_meta
