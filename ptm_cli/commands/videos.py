@@ -51,7 +51,8 @@ def check_named(
         raise UsageError(f"{named[0]} is a video; {refusal}")
     from .. import video
 
-    video.require()
+    if any(not arg.lower().endswith(".webp") for arg in named):  # Pillow reads an animated WebP
+        video.require()
     if destination is not None:
         from ..output.imagefiles import is_video_output
         from ..video.writer import check_codec

@@ -25,7 +25,7 @@ from .reader import Clip, Frame, open_clip
 from .sampling import Sampling
 
 PREFETCH = 4  # frames decoded ahead of the run
-ANIMATIONS = frozenset({".gif"})  # read frame by frame only when a frame option asks for it
+ANIMATIONS = frozenset({".gif", ".webp"})  # read frame by frame only when a frame option asks for it
 
 
 def is_video_input(item: ImageInput, sampling: Sampling) -> bool:
@@ -45,13 +45,13 @@ def expand_videos(
 ) -> Iterator[ImageInput]:
     """``inputs`` with each video's frames in its place (``refuse``: why videos are not taken, as an error)."""
     for item in inputs:
-        if not is_video_input(item, sampling):
+        if item.path is None or not is_video_input(item, sampling):
             yield item
             continue
         if refuse is not None:
             yield item._replace(error=UnsupportedFormat(f"{item.name} is a video; {refuse}"))
             continue
-        if not available():
+        if not available() and item.path.suffix.lower() != ".webp":  # Pillow reads an animated WebP
             yield item._replace(error=UnsupportedFormat(f"{item.name} is a video; to read it, {INSTALL_HINT}"))
             continue
         yield from _frames_of(item, sampling, on_note, abandoned)

@@ -63,6 +63,7 @@ class Clip:
     declared_frames: int | None
     pixel_format: str
     audio: bool  # has a sound stream to copy
+    animation: bool = False  # an animated WebP, whose frames Pillow decodes (this FFmpeg cannot)
 
     def open_container(self) -> Any:
         """A fresh PyAV input container on the file (each reader and the sound copier has its own)."""
@@ -76,7 +77,8 @@ class Clip:
         """
         sampling = sampling or Sampling()
         held: Frame | None = None
-        for frame in _decoded(self, sampling, on_note):
+        decoded = _animation_frames(self, sampling) if self.animation else _decoded(self, sampling, on_note)
+        for frame in decoded:
             if held is not None:
                 yield held
             held = frame
@@ -118,6 +120,8 @@ class Frame:
 
 def open_clip(source: Path | bytes, name: str) -> Clip:
     """Probe ``source`` and check what it declares; nothing is decoded yet."""
+    if _is_webp(source):
+        return _open_animation(source, name)
     require()
     container = _open(source, name)
     try:
@@ -161,6 +165,75 @@ def open_clip(source: Path | bytes, name: str) -> Clip:
 
 
 # --- opening ---------------------------------------------------------------------------------------------
+
+
+def _is_webp(source: Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        head = source[:12]
+    else:
+        try:
+            with source.open("rb") as stream:
+                head = stream.read(12)
+        except OSError:
+            return False
+    return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+
+
+def _open_animation(source: Path | bytes, name: str) -> Clip:
+    """An animated WebP's facts, from Pillow (frame times in milliseconds)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            width, height = image.size
+            limit = settings.max_pixels()
+            if width * height > limit:
+                raise ImageTooLarge(f"{name}: its frames are {width}x{height} pixels, more than the limit of {limit}")
+            frames = int(getattr(image, "n_frames", 1))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise UnreadableImage(f"{name} is not an animation ptm can read ({first_line(exc, 120)})") from None
+    return Clip(
+        name=name,
+        source=source,
+        width=width,
+        height=height,
+        rotation=0,
+        time_base=Fraction(1, 1000),
+        start_pts=0,
+        rate=None,
+        duration=None,
+        declared_frames=frames,
+        pixel_format="rgba",
+        audio=False,
+        animation=True,
+    )
+
+
+def _animation_frames(clip: Clip, sampling: Sampling) -> Iterator[Frame]:
+    """An animated WebP's frames through Pillow, each shown for its own duration."""
+    import io
+
+    from PIL import Image
+
+    from ..images.colour import to_rgb
+
+    picker = _Picker(clip, sampling)
+    source = clip.source
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            pts = 0
+            for index in range(int(getattr(image, "n_frames", 1))):
+                image.seek(index)
+                verdict = picker.verdict(index, pts / 1000)
+                if verdict == "stop":
+                    return
+                if verdict == "take":
+                    yield Frame(index, round(pts / 1000, 6), to_rgb(image.convert("RGBA")), pts, clip)
+                pts += max(1, int(image.info.get("duration") or 100))
+    except (OSError, ValueError) as exc:
+        raise UnreadableImage(f"{clip.name}: decoding stopped ({first_line(exc, 120)})") from None
 
 
 def _open(source: Path | bytes, name: str) -> Any:
