@@ -146,14 +146,6 @@ class _Prefetched:
         self._thread.join(timeout=5)
 
 
-def frame_fields(item: ImageInput) -> dict[str, Any]:
-    """The fields a frame's record adds after ``input``: its number and its time in seconds."""
-    frame = item.frame
-    if frame is None:
-        return {}
-    return {"frame": frame.index, "time": frame.time}
-
-
 def count_frames(path: Path, name: str, sampling: Sampling) -> int:
     """How many inputs a video becomes (a progress bar's total; 1 when it cannot be told)."""
     try:
