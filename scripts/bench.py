@@ -24,8 +24,10 @@ network alone and torchvision's loop, with tiles and every detector's cost
 against the network alone, at full resolution in tiles, and the agreement of
 tiles with one pass (bench_segment.py, about 25 minutes), --embed-only only
 `ptm embed -o` against the network alone (bench_embed.py, about 5 minutes),
-and --vectors-only only `ptm similar` and `ptm dupes` against faiss on
-generated vectors (bench_vectors.py, about 10 minutes).
+--vectors-only only `ptm similar` and `ptm dupes` against faiss on
+generated vectors (bench_vectors.py, about 10 minutes), and --video-only
+only videos: `ptm zebra clip.mp4` against the generator alone, memory against
+a clip's length, and `--every 1s`'s seeking (bench_video.py, about 15 minutes).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import bench_embed
 import bench_segment
 import bench_translate
 import bench_vectors
+import bench_video
 from benchkit import PYTHON, ROOT, cpu_model, run_python
 
 BOOK_SCRIPT = """
@@ -433,6 +436,9 @@ def classify_section(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(rows, indent=1))
 
 
+VIDEO_QUICK = ["--minutes", "1", "--rounds", "1", "--frames", "20"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer and smaller images, for a smoke run")
@@ -468,6 +474,9 @@ def main() -> None:
     parser.add_argument(
         "--vectors-only", action="store_true", help="only `ptm similar` and `ptm dupes` (bench_vectors.py; 10 minutes)"
     )
+    parser.add_argument(
+        "--video-only", action="store_true", help="only videos: translate, memory, --every (bench_video.py; 15 minutes)"
+    )
     args = parser.parse_args()
     use_this_checkout()
     if args.embed_only:
@@ -475,6 +484,9 @@ def main() -> None:
         return
     if args.vectors_only:
         bench_vectors.main(["--rows", "100000", "--dupes-rows", "10000"] if args.quick else [])
+        return
+    if args.video_only:
+        bench_video.main(VIDEO_QUICK if args.quick else [])
         return
     if args.detect_only:
         print("\n".join(bench_detect.run(quick=args.quick)))
@@ -659,6 +671,9 @@ def main() -> None:
         print("\n## ptm similar and ptm dupes\n")
         sys.stdout.flush()
         bench_vectors.main(["--rows", "100000", "--dupes-rows", "10000"] if args.quick else [])
+        print("\n## videos\n")
+        sys.stdout.flush()
+        bench_video.main(VIDEO_QUICK if args.quick else [])
 
 
 if __name__ == "__main__":
