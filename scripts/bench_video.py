@@ -9,7 +9,8 @@ a. ``ptm zebra clip.mp4 -o out.mp4 --size 256`` on a 720p clip (in this process,
    generator; the two sides alternate, best of ``--rounds``.
 b. the peak memory (``ru_maxrss``) of ``ptm zebra`` as a process of its own, on a short clip and on
    one ten times longer (small frames and ``--size 64``, so the run is quick).
-c. the frames ``--every 1s`` takes of a long 1080p clip (``--minutes``, default 10): read by ptm
+c. the frames ``--every 1s`` takes of a long 1080p clip (``--minutes``, default 10: one minute encoded,
+   then repeated by copying its packets): read by ptm
    (seeking to the keyframe before each wanted frame and decoding forward), against decoding
    every frame and converting every one (a plain loop over the file), and against decoding every
    frame but converting only those taken (ptm with seeking turned off).
@@ -66,6 +67,29 @@ def write_clip(path: Path, *, seconds: float, size: tuple[int, int], rate: int =
                 out.mux(packet)
         for packet in video.encode(None):
             out.mux(packet)
+    return path
+
+
+def repeat_clip(source: Path, path: Path, times: int) -> Path:
+    """``source`` played ``times`` times in one file, its packets copied (it starts on a keyframe)."""
+    import av
+
+    with av.open(str(source)) as first:
+        length = first.streams.video[0].duration
+    with av.open(str(path), "w") as out:
+        stream = None
+        for turn in range(times):
+            with av.open(str(source)) as container:
+                video = container.streams.video[0]
+                if stream is None:
+                    stream = out.add_stream_from_template(video)
+                for packet in container.demux(video):
+                    if packet.dts is None:
+                        continue
+                    packet.pts += turn * length
+                    packet.dts += turn * length
+                    packet.stream = stream
+                    out.mux(packet)
     return path
 
 
@@ -147,7 +171,8 @@ def seeking_rows(folder: Path, minutes: float) -> list[str]:
     from ptm_cli.video.reader import open_clip
     from ptm_cli.video.sampling import Sampling
 
-    clip_path = write_clip(folder / "long1080.mp4", seconds=minutes * 60, size=(1920, 1080))
+    minute = write_clip(folder / "minute1080.mp4", seconds=min(60.0, minutes * 60), size=(1920, 1080))
+    clip_path = repeat_clip(minute, folder / "long1080.mp4", max(1, round(minutes)))
     clip = open_clip(clip_path, "long1080.mp4")
     every = Sampling(every_seconds=1.0)
 
@@ -192,14 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at the start: {load_average()}", file=out)
     with tempfile.TemporaryDirectory(prefix="ptm-bench-video-") as name:
         folder = Path(name)
-        for rows in (
-            translate_rows(folder, args.rounds, args.frames),
-            memory_rows(folder),
-            seeking_rows(folder, args.minutes),
-        ):
+        sections = (
+            lambda: translate_rows(folder, args.rounds, args.frames),
+            lambda: memory_rows(folder),
+            lambda: seeking_rows(folder, args.minutes),
+        )
+        for section in sections:  # each printed as soon as it is measured
+            rows = section()
             print("\n".join(rows), file=out)
-            print("\n".join(rows), flush=True)
-            print(flush=True)
+            print("\n".join(rows) + "\n", flush=True)
     print(f"load average at the end: {load_average()}", file=out)
     print(out.getvalue())
 

@@ -165,7 +165,8 @@ def test_translate_keeps_frames_timestamps_sound_and_orientation(zebra: list[str
 
 def test_translate_trims_and_writes_beside_the_input(zebra: list[str], tmp_path: Path) -> None:
     source = make_clip(tmp_path / "horse.mov", frames=25, rate=25, audio=True)
-    result = run_ptm([*zebra, str(source), "--start", "0.4", "--end", "0.8", "--codec", "h265"])
+    page = tmp_path / "page.html"
+    result = run_ptm([*zebra, str(source), "--start", "0.4", "--end", "0.8", "--codec", "h265", "--report", str(page)])
     assert result.code == 0, result.stderr
     out = tmp_path / "horse.zebra.mov"
     assert result.records()[0]["output"] == str(out)
@@ -173,6 +174,8 @@ def test_translate_trims_and_writes_beside_the_input(zebra: list[str], tmp_path:
     assert made["codec"] == "hevc" and made["frames"] == 10
     assert made["times"][0] == 0.0 and made["times"][-1] == pytest.approx(0.36)  # moved to start at 0
     assert 0 < made["sound_packets"] < probe(source)["sound_packets"]  # the sound trimmed with it
+    html = page.read_text()  # one entry for the video: its last frame taken, and what it became
+    assert html.count("horse.zebra.mov") >= 1 and html.count("data:image/") >= 2
 
 
 def test_an_existing_output_is_kept_and_a_failed_video_leaves_nothing(zebra: list[str], tmp_path: Path) -> None:

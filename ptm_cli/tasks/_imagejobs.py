@@ -55,7 +55,7 @@ def run_image_jobs(
                 if skip_existing and videos is not None and videos.skips(item, path):
                     yield {"input": item.name, "output": str(path), "skipped": True}, None
                     continue
-                yield _frame_job(item, path, transform, videos, on_image, describe, started), None
+                yield _frame_job(item, path, transform, videos, on_image, describe, started)
                 continue
             if path is not None and path.resolve() in written:
                 raise OutputError(
@@ -105,8 +105,8 @@ def _frame_job(
     on_image: Callable[[str, Any], None] | None,
     describe: Callable[[], dict[str, Any]] | None,
     started: float,
-) -> dict[str, Any]:
-    """One frame of a video input through ``transform`` and into its output video; its record."""
+) -> tuple[dict[str, Any], Any]:
+    """One frame of a video input through ``transform`` and into its output video; its record and image."""
     if videos is None:
         raise UsageError("writing a video's frames needs the run's video outputs")
     image = item.open()
@@ -117,7 +117,7 @@ def _frame_job(
     record: dict[str, Any] = {"input": item.name, "output": str(path), "size": list(result.size)}
     record.update(describe() if describe else {})
     record["seconds"] = round(time.perf_counter() - started, 3)
-    return record
+    return record, result
 
 
 def check_writable(item: ImageInput, path: Path, force: bool) -> None:
