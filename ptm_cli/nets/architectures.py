@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..cache.catalog import Catalog, Entry
     from ..cache.weights import Validator
     from ..tensorio.inspection import Inspection
+    from .device import Precision
 
 # Floating buffers torchvision models keep in their state dicts (model.parameters() does not count them).
 _FLOAT_BUFFERS = ("running_mean", "running_var", "relative_coords_table")
@@ -103,6 +104,21 @@ def build(entry: Entry, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     model = build_with_weights(make, state_dict, what=f"{entry.architecture} ({entry.ref})")
     # Files saved in fp16/bf16 keep that dtype when assigned; precision is chosen when running.
     return model.float()
+
+
+def ready(
+    entry: Entry, weights_file: Path | str | None, *, device: str, precision: str, progress: bool
+) -> tuple[nn.Module, torch.device, Precision]:
+    """``entry``'s network with its weights (the catalog's, or ``weights_file``), on the device ``device`` names,
+    and the precision it runs at there. The architecture is checked before any download, the device after."""
+    from .device import check_device_spec, choose_device, choose_precision
+
+    check_device_spec(device)
+    factory(entry)  # the architecture and its arguments, before any download
+    state_dict = load_weights(entry, weights_file, progress=progress)
+    torch_device = choose_device(device)
+    chosen = choose_precision(precision, torch_device)
+    return build(entry, state_dict).to(torch_device), torch_device, chosen
 
 
 def check_fits(entry: Entry, state_dict: Mapping[str, torch.Tensor]) -> None:

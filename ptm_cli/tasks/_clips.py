@@ -206,14 +206,10 @@ def build_video_classifier(
     """A ready video classifier for a catalog entry, with its weights or ``weights_file``."""
     from ..cache.catalog import load_labels
     from ..nets import architectures
-    from ..nets.device import check_device_spec, choose_device, choose_precision
 
-    check_device_spec(device)
     labels = load_labels(entry)
-    architectures.factory(entry)
-    state_dict = architectures.load_weights(entry, weights_file, progress=progress)
-    torch_device = choose_device(device)
-    chosen = choose_precision(precision, torch_device)
-    model = architectures.build(entry, state_dict).to(torch_device)
+    model, torch_device, chosen = architectures.ready(
+        entry, weights_file, device=device, precision=precision, progress=progress
+    )
     label = weights_label or (str(weights_file) if weights_file is not None else entry.weights)
     return VideoClassifier(entry, model, labels, weights_label=label, device=torch_device, precision=chosen)

@@ -401,15 +401,13 @@ def build_translator(
 ) -> Translator:
     """A ready translator for a catalog entry (or one made in code), with its weights or ``weights_file``."""
     from ..nets import architectures
-    from ..nets.device import check_device_spec, choose_device, choose_precision
+    from ..nets.device import check_device_spec
 
     check_device_spec(device)
     _check_architecture(entry)
-    architectures.factory(entry)  # the architecture and its arguments, before any download
-    state_dict = architectures.load_weights(entry, weights_file, progress=progress)
-    torch_device = choose_device(device)
-    chosen = choose_precision(precision, torch_device)
-    model = architectures.build(entry, state_dict).to(torch_device)
+    model, torch_device, chosen = architectures.ready(
+        entry, weights_file, device=device, precision=precision, progress=progress
+    )
     label = weights_label or (str(weights_file) if weights_file is not None else entry.weights)
     return Translator(entry, model, weights_label=label, device=torch_device, precision=chosen)
 
