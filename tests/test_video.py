@@ -435,3 +435,24 @@ def test_frames_closer_than_any_real_rate_keep_their_times(zebra: list[str], tmp
     result = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mp4")])
     assert result.code == 0, result.stderr
     assert probe(tmp_path / "out.mp4")["times"] == probe(source)["times"]
+
+
+def test_a_container_that_lies_about_its_length_gives_the_frames_it_has(
+    resnet18: list[str], zebra: list[str], tmp_path: Path
+) -> None:
+    """A Matroska file whose header claims 100 times its length: the frames that are there, no hang."""
+    import struct
+
+    source = make_clip(tmp_path / "liar.mkv", frames=10, rate=25)
+    data = bytearray(source.read_bytes())
+    at = data.index(b"\x44\x89\x88") + 3  # Segment Info's Duration: an 8-byte float, in milliseconds
+    (duration,) = struct.unpack(">d", data[at : at + 8])
+    data[at : at + 8] = struct.pack(">d", duration * 100)
+    source.write_bytes(bytes(data))
+    clip = open_clip(source, "liar.mkv")
+    assert clip.duration is not None and clip.duration > 30  # what it claims
+    spread = run_ptm([*resnet18, str(source), "--frames", "50"])  # targets every ~0.8 s of a claimed 40 s
+    assert spread.code == 0 and [r["frame"] for r in spread.records()] == [0]
+    translated = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mp4")])
+    assert translated.code == 0 and translated.records()[0]["frames"] == 10
+    assert probe(tmp_path / "out.mp4")["frames"] == 10
