@@ -557,3 +557,9 @@ def test_a_videos_frames_through_the_server_give_the_same_records(warm: Servers,
     assert (served.returncode, served.stdout) == (alone.code, alone.stdout_bytes) == (0, alone.stdout_bytes)
     assert alone.stdout.splitlines()[0].startswith("input,frame,time,")
     assert [line.split(",")[1] for line in alone.stdout.splitlines()[1::2]] == ["0", "2", "4"]
+    # A video written by a translation through the server is the one the process writes.
+    common = ["zebra", "-w", "./generator.pth", "--size", "32", clip]
+    here = run_ptm([*common, "-o", str(tmp_path / "here.mp4")])
+    there = ptm(*common, "-o", str(tmp_path / "there.mp4"), "--server", "auto")
+    assert here.code == there.returncode == 0, there.stderr
+    assert (tmp_path / "there.mp4").read_bytes() == (tmp_path / "here.mp4").read_bytes()
