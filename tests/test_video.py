@@ -124,6 +124,11 @@ def test_classify_gives_a_record_per_sampled_frame(resnet18: list[str], tmp_path
     csv = run_ptm([*resnet18, str(path), "--frames", "2", "-f", "csv"])
     assert csv.stdout.splitlines()[0] == "input,frame,time,rank,index,label,probability,error"
     assert [line.split(",")[1:3] for line in csv.stdout.splitlines()[1:]] == [["0", "0"], ["4", "0.22"]]
+    # The table names a frame on its first row only, as it does the input.
+    table = run_ptm([*resnet18, "-k", "2", str(path), "--frames", "2", "-f", "table"]).stdout.splitlines()
+    assert table[0].split()[:3] == ["input", "frame", "time"] and len(table) == 5
+    assert table[1].split()[1:3] == ["0", "0"] and table[3].split()[1:3] == ["4", "0.22"]
+    assert str(path) not in table[2] and str(path) not in table[4]
 
 
 def test_images_and_videos_mix_and_image_records_stay_as_they_were(resnet18: list[str], tmp_path: Path) -> None:

@@ -64,10 +64,10 @@ class RunProgress:
         if self._bar is not None:
             self._bar.stop()
 
-    @staticmethod
-    def _fields(done: int, total: int | None, speed: float | None) -> dict[str, str]:
+    def _fields(self, done: int, total: int | None, speed: float | None) -> dict[str, str]:
         count = f"{done}/{total}" if total is not None else f"{done}"
-        rate = f"{speed:.1f} img/s" if speed else ""
+        unit = "frames" if self.what == "frames" else "img"
+        rate = f"{speed:.1f} {unit}/s" if speed else ""
         eta = ""
         if speed and total is not None and total > done:
             left = int((total - done) / speed)

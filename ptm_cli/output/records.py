@@ -118,8 +118,12 @@ class RecordWriter:
 
         def carried(record: Row) -> Iterable[Row]:
             extra = {n: record[n] for n in names if n in record}
-            rows = flatten(record)
-            return [{**row, **extra} for row in rows] if extra else rows
+            rows = list(flatten(record))
+            if not extra:
+                return rows
+            if self.fmt == "table":  # as the input's name: on a record's first row only
+                return [{**row, **extra} if i == 0 else row for i, row in enumerate(rows)]
+            return [{**row, **extra} for row in rows]
 
         self.flatten = carried
         self.optional = self.optional | frozenset(names)
