@@ -461,3 +461,17 @@ def test_a_container_that_lies_about_its_length_gives_the_frames_it_has(
     translated = run_ptm([*zebra, str(source), "-o", str(tmp_path / "out.mp4")])
     assert translated.code == 0 and translated.records()[0]["frames"] == 10
     assert probe(tmp_path / "out.mp4")["frames"] == 10
+
+
+def test_segment_gives_each_frames_classes_and_writes_no_files(seeded_weights: SeededWeights, tmp_path: Path) -> None:
+    weights = seeded_weights.segmenter("lraspp_mobilenet_v3_large", boost={15: 1.0})
+    source = make_clip(tmp_path / "clip.mp4", frames=6, size=(96, 64))
+    args = ["segment", "-m", "lraspp_mobilenet_v3_large", "-w", str(weights), str(source)]
+    result = run_ptm([*args, "--frames", "3"])
+    assert result.code == 0, result.stderr
+    records = result.records()
+    assert [(r["frame"], r["time"]) for r in records] == [(0, 0.0), (2, 0.08), (4, 0.16)]
+    assert all(r["coverage"] for r in records)
+    for files in (["--mask"], ["--overlay"], ["--cutout", "person"], ["--output-dir", str(tmp_path / "out")]):
+        assert_refused(run_ptm([*args, *files]), "masks and cut-outs of images")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]

@@ -86,12 +86,13 @@ def run_task(name: str, params: dict[str, Any]) -> int:
     report_path, quiet, fmt = params.pop("report_path"), params.pop("quiet"), params.pop("fmt", None)
     force = bool(params["force"] if _declares_force(task) else params.pop("force"))
     asked = videos.sampling_from(params.pop("every"), params.pop("frame_count"), params.pop("start"), params.pop("end"))
+    videos.check_taken(task, params, videos.named_videos(images, asked))
     task.check(params)
     plan = task.plan(options)
     task.check_plan(plan, params)
     inputs = image_inputs(images, recursive, files_from)
     destination = _destination(task, params, images, files_from, tag=alias.tag if alias else task.beside_tag or model)
-    named_videos = videos.check_named(task, params, images, files_from, asked, destination)
+    named_videos = videos.check_named(params, images, files_from, asked, destination)
     sampling = task.frame_sampling(plan, asked)
     if report_path is not None:
         from ..output.report import check_destination

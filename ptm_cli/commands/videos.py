@@ -21,7 +21,7 @@ from ..images.inputs import ImageInput
 from ..tasks.base import Outcome, Task
 from ..video.sampling import Sampling, sampling_from
 
-__all__ = ["FRAME_FIELDS", "VideoRun", "check_named", "sampling_from"]
+__all__ = ["FRAME_FIELDS", "VideoRun", "check_named", "check_taken", "named_videos", "sampling_from"]
 
 FRAME_FIELDS = ("frame", "time")  # what a frame's record adds after "input"
 
@@ -33,22 +33,19 @@ def _is_video(arg: str, sampling: Sampling) -> bool:
 
 
 def check_named(
-    task: Task[Any],
     params: Mapping[str, Any],
     images: tuple[str, ...],
     files_from: str | None,
     sampling: Sampling,
     destination: Any,
 ) -> list[str]:
-    """The videos named on the command line, after refusing what cannot work with them; before any model loads."""
-    named = [arg for arg in images if _is_video(arg, sampling)]
+    """The videos named on the command line, after refusing what cannot work with them (PyAV missing, an output
+    that is no video's, a codec the container cannot hold); before any model loads. See also :func:`check_taken`."""
+    named = named_videos(images, sampling)
     if not named:
         if not sampling.everything and files_from is None:
             raise UsageError("--every, --frames, --start and --end choose frames of videos; name a video")
         return named
-    refusal = task.refuses_videos(params)
-    if refusal is not None:
-        raise UsageError(f"{named[0]} is a video; {refusal}")
     from .. import video
 
     if any(not arg.lower().endswith(".webp") for arg in named):  # Pillow reads an animated WebP
@@ -63,6 +60,18 @@ def check_named(
             raise UsageError(f"{named[0]} is a video; name its output FILE.mp4 (or .mov, .mkv, .webm)")
         check_codec(destination.file or Path("video.mp4"), params.get("codec"), params.get("crf"))
     return named
+
+
+def check_taken(task: Task[Any], params: Mapping[str, Any], named: list[str]) -> None:
+    """Refuse named videos in a call that cannot take them (before the task's own checks make any folder)."""
+    refusal = task.refuses_videos(params) if named else None
+    if refusal is not None:
+        raise UsageError(f"{named[0]} is a video; {refusal}")
+
+
+def named_videos(images: tuple[str, ...], sampling: Sampling) -> list[str]:
+    """The arguments that name videos."""
+    return [arg for arg in images if _is_video(arg, sampling)]
 
 
 class VideoRun:

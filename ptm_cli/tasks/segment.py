@@ -264,7 +264,7 @@ class SegmentTask(Task[Any]):
     )
 
     def refuses_videos(self, params: Mapping[str, Any]) -> str | None:
-        if any(params.get(name) for name in ("output", "output_dir", "mask_dir", "cutout", "coco")):
+        if any(params.get(name) for name in ("mask", "mask_dir", "overlay", "cutout", "output", "output_dir", "coco")):
             return "ptm segment writes masks and cut-outs of images; without file options it gives each frame's record"
         return None
 
