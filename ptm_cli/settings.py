@@ -15,7 +15,7 @@ process that changes the environment is seen), through one of three rules:
 * names (``PTM_EXTRA_FORMATS``): words separated by commas or blanks, any
   case; empty means none.
 
-:data:`VARIABLES` lists them for ``ptm doctor`` and the README test.
+:data:`VARIABLES` lists them for ``ptm doctor`` and the docs test.
 
 :data:`tuning` holds internal knobs (chunk sizes, backoff, lock notices) as
 attributes of one object, read at the moment they are used: a test that

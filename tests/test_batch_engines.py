@@ -40,7 +40,7 @@ def ray_cluster() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def spark_session() -> Iterator[Any]:
     if shutil.which("java") is None:
-        pytest.skip("Spark 4 needs Java 17 or newer and no `java` is on PATH (see README, Scaling out)")
+        pytest.skip("Spark 4 needs Java 17 or newer and no `java` is on PATH (see docs/scaling.md)")
     sql = pytest.importorskip("pyspark.sql")
     with environment(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable):
         session = (

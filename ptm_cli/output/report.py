@@ -41,7 +41,7 @@ script draws the same way for every task, with these keys (all optional):
 
 Size: the page shows 100 entries at a time (page buttons; the DOM holds one
 page), so 10,000 images open quickly; the file is dominated by thumbnails,
-about 3-6 kB each (see README for a measured figure).
+about 3-6 kB each (see docs/records.md for a measured figure).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ GRID = 16
 """Tiles start on multiples of this: the coarsest output stride of the semantic models (MobileNetV3's)."""
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 96
-"""Overlap of neighbouring tiles (``--overlap``); README's ``ptm segment`` section gives the agreement it buys.
+"""Overlap of neighbouring tiles (``--overlap``); docs/commands/segment.md gives the agreement it buys.
 
 These networks see further than any affordable overlap (DeepLabV3's widest
 dilated branch alone reaches 288 pixels at stride 8, 576 at stride 16), yet
