@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ptm-installed
 
-.PHONY: demo test test-long fuzz lint clean catalog bench asan
+.PHONY: demo test test-long fuzz lint clean catalog bench asan docs pictures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml setup.py ptm_cli/images/_resample.c | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/ptm classify data/chelsea.png
 
-# Lint and type-check first (seconds), then the whole suite, then the C kernel under the sanitizers.
+# Lint and type-check first (seconds), then the documentation site, then the whole suite (every
+# example in README.md and docs/ included), then the C kernel under the sanitizers.
 test: $(STAMP)
 	$(BIN)/ruff check ptm_cli tests scripts
 	$(BIN)/ruff format --check ptm_cli tests scripts
 	$(BIN)/mypy ptm_cli
+	$(BIN)/python scripts/gen_docs.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
 	$(BIN)/python scripts/asan.py --examples 500
 
@@ -43,6 +46,15 @@ lint: $(STAMP)
 # Rebuild models/torchvision.json and torchvision_detection.json (and the COCO labels) after upgrading torchvision.
 catalog: $(STAMP)
 	$(BIN)/python scripts/gen_torchvision_catalog.py
+
+# The documentation site, into build/site: each command page's reference rewritten from its --help first.
+docs: $(STAMP)
+	$(BIN)/python scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The pictures in docs/img, from the sample photos with seeded stand-in weights (report.png needs Chromium).
+pictures: $(STAMP)
+	$(BIN)/python scripts/docs_pictures.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -52,7 +52,7 @@ def commands() -> dict[str, click.Command]:
 def _cell(text: str) -> str:
     # A table cell is one line, and a pipe would end it. Outside code spans a "<" would open HTML.
     parts = " ".join(text.split()).replace("|", "\\|").split("`")
-    return "`".join(part if odd else part.replace("<", "&lt;") for odd, part in zip([0, 1] * len(parts), parts))
+    return "`".join(part if index % 2 else part.replace("<", "&lt;") for index, part in enumerate(parts))
 
 
 def table(path: str, command: click.Command) -> str:

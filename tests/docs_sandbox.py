@@ -120,6 +120,7 @@ def build(root: Path) -> None:
         save(rocket, name, quality=90)
     save(rocket.resize((rocket.width * 2, rocket.height * 2)), "big.jpg", quality=90)
     save(cat, "photos/2019/IMG_0042.jpg", quality=90)
+    save(cat, "photos/dog.jpg", quality=90)  # the Python examples: "dog.jpg is a copy of chelsea.jpg here"
     save(rocket.resize((120, 180)), "horse.jpg")
     save(cup, "lake.png")
     for folder in ("photos", "holiday", "queries", "people", "home/Pictures/2024"):

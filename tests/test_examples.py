@@ -96,7 +96,12 @@ def matches(expected: list[str], output: str) -> bool:
 
 
 def runnable(page: Path) -> list[Example]:
-    return [example for block in blocks(page) if block.language in SHELLS and not block.skipped for example in commands(block)]
+    return [
+        example
+        for block in blocks(page)
+        if block.language in SHELLS and not block.skipped
+        for example in commands(block)
+    ]
 
 
 SHELL_PAGES = [page for page in PAGES if any(block.language in SHELLS for block in blocks(page))]

@@ -459,7 +459,7 @@ class ClassifyTask(Task["Classifier"]):
             kind="flag",
             batch=(),
             records=False,
-            help="Compile the model with torch.compile: a minute or more at start, then faster batches (see the docs, Performance).",
+            help="Compile the model (torch.compile): a minute or more at start, then faster batches (see Performance).",
         ),
         Option(
             "labels_file",
