@@ -50,9 +50,12 @@ def commands() -> dict[str, click.Command]:
 
 
 def _cell(text: str) -> str:
-    # A table cell is one line, and a pipe would end it. Outside code spans a "<" would open HTML.
-    parts = " ".join(text.split()).replace("|", "\\|").split("`")
-    return "`".join(part if index % 2 else part.replace("<", "&lt;") for index, part in enumerate(parts))
+    # A table cell is one line. Outside code spans a pipe would end the cell and a "<" would open HTML;
+    # inside them both are shown as they are.
+    parts = " ".join(text.split()).split("`")
+    return "`".join(
+        part if index % 2 else part.replace("|", "\\|").replace("<", "&lt;") for index, part in enumerate(parts)
+    )
 
 
 def table(path: str, command: click.Command) -> str:
@@ -67,7 +70,7 @@ def table(path: str, command: click.Command) -> str:
     rows = [row for row in rows if row is not None]
     if rows:
         lines += ["| option | what it does |", "|---|---|"]
-        lines += [f"| `{opts.replace('|', chr(92) + '|')}` | {_cell(help_text)} |" for opts, help_text in rows]
+        lines += [f"| `{opts}` | {_cell(help_text)} |" for opts, help_text in rows]
     else:
         lines.append("No options.")
     return "\n".join(lines) + "\n"
