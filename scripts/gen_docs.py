@@ -58,9 +58,21 @@ def _cell(text: str) -> str:
     )
 
 
+def context_for(path: str) -> click.Context:
+    """The context a command runs in when typed as path: its parents' settings (``-h``) included."""
+    known = commands()
+    words = path.split()
+    root = known["ptm"]
+    context = click.Context(root, info_name="ptm", **root.context_settings)
+    for depth in range(1, len(words)):
+        command = known[" ".join(words[: depth + 1])]
+        context = click.Context(command, info_name=words[depth], parent=context, **command.context_settings)
+    return context
+
+
 def table(path: str, command: click.Command) -> str:
     """The usage line and option table of one command, as --help gives them."""
-    context = click.Context(command, info_name=path)  # the full path, so the usage line reads as typed
+    context = context_for(path)
     pieces = " ".join(command.collect_usage_pieces(context))
     lines = [f"```\n{path} {pieces}\n```", ""]
     if command.help:

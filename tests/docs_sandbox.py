@@ -154,7 +154,13 @@ def environment(root: Path, runtime: Path) -> dict[str, str]:
     """
     home = root / "work" / "home"
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PTM_")},
+        # Nothing of the caller's that decides results: ptm's variables, torch's and the caches' folders.
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PTM_") and k not in ("TORCH_HOME", "XDG_CACHE_HOME")
+        },
+        "TORCH_HOME": str(root / "torch"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(home),
         "XDG_RUNTIME_DIR": str(runtime),

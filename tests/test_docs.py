@@ -126,3 +126,18 @@ def test_every_test_reliability_md_names_exists() -> None:
         if f"def {name}(" not in (ROOT / "tests" / f).read_text(encoding="utf-8")
     ]
     assert not missing, f"RELIABILITY.md names tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(KNOWN), ids=sorted(KNOWN))
+def test_every_option_help_lists_is_in_its_pages_table(path: str) -> None:
+    """What `--help` prints, taken from its text, against the page: the two cannot disagree."""
+    from click.testing import CliRunner
+
+    from ptm_cli.cli import cli
+
+    shown = CliRunner().invoke(cli, [*path.split()[1:], "--help"], terminal_width=200).output
+    listed = re.findall(r"^  (-[^ ].*?)(?:  |$)", shown.split("Options:", 1)[1], flags=re.MULTILINE)
+    assert listed, shown
+    blocks = {found["path"].strip(): found["body"] for page in PAGES for found in gen_docs.BLOCK.finditer(text(page))}
+    for opts in listed:
+        assert f"| `{opts.strip()}` |" in blocks[path], f"`{path} --help` lists {opts!r}; its page does not"

@@ -127,24 +127,53 @@ def test_the_matching_rules() -> None:
     assert not matches(["a ... b"], "a 1 c\n")
 
 
+# Pages whose examples change the weights cache (`ptm weights rm`, `import`, `prune`): each gets a
+# cache of its own, and so a warm server of its own. The others share one cache and one server, so
+# that a model loads once for all of them.
+OWN_CACHE = {"docs/commands/weights.md", "docs/offline.md"}
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    runtime: Path  # short: a Unix socket's path has a length limit
+
+
+def stop_server(sandbox: Sandbox, *, remove: bool = True) -> None:
+    env = docs_sandbox.environment(sandbox.root, sandbox.runtime)
+    subprocess.run(["ptm", "serve", "stop"], cwd=sandbox.root, env=env, capture_output=True, timeout=60, check=False)
+    if remove:
+        shutil.rmtree(sandbox.runtime, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("docs")
-    docs_sandbox.build(root)
-    return root
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sandbox = Sandbox(tmp_path_factory.mktemp("docs"), Path(tempfile.mkdtemp(prefix="ptm-docs-")))
+    docs_sandbox.build(sandbox.root)
+    try:
+        yield sandbox
+    finally:
+        stop_server(sandbox)
 
 
 @pytest.mark.parametrize("page", SHELL_PAGES, ids=[str(p.relative_to(ROOT)) for p in SHELL_PAGES])
-def test_the_pages_examples_run(page: Path, sandbox: Path, tmp_path: Path) -> None:
+def test_the_pages_examples_run(page: Path, shared: Sandbox, tmp_path: Path) -> None:
     examples = runnable(page)
     if not examples:
         pytest.skip("every example on this page is marked not runnable, with its reason")
-    # The page's own copy of the files and the weights cache: examples write, replace and delete them.
-    shutil.copytree(sandbox, tmp_path / "sandbox", symlinks=True, copy_function=os.link)
-    work = tmp_path / "sandbox" / "work"
-    # A short runtime folder: a Unix socket's path has a length limit.
-    runtime = Path(tempfile.mkdtemp(prefix="ptm-docs-"))
-    env = docs_sandbox.environment(tmp_path / "sandbox", runtime)
+    # The page's own copy of the files: examples write, replace and delete them.
+    own = str(page.relative_to(ROOT)) in OWN_CACHE
+    if own:
+        sandbox = Sandbox(tmp_path / "sandbox", Path(tempfile.mkdtemp(prefix="ptm-docs-")))
+        shutil.copytree(shared.root, sandbox.root, symlinks=True, copy_function=os.link)
+        work = sandbox.root / "work"
+    else:
+        sandbox = shared
+        work = tmp_path / "work"
+        shutil.copytree(shared.root / "work", work, symlinks=True, copy_function=os.link)
+    # One home for the pages that share a server: $HOME can change results (torch's folders are in it),
+    # so a server refuses a client with another. Nothing the examples run writes there.
+    env = docs_sandbox.environment(sandbox.root, sandbox.runtime)
     try:
         for example in examples:
             done = subprocess.run(
@@ -169,5 +198,9 @@ def test_the_pages_examples_run(page: Path, sandbox: Path, tmp_path: Path) -> No
                     f"{where} printed:\n{done.stdout}\nwhere the page shows:\n" + "\n".join(example.expected)
                 )
     finally:
-        subprocess.run(["ptm", "serve", "stop"], cwd=work, env=env, capture_output=True, timeout=60, check=False)
-        shutil.rmtree(runtime, ignore_errors=True)
+        if own:
+            stop_server(sandbox)
+        elif any(re.search(r"\bPTM_[A-Z_]+=", example.command) for example in examples):
+            # A command with a variable of its own (PTM_CATALOG=... ptm ...) may have started the server
+            # with it, and the next page's calls would not use that one.
+            stop_server(sandbox, remove=False)
