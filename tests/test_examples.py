@@ -9,7 +9,8 @@ seeded stand-ins cannot give (tests/docs_sandbox.py). A block that cannot run
 here is preceded by `<!-- not run: REASON -->`, and a reason is required.
 
 Each page's blocks run in order, in a fresh copy of the sandbox's files, so a
-page may build on its own earlier examples (`ptm embed -o` before `ptm similar`).
+page may build on its own earlier examples (`ptm embed -o` before `ptm similar`);
+pages run three at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +129,16 @@ def test_the_matching_rules() -> None:
     assert not matches(["a ... b"], "a 1 c\n")
 
 
-# Pages whose examples change the weights cache (`ptm weights rm`, `import`, `prune`): each gets a
-# cache of its own, and so a warm server of its own. The others share one cache and one server, so
-# that a model loads once for all of them.
-OWN_CACHE = {"docs/commands/weights.md", "docs/offline.md"}
+def own_sandbox(page: Path) -> bool:
+    """Whether a page needs a cache and warm server of its own.
+
+    Its examples change the weights cache (`ptm weights rm`, `import`, `prune`), stop the server
+    (`ptm serve stop`), or set a variable of their own (`PTM_CATALOG=... ptm ...`), with which a
+    server they start would turn the other pages' calls away. The other pages share one cache and
+    one server, so that a model loads once for all of them.
+    """
+    commands = "\n".join(example.command for example in runnable(page))
+    return bool(re.search(r"ptm weights (rm|import|prune)|ptm serve stop|\bPTM_[A-Z_]+=", commands))
 
 
 @dataclass
@@ -139,43 +147,25 @@ class Sandbox:
     runtime: Path  # short: a Unix socket's path has a length limit
 
 
-def stop_server(sandbox: Sandbox, *, remove: bool = True) -> None:
+def stop_server(sandbox: Sandbox) -> None:
     env = docs_sandbox.environment(sandbox.root, sandbox.runtime)
     subprocess.run(["ptm", "serve", "stop"], cwd=sandbox.root, env=env, capture_output=True, timeout=60, check=False)
-    if remove:
-        shutil.rmtree(sandbox.runtime, ignore_errors=True)
+    shutil.rmtree(sandbox.runtime, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sandbox = Sandbox(tmp_path_factory.mktemp("docs"), Path(tempfile.mkdtemp(prefix="ptm-docs-")))
-    docs_sandbox.build(sandbox.root)
-    try:
-        yield sandbox
-    finally:
-        stop_server(sandbox)
-
-
-@pytest.mark.parametrize("page", SHELL_PAGES, ids=[str(p.relative_to(ROOT)) for p in SHELL_PAGES])
-def test_the_pages_examples_run(page: Path, shared: Sandbox, tmp_path: Path) -> None:
-    examples = runnable(page)
-    if not examples:
-        pytest.skip("every example on this page is marked not runnable, with its reason")
-    # The page's own copy of the files: examples write, replace and delete them.
-    own = str(page.relative_to(ROOT)) in OWN_CACHE
+def run_page(page: Path, shared: Sandbox, folder: Path) -> list[str]:
+    """Run a page's examples in order; what went wrong, in words (nothing when all is well)."""
+    own = own_sandbox(page)
     if own:
-        sandbox = Sandbox(tmp_path / "sandbox", Path(tempfile.mkdtemp(prefix="ptm-docs-")))
+        sandbox = Sandbox(folder / "sandbox", Path(tempfile.mkdtemp(prefix="ptm-docs-")))
         shutil.copytree(shared.root, sandbox.root, symlinks=True, copy_function=os.link)
         work = sandbox.root / "work"
-    else:
-        sandbox = shared
-        work = tmp_path / "work"
+    else:  # the page's own copy of the files (examples write, replace and delete them), the shared cache
+        sandbox, work = shared, folder / "work"
         shutil.copytree(shared.root / "work", work, symlinks=True, copy_function=os.link)
-    # One home for the pages that share a server: $HOME can change results (torch's folders are in it),
-    # so a server refuses a client with another. Nothing the examples run writes there.
     env = docs_sandbox.environment(sandbox.root, sandbox.runtime)
     try:
-        for example in examples:
+        for example in runnable(page):
             done = subprocess.run(
                 ["bash", "-o", "pipefail", "-c", example.command],
                 cwd=work,
@@ -184,23 +174,38 @@ def test_the_pages_examples_run(page: Path, shared: Sandbox, tmp_path: Path) -> 
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                timeout=180,
+                timeout=300,
                 check=False,
             )
             where = f"{example.page}:{example.line}: `{example.command}`"
-            if example.expected is None:
-                assert done.returncode == 0, f"{where} exited {done.returncode}:\n{done.stdout}"
-            else:
-                assert done.returncode == 0 or re.search(r"echo .*\$\?", example.command), (
-                    f"{where} exited {done.returncode}:\n{done.stdout}"
-                )
-                assert matches(example.expected, done.stdout), (
-                    f"{where} printed:\n{done.stdout}\nwhere the page shows:\n" + "\n".join(example.expected)
-                )
+            exit_shown = example.expected is not None and re.search(r"echo .*\$\?", example.command)
+            if done.returncode != 0 and not exit_shown:
+                return [f"{where} exited {done.returncode}:\n{done.stdout}"]
+            if example.expected is not None and not matches(example.expected, done.stdout):
+                shown = "\n".join(example.expected)
+                return [f"{where} printed:\n{done.stdout}\nwhere the page shows:\n{shown}"]
+        return []
     finally:
         if own:
             stop_server(sandbox)
-        elif any(re.search(r"\bPTM_[A-Z_]+=", example.command) for example in examples):
-            # A command with a variable of its own (PTM_CATALOG=... ptm ...) may have started the server
-            # with it, and the next page's calls would not use that one.
-            stop_server(sandbox, remove=False)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, list[str]]]:
+    """Every page's examples, run three pages at a time (most of a call is a process starting)."""
+    shared = Sandbox(tmp_path_factory.mktemp("docs"), Path(tempfile.mkdtemp(prefix="ptm-docs-")))
+    docs_sandbox.build(shared.root)
+    pages = [page for page in SHELL_PAGES if runnable(page)]
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            futures = {page: pool.submit(run_page, page, shared, tmp_path_factory.mktemp("page")) for page in pages}
+            yield {page: future.result() for page, future in futures.items()}
+    finally:
+        stop_server(shared)
+
+
+@pytest.mark.parametrize("page", SHELL_PAGES, ids=[str(p.relative_to(ROOT)) for p in SHELL_PAGES])
+def test_the_pages_examples_run(page: Path, outcomes: dict[Path, list[str]]) -> None:
+    if page not in outcomes:
+        pytest.skip("every example on this page is marked not runnable, with its reason")
+    assert not outcomes[page], outcomes[page][0]
