@@ -180,6 +180,19 @@ def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
+def docs_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the documentation's examples run in (tests/docs_sandbox.py), made once.
+
+    Its users copy it (hard links) before they run anything, so it stays as it was made.
+    """
+    import docs_sandbox
+
+    root = tmp_path_factory.mktemp("docs")
+    docs_sandbox.build(root)
+    return root
+
+
+@pytest.fixture(scope="session")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny classifier, a generator and a few photos, as the server tests' working folder."""
     return write_model_folder(tmp_path_factory.mktemp("served"))

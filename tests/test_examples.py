@@ -191,10 +191,9 @@ def run_page(page: Path, shared: Sandbox, folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, list[str]]]:
+def outcomes(docs_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, list[str]]]:
     """Every page's examples, run three pages at a time (most of a call is a process starting)."""
-    shared = Sandbox(tmp_path_factory.mktemp("docs"), Path(tempfile.mkdtemp(prefix="ptm-docs-")))
-    docs_sandbox.build(shared.root)
+    shared = Sandbox(docs_files, Path(tempfile.mkdtemp(prefix="ptm-docs-")))
     pages = [page for page in SHELL_PAGES if runnable(page)]
     try:
         with ThreadPoolExecutor(max_workers=3) as pool:

@@ -14,6 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import docs_sandbox
@@ -29,42 +31,49 @@ EXAMPLES = python_examples(ROOT / "docs" / "python.md")
 README_EXAMPLES = python_examples(ROOT / "README.md")
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("python-examples")
-    docs_sandbox.build(root)
-    return root
+@dataclass
+class Ran:
+    done: subprocess.CompletedProcess[str]
+    work: Path  # the folder it ran in
 
 
-def run_example(code: str, sandbox: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    shutil.copytree(sandbox, tmp_path / "sandbox", symlinks=True, copy_function=os.link)
-    env = docs_sandbox.environment(tmp_path / "sandbox", tmp_path)
+def run_example(code: str, sandbox: Path, folder: Path) -> Ran:
+    shutil.copytree(sandbox, folder / "sandbox", symlinks=True, copy_function=os.link)
+    env = docs_sandbox.environment(folder / "sandbox", folder)
     env["PTM_SERVER"] = "never"  # a library call runs in the caller's process
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path / "sandbox" / "work",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    work = folder / "sandbox" / "work"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False
     )
+    return Ran(done, work)
+
+
+@pytest.fixture(scope="module")
+def ran(docs_files: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
+    """Every example, run three at a time (most of each is a process importing torch)."""
+    codes = {"readme": README_EXAMPLES[0], **{str(index): code for index, code in enumerate(EXAMPLES)}}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {
+            key: pool.submit(run_example, code, docs_files, tmp_path_factory.mktemp("example"))
+            for key, code in codes.items()
+        }
+        return {key: future.result() for key, future in futures.items()}
 
 
 def test_the_pages_have_their_python_examples() -> None:
     assert len(EXAMPLES) == 6 and len(README_EXAMPLES) == 1, "a Python example was added or removed: give it a test"
 
 
-def test_the_readmes_example(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(README_EXAMPLES[0], sandbox, tmp_path)
+def test_the_readmes_example(ran: dict[str, Ran]) -> None:
+    done = ran["readme"].done
     assert done.returncode == 0, done.stderr
     name, label = done.stdout.strip().split(" ", 1)
     labels = (ROOT / "ptm_cli" / "models" / "imagenet_classes.txt").read_text(encoding="utf-8").splitlines()
     assert name == "dog.jpg" and label in labels
 
 
-def test_classify_and_translate(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[0], sandbox, tmp_path)
+def test_classify_and_translate(ran: dict[str, Ran]) -> None:
+    done, work = ran["0"].done, ran["0"].work
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["photos/chelsea.jpg", "photos/coffee.jpg", "photos/dog.jpg"]
@@ -73,12 +82,12 @@ def test_classify_and_translate(sandbox: Path, tmp_path: Path) -> None:
         assert 0 < probability <= 1
     from PIL import Image
 
-    with Image.open(tmp_path / "sandbox" / "work" / "zebra.png") as zebra:
+    with Image.open(work / "zebra.png") as zebra:
         assert zebra.size == (120, 180)  # the input's size
 
 
-def test_detection(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[1], sandbox, tmp_path)
+def test_detection(ran: dict[str, Ran]) -> None:
+    done = ran["1"].done
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines and all(line.startswith("street.jpg person ") for line in lines)
@@ -86,8 +95,8 @@ def test_detection(sandbox: Path, tmp_path: Path) -> None:
         assert float(line.split()[2]) >= 0.5
 
 
-def test_segmentation(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[2], sandbox, tmp_path)
+def test_segmentation(ran: dict[str, Ran]) -> None:
+    done = ran["2"].done
     assert done.returncode == 0, done.stderr
     found = re.fullmatch(r"street\.jpg \((\d+), (\d+)\) person (\d+\.\d)% (\d+)", done.stdout.strip())
     assert found, done.stdout
@@ -98,24 +107,24 @@ def test_segmentation(sandbox: Path, tmp_path: Path) -> None:
     assert 0 < float(found[3]) <= 100 and 0 < int(found[4]) <= 255
 
 
-def test_vectors(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[3], sandbox, tmp_path)
+def test_vectors(ran: dict[str, Ran]) -> None:
+    done = ran["3"].done
     assert done.returncode == 0, done.stderr
     dimension, same, other = done.stdout.split()
     assert int(dimension) == 512  # the catalog's resnet101 here is a seeded ResNet-18
     assert float(same) == 1.0 and -1 < float(other) < 1
 
 
-def test_a_task_object(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[4], sandbox, tmp_path)
+def test_a_task_object(ran: dict[str, Ran]) -> None:
+    done = ran["4"].done
     assert done.returncode == 0, done.stderr
     record = eval(done.stdout.strip(), {})  # the example prints the record's dict
     assert record["input"] == "photos/dog.jpg" and record["model"] == "resnet101"
     assert [p["rank"] for p in record["predictions"]] == [1, 2, 3]
 
 
-def test_a_batch_job(sandbox: Path, tmp_path: Path) -> None:
-    done = run_example(EXAMPLES[5], sandbox, tmp_path)
+def test_a_batch_job(ran: dict[str, Ran]) -> None:
+    done, work = ran["5"].done, ran["5"].work
     assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "sandbox" / "work" / "run1" / "_SUMMARY.json").read_text())
+    summary = json.loads((work / "run1" / "_SUMMARY.json").read_text())
     assert summary["inputs"] == summary["ok"] == 4 and summary["model"] == "resnet101"
