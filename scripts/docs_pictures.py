@@ -108,8 +108,9 @@ def fit(image: Image.Image, path: Path) -> None:
     print(f"wrote {path.relative_to(ROOT)} ({image.width}x{image.height}, {path.stat().st_size // 1000} kB)")
 
 
-def report(work: Workspace, browser: str) -> None:
+def report(work: Workspace) -> None:
     import torch
+    from browser import chromium  # the suite's headless Chromium: offline, fresh profile, bounded in time
     from helpers import calibrated_state_dict
 
     torch.save(calibrated_state_dict("resnet18", logit_std=6.0), work.folder / "r18.pth")
@@ -124,27 +125,15 @@ def report(work: Workspace, browser: str) -> None:
     finally:
         (work.photos / "not-a-photo.jpg").unlink()
     shot = work.folder / "report.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={work.folder / 'profile'}",
-            "--virtual-time-budget=5000",
-            "--hide-scrollbars",
-            f"--window-size={MAX_WIDTH},970",  # the header and all four entries
-            f"--screenshot={shot}",
-            (work.folder / "report.html").as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+    done = chromium(
+        "--hide-scrollbars",
+        f"--window-size={MAX_WIDTH},970",  # the header and all four entries
+        f"--screenshot={shot}",
+        (work.folder / "report.html").as_uri(),
+        profile=work.folder / "profile",
     )
+    if done.returncode != 0:
+        raise SystemExit(f"docs_pictures: Chromium failed: {done.stderr.strip()[-500:]}")
     with Image.open(shot) as image:
         fit(image, OUT / "report.png")
 
@@ -192,16 +181,17 @@ def overlay(work: Workspace) -> None:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    from browser import CHROMIUM
+
     with tempfile.TemporaryDirectory(prefix="ptm-pictures-") as folder:
         work = Workspace(Path(folder))
         zebra(work)
         detect(work)
         overlay(work)
-        if browser is None:
+        if CHROMIUM is None:
             print("docs_pictures: no Chromium here (apt-get install chromium): skipped report.png", file=sys.stderr)
         else:
-            report(work, browser)
+            report(work)
 
 
 if __name__ == "__main__":
