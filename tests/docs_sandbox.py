@@ -21,7 +21,7 @@ import torch
 from clips import make_clip
 from helpers import DATA, detector_state_dict, seeded_state_dict, segmenter_state_dict
 
-# name, weights, default, file: the classifiers the examples name, each a seeded ResNet-18.
+# name, weights, default: the classifiers the examples name, each a seeded ResNet-18 of its own file.
 CLASSIFIERS = [
     ("resnet101", "IMAGENET1K_V2", True),
     ("resnet101", "IMAGENET1K_V1", False),
