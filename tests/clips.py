@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,22 @@ def make_clip(
             for packet in sound.encode(None):
                 out.mux(packet)
     return path
+
+
+def encode_black(out: Any, video: Any, frames: int) -> None:
+    """Encode and mux ``frames`` black frames of ``video``'s size into an open container, then flush it.
+
+    For clips make_clip cannot describe (hundreds of streams, sound a container cannot hold).
+    """
+    import av
+
+    for index in range(frames):
+        picture = av.VideoFrame.from_ndarray(np.zeros((video.height, video.width, 3), np.uint8), format="rgb24")
+        picture.pts = index
+        for packet in video.encode(picture):
+            out.mux(packet)
+    for packet in video.encode(None):
+        out.mux(packet)
 
 
 def probe(path: Path) -> dict[str, object]:

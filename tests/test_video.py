@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clips import decoded_frames, make_clip, probe, shade
+from clips import decoded_frames, encode_black, make_clip, probe, shade
 from helpers import SeededWeights, assert_refused, ptm_process, run_ptm
 
 from ptm_cli.errors import ImageTooLarge, UnreadableImage, UnsupportedFormat
@@ -295,13 +295,7 @@ def test_many_streams_ten_bits_and_odd_sizes(tmp_path: Path) -> None:
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
         for _ in range(300):
             out.add_stream("aac", rate=8000)
-        for i in range(3):
-            picture = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
-            picture.pts = i
-            for packet in video.encode(picture):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
+        encode_black(out, video, 3)
     assert len(list(open_clip(path, "many.mkv").frames())) == 3
     notes: list[str] = []
     deep = open_clip(make_clip(tmp_path / "deep.mkv", frames=2, pix_fmt="yuv420p10le"), "deep.mkv")
@@ -400,13 +394,7 @@ def test_sound_a_container_cannot_hold_is_left_out_with_a_note(zebra: list[str],
         video = out.add_stream("libx264", rate=25)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         sound = out.add_stream("pcm_s16le", rate=8000)
-        for i in range(5):
-            picture = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-            picture.pts = i
-            for packet in video.encode(picture):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
+        encode_black(out, video, 5)
         samples = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.int16), format="s16", layout="mono")
         samples.sample_rate, samples.pts = 8000, 0
         for packet in [*sound.encode(samples), *sound.encode(None)]:
